@@ -1,0 +1,42 @@
+//! Magic values, format versions and algorithm ids.
+//!
+//! Never edit a value in this file: data written with it exists on disks
+//! and wires. To change a format, add a new version constant, teach the
+//! readers both, and record the change in `docs/format.md` ("Changes").
+
+/// Magic bytes at the start of every manifest stream.
+pub const MANIFEST_MAGIC: &[u8; 6] = b"RFGMAN";
+/// Manifest stream format version.
+pub const MANIFEST_VERSION: u8 = 1;
+
+/// Stored chunk record format version (node's chunk store value).
+pub const CHUNK_RECORD_VERSION: u8 = 1;
+
+/// Snapshot catalog record format version.
+pub const SNAPSHOT_RECORD_VERSION: u8 = 1;
+
+/// Hash algorithm id: BLAKE3, 32-byte output, unkeyed.
+pub const HASH_BLAKE3: u8 = 1;
+
+/// Compression id: stored as is.
+pub const COMPRESSION_NONE: u8 = 0;
+/// Compression id: one zstd frame.
+pub const COMPRESSION_ZSTD: u8 = 1;
+
+/// Source kind id: a directory tree.
+pub const SOURCE_TREE: u8 = 1;
+/// Source kind id: one file or block device read as a byte stream.
+pub const SOURCE_IMAGE: u8 = 2;
+
+/// Largest chunk the protocol allows, before compression (16 MiB, the
+/// largest maximum FastCDC accepts).
+pub const MAX_CHUNK_LEN: u32 = 16 * 1024 * 1024;
+
+/// Largest manifest record body.
+pub const MAX_MANIFEST_RECORD: u32 = 1024 * 1024;
+
+/// Most chunk references in one manifest chunk-run record.
+pub const MAX_REFS_PER_RUN: u32 = 4096;
+
+/// Longest path accepted in a manifest, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;

@@ -1,0 +1,28 @@
+//! refuge's core types and formats, free of I/O frameworks.
+//!
+//! This crate knows nothing about tokio, gRPC or RocksDB. It defines:
+//! chunk ids ([`ChunkId`]), the content-defined [`Chunker`], the chunk frame
+//! (compression plus bounded, verified decoding), the manifest stream codec
+//! ([`ManifestWriter`], [`ManifestReader`]), identities ([`TenantId`],
+//! [`HostName`], [`SourceName`]) and snapshot records. Every byte layout here
+//! is described in `docs/format.md`; the version numbers and algorithm ids
+//! live in [`format`].
+
+mod chunker;
+mod codec;
+pub mod format;
+mod frame;
+mod id;
+mod manifest;
+mod names;
+mod snapshot;
+
+pub use chunker::{Chunk, Chunker, ChunkerParams};
+pub use frame::{Compression, FrameError, StoredChunk, compress_chunk, decode_chunk};
+pub use id::{ChunkId, ParseIdError};
+pub use manifest::{
+    ChunkRef, Entry, EntryKind, ManifestError, ManifestReader, ManifestRecord, ManifestSummary,
+    ManifestWriter, validate_entry_path,
+};
+pub use names::{HostName, NameError, SourceName, TenantId};
+pub use snapshot::{SnapshotId, SnapshotRecord, SourceKind, format_time_micros, parse_time_micros};
