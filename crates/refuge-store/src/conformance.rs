@@ -1,0 +1,118 @@
+//! The conformance suite: behaviour every [`Store`] implementation must
+//! show. Run it with [`conformance_tests!`](crate::conformance_tests) in the
+//! implementation's tests:
+//!
+//! ```ignore
+//! refuge_store::conformance_tests!(Box::new(MyStore::new_for_tests()));
+//! ```
+
+use refuge_core::{
+    ChunkId, ChunkRef, HostName, ManifestSummary, SnapshotId, SourceKind, SourceName,
+    StoredChunk, TenantId, compress_chunk,
+};
+
+use crate::{NewSnapshot, Store};
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).expect("valid tenant")
+}
+
+fn chunk(content: &[u8]) -> (ChunkId, StoredChunk) {
+    (ChunkId::of(content), compress_chunk(content, 3))
+}
+
+fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
+    NewSnapshot {
+        tenant: tenant(t),
+        host: HostName::new("host1").expect("valid host"),
+        source: SourceName::new(source).expect("valid source"),
+        kind: SourceKind::Tree,
+        manifest: vec![ChunkRef { id: manifest, len: 10 }],
+        summary: ManifestSummary { entries: 2, files: 1, dirs: 1, logical_bytes: 10, chunk_refs: 1 },
+        bytes_uploaded: 5,
+        warnings: 0,
+    }
+}
+
+/// Missing, then put, then present; scoped to the tenant that put it.
+pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
+    let a = tenant("alpha");
+    let b = tenant("beta");
+    let (id1, c1) = chunk(b"first chunk");
+    let (id2, c2) = chunk(b"second chunk");
+    assert_eq!(s.missing_chunks(&a, &[id1, id2]).unwrap(), vec![0, 1]);
+    let out = s.put_chunks(&a, &[(id1, c1.clone())]).unwrap();
+    assert_eq!(out.stored, 1);
+    assert_eq!(out.bytes, c1.data.len() as u64);
+    assert_eq!(s.missing_chunks(&a, &[id1, id2]).unwrap(), vec![1]);
+    assert_eq!(s.missing_chunks(&b, &[id1, id2]).unwrap(), vec![0, 1]);
+    assert_eq!(s.get_chunk(&a, &id1).unwrap(), Some(c1));
+    assert_eq!(s.get_chunk(&b, &id1).unwrap(), None);
+    assert_eq!(s.get_chunk(&a, &id2).unwrap(), None);
+    s.put_chunks(&b, &[(id2, c2)]).unwrap();
+    assert_eq!(s.missing_chunks(&a, &[id2]).unwrap(), vec![0]);
+    assert_eq!(s.missing_chunks(&a, &[]).unwrap(), Vec::<usize>::new());
+}
+
+/// Putting an existing id again stores nothing and never overwrites.
+pub fn puts_are_idempotent_and_never_overwrite(s: &dyn Store) {
+    let a = tenant("alpha");
+    let (id, c) = chunk(b"content");
+    assert_eq!(s.put_chunks(&a, &[(id, c.clone()), (id, c.clone())]).unwrap().stored, 1);
+    let other = StoredChunk { data: b"different".to_vec(), ..c.clone() };
+    assert_eq!(s.put_chunks(&a, &[(id, other)]).unwrap().stored, 0);
+    assert_eq!(s.get_chunk(&a, &id).unwrap(), Some(c));
+    s.sync().unwrap();
+}
+
+/// Commits get increasing sequence numbers and times, even when the clock
+/// goes backwards, and are listed and found only by their tenant.
+pub fn commits_are_ordered_and_tenant_scoped(s: &dyn Store) {
+    let a = tenant("alpha");
+    let b = tenant("beta");
+    assert!(s.list_snapshots(&a).unwrap().is_empty());
+    let m = ChunkId::of(b"manifest");
+    let r1 = s.commit_snapshot(new_snapshot("alpha", "etc", m), 2_000_000).unwrap();
+    // The clock jumps back: the time still increases.
+    let r2 = s.commit_snapshot(new_snapshot("alpha", "etc", m), 1_000_000).unwrap();
+    let r3 = s.commit_snapshot(new_snapshot("beta", "etc", m), 3_000_000).unwrap();
+    assert!(r2.seq > r1.seq && r3.seq > r2.seq);
+    assert!(r2.time_micros > r1.time_micros);
+    assert_eq!(r1.time_micros, 2_000_000);
+    assert_ne!(r1.id, r2.id);
+    assert_eq!(r1.id, r1.compute_id());
+    assert_eq!(r1.files, 1);
+    assert_eq!(r1.bytes_uploaded, 5);
+    let listed = s.list_snapshots(&a).unwrap();
+    assert_eq!(listed, vec![r1.clone(), r2.clone()]);
+    assert_eq!(s.list_snapshots(&b).unwrap(), vec![r3.clone()]);
+    assert_eq!(s.get_snapshot(&a, &r1.id).unwrap(), Some(r1.clone()));
+    assert_eq!(s.get_snapshot(&b, &r1.id).unwrap(), None);
+    assert_eq!(s.get_snapshot(&a, &r3.id).unwrap(), None);
+    assert_eq!(s.get_snapshot(&a, &SnapshotId([9; 32])).unwrap(), None);
+}
+
+/// Generates one `#[test]` per conformance check; `$make` is an expression
+/// that creates a fresh, empty store behind a pointer (`Box`, or a guard
+/// that derefs to the store and owns its temporary directory). It is
+/// evaluated once per test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        #[test]
+        fn conformance_chunks_are_found_only_by_their_tenant() {
+            let s = $make;
+            $crate::conformance::chunks_are_found_only_by_their_tenant(&*s);
+        }
+        #[test]
+        fn conformance_puts_are_idempotent_and_never_overwrite() {
+            let s = $make;
+            $crate::conformance::puts_are_idempotent_and_never_overwrite(&*s);
+        }
+        #[test]
+        fn conformance_commits_are_ordered_and_tenant_scoped() {
+            let s = $make;
+            $crate::conformance::commits_are_ordered_and_tenant_scoped(&*s);
+        }
+    };
+}

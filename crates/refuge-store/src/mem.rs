@@ -1,0 +1,102 @@
+//! An in-memory [`Store`] for unit tests. Not durable, not bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
+
+use crate::{NewSnapshot, PutOutcome, Result, Store, build_record};
+
+/// In-memory store; every method takes one mutex.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    chunks: HashMap<(TenantId, ChunkId), StoredChunk>,
+    snapshots: BTreeMap<(TenantId, u64), SnapshotRecord>,
+    seq: u64,
+    last_time: i64,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // (every update is a single insert), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>> {
+        let g = self.lock();
+        Ok(ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !g.chunks.contains_key(&(tenant.clone(), **id)))
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    fn put_chunks(&self, tenant: &TenantId, chunks: &[(ChunkId, StoredChunk)]) -> Result<PutOutcome> {
+        let mut g = self.lock();
+        let mut out = PutOutcome::default();
+        for (id, c) in chunks {
+            let key = (tenant.clone(), *id);
+            if !g.chunks.contains_key(&key) {
+                out.stored += 1;
+                out.bytes += c.data.len() as u64;
+                g.chunks.insert(key, c.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>> {
+        Ok(self.lock().chunks.get(&(tenant.clone(), *id)).cloned())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
+        let mut g = self.lock();
+        let seq = g.seq + 1;
+        let time = now_micros.max(g.last_time.saturating_add(1));
+        let rec = build_record(new, seq, time);
+        g.seq = seq;
+        g.last_time = time;
+        g.snapshots.insert((rec.tenant.clone(), seq), rec.clone());
+        Ok(rec)
+    }
+
+    fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>> {
+        let g = self.lock();
+        Ok(g.snapshots
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn get_snapshot(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {
+        let g = self.lock();
+        Ok(g.snapshots
+            .iter()
+            .find(|((t, _), r)| t == tenant && &r.id == id)
+            .map(|(_, r)| r.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::conformance_tests!(Box::new(crate::MemStore::new()));
+}
