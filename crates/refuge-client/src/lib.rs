@@ -1,1 +1,19 @@
-//! placeholder
+//! The client side of refuge, shared by `refuge-agent` and the `refuge`
+//! operator CLI: configuration, the mutual-TLS connection, backup and
+//! restore.
+//!
+//! Backup reads and chunks data on a blocking thread and calls the node
+//! through a [`Node`] handle; restore streams the manifest and writes files
+//! through temporary names, so a failed restore never leaves wrong bytes
+//! under a real name. Every chunk read back is decompressed under a cap and
+//! re-hashed before a byte of it is written.
+
+mod backup;
+mod config;
+mod connect;
+mod restore;
+
+pub use backup::{BackupReport, backup_source};
+pub use config::{AgentConfig, ChunkingConfig, ConnectionConfig, SourceConfig, load_config};
+pub use connect::{Node, connect, explain_status};
+pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

@@ -1,0 +1,49 @@
+//! `refuge-agent`: backs up this host's configured sources to the node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// refuge agent: backs up this host's directories, files and disk images to
+/// an off-site refuge node, sending only the chunks the node lacks.
+///
+/// Exit codes: 0 success, 1 failure, 2 bad arguments or configuration,
+/// 3 snapshot committed but some files could not be read.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Configuration file (template: agent.example.toml).
+    #[arg(short, long, global = true, env = "REFUGE_CONFIG", default_value = "/etc/refuge/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up the configured sources once and commit a snapshot of each.
+    Backup {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Print a JSON summary (bytes read, new, sent, chunks, dedup ratio, duration).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration file and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    refuge_cli::init_logging("warn");
+    let r = match args.command {
+        Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
+        Command::Backup { source, json } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(refuge_cli::commands::backup(&args.config, source.as_deref(), json)),
+            Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
+        },
+    };
+    refuge_cli::finish("refuge-agent", r)
+}

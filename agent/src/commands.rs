@@ -1,0 +1,261 @@
+//! The commands that talk to the node.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use refuge_client::{AgentConfig, RestoreOptions, connect, explain_status, load_config};
+use refuge_core::{SnapshotRecord, format_time_micros, parse_time_micros};
+use refuge_proto::pb;
+use serde::Serialize;
+
+use crate::{Failure, Outcome, human_bytes};
+
+fn config(path: &Path) -> Result<AgentConfig, Failure> {
+    load_config(path).map_err(Failure::Usage)
+}
+
+fn show_progress(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+/// `refuge-agent check-config`.
+pub fn check_config(path: &Path) -> Outcome {
+    let cfg = config(path)?;
+    for (what, p) in [("ca", &cfg.node.ca), ("cert", &cfg.node.cert), ("key", &cfg.node.key)] {
+        if !p.is_file() {
+            return Err(Failure::Usage(anyhow!("[node] {what} = {}: file not found", p.display())));
+        }
+    }
+    for s in &cfg.sources {
+        if let Err(e) = std::fs::metadata(&s.path) {
+            eprintln!("warning: source {}: {}: {e}", s.name, s.path.display());
+        }
+    }
+    println!("{}: ok ({} sources)", path.display(), cfg.sources.len());
+    Ok(0)
+}
+
+/// `refuge-agent backup`.
+pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
+    let cfg = config(path)?;
+    let sources: Vec<_> = match only {
+        Some(name) => vec![cfg.source(name).map_err(Failure::Usage)?.clone()],
+        None => cfg.sources.clone(),
+    };
+    if sources.is_empty() {
+        return Err(Failure::Usage(anyhow!("no [[source]] in {}", path.display())));
+    }
+    let node = connect(&cfg.node).await?;
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    let mut warned = false;
+    for s in &sources {
+        match refuge_client::backup_source(&node, &cfg, s, show_progress(json)).await {
+            Ok(r) => {
+                warned |= r.warning_count > 0;
+                if !json {
+                    println!(
+                        "snapshot {} of {} saved at {}: {} files, {} read, {} new chunks, {} sent, {:.1}s{}",
+                        r.short_id,
+                        r.source,
+                        r.time,
+                        r.files,
+                        human_bytes(r.bytes_read),
+                        r.chunks_new,
+                        human_bytes(r.bytes_sent),
+                        r.duration_secs,
+                        if r.warning_count > 0 { format!(", {} files skipped (see warnings)", r.warning_count) } else { String::new() }
+                    );
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("refuge-agent: source {}: {e:#}", s.name);
+                failed.push(s.name.clone());
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?);
+    }
+    if !failed.is_empty() {
+        return Err(Failure::Failed(anyhow!("backup of {} failed", failed.join(", "))));
+    }
+    Ok(if warned { 3 } else { 0 })
+}
+
+/// One row of `refuge snapshots --json`.
+#[derive(Serialize)]
+struct SnapshotJson {
+    id: String,
+    short_id: String,
+    time: String,
+    time_unix_micros: i64,
+    seq: u64,
+    tenant: String,
+    host: String,
+    source: String,
+    kind: &'static str,
+    files: u64,
+    dirs: u64,
+    logical_bytes: u64,
+    bytes_uploaded: u64,
+    warnings: u64,
+}
+
+impl From<&SnapshotRecord> for SnapshotJson {
+    fn from(s: &SnapshotRecord) -> Self {
+        SnapshotJson {
+            id: s.id.to_hex(),
+            short_id: s.id.short(),
+            time: format_time_micros(s.time_micros),
+            time_unix_micros: s.time_micros,
+            seq: s.seq,
+            tenant: s.tenant.to_string(),
+            host: s.host.to_string(),
+            source: s.source.to_string(),
+            kind: s.kind.as_str(),
+            files: s.files,
+            dirs: s.dirs,
+            logical_bytes: s.logical_bytes,
+            bytes_uploaded: s.bytes_uploaded,
+            warnings: s.warnings,
+        }
+    }
+}
+
+/// Filters for listing and resolving.
+#[derive(Default)]
+pub struct Filter {
+    /// Tenant (only the caller's own can match).
+    pub tenant: Option<String>,
+    /// Host.
+    pub host: Option<String>,
+    /// Source.
+    pub source: Option<String>,
+}
+
+/// `refuge snapshots`.
+pub async fn snapshots(path: &Path, f: Filter, json: bool) -> Outcome {
+    let cfg = config(path)?;
+    let node = connect(&cfg.node).await?;
+    let resp = node
+        .restore
+        .clone()
+        .list_snapshots(pb::ListSnapshotsRequest {
+            tenant: f.tenant.unwrap_or_default(),
+            host: f.host.unwrap_or_default(),
+            source: f.source.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .into_inner();
+    let snaps = resp
+        .snapshots
+        .into_iter()
+        .map(refuge_proto::snapshot)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("node's answer: {e}"))?;
+    if json {
+        let rows: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
+        println!("{}", serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?);
+        return Ok(0);
+    }
+    if snaps.is_empty() {
+        println!("no snapshots");
+        return Ok(0);
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["ID", "Time", "Host", "Source", "Kind", "Files", "Size", "New"]);
+    for s in &snaps {
+        t.add_row([
+            s.id.short(),
+            format_time_micros(s.time_micros),
+            s.host.to_string(),
+            s.source.to_string(),
+            s.kind.as_str().to_string(),
+            s.files.to_string(),
+            human_bytes(s.logical_bytes),
+            human_bytes(s.bytes_uploaded),
+        ]);
+    }
+    println!("{t}");
+    println!("{} snapshots", snaps.len());
+    Ok(0)
+}
+
+/// Arguments of `refuge restore`.
+pub struct RestoreArgs {
+    /// Id, unique prefix or `latest`.
+    pub snapshot: Option<String>,
+    /// RFC 3339 point in time.
+    pub at: Option<String>,
+    /// Narrowing.
+    pub filter: Filter,
+    /// Target path.
+    pub target: PathBuf,
+    /// Subtree or file.
+    pub include: Option<String>,
+    /// JSON summary.
+    pub json: bool,
+}
+
+/// `refuge restore`.
+pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
+    let at = match (&a.snapshot, &a.at) {
+        (Some(_), Some(_)) => return Err(Failure::Usage(anyhow!("give either SNAPSHOT or --at, not both"))),
+        (None, None) => return Err(Failure::Usage(anyhow!("give a SNAPSHOT (id, prefix or latest) or --at TIME"))),
+        (None, Some(t)) => parse_time_micros(t).map_err(|e| Failure::Usage(anyhow!(e)))?,
+        (Some(_), None) => 0,
+    };
+    let cfg = config(path)?;
+    let node = connect(&cfg.node).await?;
+    let snap = node
+        .restore
+        .clone()
+        .resolve_snapshot(pb::ResolveSnapshotRequest {
+            selector: a.snapshot.clone().unwrap_or_default(),
+            at_unix_micros: at,
+            host: a.filter.host.unwrap_or_default(),
+            source: a.filter.source.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .into_inner();
+    let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("node's answer: {e}"))?;
+    let report = refuge_client::restore_snapshot(
+        &node,
+        &snap,
+        RestoreOptions { target: a.target.clone(), include: a.include, progress: show_progress(a.json) },
+    )
+    .await
+    .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+    } else {
+        println!(
+            "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
+            snap.id.short(),
+            snap.host,
+            snap.source,
+            format_time_micros(snap.time_micros),
+            a.target.display(),
+            report.files,
+            report.dirs,
+            report.symlinks,
+            human_bytes(report.bytes),
+            report.duration_secs
+        );
+    }
+    Ok(0)
+}
+
+/// `refuge whoami`.
+pub async fn whoami(path: &Path) -> Outcome {
+    let cfg = config(path)?;
+    let node = connect(&cfg.node).await?;
+    println!("tenant {} host {} at node {}", node.tenant, node.host, node.address);
+    Ok(0)
+}

@@ -1,0 +1,85 @@
+//! The commands behind the `refuge-agent` and `refuge` binaries. The
+//! binaries only parse arguments and call these; the work itself is in
+//! `refuge-client`.
+//!
+//! Exit codes (both binaries):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the operation failed (nothing new was committed or restored) |
+//! | 2 | bad arguments or configuration |
+//! | 3 | backup committed, but some files could not be read (listed) |
+
+pub mod certs;
+pub mod commands;
+
+use std::process::ExitCode;
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments or configuration: exit 2.
+    Usage(anyhow::Error),
+    /// The operation failed: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+/// Outcome of a command.
+pub type Outcome = Result<u8, Failure>;
+
+/// Prints a failure as one line on stderr and returns the exit code.
+pub fn finish(prog: &str, r: Outcome) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(e)) => {
+            eprintln!("{prog}: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("{prog}: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Bytes in binary units, for tables.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(50 << 20), "50.0 MiB");
+    }
+}

@@ -1,0 +1,350 @@
+//! Backup of one source: walk (or read the image), chunk, hash, ask the
+//! node which chunks it lacks, compress and upload only those, write the
+//! manifest, upload it as chunks, and commit.
+//!
+//! The walk and chunking run on a blocking thread; calls to the node are
+//! made from it through the runtime handle. Memory is bounded by the upload
+//! batch (32 MiB of chunk data), one file's chunk list, and the manifest,
+//! which is spooled to a temporary file rather than held in memory.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use refuge_core::{
+    ChunkId, ChunkRef, Chunker, ChunkerParams, Entry, EntryKind, ManifestWriter, SourceKind,
+    compress_chunk,
+};
+use refuge_proto::pb;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tracing::warn;
+
+use crate::config::{AgentConfig, SourceConfig};
+use crate::connect::{Node, explain_status};
+
+/// Upload batch: chunk data held before asking the node what it lacks.
+const BATCH_BYTES: usize = 32 << 20;
+const BATCH_CHUNKS: usize = 512;
+/// Warnings kept verbatim in the report (the count is always exact).
+const MAX_WARNINGS_KEPT: usize = 100;
+
+/// What a backup did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupReport {
+    /// Source name.
+    pub source: String,
+    /// Full snapshot id.
+    pub snapshot: String,
+    /// Short id, as `refuge snapshots` shows it.
+    pub short_id: String,
+    /// Node-assigned time (RFC 3339).
+    pub time: String,
+    /// Regular files backed up.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Bytes of file data read.
+    pub bytes_read: u64,
+    /// Chunks of file data (with repeats).
+    pub chunks: u64,
+    /// Chunks the node lacked and that were uploaded (data and manifest).
+    pub chunks_new: u64,
+    /// Compressed bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes read divided by bytes sent (`null` when nothing was sent).
+    pub dedup_ratio: Option<f64>,
+    /// Seconds from start to acknowledged commit.
+    pub duration_secs: f64,
+    /// Number of files that could not be read (they are not in the snapshot).
+    pub warning_count: u64,
+    /// The first warnings.
+    pub warnings: Vec<String>,
+}
+
+impl BackupReport {
+    fn warn(&mut self, msg: String) {
+        warn!("{msg}");
+        self.warning_count += 1;
+        if self.warnings.len() < MAX_WARNINGS_KEPT {
+            self.warnings.push(msg);
+        }
+    }
+}
+
+struct Uploader {
+    rt: Handle,
+    node: Node,
+    level: i32,
+    pending: Vec<(ChunkId, Vec<u8>)>,
+    pending_bytes: usize,
+}
+
+impl Uploader {
+    fn add(&mut self, id: ChunkId, data: Vec<u8>, rep: &mut BackupReport) -> anyhow::Result<()> {
+        self.pending_bytes += data.len();
+        self.pending.push((id, data));
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
+            self.flush(rep)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, rep: &mut BackupReport) -> anyhow::Result<()> {
+        let mut seen = HashSet::new();
+        let batch: Vec<_> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .collect();
+        self.pending_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids = batch.iter().map(|(id, _)| id.0.to_vec()).collect();
+        let missing = self
+            .rt
+            .block_on(self.node.ingest.find_missing(pb::FindMissingRequest { ids }))
+            .map_err(|s| anyhow!("asking the node which chunks it lacks: {}", explain_status(&s)))?
+            .into_inner()
+            .missing;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut uploads = Vec::with_capacity(missing.len());
+        for i in missing {
+            let (id, data) = batch
+                .get(i as usize)
+                .ok_or_else(|| anyhow!("node answered FindMissing with an index out of range"))?;
+            let c = compress_chunk(data, self.level);
+            rep.bytes_sent += c.data.len() as u64;
+            uploads.push(refuge_proto::upload_to(id, c));
+        }
+        let resp = self
+            .rt
+            .block_on(self.node.ingest.put_chunks(futures::stream::iter(uploads)))
+            .map_err(|s| anyhow!("uploading chunks: {}", explain_status(&s)))?
+            .into_inner();
+        rep.chunks_new += resp.chunks_received;
+        Ok(())
+    }
+}
+
+fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_secs: md.mtime(),
+        mtime_nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        size: 0,
+        target: Vec::new(),
+    }
+}
+
+/// Reads and chunks one file; returns its chunk list and size.
+fn chunk_file(
+    path: &Path,
+    params: ChunkerParams,
+    up: &mut Uploader,
+    rep: &mut BackupReport,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Vec<ChunkRef>, u64)> {
+    let f = File::open(path)?;
+    let mut refs = Vec::new();
+    let mut size = 0u64;
+    for chunk in Chunker::new(BufReader::with_capacity(1 << 20, f), params) {
+        let chunk = chunk?;
+        let len = chunk.data.len() as u32;
+        let id = ChunkId::of(&chunk.data);
+        refs.push(ChunkRef { id, len });
+        size += u64::from(len);
+        rep.bytes_read += u64::from(len);
+        rep.chunks += 1;
+        bar.inc(u64::from(len));
+        up.add(id, chunk.data, rep)?;
+    }
+    Ok((refs, size))
+}
+
+type Manifest = ManifestWriter<BufWriter<File>>;
+
+fn walk_tree(
+    root: &Path,
+    params: ChunkerParams,
+    w: &mut Manifest,
+    up: &mut Uploader,
+    rep: &mut BackupReport,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let md = std::fs::metadata(root).with_context(|| format!("source path {}", root.display()))?;
+    if !md.is_dir() {
+        bail!("source path {} is not a directory (use kind = \"image\" for a file or device)", root.display());
+    }
+    for item in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+        let ent = match item {
+            Ok(e) => e,
+            Err(e) => {
+                let p = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                rep.warn(format!("cannot read {p}: {}; skipped", e.io_error().map(|e| e.to_string()).unwrap_or(e.to_string())));
+                continue;
+            }
+        };
+        let rel = ent.path().strip_prefix(root).unwrap_or(ent.path());
+        let rel = if rel.as_os_str().is_empty() { b".".to_vec() } else { rel.as_os_str().as_bytes().to_vec() };
+        let md = match ent.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                rep.warn(format!("cannot stat {}: {e}; skipped", ent.path().display()));
+                continue;
+            }
+        };
+        let ft = md.file_type();
+        if ft.is_dir() {
+            w.add_entry(&base_entry(rel, EntryKind::Dir, &md))?;
+            rep.dirs += 1;
+        } else if ft.is_symlink() {
+            match std::fs::read_link(ent.path()) {
+                Ok(t) => {
+                    let mut e = base_entry(rel, EntryKind::Symlink, &md);
+                    e.target = t.as_os_str().as_bytes().to_vec();
+                    e.size = e.target.len() as u64;
+                    w.add_entry(&e)?;
+                }
+                Err(e) => rep.warn(format!("cannot read symlink {}: {e}; skipped", ent.path().display())),
+            }
+        } else if ft.is_file() {
+            match chunk_file(ent.path(), params, up, rep, bar) {
+                Ok((refs, size)) => {
+                    let mut e = base_entry(rel, EntryKind::File, &md);
+                    e.size = size;
+                    w.add_entry(&e)?;
+                    w.add_chunks(&refs)?;
+                    rep.files += 1;
+                    bar.set_message(format!("{} files", rep.files));
+                }
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
+                    rep.warn(format!("cannot read {}: {e}; skipped", ent.path().display()))
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            rep.warn(format!("{} is a special file (socket, fifo or device node); skipped", ent.path().display()));
+        }
+    }
+    Ok(())
+}
+
+fn read_image(
+    path: &Path,
+    params: ChunkerParams,
+    w: &mut Manifest,
+    up: &mut Uploader,
+    rep: &mut BackupReport,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let md = std::fs::metadata(path).with_context(|| format!("source path {}", path.display()))?;
+    if md.is_dir() {
+        bail!("source path {} is a directory (use kind = \"tree\")", path.display());
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .filter(|n| refuge_core::validate_entry_path(n).is_ok())
+        .unwrap_or_else(|| b"image".to_vec());
+    let (refs, size) = chunk_file(path, params, up, rep, bar)
+        .with_context(|| format!("reading image {}", path.display()))?;
+    let mut e = base_entry(name, EntryKind::File, &md);
+    e.size = size;
+    w.add_entry(&e)?;
+    w.add_chunks(&refs)?;
+    rep.files = 1;
+    Ok(())
+}
+
+/// Backs up one source and commits a snapshot.
+pub async fn backup_source(
+    node: &Node,
+    cfg: &AgentConfig,
+    source: &SourceConfig,
+    progress: bool,
+) -> anyhow::Result<BackupReport> {
+    let node = node.clone();
+    let params = cfg.chunking.params();
+    let level = cfg.chunking.zstd_level;
+    let source = source.clone();
+    let rt = Handle::current();
+    tokio::task::spawn_blocking(move || backup_blocking(rt, node, params, level, source, progress))
+        .await
+        .map_err(|e| anyhow!("backup worker failed: {e}"))?
+}
+
+fn backup_blocking(
+    rt: Handle,
+    node: Node,
+    params: ChunkerParams,
+    level: i32,
+    source: SourceConfig,
+    progress: bool,
+) -> anyhow::Result<BackupReport> {
+    let started = Instant::now();
+    let mut rep = BackupReport { source: source.name.clone(), ..Default::default() };
+    let bar = if progress {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}), {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let spool = tempfile::tempfile().context("creating a temporary file for the manifest")?;
+    let mut w = ManifestWriter::new(BufWriter::new(spool), source.kind)?;
+    let mut up = Uploader { rt: rt.clone(), node: node.clone(), level, pending: Vec::new(), pending_bytes: 0 };
+    match source.kind {
+        SourceKind::Tree => walk_tree(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
+        SourceKind::Image => read_image(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
+    }
+    let (buf, _summary) = w.finish()?;
+    let mut spool = buf.into_inner().map_err(|e| anyhow!("writing the manifest: {}", e.error()))?;
+    spool.seek(SeekFrom::Start(0))?;
+    let mut manifest = Vec::new();
+    for chunk in Chunker::new(BufReader::new(spool), ChunkerParams::manifest()) {
+        let chunk = chunk.context("reading back the manifest")?;
+        let id = ChunkId::of(&chunk.data);
+        manifest.push(ChunkRef { id, len: chunk.data.len() as u32 });
+        up.add(id, chunk.data, &mut rep)?;
+    }
+    up.flush(&mut rep)?;
+    bar.finish_and_clear();
+    let req = pb::CommitSnapshotRequest {
+        source: source.name.clone(),
+        kind: refuge_proto::source_kind_to(source.kind),
+        manifest: manifest.iter().map(refuge_proto::chunk_ref_to).collect(),
+        bytes_uploaded: rep.bytes_sent,
+        warnings: rep.warning_count,
+    };
+    let mut ingest = node.ingest.clone();
+    let snap = rt
+        .block_on(ingest.commit_snapshot(req))
+        .map_err(|s| anyhow!("committing the snapshot: {}", explain_status(&s)))?
+        .into_inner()
+        .snapshot
+        .ok_or_else(|| anyhow!("node acknowledged the commit without a snapshot"))?;
+    let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("node's commit answer: {e}"))?;
+    rep.snapshot = snap.id.to_hex();
+    rep.short_id = snap.id.short();
+    rep.time = refuge_core::format_time_micros(snap.time_micros);
+    rep.duration_secs = started.elapsed().as_secs_f64();
+    rep.dedup_ratio = (rep.bytes_sent > 0).then(|| rep.bytes_read as f64 / rep.bytes_sent as f64);
+    Ok(rep)
+}

@@ -1,0 +1,176 @@
+//! `agent.toml`: where the node is, which certificate to present, and what
+//! to back up (template: `agent/agent.example.toml`). The operator CLI reads
+//! the same file and ignores the sources.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use refuge_core::{ChunkerParams, SourceKind, SourceName};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// How to reach and authenticate to the node.
+    pub node: ConnectionConfig,
+    /// Chunking and compression.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    /// What to back up.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// `host:port` of the node.
+    pub address: String,
+    /// Name the node's certificate must carry (DNS name or IP).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// CA certificate that signed the node's certificate.
+    pub ca: PathBuf,
+    /// This client's certificate (names its tenant and host).
+    pub cert: PathBuf,
+    /// This client's private key.
+    pub key: PathBuf,
+    /// Seconds to wait for a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+/// FastCDC sizes and zstd level.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkingConfig {
+    /// Minimum chunk size, bytes.
+    pub min_size: u32,
+    /// Average chunk size, bytes.
+    pub avg_size: u32,
+    /// Maximum chunk size, bytes (at most 16 MiB).
+    pub max_size: u32,
+    /// zstd level, 1 (fast) to 19 (small).
+    pub zstd_level: i32,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        let p = ChunkerParams::default();
+        ChunkingConfig { min_size: p.min_size, avg_size: p.avg_size, max_size: p.max_size, zstd_level: 3 }
+    }
+}
+
+impl ChunkingConfig {
+    /// The chunker parameters.
+    pub fn params(&self) -> ChunkerParams {
+        ChunkerParams { min_size: self.min_size, avg_size: self.avg_size, max_size: self.max_size }
+    }
+}
+
+/// One thing to back up.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name, unique per host (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// A directory (kind `tree`) or a file or block device (kind `image`).
+    pub path: PathBuf,
+    /// `tree` (default) or `image`.
+    #[serde(default = "default_kind")]
+    pub kind: SourceKind,
+}
+
+fn default_kind() -> SourceKind {
+    SourceKind::Tree
+}
+
+/// Reads and checks a config file; relative paths are resolved against the
+/// file's directory.
+pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut cfg = AgentConfig::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    fix(&mut cfg.node.ca);
+    fix(&mut cfg.node.cert);
+    fix(&mut cfg.node.key);
+    for s in &mut cfg.sources {
+        fix(&mut s.path);
+    }
+    Ok(cfg)
+}
+
+impl AgentConfig {
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: AgentConfig = toml::from_str(text)?;
+        cfg.chunking
+            .params()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
+        if !(1..=19).contains(&cfg.chunking.zstd_level) {
+            bail!("[chunking] zstd_level must be 1 to 19, got {}", cfg.chunking.zstd_level);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &cfg.sources {
+            SourceName::new(s.name.clone()).map_err(|e| anyhow::anyhow!("[[source]]: {e}"))?;
+            if !seen.insert(&s.name) {
+                bail!("[[source]] name {:?} is used twice", s.name);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The source called `name`.
+    pub fn source(&self, name: &str) -> anyhow::Result<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+            anyhow::anyhow!("no source named {name:?} in the config (configured: {})", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_and_matches_the_defaults() {
+        let cfg = AgentConfig::parse(include_str!("../../../agent/agent.example.toml")).expect("template");
+        assert_eq!(cfg.chunking, ChunkingConfig::default());
+        assert_eq!(cfg.node.server_name, default_server_name());
+        assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
+        assert!(!cfg.sources.is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "[node]\naddress = \"127.0.0.1:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        AgentConfig::parse(base).unwrap();
+        let e = AgentConfig::parse(&format!("{base}[chunking]\nmin_size = 10\n")).unwrap_err();
+        assert!(e.to_string().contains("min_size"), "{e}");
+        let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a b\"\npath = \"/\"\n")).unwrap_err();
+        assert!(e.to_string().contains("invalid source name"), "{e}");
+        let dup = format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n[[source]]\nname = \"a\"\npath = \"/x\"\n");
+        assert!(AgentConfig::parse(&dup).unwrap_err().to_string().contains("twice"));
+        let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\nkind = \"disk\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown variant"), "{e:#}");
+        let cfg = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n")).unwrap();
+        assert!(cfg.source("b").unwrap_err().to_string().contains("configured: a"));
+    }
+}

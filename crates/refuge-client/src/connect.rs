@@ -1,0 +1,177 @@
+//! The mutual-TLS connection to the node, and error messages a user can act
+//! on.
+//!
+//! The TLS handshake runs in our own connector (TLS 1.3 only, ALPN `h2`) so
+//! that a failed handshake surfaces as one sentence naming the cause, not as
+//! a generic transport error.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use hyper_util::rt::TokioIo;
+use refuge_proto::pb::ingest_client::IngestClient;
+use refuge_proto::pb::restore_client::RestoreClient;
+use refuge_proto::pb;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::ConnectionConfig;
+
+/// A connected, authenticated node.
+#[derive(Clone)]
+pub struct Node {
+    /// Ingest service client.
+    pub ingest: IngestClient<Channel>,
+    /// Restore service client.
+    pub restore: RestoreClient<Channel>,
+    /// Tenant the node read from our certificate.
+    pub tenant: String,
+    /// Host the node read from our certificate.
+    pub host: String,
+    /// The node's address, for messages.
+    pub address: String,
+}
+
+/// Turns a rustls handshake error into a sentence about the cause.
+fn explain_tls(text: &str, server_name: &str) -> String {
+    if text.contains("UnknownIssuer") {
+        "the node's certificate is not signed by the configured CA (check `ca` in [node])".into()
+    } else if text.contains("NotValidForName") {
+        format!("the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node])")
+    } else if text.contains("Expired") {
+        "the node's certificate has expired or is not yet valid (check the clocks and renew it)".into()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Every message in an error's source chain, joined.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// One line about a failed call: the cause, in words a user can act on.
+pub fn explain_status(s: &tonic::Status) -> String {
+    let detail = match s.source() {
+        Some(src) => format!("{}: {}", s.message(), chain(src)),
+        None => s.message().to_string(),
+    };
+    for (alert, what) in [
+        ("CertificateExpired", "this client's certificate has expired"),
+        ("UnknownCA", "this client's certificate is not signed by the node's CA"),
+        ("BadCertificate", "the node rejected this client's certificate"),
+        ("CertificateRequired", "the node requires a client certificate"),
+        ("CertificateRevoked", "this client's certificate is revoked"),
+        ("DecryptError", "the node rejected this client's certificate"),
+    ] {
+        if detail.contains(alert) {
+            return format!("{what} (TLS alert {alert}); check `cert` and `key` in [node]");
+        }
+    }
+    use tonic::Code;
+    let what = match s.code() {
+        Code::Unavailable => "node unavailable",
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "rejected by the node",
+        Code::FailedPrecondition => "refused by the node",
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "not authenticated",
+        Code::ResourceExhausted => "node out of resources",
+        Code::DataLoss => "data loss on the node",
+        Code::DeadlineExceeded => "timed out",
+        _ => "node error",
+    };
+    format!("{what}: {detail}")
+}
+
+fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// Connects, completes the TLS handshake and asks the node who we are, so
+/// that a rejected certificate is reported here, not in the middle of work.
+pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
+    let ca = read(&cfg.ca, "CA certificate")?;
+    let pair = refuge_tls::CertPair {
+        cert_pem: read(&cfg.cert, "client certificate")?,
+        key_pem: read(&cfg.key, "client key")?,
+    };
+    if let Ok(t) = refuge_tls::not_after(&pair.cert_pem)
+        && t < time::OffsetDateTime::now_utc()
+    {
+        tracing::warn!("this client's certificate expired at {t}; the node will refuse it");
+    }
+    let tls = refuge_tls::client_config(&ca, &pair).context("TLS configuration")?;
+    let connector = TlsConnector::from(Arc::new(tls));
+    let server_name = ServerName::try_from(cfg.server_name.clone())
+        .map_err(|e| anyhow!("server_name {:?} is not a DNS name or IP address: {e}", cfg.server_name))?;
+    let address = cfg.address.clone();
+    let sn_text = cfg.server_name.clone();
+    let addr = address.clone();
+    let connector_fn = tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let addr = addr.clone();
+        let sn_text = sn_text.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot reach the node at {addr}: {e}")))?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with the node at {addr} failed: {}", explain_tls(&e.to_string(), &sn_text)),
+                )
+            })?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| anyhow!("node address {address:?} is not host:port: {e}"))?
+        .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = endpoint
+        .connect_with_connector(connector_fn)
+        .await
+        .map_err(|e| anyhow!("{}", deepest(&e)))?;
+    let max = refuge_proto::MAX_MESSAGE_BYTES;
+    let mut restore = RestoreClient::new(channel.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let ingest = IngestClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let who = restore
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .into_inner();
+    tracing::debug!(tenant = %who.tenant, host = %who.host, node_version = %who.node_version, "connected");
+    Ok(Node { ingest, restore, tenant: who.tenant, host: who.host, address })
+}
+
+/// The innermost message of a connection error (ours, from the connector).
+fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        last = s.to_string();
+        cur = s.source();
+    }
+    last
+}

@@ -1,0 +1,130 @@
+//! `node.toml`: the node's configuration file (template:
+//! `daemon/node.example.toml`, which a test checks against these defaults).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address to listen on for gRPC over TLS.
+    pub listen: SocketAddr,
+    /// Directory of the RocksDB store (created if missing).
+    pub data_dir: PathBuf,
+    /// Certificates.
+    pub tls: TlsFiles,
+    /// Limits on what clients may send.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// RocksDB tuning.
+    #[serde(default)]
+    pub rocksdb: RocksConfig,
+}
+
+/// Certificate files (PEM). Relative paths are relative to the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA that signs client certificates (and the node's).
+    pub ca: PathBuf,
+    /// The node's certificate.
+    pub cert: PathBuf,
+    /// The node's private key.
+    pub key: PathBuf,
+}
+
+/// Limits on client input.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest chunk accepted, uncompressed, in bytes (at most 16 MiB).
+    pub max_chunk_size: u32,
+    /// Seconds a client has to finish the TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_chunk_size: refuge_core::format::MAX_CHUNK_LEN,
+            handshake_timeout_secs: 10,
+            max_concurrent_streams: 64,
+        }
+    }
+}
+
+/// RocksDB tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RocksConfig {
+    /// Block cache, MiB.
+    pub block_cache_mib: usize,
+    /// Memtable of the chunk column family, MiB.
+    pub chunk_write_buffer_mib: usize,
+}
+
+impl Default for RocksConfig {
+    fn default() -> Self {
+        RocksConfig { block_cache_mib: 64, chunk_write_buffer_mib: 64 }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a config file; relative paths are resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg = Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: NodeConfig = toml::from_str(text)?;
+        let l = &cfg.limits;
+        if l.max_chunk_size == 0 || l.max_chunk_size > refuge_core::format::MAX_CHUNK_LEN {
+            bail!("limits.max_chunk_size must be between 1 and 16777216, got {}", l.max_chunk_size);
+        }
+        if l.handshake_timeout_secs == 0 {
+            bail!("limits.handshake_timeout_secs must be at least 1");
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_parses_and_matches_the_defaults() {
+        let text = include_str!("../../../daemon/node.example.toml");
+        let cfg = NodeConfig::parse(text).expect("template parses");
+        assert_eq!(cfg.limits, LimitsConfig::default());
+        assert_eq!(cfg.rocksdb, RocksConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let base = "listen = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        NodeConfig::parse(base).unwrap();
+        let e = NodeConfig::parse(&format!("{base}typo = 1\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        let e = NodeConfig::parse(&format!("{base}[limits]\nmax_chunk_size = 99999999\n")).unwrap_err();
+        assert!(e.to_string().contains("max_chunk_size"), "{e}");
+        assert!(NodeConfig::parse("listen = \"nope\"").is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! The `Ingest` and `Restore` services. Every handler first reads the
+//! caller's identity from its certificate; stores are called on the
+//! blocking pool.
+
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use refuge_core::{
+    ChunkId, ChunkRef, FrameError, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
+    SourceName, StoredChunk, TenantId, decode_chunk,
+};
+use refuge_proto::pb::{self, ingest_server::Ingest, restore_server::Restore};
+use refuge_proto::{MAX_FIND_IDS, MAX_GET_IDS, MAX_MANIFEST_CHUNKS};
+use refuge_store::{NewSnapshot, Store, StoreError};
+use refuge_tls::{ClientIdentity, identity_from_cert};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+/// Largest batch of verified chunks written to the store at once.
+const PUT_BATCH_BYTES: usize = 32 << 20;
+
+fn identity<T>(req: &Request<T>) -> Result<ClientIdentity, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+    identity_from_cert(leaf).map_err(|e| {
+        warn!(target: "audit", event = "auth_failed", reason = %e, "certificate without a refuge identity");
+        Status::unauthenticated(e.to_string())
+    })
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NoSpace(m) => Status::resource_exhausted(format!("node storage is full: {m}")),
+        StoreError::Corrupt(m) => Status::data_loss(format!("stored data is corrupt: {m}")),
+        StoreError::Backend(m) => Status::unavailable(format!("node storage error: {m}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The ingest service.
+pub struct IngestService {
+    store: Arc<dyn Store>,
+    max_chunk: u32,
+}
+
+impl IngestService {
+    pub(crate) fn new(store: Arc<dyn Store>, max_chunk: u32) -> Self {
+        IngestService { store, max_chunk }
+    }
+}
+
+/// Verifies a batch and stores the verified prefix; returns the first
+/// failure after storing what came before it.
+fn verify_and_put(
+    store: &dyn Store,
+    who: &ClientIdentity,
+    batch: Vec<(ChunkId, StoredChunk)>,
+    max_chunk: u32,
+) -> Result<refuge_store::PutOutcome, Status> {
+    let mut good = Vec::with_capacity(batch.len());
+    let mut failure = None;
+    for (id, c) in batch {
+        match decode_chunk(&id, &c, max_chunk) {
+            Ok(_) => good.push((id, c)),
+            Err(e) => {
+                warn!(target: "audit", event = "chunk_rejected", tenant = %who.tenant, host = %who.host,
+                      chunk = %id, reason = %e, "rejected an uploaded chunk");
+                let msg = match e {
+                    FrameError::HashMismatch { actual } => format!(
+                        "chunk {id} rejected: its content hashes to {actual}; nothing was stored for it"
+                    ),
+                    other => format!("chunk {id} rejected: {other}; nothing was stored for it"),
+                };
+                failure = Some(Status::invalid_argument(msg));
+                break;
+            }
+        }
+    }
+    let out = store.put_chunks(&who.tenant, &good).map_err(store_status)?;
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(out),
+    }
+}
+
+/// Reads a manifest stream from stored chunks, verifying each.
+struct StoredStream<'a> {
+    store: &'a dyn Store,
+    tenant: &'a TenantId,
+    refs: std::slice::Iter<'a, ChunkRef>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for StoredStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(r) = self.refs.next() else { return Ok(0) };
+            let c = self
+                .store
+                .get_chunk(self.tenant, &r.id)
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other(format!("manifest chunk {} is missing", r.id)))?;
+            if c.raw_len != r.len {
+                return Err(std::io::Error::other(format!("manifest chunk {} has the wrong length", r.id)));
+            }
+            self.buf = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
+                .map_err(|e| std::io::Error::other(format!("manifest chunk {}: {e}", r.id)))?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Checks a snapshot's manifest and every chunk it references, and
+/// commits it.
+fn check_and_commit(
+    store: &dyn Store,
+    who: &ClientIdentity,
+    source: SourceName,
+    kind: SourceKind,
+    manifest: Vec<ChunkRef>,
+    bytes_uploaded: u64,
+    warnings: u64,
+) -> Result<SnapshotRecord, Status> {
+    let reject = |msg: String| {
+        warn!(target: "audit", event = "commit_rejected", tenant = %who.tenant, host = %who.host,
+              source = %source, reason = %msg, "rejected a snapshot commit");
+        Status::failed_precondition(msg)
+    };
+    let ids: Vec<ChunkId> = manifest.iter().map(|r| r.id).collect();
+    if let Some(&i) = store.missing_chunks(&who.tenant, &ids).map_err(store_status)?.first() {
+        return Err(reject(format!(
+            "manifest chunk {} is not stored on the node; upload it before committing",
+            ids[i]
+        )));
+    }
+    let stream = StoredStream { store, tenant: &who.tenant, refs: manifest.iter(), buf: Vec::new(), pos: 0 };
+    let mut reader = ManifestReader::new(stream).map_err(|e| reject(format!("invalid manifest: {e}")))?;
+    if reader.kind() != kind {
+        return Err(reject(format!(
+            "manifest is for a {} source but the commit says {}",
+            reader.kind().as_str(),
+            kind.as_str()
+        )));
+    }
+    let mut current = Vec::new();
+    loop {
+        match reader.next_record() {
+            Ok(None) => break,
+            Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
+            Ok(Some(ManifestRecord::Chunks(refs))) => {
+                let ids: Vec<ChunkId> = refs.iter().map(|r| r.id).collect();
+                if let Some(&i) = store.missing_chunks(&who.tenant, &ids).map_err(store_status)?.first() {
+                    return Err(reject(format!(
+                        "snapshot references chunk {} (file {:?}) that the node does not have",
+                        ids[i],
+                        String::from_utf8_lossy(&current)
+                    )));
+                }
+            }
+            Err(e) => return Err(reject(format!("invalid manifest: {e}"))),
+        }
+    }
+    let summary = reader.summary();
+    drop(reader);
+    let new = NewSnapshot {
+        tenant: who.tenant.clone(),
+        host: who.host.clone(),
+        source,
+        kind,
+        manifest,
+        summary,
+        bytes_uploaded,
+        warnings,
+    };
+    let rec = store.commit_snapshot(new, now_micros()).map_err(store_status)?;
+    info!(target: "audit", event = "snapshot_committed", tenant = %rec.tenant, host = %rec.host,
+          source = %rec.source, snapshot = %rec.id, seq = rec.seq, files = rec.files,
+          bytes = rec.logical_bytes, "snapshot committed");
+    Ok(rec)
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn find_missing(
+        &self,
+        req: Request<pb::FindMissingRequest>,
+    ) -> Result<Response<pb::FindMissingResponse>, Status> {
+        let who = identity(&req)?;
+        let req = req.into_inner();
+        if req.ids.len() > MAX_FIND_IDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FIND_IDS} ids per FindMissing, got {}",
+                req.ids.len()
+            )));
+        }
+        let ids = req
+            .ids
+            .iter()
+            .map(|b| refuge_proto::chunk_id(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let missing = blocking(move || store.missing_chunks(&who.tenant, &ids).map_err(store_status)).await?;
+        Ok(Response::new(pb::FindMissingResponse {
+            missing: missing.into_iter().map(|i| i as u32).collect(),
+        }))
+    }
+
+    async fn put_chunks(
+        &self,
+        req: Request<Streaming<pb::ChunkUpload>>,
+    ) -> Result<Response<pb::PutChunksResponse>, Status> {
+        let who = identity(&req)?;
+        let mut stream = req.into_inner();
+        let mut resp = pb::PutChunksResponse::default();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        loop {
+            let next = stream.message().await?;
+            let done = next.is_none();
+            if let Some(msg) = next {
+                resp.chunks_received += 1;
+                let (id, chunk) = refuge_proto::upload(msg)?;
+                // Sizes first, before any work on the body.
+                if chunk.raw_len > self.max_chunk {
+                    warn!(target: "audit", event = "chunk_rejected", tenant = %who.tenant, chunk = %id,
+                          raw_len = chunk.raw_len, "chunk larger than the maximum");
+                    return Err(Status::invalid_argument(format!(
+                        "chunk {id} declares {} bytes, above the node's maximum of {}",
+                        chunk.raw_len, self.max_chunk
+                    )));
+                }
+                batch_bytes += chunk.data.len();
+                batch.push((id, chunk));
+            }
+            if !batch.is_empty() && (done || batch_bytes >= PUT_BATCH_BYTES) {
+                let store = self.store.clone();
+                let w = who.clone();
+                let b = std::mem::take(&mut batch);
+                let max = self.max_chunk;
+                batch_bytes = 0;
+                let out = blocking(move || verify_and_put(&*store, &w, b, max)).await?;
+                resp.chunks_stored += out.stored;
+                resp.bytes_stored += out.bytes;
+            }
+            if done {
+                return Ok(Response::new(resp));
+            }
+        }
+    }
+
+    async fn commit_snapshot(
+        &self,
+        req: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
+        let who = identity(&req)?;
+        let req = req.into_inner();
+        let source = SourceName::new(req.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let kind = refuge_proto::source_kind(req.kind)?;
+        if req.manifest.is_empty() || req.manifest.len() > MAX_MANIFEST_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "a manifest has 1 to {MAX_MANIFEST_CHUNKS} chunks, got {}",
+                req.manifest.len()
+            )));
+        }
+        let manifest = req
+            .manifest
+            .iter()
+            .map(refuge_proto::chunk_ref)
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let rec = blocking(move || {
+            check_and_commit(&*store, &who, source, kind, manifest, req.bytes_uploaded, req.warnings)
+        })
+        .await?;
+        Ok(Response::new(pb::CommitSnapshotResponse { snapshot: Some(refuge_proto::snapshot_to(&rec)) }))
+    }
+}
+
+/// The restore service.
+pub struct RestoreService {
+    store: Arc<dyn Store>,
+}
+
+impl RestoreService {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        RestoreService { store }
+    }
+}
+
+/// Snapshots of the caller's tenant matching the optional filters.
+fn filtered(
+    store: &dyn Store,
+    who: &ClientIdentity,
+    tenant: &str,
+    host: &str,
+    source: &str,
+) -> Result<Vec<SnapshotRecord>, Status> {
+    // Another tenant's snapshots look exactly like no snapshots.
+    if !tenant.is_empty() && tenant != who.tenant.as_str() {
+        return Ok(Vec::new());
+    }
+    Ok(store
+        .list_snapshots(&who.tenant)
+        .map_err(store_status)?
+        .into_iter()
+        .filter(|s| host.is_empty() || s.host.as_str() == host)
+        .filter(|s| source.is_empty() || s.source.as_str() == source)
+        .collect())
+}
+
+fn resolve(snaps: Vec<SnapshotRecord>, req: &pb::ResolveSnapshotRequest) -> Result<SnapshotRecord, Status> {
+    let one_source = |cands: &[SnapshotRecord], what: &str| -> Result<(), Status> {
+        if let Some(first) = cands.first()
+            && cands.iter().any(|s| s.host != first.host || s.source != first.source)
+        {
+            return Err(Status::failed_precondition(format!(
+                "{what} is ambiguous: snapshots of several hosts or sources match; pass --host and --source"
+            )));
+        }
+        Ok(())
+    };
+    let filter = || {
+        let mut f = String::new();
+        if !req.host.is_empty() {
+            f.push_str(&format!(" for host {}", req.host));
+        }
+        if !req.source.is_empty() {
+            f.push_str(&format!(" for source {}", req.source));
+        }
+        f
+    };
+    if req.at_unix_micros != 0 {
+        let cands: Vec<_> = snaps.into_iter().filter(|s| s.time_micros <= req.at_unix_micros).collect();
+        one_source(&cands, "--at")?;
+        return cands.into_iter().last().ok_or_else(|| {
+            Status::not_found(format!(
+                "no snapshot at or before {}{}",
+                refuge_core::format_time_micros(req.at_unix_micros),
+                filter()
+            ))
+        });
+    }
+    let sel = req.selector.trim().to_ascii_lowercase();
+    if sel == "latest" {
+        one_source(&snaps, "latest")?;
+        return snaps
+            .into_iter()
+            .last()
+            .ok_or_else(|| Status::not_found(format!("no snapshots{}", filter())));
+    }
+    if sel.is_empty() || sel.len() > 64 || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(format!(
+            "{:?} is not a snapshot id, id prefix or \"latest\"",
+            req.selector
+        )));
+    }
+    let mut matches: Vec<_> = snaps.into_iter().filter(|s| s.id.to_hex().starts_with(&sel)).collect();
+    match matches.len() {
+        0 => Err(Status::not_found(format!("no snapshot with id {sel}{}", filter()))),
+        1 => Ok(matches.remove(0)),
+        n => Err(Status::failed_precondition(format!(
+            "id prefix {sel} is ambiguous: it matches {n} snapshots; give more characters"
+        ))),
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Restore for RestoreService {
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let who = identity(&req)?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let snaps = blocking(move || filtered(&*store, &who, &r.tenant, &r.host, &r.source)).await?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: snaps.iter().map(refuge_proto::snapshot_to).collect(),
+        }))
+    }
+
+    async fn resolve_snapshot(
+        &self,
+        req: Request<pb::ResolveSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let who = identity(&req)?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        let rec = blocking(move || {
+            let snaps = filtered(&*store, &who, "", &r.host, &r.source)?;
+            resolve(snaps, &r)
+        })
+        .await?;
+        Ok(Response::new(refuge_proto::snapshot_to(&rec)))
+    }
+
+    type GetChunksStream = ChunkStream;
+
+    async fn get_chunks(
+        &self,
+        req: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let who = identity(&req)?;
+        let r = req.into_inner();
+        if r.ids.len() > MAX_GET_IDS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_GET_IDS} ids per GetChunks, got {}",
+                r.ids.len()
+            )));
+        }
+        let ids = r
+            .ids
+            .iter()
+            .map(|b| refuge_proto::chunk_id(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for id in ids {
+                let item = match store.get_chunk(&who.tenant, &id) {
+                    Ok(Some(c)) => Ok(refuge_proto::chunk_data_to(&id, c)),
+                    Ok(None) => Err(Status::not_found(format!("chunk {id} not found on the node"))),
+                    Err(e) => {
+                        warn!(target: "audit", event = "chunk_read_failed", tenant = %who.tenant, chunk = %id,
+                              error = %e, "stored chunk could not be read");
+                        Err(store_status(e))
+                    }
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let who = identity(&req)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            tenant: who.tenant.to_string(),
+            host: who.host.to_string(),
+            node_version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}
