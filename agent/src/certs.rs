@@ -20,7 +20,10 @@ fn write_new(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| {
             if path.exists() {
-                format!("{} already exists; refusing to overwrite it", path.display())
+                format!(
+                    "{} already exists; refusing to overwrite it",
+                    path.display()
+                )
             } else {
                 format!("cannot create {}", path.display())
             }
@@ -44,13 +47,20 @@ pub fn init(dir: &Path, node_names: &[String], days: i64) -> Outcome {
     } else {
         node_names.to_vec()
     };
-    let ca = CertAuthority::generate("refuge CA", Validity::days(days * 3)).map_err(anyhow::Error::from)?;
-    let node = ca.issue_node(&names, Validity::days(days)).map_err(anyhow::Error::from)?;
+    let ca = CertAuthority::generate("refuge CA", Validity::days(days * 3))
+        .map_err(anyhow::Error::from)?;
+    let node = ca
+        .issue_node(&names, Validity::days(days))
+        .map_err(anyhow::Error::from)?;
     write_new(&dir.join("ca.pem"), &ca.pair().cert_pem, false)?;
     write_new(&dir.join("ca.key"), &ca.pair().key_pem, true)?;
     write_new(&dir.join("node.pem"), &node.cert_pem, false)?;
     write_new(&dir.join("node.key"), &node.key_pem, true)?;
-    println!("created CA and node certificate in {} (node names: {})", dir.display(), names.join(", "));
+    println!(
+        "created CA and node certificate in {} (node names: {})",
+        dir.display(),
+        names.join(", ")
+    );
     println!("keep ca.key offline; issue client certificates with `refuge certs issue`");
     Ok(0)
 }
@@ -61,11 +71,21 @@ pub fn issue(dir: &Path, tenant: &str, host: &str, days: i64, out: Option<&Path>
     let host = HostName::new(host).map_err(|e| Failure::Usage(e.into()))?;
     let read = |name: &str| {
         let p = dir.join(name);
-        fs::read_to_string(&p).with_context(|| format!("cannot read {} (run `refuge certs init` first)", p.display()))
+        fs::read_to_string(&p).with_context(|| {
+            format!(
+                "cannot read {} (run `refuge certs init` first)",
+                p.display()
+            )
+        })
     };
-    let ca = CertAuthority::load(&read("ca.pem")?, &read("ca.key")?).map_err(anyhow::Error::from)?;
-    let pair = ca.issue_client(&tenant, &host, Validity::days(days)).map_err(anyhow::Error::from)?;
-    let out: PathBuf = out.map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
+    let ca =
+        CertAuthority::load(&read("ca.pem")?, &read("ca.key")?).map_err(anyhow::Error::from)?;
+    let pair = ca
+        .issue_client(&tenant, &host, Validity::days(days))
+        .map_err(anyhow::Error::from)?;
+    let out: PathBuf = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.to_path_buf());
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let base = format!("{tenant}-{host}");
     let cert = out.join(format!("{base}.pem"));

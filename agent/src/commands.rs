@@ -22,9 +22,16 @@ fn show_progress(json: bool) -> bool {
 /// `refuge-agent check-config`.
 pub fn check_config(path: &Path) -> Outcome {
     let cfg = config(path)?;
-    for (what, p) in [("ca", &cfg.node.ca), ("cert", &cfg.node.cert), ("key", &cfg.node.key)] {
+    for (what, p) in [
+        ("ca", &cfg.node.ca),
+        ("cert", &cfg.node.cert),
+        ("key", &cfg.node.key),
+    ] {
         if !p.is_file() {
-            return Err(Failure::Usage(anyhow!("[node] {what} = {}: file not found", p.display())));
+            return Err(Failure::Usage(anyhow!(
+                "[node] {what} = {}: file not found",
+                p.display()
+            )));
         }
     }
     for s in &cfg.sources {
@@ -44,7 +51,10 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
         None => cfg.sources.clone(),
     };
     if sources.is_empty() {
-        return Err(Failure::Usage(anyhow!("no [[source]] in {}", path.display())));
+        return Err(Failure::Usage(anyhow!(
+            "no [[source]] in {}",
+            path.display()
+        )));
     }
     let node = connect(&cfg.node).await?;
     let mut reports = Vec::new();
@@ -65,7 +75,11 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
                         r.chunks_new,
                         human_bytes(r.bytes_sent),
                         r.duration_secs,
-                        if r.warning_count > 0 { format!(", {} files skipped (see warnings)", r.warning_count) } else { String::new() }
+                        if r.warning_count > 0 {
+                            format!(", {} files skipped (see warnings)", r.warning_count)
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 reports.push(r);
@@ -77,10 +91,16 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?
+        );
     }
     if !failed.is_empty() {
-        return Err(Failure::Failed(anyhow!("backup of {} failed", failed.join(", "))));
+        return Err(Failure::Failed(anyhow!(
+            "backup of {} failed",
+            failed.join(", ")
+        )));
     }
     Ok(if warned { 3 } else { 0 })
 }
@@ -159,7 +179,10 @@ pub async fn snapshots(path: &Path, f: Filter, json: bool) -> Outcome {
         .map_err(|e| anyhow!("node's answer: {e}"))?;
     if json {
         let rows: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
-        println!("{}", serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
+        );
         return Ok(0);
     }
     if snaps.is_empty() {
@@ -168,7 +191,9 @@ pub async fn snapshots(path: &Path, f: Filter, json: bool) -> Outcome {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "Time", "Host", "Source", "Kind", "Files", "Size", "New"]);
+    t.set_header([
+        "ID", "Time", "Host", "Source", "Kind", "Files", "Size", "New",
+    ]);
     for s in &snaps {
         t.add_row([
             s.id.short(),
@@ -205,8 +230,16 @@ pub struct RestoreArgs {
 /// `refuge restore`.
 pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
     let at = match (&a.snapshot, &a.at) {
-        (Some(_), Some(_)) => return Err(Failure::Usage(anyhow!("give either SNAPSHOT or --at, not both"))),
-        (None, None) => return Err(Failure::Usage(anyhow!("give a SNAPSHOT (id, prefix or latest) or --at TIME"))),
+        (Some(_), Some(_)) => {
+            return Err(Failure::Usage(anyhow!(
+                "give either SNAPSHOT or --at, not both"
+            )));
+        }
+        (None, None) => {
+            return Err(Failure::Usage(anyhow!(
+                "give a SNAPSHOT (id, prefix or latest) or --at TIME"
+            )));
+        }
         (None, Some(t)) => parse_time_micros(t).map_err(|e| Failure::Usage(anyhow!(e)))?,
         (Some(_), None) => 0,
     };
@@ -228,12 +261,19 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
     let report = refuge_client::restore_snapshot(
         &node,
         &snap,
-        RestoreOptions { target: a.target.clone(), include: a.include, progress: show_progress(a.json) },
+        RestoreOptions {
+            target: a.target.clone(),
+            include: a.include,
+            progress: show_progress(a.json),
+        },
     )
     .await
     .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
+        );
     } else {
         println!(
             "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
@@ -256,6 +296,9 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
 pub async fn whoami(path: &Path) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    println!("tenant {} host {} at node {}", node.tenant, node.host, node.address);
+    println!(
+        "tenant {} host {} at node {}",
+        node.tenant, node.host, node.address
+    );
     Ok(0)
 }

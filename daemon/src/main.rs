@@ -17,7 +17,12 @@ use clap::Parser;
 #[command(version, about, long_about)]
 struct Args {
     /// Configuration file (template: node.example.toml).
-    #[arg(short, long, env = "REFUGED_CONFIG", default_value = "/etc/refuge/node.toml")]
+    #[arg(
+        short,
+        long,
+        env = "REFUGED_CONFIG",
+        default_value = "/etc/refuge/node.toml"
+    )]
     config: PathBuf,
     /// Check the configuration file and exit.
     #[arg(long)]

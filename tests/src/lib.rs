@@ -1,1 +1,312 @@
-//! placeholder
+//! Helpers for refuge's end-to-end tests: a scratch directory with fresh
+//! certificates, a real `refuged` process on 127.0.0.1, and runners for the
+//! real `refuge` and `refuge-agent` binaries.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`).
+//! `cargo test --workspace` and `cargo nextest run --workspace` build them,
+//! because the `daemon` and `agent` packages have integration tests.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built alongside this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found; build the workspace binaries first (`cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+/// Output of a finished command, with helpers.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails(self, code: i32, needle: &str) -> Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr does not mention {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs a binary with arguments in `cwd`.
+pub fn run(name: &str, cwd: &Path, args: &[&str]) -> Run {
+    let o = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("REFUGE_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run::from(o)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch deployment: certificates, a node config, a running node.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    node: Option<Child>,
+}
+
+impl Cluster {
+    /// Fresh certificates (CA, node, client finance/db1) and a started node.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        run("refuge", dir.path(), &["certs", "init", "certs"]).ok();
+        run(
+            "refuge",
+            dir.path(),
+            &[
+                "certs", "issue", "--dir", "certs", "--tenant", "finance", "--host", "db1",
+            ],
+        )
+        .ok();
+        let port = free_port();
+        fs::write(
+            dir.path().join("node.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"store\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node.pem\"\nkey = \"certs/node.key\"\n"
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            dir,
+            port,
+            node: None,
+        };
+        c.start_node();
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `refuged` and waits until it accepts connections.
+    pub fn start_node(&mut self) {
+        assert!(self.node.is_none());
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("node.log"))
+            .unwrap();
+        let mut child = Command::new(bin("refuged"))
+            .args(["--config", "node.toml"])
+            .current_dir(self.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("refuged exited early ({status}):\n{}", self.node_log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refuged did not start:\n{}",
+                self.node_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.node = Some(child);
+    }
+
+    /// Stops the node with SIGTERM (it flushes its store) and waits.
+    pub fn stop_node(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let pid = child.id() as i32;
+            // SAFETY-free: kill(1) through the shell keeps this crate safe.
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    child.kill().unwrap();
+                    panic!("refuged did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn node_log(&self) -> String {
+        fs::read_to_string(self.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Writes an agent config with the given cert basename and sources
+    /// (`name`, `path`, `kind`).
+    pub fn agent_config(
+        &self,
+        file: &str,
+        cert: &str,
+        ca: &str,
+        sources: &[(&str, &Path, &str)],
+    ) -> PathBuf {
+        let mut text = format!(
+            "[node]\naddress = \"127.0.0.1:{}\"\nca = \"{ca}\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\nconnect_timeout_secs = 5\n\n[chunking]\nmin_size = 65536\navg_size = 262144\nmax_size = 1048576\n",
+            self.port
+        );
+        for (name, path, kind) in sources {
+            text.push_str(&format!(
+                "\n[[source]]\nname = \"{name}\"\npath = \"{}\"\nkind = \"{kind}\"\n",
+                path.display()
+            ));
+        }
+        let p = self.path().join(file);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The default client (finance/db1) config with these sources.
+    pub fn default_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
+        self.agent_config("agent.toml", "certs/finance-db1", "certs/ca.pem", sources)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.node.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Asserts that two trees have the same entries, types, contents, modes,
+/// mtimes (files and symlinks; directories too) and symlink targets.
+#[track_caller]
+pub fn assert_same_tree(want: &Path, got: &Path) {
+    let list = |root: &Path| -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                v.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+        v.sort();
+        v
+    };
+    let a = list(want);
+    let b = list(got);
+    assert_eq!(a, b, "restored tree has different entries");
+    for rel in std::iter::once(PathBuf::new()).chain(a) {
+        let (pa, pb) = (want.join(&rel), got.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).unwrap(),
+            fs::symlink_metadata(&pb).unwrap(),
+        );
+        let what = String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned();
+        assert_eq!(ma.file_type(), mb.file_type(), "type of {what:?}");
+        assert_eq!(ma.mode(), mb.mode(), "mode of {what:?}");
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&pa).unwrap(),
+                fs::read_link(&pb).unwrap(),
+                "target of {what:?}"
+            );
+        } else {
+            assert_eq!(
+                (ma.mtime(), ma.mtime_nsec()),
+                (mb.mtime(), mb.mtime_nsec()),
+                "mtime of {what:?}"
+            );
+        }
+        if ma.is_file() {
+            assert!(
+                fs::read(&pa).unwrap() == fs::read(&pb).unwrap(),
+                "contents of {what:?} differ"
+            );
+        }
+    }
+}
+
+/// Copies a tree with metadata (`cp -a`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 #[command(version, about, long_about)]
 struct Args {
     /// Configuration file (template: agent.example.toml).
-    #[arg(short, long, global = true, env = "REFUGE_CONFIG", default_value = "/etc/refuge/agent.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "REFUGE_CONFIG",
+        default_value = "/etc/refuge/agent.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -41,7 +47,11 @@ fn main() -> ExitCode {
     let r = match args.command {
         Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
         Command::Backup { source, json } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(refuge_cli::commands::backup(&args.config, source.as_deref(), json)),
+            Ok(rt) => rt.block_on(refuge_cli::commands::backup(
+                &args.config,
+                source.as_deref(),
+                json,
+            )),
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
         },
     };

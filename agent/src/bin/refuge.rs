@@ -14,7 +14,13 @@ use refuge_cli::commands::{Filter, RestoreArgs};
 #[command(version, about, long_about)]
 struct Args {
     /// Client configuration file; only its [node] section is used.
-    #[arg(short, long, global = true, env = "REFUGE_CONFIG", default_value = "/etc/refuge/agent.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "REFUGE_CONFIG",
+        default_value = "/etc/refuge/agent.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -107,21 +113,65 @@ fn main() -> ExitCode {
     refuge_cli::init_logging("warn");
     let cfg = args.config;
     let r = match args.command {
-        Command::Certs(Certs::Init { dir, node_names, days }) => refuge_cli::certs::init(&dir, &node_names, days),
-        Command::Certs(Certs::Issue { dir, tenant, host, days, out_dir }) => {
-            refuge_cli::certs::issue(&dir, &tenant, &host, days, out_dir.as_deref())
-        }
+        Command::Certs(Certs::Init {
+            dir,
+            node_names,
+            days,
+        }) => refuge_cli::certs::init(&dir, &node_names, days),
+        Command::Certs(Certs::Issue {
+            dir,
+            tenant,
+            host,
+            days,
+            out_dir,
+        }) => refuge_cli::certs::issue(&dir, &tenant, &host, days, out_dir.as_deref()),
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {
                 match cmd {
-                    Command::Snapshots { tenant, host, source, json } => {
-                        refuge_cli::commands::snapshots(&cfg, Filter { tenant, host, source }, json).await
+                    Command::Snapshots {
+                        tenant,
+                        host,
+                        source,
+                        json,
+                    } => {
+                        refuge_cli::commands::snapshots(
+                            &cfg,
+                            Filter {
+                                tenant,
+                                host,
+                                source,
+                            },
+                            json,
+                        )
+                        .await
                     }
-                    Command::Restore { snapshot, at, host, source, target, include, json } => {
-                        let filter = Filter { tenant: None, host, source };
-                        refuge_cli::commands::restore(&cfg, RestoreArgs { snapshot, at, filter, target, include, json })
-                            .await
+                    Command::Restore {
+                        snapshot,
+                        at,
+                        host,
+                        source,
+                        target,
+                        include,
+                        json,
+                    } => {
+                        let filter = Filter {
+                            tenant: None,
+                            host,
+                            source,
+                        };
+                        refuge_cli::commands::restore(
+                            &cfg,
+                            RestoreArgs {
+                                snapshot,
+                                at,
+                                filter,
+                                target,
+                                include,
+                                json,
+                            },
+                        )
+                        .await
                     }
                     Command::Whoami => refuge_cli::commands::whoami(&cfg).await,
                     Command::Certs(_) => unreachable!("handled above"),

@@ -109,8 +109,17 @@ impl Uploader {
         let ids = batch.iter().map(|(id, _)| id.0.to_vec()).collect();
         let missing = self
             .rt
-            .block_on(self.node.ingest.find_missing(pb::FindMissingRequest { ids }))
-            .map_err(|s| anyhow!("asking the node which chunks it lacks: {}", explain_status(&s)))?
+            .block_on(
+                self.node
+                    .ingest
+                    .find_missing(pb::FindMissingRequest { ids }),
+            )
+            .map_err(|s| {
+                anyhow!(
+                    "asking the node which chunks it lacks: {}",
+                    explain_status(&s)
+                )
+            })?
             .into_inner()
             .missing;
         if missing.is_empty() {
@@ -186,23 +195,42 @@ fn walk_tree(
 ) -> anyhow::Result<()> {
     let md = std::fs::metadata(root).with_context(|| format!("source path {}", root.display()))?;
     if !md.is_dir() {
-        bail!("source path {} is not a directory (use kind = \"image\" for a file or device)", root.display());
+        bail!(
+            "source path {} is not a directory (use kind = \"image\" for a file or device)",
+            root.display()
+        );
     }
-    for item in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let ent = match item {
             Ok(e) => e,
             Err(e) => {
-                let p = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-                rep.warn(format!("cannot read {p}: {}; skipped", e.io_error().map(|e| e.to_string()).unwrap_or(e.to_string())));
+                let p = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                rep.warn(format!(
+                    "cannot read {p}: {}; skipped",
+                    e.io_error().map(|e| e.to_string()).unwrap_or(e.to_string())
+                ));
                 continue;
             }
         };
         let rel = ent.path().strip_prefix(root).unwrap_or(ent.path());
-        let rel = if rel.as_os_str().is_empty() { b".".to_vec() } else { rel.as_os_str().as_bytes().to_vec() };
+        let rel = if rel.as_os_str().is_empty() {
+            b".".to_vec()
+        } else {
+            rel.as_os_str().as_bytes().to_vec()
+        };
         let md = match ent.metadata() {
             Ok(m) => m,
             Err(e) => {
-                rep.warn(format!("cannot stat {}: {e}; skipped", ent.path().display()));
+                rep.warn(format!(
+                    "cannot stat {}: {e}; skipped",
+                    ent.path().display()
+                ));
                 continue;
             }
         };
@@ -218,7 +246,10 @@ fn walk_tree(
                     e.size = e.target.len() as u64;
                     w.add_entry(&e)?;
                 }
-                Err(e) => rep.warn(format!("cannot read symlink {}: {e}; skipped", ent.path().display())),
+                Err(e) => rep.warn(format!(
+                    "cannot read symlink {}: {e}; skipped",
+                    ent.path().display()
+                )),
             }
         } else if ft.is_file() {
             match chunk_file(ent.path(), params, up, rep, bar) {
@@ -230,13 +261,17 @@ fn walk_tree(
                     rep.files += 1;
                     bar.set_message(format!("{} files", rep.files));
                 }
-                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
-                    rep.warn(format!("cannot read {}: {e}; skipped", ent.path().display()))
-                }
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some() => rep.warn(format!(
+                    "cannot read {}: {e}; skipped",
+                    ent.path().display()
+                )),
                 Err(e) => return Err(e),
             }
         } else {
-            rep.warn(format!("{} is a special file (socket, fifo or device node); skipped", ent.path().display()));
+            rep.warn(format!(
+                "{} is a special file (socket, fifo or device node); skipped",
+                ent.path().display()
+            ));
         }
     }
     Ok(())
@@ -252,7 +287,10 @@ fn read_image(
 ) -> anyhow::Result<()> {
     let md = std::fs::metadata(path).with_context(|| format!("source path {}", path.display()))?;
     if md.is_dir() {
-        bail!("source path {} is a directory (use kind = \"tree\")", path.display());
+        bail!(
+            "source path {} is a directory (use kind = \"tree\")",
+            path.display()
+        );
     }
     let name = path
         .file_name()
@@ -295,12 +333,17 @@ fn backup_blocking(
     progress: bool,
 ) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
-    let mut rep = BackupReport { source: source.name.clone(), ..Default::default() };
+    let mut rep = BackupReport {
+        source: source.name.clone(),
+        ..Default::default()
+    };
     let bar = if progress {
         let b = ProgressBar::new_spinner();
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}), {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}), {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
@@ -309,19 +352,30 @@ fn backup_blocking(
     };
     let spool = tempfile::tempfile().context("creating a temporary file for the manifest")?;
     let mut w = ManifestWriter::new(BufWriter::new(spool), source.kind)?;
-    let mut up = Uploader { rt: rt.clone(), node: node.clone(), level, pending: Vec::new(), pending_bytes: 0 };
+    let mut up = Uploader {
+        rt: rt.clone(),
+        node: node.clone(),
+        level,
+        pending: Vec::new(),
+        pending_bytes: 0,
+    };
     match source.kind {
         SourceKind::Tree => walk_tree(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
         SourceKind::Image => read_image(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
     }
     let (buf, _summary) = w.finish()?;
-    let mut spool = buf.into_inner().map_err(|e| anyhow!("writing the manifest: {}", e.error()))?;
+    let mut spool = buf
+        .into_inner()
+        .map_err(|e| anyhow!("writing the manifest: {}", e.error()))?;
     spool.seek(SeekFrom::Start(0))?;
     let mut manifest = Vec::new();
     for chunk in Chunker::new(BufReader::new(spool), ChunkerParams::manifest()) {
         let chunk = chunk.context("reading back the manifest")?;
         let id = ChunkId::of(&chunk.data);
-        manifest.push(ChunkRef { id, len: chunk.data.len() as u32 });
+        manifest.push(ChunkRef {
+            id,
+            len: chunk.data.len() as u32,
+        });
         up.add(id, chunk.data, &mut rep)?;
     }
     up.flush(&mut rep)?;

@@ -66,14 +66,23 @@ pub struct ChunkingConfig {
 impl Default for ChunkingConfig {
     fn default() -> Self {
         let p = ChunkerParams::default();
-        ChunkingConfig { min_size: p.min_size, avg_size: p.avg_size, max_size: p.max_size, zstd_level: 3 }
+        ChunkingConfig {
+            min_size: p.min_size,
+            avg_size: p.avg_size,
+            max_size: p.max_size,
+            zstd_level: 3,
+        }
     }
 }
 
 impl ChunkingConfig {
     /// The chunker parameters.
     pub fn params(&self) -> ChunkerParams {
-        ChunkerParams { min_size: self.min_size, avg_size: self.avg_size, max_size: self.max_size }
+        ChunkerParams {
+            min_size: self.min_size,
+            avg_size: self.avg_size,
+            max_size: self.max_size,
+        }
     }
 }
 
@@ -99,7 +108,8 @@ fn default_kind() -> SourceKind {
 pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let mut cfg = AgentConfig::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    let mut cfg = AgentConfig::parse(&text)
+        .with_context(|| format!("invalid config file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let fix = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -124,7 +134,10 @@ impl AgentConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
         if !(1..=19).contains(&cfg.chunking.zstd_level) {
-            bail!("[chunking] zstd_level must be 1 to 19, got {}", cfg.chunking.zstd_level);
+            bail!(
+                "[chunking] zstd_level must be 1 to 19, got {}",
+                cfg.chunking.zstd_level
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for s in &cfg.sources {
@@ -140,7 +153,10 @@ impl AgentConfig {
     pub fn source(&self, name: &str) -> anyhow::Result<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
             let names: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
-            anyhow::anyhow!("no source named {name:?} in the config (configured: {})", names.join(", "))
+            anyhow::anyhow!(
+                "no source named {name:?} in the config (configured: {})",
+                names.join(", ")
+            )
         })
     }
 }
@@ -151,7 +167,8 @@ mod tests {
 
     #[test]
     fn the_template_parses_and_matches_the_defaults() {
-        let cfg = AgentConfig::parse(include_str!("../../../agent/agent.example.toml")).expect("template");
+        let cfg = AgentConfig::parse(include_str!("../../../agent/agent.example.toml"))
+            .expect("template");
         assert_eq!(cfg.chunking, ChunkingConfig::default());
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
@@ -164,13 +181,30 @@ mod tests {
         AgentConfig::parse(base).unwrap();
         let e = AgentConfig::parse(&format!("{base}[chunking]\nmin_size = 10\n")).unwrap_err();
         assert!(e.to_string().contains("min_size"), "{e}");
-        let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a b\"\npath = \"/\"\n")).unwrap_err();
+        let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a b\"\npath = \"/\"\n"))
+            .unwrap_err();
         assert!(e.to_string().contains("invalid source name"), "{e}");
-        let dup = format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n[[source]]\nname = \"a\"\npath = \"/x\"\n");
-        assert!(AgentConfig::parse(&dup).unwrap_err().to_string().contains("twice"));
-        let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\nkind = \"disk\"\n")).unwrap_err();
+        let dup = format!(
+            "{base}[[source]]\nname = \"a\"\npath = \"/\"\n[[source]]\nname = \"a\"\npath = \"/x\"\n"
+        );
+        assert!(
+            AgentConfig::parse(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        let e = AgentConfig::parse(&format!(
+            "{base}[[source]]\nname = \"a\"\npath = \"/\"\nkind = \"disk\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unknown variant"), "{e:#}");
-        let cfg = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n")).unwrap();
-        assert!(cfg.source("b").unwrap_err().to_string().contains("configured: a"));
+        let cfg =
+            AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n")).unwrap();
+        assert!(
+            cfg.source("b")
+                .unwrap_err()
+                .to_string()
+                .contains("configured: a")
+        );
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use hyper_util::rt::TokioIo;
+use refuge_proto::pb;
 use refuge_proto::pb::ingest_client::IngestClient;
 use refuge_proto::pb::restore_client::RestoreClient;
-use refuge_proto::pb;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -38,12 +38,15 @@ pub struct Node {
 
 /// Turns a rustls handshake error into a sentence about the cause.
 fn explain_tls(text: &str, server_name: &str) -> String {
-    if text.contains("UnknownIssuer") {
+    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         "the node's certificate is not signed by the configured CA (check `ca` in [node])".into()
     } else if text.contains("NotValidForName") {
-        format!("the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node])")
+        format!(
+            "the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node])"
+        )
     } else if text.contains("Expired") {
-        "the node's certificate has expired or is not yet valid (check the clocks and renew it)".into()
+        "the node's certificate has expired or is not yet valid (check the clocks and renew it)"
+            .into()
     } else {
         text.to_string()
     }
@@ -70,12 +73,27 @@ pub fn explain_status(s: &tonic::Status) -> String {
         None => s.message().to_string(),
     };
     for (alert, what) in [
-        ("CertificateExpired", "this client's certificate has expired"),
-        ("UnknownCA", "this client's certificate is not signed by the node's CA"),
-        ("BadCertificate", "the node rejected this client's certificate"),
-        ("CertificateRequired", "the node requires a client certificate"),
+        (
+            "CertificateExpired",
+            "this client's certificate has expired",
+        ),
+        (
+            "UnknownCA",
+            "this client's certificate is not signed by the node's CA",
+        ),
+        (
+            "BadCertificate",
+            "the node rejected this client's certificate",
+        ),
+        (
+            "CertificateRequired",
+            "the node requires a client certificate",
+        ),
         ("CertificateRevoked", "this client's certificate is revoked"),
-        ("DecryptError", "the node rejected this client's certificate"),
+        (
+            "DecryptError",
+            "the node rejected this client's certificate",
+        ),
     ] {
         if detail.contains(alert) {
             return format!("{what} (TLS alert {alert}); check `cert` and `key` in [node]");
@@ -116,8 +134,12 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     }
     let tls = refuge_tls::client_config(&ca, &pair).context("TLS configuration")?;
     let connector = TlsConnector::from(Arc::new(tls));
-    let server_name = ServerName::try_from(cfg.server_name.clone())
-        .map_err(|e| anyhow!("server_name {:?} is not a DNS name or IP address: {e}", cfg.server_name))?;
+    let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| {
+        anyhow!(
+            "server_name {:?} is not a DNS name or IP address: {e}",
+            cfg.server_name
+        )
+    })?;
     let address = cfg.address.clone();
     let sn_text = cfg.server_name.clone();
     let addr = address.clone();
@@ -127,14 +149,17 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
         let addr = addr.clone();
         let sn_text = sn_text.clone();
         async move {
-            let tcp = TcpStream::connect(&addr)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot reach the node at {addr}: {e}")))?;
+            let tcp = TcpStream::connect(&addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot reach the node at {addr}: {e}"))
+            })?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await.map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
-                    format!("TLS handshake with the node at {addr} failed: {}", explain_tls(&e.to_string(), &sn_text)),
+                    format!(
+                        "TLS handshake with the node at {addr} failed: {}",
+                        explain_tls(&e.to_string(), &sn_text)
+                    ),
                 )
             })?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
@@ -159,10 +184,30 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let who = restore
         .who_am_i(pb::WhoAmIRequest {})
         .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .map_err(|s| {
+            let text = explain_status(&s);
+            // With TLS 1.3 the node checks our certificate after our side of
+            // the handshake is done; a refusal then shows up as a closed
+            // connection on the first call.
+            if text.contains("connection closed") || text.contains("canceled") || text.contains("broken pipe") {
+                anyhow!(
+                    "the node at {address} closed the connection right after the TLS handshake: it most likely \
+                     rejected this client's certificate (not signed by the node's CA, expired, or revoked); check `cert` and `key` \
+                     in [node] and the node's audit log"
+                )
+            } else {
+                anyhow!("{text}")
+            }
+        })?
         .into_inner();
     tracing::debug!(tenant = %who.tenant, host = %who.host, node_version = %who.node_version, "connected");
-    Ok(Node { ingest, restore, tenant: who.tenant, host: who.host, address })
+    Ok(Node {
+        ingest,
+        restore,
+        tenant: who.tenant,
+        host: who.host,
+        address,
+    })
 }
 
 /// The innermost message of a connection error (ours, from the connector).

@@ -75,12 +75,19 @@ struct Fetcher {
 
 impl Fetcher {
     /// Fetches `refs` in order; calls `sink` with each verified chunk.
-    fn fetch(&mut self, refs: &[ChunkRef], mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn fetch(
+        &mut self,
+        refs: &[ChunkRef],
+        mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut start = 0;
         while start < refs.len() {
             let mut end = start;
             let mut bytes = 0u64;
-            while end < refs.len() && end - start < FETCH_CHUNKS && (end == start || bytes + u64::from(refs[end].len) <= FETCH_BYTES) {
+            while end < refs.len()
+                && end - start < FETCH_CHUNKS
+                && (end == start || bytes + u64::from(refs[end].len) <= FETCH_BYTES)
+            {
                 bytes += u64::from(refs[end].len);
                 end += 1;
             }
@@ -93,18 +100,32 @@ impl Fetcher {
                 .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?
                 .into_inner();
             for r in group {
-                let msg = self.rt.block_on(stream.message()).map_err(|s| match s.code() {
-                    tonic::Code::NotFound => anyhow!("chunk {} is missing on the node", r.id),
-                    tonic::Code::DataLoss => anyhow!("chunk {}: the node's stored copy is corrupt ({})", r.id, s.message()),
-                    _ => anyhow!("fetching chunk {}: {}", r.id, explain_status(&s)),
-                })?;
-                let msg = msg.ok_or_else(|| anyhow!("node ended the stream before chunk {}", r.id))?;
-                let (id, c) = refuge_proto::chunk_data(msg).map_err(|e| anyhow!("chunk {}: {e}", r.id))?;
+                let msg = self
+                    .rt
+                    .block_on(stream.message())
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => anyhow!("chunk {} is missing on the node", r.id),
+                        tonic::Code::DataLoss => anyhow!(
+                            "chunk {}: the node's stored copy is corrupt ({})",
+                            r.id,
+                            s.message()
+                        ),
+                        _ => anyhow!("fetching chunk {}: {}", r.id, explain_status(&s)),
+                    })?;
+                let msg =
+                    msg.ok_or_else(|| anyhow!("node ended the stream before chunk {}", r.id))?;
+                let (id, c) =
+                    refuge_proto::chunk_data(msg).map_err(|e| anyhow!("chunk {}: {e}", r.id))?;
                 if id != r.id {
                     bail!("node sent chunk {id} where {} was expected", r.id);
                 }
                 if c.raw_len != r.len {
-                    bail!("chunk {} is corrupt: {} bytes where the manifest says {}", r.id, c.raw_len, r.len);
+                    bail!(
+                        "chunk {} is corrupt: {} bytes where the manifest says {}",
+                        r.id,
+                        c.raw_len,
+                        r.len
+                    );
                 }
                 let data = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
                     .map_err(|e| anyhow!("chunk {} is corrupt: {e}", r.id))?;
@@ -127,7 +148,9 @@ struct RemoteStream<'a> {
 impl Read for RemoteStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            let Some(r) = self.refs.next() else { return Ok(0) };
+            let Some(r) = self.refs.next() else {
+                return Ok(0);
+            };
             let mut got = Vec::new();
             self.fetcher
                 .fetch(&[r], |d| {
@@ -146,7 +169,11 @@ impl Read for RemoteStream<'_> {
 }
 
 /// Restores `snap` as `opts` say.
-pub async fn restore_snapshot(node: &Node, snap: &SnapshotRecord, opts: RestoreOptions) -> anyhow::Result<RestoreReport> {
+pub async fn restore_snapshot(
+    node: &Node,
+    snap: &SnapshotRecord,
+    opts: RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
     let node = node.clone();
     let snap = snap.clone();
     let rt = Handle::current();
@@ -228,10 +255,18 @@ struct OpenFile {
 impl OpenFile {
     fn finish(mut self) -> anyhow::Result<()> {
         if self.written != self.entry.size {
-            bail!("wrote {} bytes of {} for {}", self.written, self.entry.size, lossy(&self.entry.path));
+            bail!(
+                "wrote {} bytes of {} for {}",
+                self.written,
+                self.entry.size,
+                lossy(&self.entry.path)
+            );
         }
         self.file.flush()?;
-        fs::set_permissions(&self.tmp, fs::Permissions::from_mode(self.entry.mode & 0o7777))?;
+        fs::set_permissions(
+            &self.tmp,
+            fs::Permissions::from_mode(self.entry.mode & 0o7777),
+        )?;
         set_owner(&self.tmp, &self.entry, false);
         filetime::set_file_times(&self.tmp, mtime(&self.entry), mtime(&self.entry))?;
         if let Ok(m) = fs::symlink_metadata(&self.dest)
@@ -239,7 +274,8 @@ impl OpenFile {
         {
             bail!("{} exists and is a directory", self.dest.display());
         }
-        fs::rename(&self.tmp, &self.dest).with_context(|| format!("renaming into {}", self.dest.display()))?;
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("renaming into {}", self.dest.display()))?;
         Ok(())
     }
 }
@@ -251,7 +287,12 @@ fn temp_name(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(std::ffi::OsStr::from_bytes(&n))
 }
 
-fn restore_blocking(rt: Handle, node: Node, snap: SnapshotRecord, opts: RestoreOptions) -> anyhow::Result<RestoreReport> {
+fn restore_blocking(
+    rt: Handle,
+    node: Node,
+    snap: SnapshotRecord,
+    opts: RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
     let started = Instant::now();
     let mut rep = RestoreReport {
         snapshot: snap.id.to_hex(),
@@ -261,16 +302,26 @@ fn restore_blocking(rt: Handle, node: Node, snap: SnapshotRecord, opts: RestoreO
     let bar = if opts.progress {
         let b = ProgressBar::new(snap.logical_bytes);
         b.set_style(
-            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
         ProgressBar::hidden()
     };
-    let mut fetcher = Fetcher { rt: rt.clone(), node: node.clone() };
+    let mut fetcher = Fetcher {
+        rt: rt.clone(),
+        node: node.clone(),
+    };
     let mut data_fetcher = Fetcher { rt, node };
-    let stream = RemoteStream { fetcher: &mut fetcher, refs: snap.manifest.clone().into_iter(), buf: Vec::new(), pos: 0 };
+    let stream = RemoteStream {
+        fetcher: &mut fetcher,
+        refs: snap.manifest.clone().into_iter(),
+        buf: Vec::new(),
+        pos: 0,
+    };
     let mut reader = ManifestReader::new(stream).context("reading the snapshot's manifest")?;
     let result = match snap.kind {
         SourceKind::Tree => restore_tree(&mut reader, &mut data_fetcher, &opts, &mut rep, &bar),
@@ -296,10 +347,15 @@ fn restore_tree<R: Read>(
 ) -> anyhow::Result<()> {
     let include = opts.include.as_ref().map(|s| {
         let t = s.trim_start_matches("./").trim_end_matches('/');
-        if t.is_empty() { ".".as_bytes().to_vec() } else { t.as_bytes().to_vec() }
+        if t.is_empty() {
+            ".".as_bytes().to_vec()
+        } else {
+            t.as_bytes().to_vec()
+        }
     });
     let include = include.as_deref().filter(|i| *i != b".");
-    fs::create_dir_all(&opts.target).with_context(|| format!("creating target {}", opts.target.display()))?;
+    fs::create_dir_all(&opts.target)
+        .with_context(|| format!("creating target {}", opts.target.display()))?;
     let target = opts.target.as_path();
     let mut open: Option<OpenFile> = None;
     let mut skipping = false;
@@ -316,7 +372,12 @@ fn restore_tree<R: Read>(
     loop {
         let rec = match reader.next_record() {
             Ok(r) => r,
-            Err(e) => return Err(fail(&mut open, anyhow!("reading the snapshot's manifest: {e}"))),
+            Err(e) => {
+                return Err(fail(
+                    &mut open,
+                    anyhow!("reading the snapshot's manifest: {e}"),
+                ));
+            }
         };
         let Some(rec) = rec else { break };
         match rec {
@@ -355,7 +416,13 @@ fn restore_tree<R: Read>(
                                 .with_context(|| format!("creating {}", tmp.display()))?;
                             let dest = dir.join(std::ffi::OsStr::from_bytes(name));
                             rep.files += 1;
-                            Ok(Some(OpenFile { entry: e, tmp, dest, file, written: 0 }))
+                            Ok(Some(OpenFile {
+                                entry: e,
+                                tmp,
+                                dest,
+                                file,
+                                written: 0,
+                            }))
                         }
                         EntryKind::Symlink => {
                             let (dir, name) = parent_and_name(target, &e.path)?;
@@ -366,8 +433,11 @@ fn restore_tree<R: Read>(
                                 }
                                 fs::remove_file(&dest)?;
                             }
-                            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.target), &dest)
-                                .with_context(|| format!("creating symlink {}", dest.display()))?;
+                            std::os::unix::fs::symlink(
+                                std::ffi::OsStr::from_bytes(&e.target),
+                                &dest,
+                            )
+                            .with_context(|| format!("creating symlink {}", dest.display()))?;
                             set_owner(&dest, &e, true);
                             filetime::set_symlink_file_times(&dest, mtime(&e), mtime(&e))?;
                             rep.symlinks += 1;
@@ -431,29 +501,43 @@ fn restore_image<R: Read>(
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
-    let device = fs::metadata(target).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    let device = fs::metadata(target)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false);
     let mut entry: Option<Entry> = None;
     let mut out: Option<(File, PathBuf)> = None;
     let mut written = 0u64;
     let result = (|| -> anyhow::Result<()> {
-        while let Some(rec) = reader.next_record().context("reading the snapshot's manifest")? {
+        while let Some(rec) = reader
+            .next_record()
+            .context("reading the snapshot's manifest")?
+        {
             match rec {
                 ManifestRecord::Entry(e) => {
                     if entry.is_some() {
                         bail!("image manifest has more than one entry");
                     }
                     let (file, path) = if device {
-                        (OpenOptions::new().write(true).open(target)?, target.to_path_buf())
+                        (
+                            OpenOptions::new().write(true).open(target)?,
+                            target.to_path_buf(),
+                        )
                     } else {
                         let dir = match target.parent() {
                             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                             _ => PathBuf::from("."),
                         };
                         fs::create_dir_all(&dir)?;
-                        let name = target.file_name().ok_or_else(|| anyhow!("target {} has no file name", target.display()))?;
+                        let name = target.file_name().ok_or_else(|| {
+                            anyhow!("target {} has no file name", target.display())
+                        })?;
                         let tmp = temp_name(&dir, name.as_bytes());
                         let _ = fs::remove_file(&tmp);
-                        let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(&tmp)
                             .with_context(|| format!("creating {}", tmp.display()))?;
                         (f, tmp)
                     };
@@ -461,7 +545,9 @@ fn restore_image<R: Read>(
                     entry = Some(e);
                 }
                 ManifestRecord::Chunks(refs) => {
-                    let (f, _) = out.as_mut().ok_or_else(|| anyhow!("manifest has chunks before the image entry"))?;
+                    let (f, _) = out
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("manifest has chunks before the image entry"))?;
                     fetcher.fetch(&refs, |d| {
                         f.write_all(d)?;
                         written += d.len() as u64;
@@ -488,7 +574,9 @@ fn restore_image<R: Read>(
     f.flush()?;
     f.sync_all()?;
     if !device {
-        let e = entry.as_ref().ok_or_else(|| anyhow!("image snapshot has no entry"))?;
+        let e = entry
+            .as_ref()
+            .ok_or_else(|| anyhow!("image snapshot has no entry"))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777))?;
         filetime::set_file_times(&path, mtime(e), mtime(e))?;
         fs::rename(&path, target).with_context(|| format!("renaming into {}", target.display()))?;

@@ -173,7 +173,11 @@ mod tests {
     fn same_cut_points_whatever_the_read_sizes() {
         let data = noise(600_000, 7);
         let whole = cuts(&data[..], small());
-        assert!(whole.len() > 20, "expected many chunks, got {}", whole.len());
+        assert!(
+            whole.len() > 20,
+            "expected many chunks, got {}",
+            whole.len()
+        );
         for step in [1usize, 7, 4096, 65_537] {
             let piecewise = cuts(Trickle { data: &data, step }, small());
             assert_eq!(whole, piecewise, "read size {step} changed the cut points");
@@ -215,6 +219,11 @@ mod tests {
             avg_size: 8192,
             max_size: 32768,
         };
-        assert!(inverted.validate().unwrap_err().contains("min_size <= avg_size"));
+        assert!(
+            inverted
+                .validate()
+                .unwrap_err()
+                .contains("min_size <= avg_size")
+        );
     }
 }

@@ -109,7 +109,11 @@ pub fn compress_chunk(data: &[u8], level: i32) -> StoredChunk {
 /// `max_len`; body no larger than the declared length (zstd never needs to
 /// expand data that was worth compressing); decompression into a buffer of
 /// exactly the declared size; the recomputed BLAKE3 id.
-pub fn decode_chunk(id: &ChunkId, chunk: &StoredChunk, max_len: u32) -> Result<Vec<u8>, FrameError> {
+pub fn decode_chunk(
+    id: &ChunkId,
+    chunk: &StoredChunk,
+    max_len: u32,
+) -> Result<Vec<u8>, FrameError> {
     let declared = chunk.raw_len;
     if declared > MAX_CHUNK_LEN || declared > max_len {
         return Err(FrameError::TooLarge(declared));
@@ -129,17 +133,17 @@ pub fn decode_chunk(id: &ChunkId, chunk: &StoredChunk, max_len: u32) -> Result<V
         }
         Compression::Zstd => {
             let mut out = Vec::with_capacity(declared as usize);
-            let mut d = zstd::bulk::Decompressor::new().map_err(|e| FrameError::Zstd(e.to_string()))?;
+            let mut d =
+                zstd::bulk::Decompressor::new().map_err(|e| FrameError::Zstd(e.to_string()))?;
             // Decompressing into a buffer of the declared capacity fails if
             // the frame expands beyond it.
-            d.decompress_to_buffer(&chunk.data, &mut out)
-                .map_err(|e| {
-                    if e.to_string().contains("Destination buffer is too small") {
-                        FrameError::LengthMismatch { declared }
-                    } else {
-                        FrameError::Zstd(e.to_string())
-                    }
-                })?;
+            d.decompress_to_buffer(&chunk.data, &mut out).map_err(|e| {
+                if e.to_string().contains("Destination buffer is too small") {
+                    FrameError::LengthMismatch { declared }
+                } else {
+                    FrameError::Zstd(e.to_string())
+                }
+            })?;
             if out.len() != declared as usize {
                 return Err(FrameError::LengthMismatch { declared });
             }
@@ -203,11 +207,19 @@ mod tests {
         let c = compress_chunk(&text, 3);
         assert_eq!(c.compression, Compression::Zstd);
         assert!(c.data.len() < text.len());
-        assert_eq!(decode_chunk(&ChunkId::of(&text), &c, MAX_CHUNK_LEN).unwrap(), text);
+        assert_eq!(
+            decode_chunk(&ChunkId::of(&text), &c, MAX_CHUNK_LEN).unwrap(),
+            text
+        );
 
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let c = compress_chunk(&noise, 3);
-        assert_eq!(decode_chunk(&ChunkId::of(&noise), &c, MAX_CHUNK_LEN).unwrap(), noise);
+        assert_eq!(
+            decode_chunk(&ChunkId::of(&noise), &c, MAX_CHUNK_LEN).unwrap(),
+            noise
+        );
 
         let rec = c.encode_record();
         assert_eq!(StoredChunk::decode_record(&rec).unwrap(), c);
@@ -218,7 +230,12 @@ mod tests {
         let data = b"some bytes".to_vec();
         let c = compress_chunk(&data, 3);
         let err = decode_chunk(&ChunkId::of(b"other"), &c, MAX_CHUNK_LEN).unwrap_err();
-        assert_eq!(err, FrameError::HashMismatch { actual: ChunkId::of(&data) });
+        assert_eq!(
+            err,
+            FrameError::HashMismatch {
+                actual: ChunkId::of(&data)
+            }
+        );
     }
 
     #[test]
@@ -228,19 +245,50 @@ mod tests {
         let mut c = compress_chunk(&zeros, 3);
         c.raw_len = 1024;
         let err = decode_chunk(&ChunkId::of(&zeros), &c, MAX_CHUNK_LEN).unwrap_err();
-        assert!(matches!(err, FrameError::LengthMismatch { .. } | FrameError::Zstd(_)), "{err:?}");
+        assert!(
+            matches!(err, FrameError::LengthMismatch { .. } | FrameError::Zstd(_)),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn declared_sizes_are_checked_before_anything_else() {
-        let c = StoredChunk { compression: Compression::Zstd, raw_len: MAX_CHUNK_LEN + 1, data: vec![] };
-        assert_eq!(decode_chunk(&ChunkId([0; 32]), &c, u32::MAX), Err(FrameError::TooLarge(MAX_CHUNK_LEN + 1)));
-        let c = StoredChunk { compression: Compression::None, raw_len: 4, data: vec![0; 5] };
-        assert!(matches!(decode_chunk(&ChunkId([0; 32]), &c, 100), Err(FrameError::BodyTooLarge { .. })));
-        let c = StoredChunk { compression: Compression::None, raw_len: 6, data: vec![0; 5] };
-        assert!(matches!(decode_chunk(&ChunkId([0; 32]), &c, 100), Err(FrameError::LengthMismatch { .. })));
-        let c = StoredChunk { compression: Compression::Zstd, raw_len: 10, data: b"not zstd".to_vec() };
-        assert!(matches!(decode_chunk(&ChunkId([0; 32]), &c, 100), Err(FrameError::Zstd(_))));
+        let c = StoredChunk {
+            compression: Compression::Zstd,
+            raw_len: MAX_CHUNK_LEN + 1,
+            data: vec![],
+        };
+        assert_eq!(
+            decode_chunk(&ChunkId([0; 32]), &c, u32::MAX),
+            Err(FrameError::TooLarge(MAX_CHUNK_LEN + 1))
+        );
+        let c = StoredChunk {
+            compression: Compression::None,
+            raw_len: 4,
+            data: vec![0; 5],
+        };
+        assert!(matches!(
+            decode_chunk(&ChunkId([0; 32]), &c, 100),
+            Err(FrameError::BodyTooLarge { .. })
+        ));
+        let c = StoredChunk {
+            compression: Compression::None,
+            raw_len: 6,
+            data: vec![0; 5],
+        };
+        assert!(matches!(
+            decode_chunk(&ChunkId([0; 32]), &c, 100),
+            Err(FrameError::LengthMismatch { .. })
+        ));
+        let c = StoredChunk {
+            compression: Compression::Zstd,
+            raw_len: 10,
+            data: b"not zstd".to_vec(),
+        };
+        assert!(matches!(
+            decode_chunk(&ChunkId([0; 32]), &c, 100),
+            Err(FrameError::Zstd(_))
+        ));
     }
 
     #[test]

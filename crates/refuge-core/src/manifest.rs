@@ -367,7 +367,9 @@ impl<R: Read> ManifestReader<R> {
         read_exact_or(&mut self.input, &mut head, "record header (no trailer)")?;
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         if len > MAX_MANIFEST_RECORD {
-            return Err(malformed(format!("record of {len} bytes exceeds the maximum")));
+            return Err(malformed(format!(
+                "record of {len} bytes exceeds the maximum"
+            )));
         }
         self.buf.resize(len as usize, 0);
         read_exact_or(&mut self.input, &mut self.buf, "record body")?;
@@ -470,11 +472,22 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
-        w.add_entry(&Entry { kind: EntryKind::Dir, size: 0, ..file(".", 0) }).unwrap();
+        w.add_entry(&Entry {
+            kind: EntryKind::Dir,
+            size: 0,
+            ..file(".", 0)
+        })
+        .unwrap();
         w.add_entry(&file("a", 10)).unwrap();
         w.add_chunks(&[
-            ChunkRef { id: ChunkId::of(b"1"), len: 4 },
-            ChunkRef { id: ChunkId::of(b"2"), len: 6 },
+            ChunkRef {
+                id: ChunkId::of(b"1"),
+                len: 4,
+            },
+            ChunkRef {
+                id: ChunkId::of(b"2"),
+                len: 6,
+            },
         ])
         .unwrap();
         w.add_entry(&file("empty", 0)).unwrap();
@@ -486,7 +499,16 @@ mod tests {
         })
         .unwrap();
         let (buf, s) = w.finish().unwrap();
-        assert_eq!(s, ManifestSummary { entries: 4, files: 2, dirs: 1, logical_bytes: 10, chunk_refs: 2 });
+        assert_eq!(
+            s,
+            ManifestSummary {
+                entries: 4,
+                files: 2,
+                dirs: 1,
+                logical_bytes: 10,
+                chunk_refs: 2
+            }
+        );
         buf
     }
 
@@ -511,7 +533,12 @@ mod tests {
         let n = MAX_REFS_PER_RUN as usize * 2 + 3;
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Image).unwrap();
         w.add_entry(&file("disk.img", n as u64)).unwrap();
-        let refs: Vec<_> = (0..n).map(|i| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 1 }).collect();
+        let refs: Vec<_> = (0..n)
+            .map(|i| ChunkRef {
+                id: ChunkId::of(&i.to_le_bytes()),
+                len: 1,
+            })
+            .collect();
         w.add_chunks(&refs).unwrap();
         let (buf, _) = w.finish().unwrap();
         let recs = read_all(&buf).unwrap();
@@ -522,7 +549,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let buf = sample();
         for cut in 0..buf.len() {
-            assert!(read_all(&buf[..cut]).is_err(), "truncated at {cut} was accepted");
+            assert!(
+                read_all(&buf[..cut]).is_err(),
+                "truncated at {cut} was accepted"
+            );
         }
         let mut extra = buf.clone();
         extra.push(0);
@@ -531,7 +561,16 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", "a\0b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "a/./b",
+            "a/",
+            "a\0b",
+        ] {
             assert!(validate_entry_path(bad.as_bytes()).is_err(), "{bad:?}");
         }
         for ok in [".", "a", "a/b", "odd name\n", "..a", "a..", ".hidden"] {
@@ -545,15 +584,31 @@ mod tests {
     fn chunk_lists_must_cover_the_file_exactly() {
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
         w.add_entry(&file("a", 10)).unwrap();
-        w.add_chunks(&[ChunkRef { id: ChunkId::of(b"1"), len: 4 }]).unwrap();
+        w.add_chunks(&[ChunkRef {
+            id: ChunkId::of(b"1"),
+            len: 4,
+        }])
+        .unwrap();
         assert!(w.add_entry(&file("b", 0)).is_err());
 
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
         w.add_entry(&file("a", 3)).unwrap();
-        assert!(w.add_chunks(&[ChunkRef { id: ChunkId::of(b"1"), len: 4 }]).is_err());
+        assert!(
+            w.add_chunks(&[ChunkRef {
+                id: ChunkId::of(b"1"),
+                len: 4
+            }])
+            .is_err()
+        );
 
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
-        assert!(w.add_chunks(&[ChunkRef { id: ChunkId::of(b"1"), len: 4 }]).is_err());
+        assert!(
+            w.add_chunks(&[ChunkRef {
+                id: ChunkId::of(b"1"),
+                len: 4
+            }])
+            .is_err()
+        );
     }
 
     #[test]

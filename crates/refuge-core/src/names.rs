@@ -8,7 +8,9 @@ use std::fmt;
 
 /// A name that does not fit the alphabet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {what} {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
+#[error(
+    "invalid {what} {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.' or '-'"
+)]
 pub struct NameError {
     /// Which kind of name.
     pub what: &'static str,
@@ -21,8 +23,7 @@ fn check(what: &'static str, s: &str) -> Result<(), NameError> {
         && s.len() <= 64
         && !s.starts_with('.')
         && !s.starts_with('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
@@ -86,7 +87,16 @@ mod tests {
         for ok in ["finance", "dept-7", "host.example.org", "a_b", "X"] {
             assert!(TenantId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "tenant\0", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "tenant\0",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(TenantId::new(bad).is_err(), "{bad:?}");
         }
         let e = HostName::new("a/b").unwrap_err();

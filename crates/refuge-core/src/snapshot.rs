@@ -108,7 +108,11 @@ impl SnapshotRecord {
     pub fn compute_id(&self) -> SnapshotId {
         let mut h = blake3::Hasher::new();
         h.update(b"refuge snapshot v1\0");
-        for s in [self.tenant.as_str(), self.host.as_str(), self.source.as_str()] {
+        for s in [
+            self.tenant.as_str(),
+            self.host.as_str(),
+            self.source.as_str(),
+        ] {
             h.update(&(s.len() as u64).to_le_bytes());
             h.update(s.as_bytes());
         }
@@ -155,7 +159,8 @@ impl SnapshotRecord {
         }
         let id = SnapshotId(d.id().map_err(t)?.0);
         let name = |d: &mut Dec<'_>| -> Result<String, String> {
-            String::from_utf8(d.bytes16().map_err(t)?.to_vec()).map_err(|_| "name is not UTF-8".to_string())
+            String::from_utf8(d.bytes16().map_err(t)?.to_vec())
+                .map_err(|_| "name is not UTF-8".to_string())
         };
         let tenant = TenantId::new(name(&mut d)?).map_err(|e| e.to_string())?;
         let host = HostName::new(name(&mut d)?).map_err(|e| e.to_string())?;
@@ -176,7 +181,10 @@ impl SnapshotRecord {
         }
         let mut manifest = Vec::with_capacity(n);
         for _ in 0..n {
-            manifest.push(ChunkRef { id: d.id().map_err(t)?, len: d.u32().map_err(t)? });
+            manifest.push(ChunkRef {
+                id: d.id().map_err(t)?,
+                len: d.u32().map_err(t)?,
+            });
         }
         Ok(SnapshotRecord {
             id,
@@ -211,7 +219,9 @@ pub fn format_time_micros(micros: i64) -> String {
 /// Parses RFC 3339 text into microseconds since the Unix epoch.
 pub fn parse_time_micros(text: &str) -> Result<i64, String> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time (like 2026-11-22T10:00:00Z): {e}"))?;
+        .map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time (like 2026-11-22T10:00:00Z): {e}")
+        })?;
     i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("{text:?} is out of range"))
 }
 
@@ -230,7 +240,10 @@ mod tests {
             kind: SourceKind::Tree,
             time_micros: 1_700_000_000_000_000,
             seq: 7,
-            manifest: vec![ChunkRef { id: ChunkId::of(b"m"), len: 100 }],
+            manifest: vec![ChunkRef {
+                id: ChunkId::of(b"m"),
+                len: 100,
+            }],
             files: 3,
             dirs: 1,
             logical_bytes: 99,
@@ -250,6 +263,10 @@ mod tests {
     fn times_parse_and_format() {
         let t = parse_time_micros("2026-11-22T10:00:00.5Z").unwrap();
         assert_eq!(format_time_micros(t), "2026-11-22T10:00:00.5Z");
-        assert!(parse_time_micros("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(
+            parse_time_micros("yesterday")
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
     }
 }

@@ -71,7 +71,10 @@ pub struct RocksConfig {
 
 impl Default for RocksConfig {
     fn default() -> Self {
-        RocksConfig { block_cache_mib: 64, chunk_write_buffer_mib: 64 }
+        RocksConfig {
+            block_cache_mib: 64,
+            chunk_write_buffer_mib: 64,
+        }
     }
 }
 
@@ -81,9 +84,15 @@ impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut cfg = Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let mut cfg = Self::parse(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -96,7 +105,10 @@ impl NodeConfig {
         let cfg: NodeConfig = toml::from_str(text)?;
         let l = &cfg.limits;
         if l.max_chunk_size == 0 || l.max_chunk_size > refuge_core::format::MAX_CHUNK_LEN {
-            bail!("limits.max_chunk_size must be between 1 and 16777216, got {}", l.max_chunk_size);
+            bail!(
+                "limits.max_chunk_size must be between 1 and 16777216, got {}",
+                l.max_chunk_size
+            );
         }
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs must be at least 1");
@@ -123,7 +135,8 @@ mod tests {
         NodeConfig::parse(base).unwrap();
         let e = NodeConfig::parse(&format!("{base}typo = 1\n")).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
-        let e = NodeConfig::parse(&format!("{base}[limits]\nmax_chunk_size = 99999999\n")).unwrap_err();
+        let e =
+            NodeConfig::parse(&format!("{base}[limits]\nmax_chunk_size = 99999999\n")).unwrap_err();
         assert!(e.to_string().contains("max_chunk_size"), "{e}");
         assert!(NodeConfig::parse("listen = \"nope\"").is_err());
     }

@@ -16,7 +16,7 @@ mod server;
 mod service;
 
 pub use config::{LimitsConfig, NodeConfig, RocksConfig, TlsFiles};
-pub use server::{run, serve, ServeOptions};
+pub use server::{ServeOptions, run, serve};
 
 /// Re-exported so callers of [`serve`] can pass any store.
 pub use refuge_store::Store;

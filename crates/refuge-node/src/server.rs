@@ -65,7 +65,16 @@ pub async fn run(
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
     let store = Arc::new(store);
     info!(data_dir = %cfg.data_dir.display(), "store open");
-    serve(store.clone(), listener, ServeOptions { tls, limits: cfg.limits }, shutdown).await?;
+    serve(
+        store.clone(),
+        listener,
+        ServeOptions {
+            tls,
+            limits: cfg.limits,
+        },
+        shutdown,
+    )
+    .await?;
     tokio::task::spawn_blocking(move || store.flush())
         .await?
         .context("flushing the store at shutdown")?;
@@ -123,9 +132,12 @@ pub async fn serve(
     health.set_serving::<RestoreServer<RestoreService>>().await;
 
     let max = refuge_proto::MAX_MESSAGE_BYTES;
-    let ingest = IngestServer::new(IngestService::new(store.clone(), opts.limits.max_chunk_size))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let ingest = IngestServer::new(IngestService::new(
+        store.clone(),
+        opts.limits.max_chunk_size,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let restore = RestoreServer::new(RestoreService::new(store))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

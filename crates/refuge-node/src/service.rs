@@ -116,14 +116,21 @@ struct StoredStream<'a> {
 impl Read for StoredStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            let Some(r) = self.refs.next() else { return Ok(0) };
+            let Some(r) = self.refs.next() else {
+                return Ok(0);
+            };
             let c = self
                 .store
                 .get_chunk(self.tenant, &r.id)
                 .map_err(std::io::Error::other)?
-                .ok_or_else(|| std::io::Error::other(format!("manifest chunk {} is missing", r.id)))?;
+                .ok_or_else(|| {
+                    std::io::Error::other(format!("manifest chunk {} is missing", r.id))
+                })?;
             if c.raw_len != r.len {
-                return Err(std::io::Error::other(format!("manifest chunk {} has the wrong length", r.id)));
+                return Err(std::io::Error::other(format!(
+                    "manifest chunk {} has the wrong length",
+                    r.id
+                )));
             }
             self.buf = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
                 .map_err(|e| std::io::Error::other(format!("manifest chunk {}: {e}", r.id)))?;
@@ -153,14 +160,25 @@ fn check_and_commit(
         Status::failed_precondition(msg)
     };
     let ids: Vec<ChunkId> = manifest.iter().map(|r| r.id).collect();
-    if let Some(&i) = store.missing_chunks(&who.tenant, &ids).map_err(store_status)?.first() {
+    if let Some(&i) = store
+        .missing_chunks(&who.tenant, &ids)
+        .map_err(store_status)?
+        .first()
+    {
         return Err(reject(format!(
             "manifest chunk {} is not stored on the node; upload it before committing",
             ids[i]
         )));
     }
-    let stream = StoredStream { store, tenant: &who.tenant, refs: manifest.iter(), buf: Vec::new(), pos: 0 };
-    let mut reader = ManifestReader::new(stream).map_err(|e| reject(format!("invalid manifest: {e}")))?;
+    let stream = StoredStream {
+        store,
+        tenant: &who.tenant,
+        refs: manifest.iter(),
+        buf: Vec::new(),
+        pos: 0,
+    };
+    let mut reader =
+        ManifestReader::new(stream).map_err(|e| reject(format!("invalid manifest: {e}")))?;
     if reader.kind() != kind {
         return Err(reject(format!(
             "manifest is for a {} source but the commit says {}",
@@ -175,7 +193,11 @@ fn check_and_commit(
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
             Ok(Some(ManifestRecord::Chunks(refs))) => {
                 let ids: Vec<ChunkId> = refs.iter().map(|r| r.id).collect();
-                if let Some(&i) = store.missing_chunks(&who.tenant, &ids).map_err(store_status)?.first() {
+                if let Some(&i) = store
+                    .missing_chunks(&who.tenant, &ids)
+                    .map_err(store_status)?
+                    .first()
+                {
                     return Err(reject(format!(
                         "snapshot references chunk {} (file {:?}) that the node does not have",
                         ids[i],
@@ -198,7 +220,9 @@ fn check_and_commit(
         bytes_uploaded,
         warnings,
     };
-    let rec = store.commit_snapshot(new, now_micros()).map_err(store_status)?;
+    let rec = store
+        .commit_snapshot(new, now_micros())
+        .map_err(store_status)?;
     info!(target: "audit", event = "snapshot_committed", tenant = %rec.tenant, host = %rec.host,
           source = %rec.source, snapshot = %rec.id, seq = rec.seq, files = rec.files,
           bytes = rec.logical_bytes, "snapshot committed");
@@ -225,7 +249,12 @@ impl Ingest for IngestService {
             .map(|b| refuge_proto::chunk_id(b))
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
-        let missing = blocking(move || store.missing_chunks(&who.tenant, &ids).map_err(store_status)).await?;
+        let missing = blocking(move || {
+            store
+                .missing_chunks(&who.tenant, &ids)
+                .map_err(store_status)
+        })
+        .await?;
         Ok(Response::new(pb::FindMissingResponse {
             missing: missing.into_iter().map(|i| i as u32).collect(),
         }))
@@ -280,7 +309,8 @@ impl Ingest for IngestService {
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
         let who = identity(&req)?;
         let req = req.into_inner();
-        let source = SourceName::new(req.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source =
+            SourceName::new(req.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let kind = refuge_proto::source_kind(req.kind)?;
         if req.manifest.is_empty() || req.manifest.len() > MAX_MANIFEST_CHUNKS {
             return Err(Status::invalid_argument(format!(
@@ -295,10 +325,20 @@ impl Ingest for IngestService {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
         let rec = blocking(move || {
-            check_and_commit(&*store, &who, source, kind, manifest, req.bytes_uploaded, req.warnings)
+            check_and_commit(
+                &*store,
+                &who,
+                source,
+                kind,
+                manifest,
+                req.bytes_uploaded,
+                req.warnings,
+            )
         })
         .await?;
-        Ok(Response::new(pb::CommitSnapshotResponse { snapshot: Some(refuge_proto::snapshot_to(&rec)) }))
+        Ok(Response::new(pb::CommitSnapshotResponse {
+            snapshot: Some(refuge_proto::snapshot_to(&rec)),
+        }))
     }
 }
 
@@ -334,10 +374,15 @@ fn filtered(
         .collect())
 }
 
-fn resolve(snaps: Vec<SnapshotRecord>, req: &pb::ResolveSnapshotRequest) -> Result<SnapshotRecord, Status> {
+fn resolve(
+    snaps: Vec<SnapshotRecord>,
+    req: &pb::ResolveSnapshotRequest,
+) -> Result<SnapshotRecord, Status> {
     let one_source = |cands: &[SnapshotRecord], what: &str| -> Result<(), Status> {
         if let Some(first) = cands.first()
-            && cands.iter().any(|s| s.host != first.host || s.source != first.source)
+            && cands
+                .iter()
+                .any(|s| s.host != first.host || s.source != first.source)
         {
             return Err(Status::failed_precondition(format!(
                 "{what} is ambiguous: snapshots of several hosts or sources match; pass --host and --source"
@@ -356,7 +401,10 @@ fn resolve(snaps: Vec<SnapshotRecord>, req: &pb::ResolveSnapshotRequest) -> Resu
         f
     };
     if req.at_unix_micros != 0 {
-        let cands: Vec<_> = snaps.into_iter().filter(|s| s.time_micros <= req.at_unix_micros).collect();
+        let cands: Vec<_> = snaps
+            .into_iter()
+            .filter(|s| s.time_micros <= req.at_unix_micros)
+            .collect();
         one_source(&cands, "--at")?;
         return cands.into_iter().last().ok_or_else(|| {
             Status::not_found(format!(
@@ -380,9 +428,15 @@ fn resolve(snaps: Vec<SnapshotRecord>, req: &pb::ResolveSnapshotRequest) -> Resu
             req.selector
         )));
     }
-    let mut matches: Vec<_> = snaps.into_iter().filter(|s| s.id.to_hex().starts_with(&sel)).collect();
+    let mut matches: Vec<_> = snaps
+        .into_iter()
+        .filter(|s| s.id.to_hex().starts_with(&sel))
+        .collect();
     match matches.len() {
-        0 => Err(Status::not_found(format!("no snapshot with id {sel}{}", filter()))),
+        0 => Err(Status::not_found(format!(
+            "no snapshot with id {sel}{}",
+            filter()
+        ))),
         1 => Ok(matches.remove(0)),
         n => Err(Status::failed_precondition(format!(
             "id prefix {sel} is ambiguous: it matches {n} snapshots; give more characters"
@@ -401,7 +455,8 @@ impl Restore for RestoreService {
         let who = identity(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
-        let snaps = blocking(move || filtered(&*store, &who, &r.tenant, &r.host, &r.source)).await?;
+        let snaps =
+            blocking(move || filtered(&*store, &who, &r.tenant, &r.host, &r.source)).await?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: snaps.iter().map(refuge_proto::snapshot_to).collect(),
         }))
@@ -447,7 +502,9 @@ impl Restore for RestoreService {
             for id in ids {
                 let item = match store.get_chunk(&who.tenant, &id) {
                     Ok(Some(c)) => Ok(refuge_proto::chunk_data_to(&id, c)),
-                    Ok(None) => Err(Status::not_found(format!("chunk {id} not found on the node"))),
+                    Ok(None) => Err(Status::not_found(format!(
+                        "chunk {id} not found on the node"
+                    ))),
                     Err(e) => {
                         warn!(target: "audit", event = "chunk_read_failed", tenant = %who.tenant, chunk = %id,
                               error = %e, "stored chunk could not be read");
@@ -460,10 +517,15 @@ impl Restore for RestoreService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let who = identity(&req)?;
         Ok(Response::new(pb::WhoAmIResponse {
             tenant: who.tenant.to_string(),

@@ -80,38 +80,62 @@ pub fn source_kind_to(k: SourceKind) -> i32 {
 
 /// A chunk reference from the wire.
 pub fn chunk_ref(r: &pb::ChunkRef) -> Result<ChunkRef, WireError> {
-    Ok(ChunkRef { id: chunk_id(&r.id)?, len: r.len })
+    Ok(ChunkRef {
+        id: chunk_id(&r.id)?,
+        len: r.len,
+    })
 }
 
 /// A chunk reference to the wire.
 pub fn chunk_ref_to(r: &ChunkRef) -> pb::ChunkRef {
-    pb::ChunkRef { id: r.id.0.to_vec(), len: r.len }
+    pb::ChunkRef {
+        id: r.id.0.to_vec(),
+        len: r.len,
+    }
 }
 
 /// An uploaded chunk from the wire (content not yet verified).
 pub fn upload(u: pb::ChunkUpload) -> Result<(ChunkId, StoredChunk), WireError> {
     Ok((
         chunk_id(&u.id)?,
-        StoredChunk { compression: compression(u.compression)?, raw_len: u.raw_len, data: u.data },
+        StoredChunk {
+            compression: compression(u.compression)?,
+            raw_len: u.raw_len,
+            data: u.data,
+        },
     ))
 }
 
 /// A chunk to upload.
 pub fn upload_to(id: &ChunkId, c: StoredChunk) -> pb::ChunkUpload {
-    pb::ChunkUpload { id: id.0.to_vec(), raw_len: c.raw_len, compression: compression_to(c.compression), data: c.data }
+    pb::ChunkUpload {
+        id: id.0.to_vec(),
+        raw_len: c.raw_len,
+        compression: compression_to(c.compression),
+        data: c.data,
+    }
 }
 
 /// A downloaded chunk from the wire (content not yet verified).
 pub fn chunk_data(d: pb::ChunkData) -> Result<(ChunkId, StoredChunk), WireError> {
     Ok((
         chunk_id(&d.id)?,
-        StoredChunk { compression: compression(d.compression)?, raw_len: d.raw_len, data: d.data },
+        StoredChunk {
+            compression: compression(d.compression)?,
+            raw_len: d.raw_len,
+            data: d.data,
+        },
     ))
 }
 
 /// A stored chunk to send to a client.
 pub fn chunk_data_to(id: &ChunkId, c: StoredChunk) -> pb::ChunkData {
-    pb::ChunkData { id: id.0.to_vec(), raw_len: c.raw_len, compression: compression_to(c.compression), data: c.data }
+    pb::ChunkData {
+        id: id.0.to_vec(),
+        raw_len: c.raw_len,
+        compression: compression_to(c.compression),
+        data: c.data,
+    }
 }
 
 /// A snapshot record to the wire.
@@ -137,11 +161,10 @@ pub fn snapshot_to(r: &SnapshotRecord) -> pb::Snapshot {
 /// A snapshot record from the wire.
 pub fn snapshot(s: pb::Snapshot) -> Result<SnapshotRecord, WireError> {
     let bad = |e: refuge_core::NameError| WireError(e.to_string());
-    let id: [u8; 32] = s
-        .id
-        .as_slice()
-        .try_into()
-        .map_err(|_| WireError(format!("snapshot id of {} bytes", s.id.len())))?;
+    let id: [u8; 32] =
+        s.id.as_slice()
+            .try_into()
+            .map_err(|_| WireError(format!("snapshot id of {} bytes", s.id.len())))?;
     if s.manifest.len() > MAX_MANIFEST_CHUNKS {
         return Err(WireError("snapshot manifest has too many chunks".into()));
     }
@@ -181,6 +204,9 @@ mod tests {
         bad.compression = 42;
         assert!(upload(bad).unwrap_err().0.contains("compression"));
         assert!(source_kind(0).is_err());
-        assert_eq!(source_kind(source_kind_to(SourceKind::Image)).unwrap(), SourceKind::Image);
+        assert_eq!(
+            source_kind(source_kind_to(SourceKind::Image)).unwrap(),
+            SourceKind::Image
+        );
     }
 }

@@ -196,7 +196,13 @@ impl RocksStore {
     /// Flushes memtables to disk (chunk bodies into blob files). Used at
     /// shutdown so the WAL need not be replayed.
     pub fn flush(&self) -> Result<()> {
-        for cf in [CF_CHUNKS, CF_CHUNK_INDEX, CF_SNAPSHOTS, CF_SNAPSHOT_IDS, CF_META] {
+        for cf in [
+            CF_CHUNKS,
+            CF_CHUNK_INDEX,
+            CF_SNAPSHOTS,
+            CF_SNAPSHOT_IDS,
+            CF_META,
+        ] {
             self.db.flush_cf(self.cf(cf)).map_err(err)?;
         }
         Ok(())
@@ -218,7 +224,11 @@ impl Store for RocksStore {
         Ok(missing)
     }
 
-    fn put_chunks(&self, tenant: &TenantId, chunks: &[(ChunkId, StoredChunk)]) -> Result<PutOutcome> {
+    fn put_chunks(
+        &self,
+        tenant: &TenantId,
+        chunks: &[(ChunkId, StoredChunk)],
+    ) -> Result<PutOutcome> {
         let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
         let missing = self.missing_chunks(tenant, &ids)?;
         let mut batch = WriteBatch::default();
@@ -323,7 +333,9 @@ impl Store for RocksStore {
                 id.short()
             )));
         };
-        SnapshotRecord::decode(&v).map(Some).map_err(StoreError::Corrupt)
+        SnapshotRecord::decode(&v)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
     }
 }
 
@@ -359,7 +371,8 @@ mod tests {
         let id = ChunkId::of(&content);
         let first = {
             let s = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
-            s.put_chunks(&t, &[(id, refuge_core::compress_chunk(&content, 3))]).unwrap();
+            s.put_chunks(&t, &[(id, refuge_core::compress_chunk(&content, 3))])
+                .unwrap();
             let new = NewSnapshot {
                 tenant: t.clone(),
                 host: refuge_core::HostName::new("h").unwrap(),
@@ -378,7 +391,10 @@ mod tests {
         let s = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
         assert_eq!(s.list_snapshots(&t).unwrap(), vec![first.clone()]);
         let c = s.get_chunk(&t, &id).unwrap().unwrap();
-        assert_eq!(refuge_core::decode_chunk(&id, &c, 1 << 20).unwrap(), content);
+        assert_eq!(
+            refuge_core::decode_chunk(&id, &c, 1 << 20).unwrap(),
+            content
+        );
         let new = NewSnapshot {
             tenant: t.clone(),
             host: refuge_core::HostName::new("h").unwrap(),
@@ -401,7 +417,9 @@ mod tests {
             let s = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
             s.db.put_cf(s.cf(CF_META), META_FORMAT, [99u8]).unwrap();
         }
-        let e = RocksStore::open(dir.path(), &RocksOptions::default()).err().unwrap();
+        let e = RocksStore::open(dir.path(), &RocksOptions::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not supported"), "{e}");
     }
 }

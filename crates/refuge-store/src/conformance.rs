@@ -6,9 +6,11 @@
 //! refuge_store::conformance_tests!(Box::new(MyStore::new_for_tests()));
 //! ```
 
+#![allow(clippy::unwrap_used)] // test support: a failed call is a failed test
+
 use refuge_core::{
-    ChunkId, ChunkRef, HostName, ManifestSummary, SnapshotId, SourceKind, SourceName,
-    StoredChunk, TenantId, compress_chunk,
+    ChunkId, ChunkRef, HostName, ManifestSummary, SnapshotId, SourceKind, SourceName, StoredChunk,
+    TenantId, compress_chunk,
 };
 
 use crate::{NewSnapshot, Store};
@@ -27,8 +29,17 @@ fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
         host: HostName::new("host1").expect("valid host"),
         source: SourceName::new(source).expect("valid source"),
         kind: SourceKind::Tree,
-        manifest: vec![ChunkRef { id: manifest, len: 10 }],
-        summary: ManifestSummary { entries: 2, files: 1, dirs: 1, logical_bytes: 10, chunk_refs: 1 },
+        manifest: vec![ChunkRef {
+            id: manifest,
+            len: 10,
+        }],
+        summary: ManifestSummary {
+            entries: 2,
+            files: 1,
+            dirs: 1,
+            logical_bytes: 10,
+            chunk_refs: 1,
+        },
         bytes_uploaded: 5,
         warnings: 0,
     }
@@ -58,8 +69,16 @@ pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
 pub fn puts_are_idempotent_and_never_overwrite(s: &dyn Store) {
     let a = tenant("alpha");
     let (id, c) = chunk(b"content");
-    assert_eq!(s.put_chunks(&a, &[(id, c.clone()), (id, c.clone())]).unwrap().stored, 1);
-    let other = StoredChunk { data: b"different".to_vec(), ..c.clone() };
+    assert_eq!(
+        s.put_chunks(&a, &[(id, c.clone()), (id, c.clone())])
+            .unwrap()
+            .stored,
+        1
+    );
+    let other = StoredChunk {
+        data: b"different".to_vec(),
+        ..c.clone()
+    };
     assert_eq!(s.put_chunks(&a, &[(id, other)]).unwrap().stored, 0);
     assert_eq!(s.get_chunk(&a, &id).unwrap(), Some(c));
     s.sync().unwrap();
@@ -72,10 +91,16 @@ pub fn commits_are_ordered_and_tenant_scoped(s: &dyn Store) {
     let b = tenant("beta");
     assert!(s.list_snapshots(&a).unwrap().is_empty());
     let m = ChunkId::of(b"manifest");
-    let r1 = s.commit_snapshot(new_snapshot("alpha", "etc", m), 2_000_000).unwrap();
+    let r1 = s
+        .commit_snapshot(new_snapshot("alpha", "etc", m), 2_000_000)
+        .unwrap();
     // The clock jumps back: the time still increases.
-    let r2 = s.commit_snapshot(new_snapshot("alpha", "etc", m), 1_000_000).unwrap();
-    let r3 = s.commit_snapshot(new_snapshot("beta", "etc", m), 3_000_000).unwrap();
+    let r2 = s
+        .commit_snapshot(new_snapshot("alpha", "etc", m), 1_000_000)
+        .unwrap();
+    let r3 = s
+        .commit_snapshot(new_snapshot("beta", "etc", m), 3_000_000)
+        .unwrap();
     assert!(r2.seq > r1.seq && r3.seq > r2.seq);
     assert!(r2.time_micros > r1.time_micros);
     assert_eq!(r1.time_micros, 2_000_000);

@@ -95,7 +95,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores verified chunks for `tenant`; existing ids are left untouched.
     /// Not necessarily durable until [`Store::sync`] or a commit.
-    fn put_chunks(&self, tenant: &TenantId, chunks: &[(ChunkId, StoredChunk)]) -> Result<PutOutcome>;
+    fn put_chunks(
+        &self,
+        tenant: &TenantId,
+        chunks: &[(ChunkId, StoredChunk)],
+    ) -> Result<PutOutcome>;
 
     /// A stored chunk, or `None` if `tenant` has no chunk with this id.
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>>;

@@ -45,15 +45,18 @@ impl Store for MemStore {
             .collect())
     }
 
-    fn put_chunks(&self, tenant: &TenantId, chunks: &[(ChunkId, StoredChunk)]) -> Result<PutOutcome> {
+    fn put_chunks(
+        &self,
+        tenant: &TenantId,
+        chunks: &[(ChunkId, StoredChunk)],
+    ) -> Result<PutOutcome> {
         let mut g = self.lock();
         let mut out = PutOutcome::default();
         for (id, c) in chunks {
-            let key = (tenant.clone(), *id);
-            if !g.chunks.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(v) = g.chunks.entry((tenant.clone(), *id)) {
                 out.stored += 1;
                 out.bytes += c.data.len() as u64;
-                g.chunks.insert(key, c.clone());
+                v.insert(c.clone());
             }
         }
         Ok(out)

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use refuge_core::{HostName, TenantId};
 use rustls::pki_types::pem::PemObject;
@@ -96,15 +96,28 @@ impl CertAuthority {
     /// A new CA named `name`, valid for `validity`.
     pub fn generate(name: &str, validity: Validity) -> Result<Self, TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name = dn(&[(DnType::CommonName, name), (DnType::OrganizationName, "refuge")]);
+        p.distinguished_name = dn(&[
+            (DnType::CommonName, name),
+            (DnType::OrganizationName, "refuge"),
+        ]);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         p.not_before = validity.not_before;
         p.not_after = validity.not_after;
         let key = KeyPair::generate()?;
         let cert = p.self_signed(&key)?;
-        let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(CertAuthority { issuer: Issuer::new(p, key), pair })
+        let pair = CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(CertAuthority {
+            issuer: Issuer::new(p, key),
+            pair,
+        })
     }
 
     /// Loads a CA from its certificate and key.
@@ -113,7 +126,10 @@ impl CertAuthority {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         Ok(CertAuthority {
             issuer,
-            pair: CertPair { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() },
+            pair: CertPair {
+                cert_pem: cert_pem.to_string(),
+                key_pem: key_pem.to_string(),
+            },
         })
     }
 
@@ -127,13 +143,17 @@ impl CertAuthority {
     pub fn issue_node(&self, names: &[String], validity: Validity) -> Result<CertPair, TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         for n in names {
-            p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(n.clone().try_into()?),
-            });
+            p.subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.clone().try_into()?),
+                });
         }
         let cn = names.first().map(String::as_str).unwrap_or("refuged");
-        p.distinguished_name = dn(&[(DnType::CommonName, cn), (DnType::OrganizationalUnitName, "refuge-node")]);
+        p.distinguished_name = dn(&[
+            (DnType::CommonName, cn),
+            (DnType::OrganizationalUnitName, "refuge-node"),
+        ]);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.not_before = validity.not_before;
@@ -142,7 +162,12 @@ impl CertAuthority {
     }
 
     /// A client certificate naming `tenant` and `host`.
-    pub fn issue_client(&self, tenant: &TenantId, host: &HostName, validity: Validity) -> Result<CertPair, TlsError> {
+    pub fn issue_client(
+        &self,
+        tenant: &TenantId,
+        host: &HostName,
+        validity: Validity,
+    ) -> Result<CertPair, TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = dn(&[
             (DnType::CommonName, host.as_str()),
@@ -159,7 +184,10 @@ impl CertAuthority {
     fn sign(&self, p: CertificateParams) -> Result<CertPair, TlsError> {
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -177,21 +205,33 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| TlsError::Identity(format!("unparseable certificate: {e}")))?;
     let subject = cert.subject();
-    let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>, what: &str| {
+    let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>,
+               what: &str| {
         let vals: Vec<_> = it.collect();
         if vals.len() != 1 {
-            return Err(TlsError::Identity(format!("expected one {what}, found {}", vals.len())));
+            return Err(TlsError::Identity(format!(
+                "expected one {what}, found {}",
+                vals.len()
+            )));
         }
         vals[0]
             .as_str()
             .map(str::to_string)
             .map_err(|_| TlsError::Identity(format!("{what} is not a string")))
     };
-    let ou = one(&mut subject.iter_organizational_unit(), "organizational unit (OU)")?;
+    let ou = one(
+        &mut subject.iter_organizational_unit(),
+        "organizational unit (OU)",
+    )?;
     if ou != CLIENT_OU {
-        return Err(TlsError::Identity(format!("OU is {ou:?}, not {CLIENT_OU:?}")));
+        return Err(TlsError::Identity(format!(
+            "OU is {ou:?}, not {CLIENT_OU:?}"
+        )));
     }
-    let tenant = one(&mut subject.iter_organization(), "organization (O = tenant)")?;
+    let tenant = one(
+        &mut subject.iter_organization(),
+        "organization (O = tenant)",
+    )?;
     let host = one(&mut subject.iter_common_name(), "common name (CN = host)")?;
     Ok(ClientIdentity {
         tenant: TenantId::new(tenant).map_err(|e| TlsError::Identity(e.to_string()))?,
@@ -202,8 +242,10 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
 /// The `notAfter` of a PEM certificate, for messages and status.
 pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime, TlsError> {
     let der = parse_certs("certificate", cert_pem)?.remove(0);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| TlsError::Pem { what: "certificate".into(), why: e.to_string() })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::Pem {
+        what: "certificate".into(),
+        why: e.to_string(),
+    })?;
     Ok(cert.validity().not_after.to_datetime())
 }
 
@@ -211,24 +253,33 @@ pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime, TlsError> {
 pub fn parse_certs(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem { what: what.into(), why: format!("not valid PEM: {e}") })?;
+        .map_err(|e| TlsError::Pem {
+            what: what.into(),
+            why: format!("not valid PEM: {e}"),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { what: what.into(), why: "contains no certificate".into() });
+        return Err(TlsError::Pem {
+            what: what.into(),
+            why: "contains no certificate".into(),
+        });
     }
     Ok(certs)
 }
 
 fn parse_key(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| TlsError::Pem { what: what.into(), why: format!("no usable private key: {e}") })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: what.into(),
+        why: format!("no usable private key: {e}"),
+    })
 }
 
 fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in parse_certs("CA certificate", ca_pem)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Pem { what: "CA certificate".into(), why: e.to_string() })?;
+        roots.add(c).map_err(|e| TlsError::Pem {
+            what: "CA certificate".into(),
+            why: e.to_string(),
+        })?;
     }
     Ok(roots)
 }
@@ -240,13 +291,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Server side: TLS 1.3 only, a client certificate signed by `ca_pem` is
 /// required, ALPN `h2`.
 pub fn server_config(ca_pem: &str, node: &CertPair) -> Result<ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-        .build()
-        .map_err(|e| TlsError::Pem { what: "CA certificate".into(), why: e.to_string() })?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+            .build()
+            .map_err(|e| TlsError::Pem {
+                what: "CA certificate".into(),
+                why: e.to_string(),
+            })?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(parse_certs("node certificate", &node.cert_pem)?, parse_key("node key", &node.key_pem)?)?;
+        .with_single_cert(
+            parse_certs("node certificate", &node.cert_pem)?,
+            parse_key("node key", &node.key_pem)?,
+        )?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
@@ -257,7 +315,10 @@ pub fn client_config(ca_pem: &str, client: &CertPair) -> Result<ClientConfig, Tl
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_pem)?)
-        .with_client_auth_cert(parse_certs("client certificate", &client.cert_pem)?, parse_key("client key", &client.key_pem)?)?;
+        .with_client_auth_cert(
+            parse_certs("client certificate", &client.cert_pem)?,
+            parse_key("client key", &client.key_pem)?,
+        )?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
@@ -273,10 +334,15 @@ mod tests {
         let h = HostName::new("db1").unwrap();
         let c = ca.issue_client(&t, &h, Validity::days(1)).unwrap();
         let der = parse_certs("c", &c.cert_pem).unwrap().remove(0);
-        assert_eq!(identity_from_cert(&der).unwrap(), ClientIdentity { tenant: t, host: h });
+        assert_eq!(
+            identity_from_cert(&der).unwrap(),
+            ClientIdentity { tenant: t, host: h }
+        );
 
         // A node certificate is not a client identity.
-        let n = ca.issue_node(&["localhost".into(), "127.0.0.1".into()], Validity::days(1)).unwrap();
+        let n = ca
+            .issue_node(&["localhost".into(), "127.0.0.1".into()], Validity::days(1))
+            .unwrap();
         let der = parse_certs("n", &n.cert_pem).unwrap().remove(0);
         assert!(identity_from_cert(&der).is_err());
 
@@ -284,7 +350,13 @@ mod tests {
         server_config(&ca.pair().cert_pem, &n).unwrap();
         client_config(&ca.pair().cert_pem, &c).unwrap();
         let again = CertAuthority::load(&ca.pair().cert_pem, &ca.pair().key_pem).unwrap();
-        again.issue_client(&TenantId::new("x").unwrap(), &HostName::new("y").unwrap(), Validity::days(1)).unwrap();
+        again
+            .issue_client(
+                &TenantId::new("x").unwrap(),
+                &HostName::new("y").unwrap(),
+                Validity::days(1),
+            )
+            .unwrap();
         assert!(not_after(&c.cert_pem).unwrap() > OffsetDateTime::now_utc());
     }
 

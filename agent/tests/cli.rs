@@ -1,0 +1,116 @@
+//! `refuge` and `refuge-agent` as a user meets them: help, configuration
+//! errors, certificates, exit codes.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::{Command, Output};
+
+fn cmd(bin: &str, args: &[&str], cwd: &std::path::Path) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("REFUGE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+const AGENT: &str = env!("CARGO_BIN_EXE_refuge-agent");
+const CLI: &str = env!("CARGO_BIN_EXE_refuge");
+
+#[test]
+fn help_lists_commands_and_exit_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let o = cmd(CLI, &["--help"], d.path());
+    let t = String::from_utf8_lossy(&o.stdout);
+    for w in ["certs", "snapshots", "restore", "Exit codes"] {
+        assert!(t.contains(w), "{w} missing from:\n{t}");
+    }
+    let o = cmd(AGENT, &["--help"], d.path());
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("backup") && t.contains("check-config"), "{t}");
+    let o = cmd(CLI, &["restore", "--help"], d.path());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--at"));
+}
+
+#[test]
+fn bad_configuration_is_exit_2_with_the_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let o = cmd(AGENT, &["-c", "missing.toml", "backup"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read config file"));
+    std::fs::write(
+        d.path().join("a.toml"),
+        "[node]\naddress = \"x:1\"\nca = \"ca.pem\"\ncert = \"c\"\nkey = \"k\"\n",
+    )
+    .unwrap();
+    let o = cmd(AGENT, &["-c", "a.toml", "check-config"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ca.pem"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cmd(
+        AGENT,
+        &["-c", "a.toml", "backup", "--source", "nope"],
+        d.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no source named"));
+}
+
+#[test]
+fn certificates_are_made_and_never_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let o = cmd(CLI, &["certs", "init", "pki"], d.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["ca.pem", "ca.key", "node.pem", "node.key"] {
+        assert!(d.path().join("pki").join(f).exists(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.path().join("pki/ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let o = cmd(CLI, &["certs", "init", "pki"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    let o = cmd(
+        CLI,
+        &[
+            "certs", "issue", "--dir", "pki", "--tenant", "finance", "--host", "db1",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success());
+    let pem = std::fs::read_to_string(d.path().join("pki/finance-db1.pem")).unwrap();
+    let der = refuge_tls::parse_certs("c", &pem).unwrap().remove(0);
+    let id = refuge_tls::identity_from_cert(&der).unwrap();
+    assert_eq!((id.tenant.as_str(), id.host.as_str()), ("finance", "db1"));
+    let o = cmd(
+        CLI,
+        &[
+            "certs", "issue", "--dir", "pki", "--tenant", "finance", "--host", "db1",
+        ],
+        d.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let o = cmd(
+        CLI,
+        &[
+            "certs", "issue", "--dir", "pki", "--tenant", "bad/name", "--host", "db1",
+        ],
+        d.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = cmd(
+        CLI,
+        &[
+            "certs", "issue", "--dir", "nope", "--tenant", "t", "--host", "h",
+        ],
+        d.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refuge certs init"));
+}

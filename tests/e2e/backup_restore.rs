@@ -1,0 +1,392 @@
+//! Back up, change, back up again, restore every point in time.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use refuge_tests::{Cluster, assert_same_tree, copy_tree, noise, run};
+
+const BIG: usize = 52 * 1024 * 1024;
+
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("docs/deep/er")).unwrap();
+    fs::write(root.join("big.bin"), noise(BIG, 1)).unwrap();
+    fs::write(root.join("docs/readme.txt"), b"hello refuge\n").unwrap();
+    fs::write(root.join("docs/deep/er/notes.md"), noise(70_000, 2)).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("with space & quote'.txt"), b"odd").unwrap();
+    fs::write(root.join("new\nline"), b"newline in name").unwrap();
+    fs::write(root.join("ünïcødé-名前"), b"unicode").unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        b"not utf-8",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("docs/readme.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        root.join("docs/readme.txt"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::set_permissions(root.join("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+    filetime::set_file_mtime(
+        root.join("empty"),
+        filetime::FileTime::from_unix_time(1_000_000_000, 123_456_789),
+    )
+    .unwrap();
+}
+
+fn mutate_tree(root: &Path) {
+    // Insert bytes in the middle of the large file.
+    let mut big = fs::read(root.join("big.bin")).unwrap();
+    let mid = big.len() / 2;
+    big.splice(mid..mid, b"-- inserted in the middle --".iter().copied());
+    fs::write(root.join("big.bin"), big).unwrap();
+    // Edit, add, delete, rename.
+    fs::write(root.join("docs/readme.txt"), b"hello refuge, edited\n").unwrap();
+    fs::write(root.join("docs/added.txt"), noise(10_000, 3)).unwrap();
+    fs::remove_file(root.join("with space & quote'.txt")).unwrap();
+    fs::rename(
+        root.join("docs/deep/er/notes.md"),
+        root.join("docs/notes-renamed.md"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn tree_backup_change_backup_restore_both_points_in_time() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    make_tree(&src);
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+
+    let b1 = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    let first_sent = b1[0]["bytes_sent"].as_u64().unwrap();
+    assert!(
+        first_sent > (BIG as u64) / 2,
+        "first backup sent only {first_sent} bytes"
+    );
+    let state1 = c.path().join("state1");
+    copy_tree(&src, &state1);
+
+    mutate_tree(&src);
+    let b2 = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    let read2 = b2[0]["bytes_read"].as_u64().unwrap();
+    let sent2 = b2[0]["bytes_sent"].as_u64().unwrap();
+    assert!(read2 > BIG as u64);
+    // Only the chunks around the insert and the small changed files travel.
+    assert!(
+        sent2 * 10 < read2,
+        "second backup sent {sent2} of {read2} bytes read"
+    );
+
+    let list = run("refuge", c.path(), &["-c", cfg, "snapshots", "--json"])
+        .ok()
+        .json();
+    let snaps = list.as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    let (id1, id2) = (
+        snaps[0]["id"].as_str().unwrap(),
+        snaps[1]["id"].as_str().unwrap(),
+    );
+    assert_eq!(id1, b1[0]["snapshot"].as_str().unwrap());
+    assert_eq!(id2, b2[0]["snapshot"].as_str().unwrap());
+    assert_eq!(snaps[0]["host"], "db1");
+    assert_eq!(snaps[0]["tenant"], "finance");
+    let t1 = snaps[0]["time_unix_micros"].as_i64().unwrap();
+    let t2 = snaps[1]["time_unix_micros"].as_i64().unwrap();
+    assert!(t2 > t1);
+
+    // The table names both restore points.
+    let table = run("refuge", c.path(), &["-c", cfg, "snapshots"])
+        .ok()
+        .stdout;
+    assert!(
+        table.contains(&id1[..8]) && table.contains(&id2[..8]),
+        "{table}"
+    );
+
+    // By unique id prefix, and by "latest".
+    let out1 = c.path().join("out1");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            &id1[..10],
+            "--target",
+            out1.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&state1, &out1);
+    let out2 = c.path().join("out2");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out2.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out2);
+
+    // --at between the two snapshots gives the first, after both the second.
+    let between = refuge_core::format_time_micros(t1 + (t2 - t1) / 2);
+    let out3 = c.path().join("out3");
+    let r = run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "--at",
+            &between,
+            "--target",
+            out3.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    assert_eq!(r.json()["snapshot"], id1);
+    assert_same_tree(&state1, &out3);
+    let after = refuge_core::format_time_micros(t2 + 1_000_000);
+    let r = run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "--at",
+            &after,
+            "--target",
+            c.path().join("out4").to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    assert_eq!(r.json()["snapshot"], id2);
+
+    // Before the first: a clear error, nothing restored.
+    let before = refuge_core::format_time_micros(t1 - 1_000_000);
+    let none = c.path().join("none");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "--at",
+            &before,
+            "--target",
+            none.to_str().unwrap(),
+        ],
+    )
+    .fails(1, "no snapshot at or before");
+    assert!(!none.exists());
+
+    // --include: one subtree, and one file.
+    let sub = c.path().join("sub");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            sub.to_str().unwrap(),
+            "--include",
+            "docs",
+        ],
+    )
+    .ok();
+    assert_same_tree(&src.join("docs"), &sub.join("docs"));
+    assert!(!sub.join("big.bin").exists());
+    let one = c.path().join("one");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            id1,
+            "--target",
+            one.to_str().unwrap(),
+            "--include",
+            "docs/deep/er/notes.md",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        fs::read(one.join("docs/deep/er/notes.md")).unwrap(),
+        fs::read(state1.join("docs/deep/er/notes.md")).unwrap()
+    );
+    assert_eq!(fs::read_dir(&one).unwrap().count(), 1);
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            c.path().join("x").to_str().unwrap(),
+            "--include",
+            "no/such/path",
+        ],
+    )
+    .fails(1, "no path \"no/such/path\"");
+}
+
+#[test]
+fn sparse_disk_image_round_trips_byte_for_byte() {
+    use std::io::{Seek, SeekFrom, Write};
+    let c = Cluster::start();
+    let img = c.path().join("disk.img");
+    let mut f = fs::File::create(&img).unwrap();
+    f.set_len(64 << 20).unwrap();
+    for (i, off) in [0u64, 4096, 7 << 20, 33 << 20, (64 << 20) - 8192]
+        .into_iter()
+        .enumerate()
+    {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&noise(8192 + i * 1000, 10 + i as u64)).unwrap();
+    }
+    f.set_len(64 << 20).unwrap();
+    drop(f);
+    let cfg = c.default_agent(&[("vm-disk", &img, "image")]);
+    let cfg = cfg.to_str().unwrap();
+    let b = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg, "backup", "--source", "vm-disk", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(b[0]["bytes_read"].as_u64().unwrap(), 64 << 20);
+    // Long zero runs dedup to a few chunks: far less than the image is sent.
+    assert!(b[0]["bytes_sent"].as_u64().unwrap() < 8 << 20, "{b}");
+    let out = c.path().join("restored/disk.img");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert!(
+        fs::read(&img).unwrap() == fs::read(&out).unwrap(),
+        "restored image differs"
+    );
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+            "--include",
+            "x",
+        ],
+    )
+    .fails(1, "--include applies to tree snapshots");
+}
+
+#[test]
+fn special_files_are_reported_not_fatal_and_tenants_are_isolated() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("kept.txt"), b"kept").unwrap();
+    let fifo = src.join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    let r = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"]);
+    assert_eq!(r.code, 3, "warnings give exit code 3\n{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j[0]["warning_count"], 1);
+    assert!(j[0]["warnings"][0].as_str().unwrap().contains("pipe"));
+    assert_eq!(j[0]["files"], 1);
+
+    // Another tenant sees nothing of finance's data, not even by id.
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--tenant", "health", "--host", "web1",
+        ],
+    )
+    .ok();
+    let other = c.agent_config("other.toml", "certs/health-web1", "certs/ca.pem", &[]);
+    let other = other.to_str().unwrap();
+    let mine = run("refuge", c.path(), &["-c", cfg, "snapshots", "--json"])
+        .ok()
+        .json();
+    let id = mine[0]["id"].as_str().unwrap().to_string();
+    let theirs = run("refuge", c.path(), &["-c", other, "snapshots", "--json"])
+        .ok()
+        .json();
+    assert_eq!(theirs.as_array().unwrap().len(), 0);
+    let theirs = run(
+        "refuge",
+        c.path(),
+        &["-c", other, "snapshots", "--tenant", "finance", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(theirs.as_array().unwrap().len(), 0);
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            other,
+            "restore",
+            &id,
+            "--target",
+            c.path().join("steal").to_str().unwrap(),
+        ],
+    )
+    .fails(1, "no snapshot with id");
+    let who = run("refuge", c.path(), &["-c", other, "whoami"])
+        .ok()
+        .stdout;
+    assert!(who.contains("tenant health host web1"), "{who}");
+}

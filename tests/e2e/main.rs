@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `refuged`, `refuge-agent` and `refuge`
+//! binaries on 127.0.0.1, certificates made by `refuge certs`, RocksDB in a
+//! temporary directory, real files.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod backup_restore;
+mod rejections;

@@ -1,0 +1,465 @@
+//! Bad input gets a clear error and loses nothing: certificates from the
+//! wrong CA or expired, a node that is down, unknown snapshots, chunks that
+//! do not match their id, commits that reference chunks the node lacks,
+//! chunks corrupted on the node's disk.
+
+use std::fs;
+use std::path::Path;
+
+use refuge_client::{connect, load_config};
+use refuge_core::{
+    ChunkId, ChunkRef, Entry, EntryKind, ManifestWriter, SourceKind, compress_chunk,
+};
+use refuge_proto::pb;
+use refuge_tests::{Cluster, noise, run};
+use tonic::Code;
+
+fn small_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    fs::write(root.join("small.txt"), b"small file, stays readable").unwrap();
+    fs::write(root.join("big.bin"), noise(6 << 20, 42)).unwrap();
+}
+
+#[test]
+fn wrong_ca_expired_certificate_node_down_and_unknown_snapshot_are_clear_errors() {
+    let mut c = Cluster::start();
+    let src = c.path().join("src");
+    small_tree(&src);
+    let good = c.default_agent(&[("data", &src, "tree")]);
+    let good = good.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", good, "backup"]).ok();
+
+    // A client certificate from another CA.
+    run("refuge", c.path(), &["certs", "init", "other"]).ok();
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "certs", "issue", "--dir", "other", "--tenant", "finance", "--host", "db1",
+        ],
+    )
+    .ok();
+    let foreign = c.agent_config(
+        "foreign.toml",
+        "other/finance-db1",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", foreign.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "rejected this client's certificate");
+    assert!(
+        c.node_log().contains("auth_failed"),
+        "refusal not audited:\n{}",
+        c.node_log()
+    );
+
+    // The node's certificate checked against another CA.
+    let wrong_ca = c.agent_config("wrongca.toml", "certs/finance-db1", "other/ca.pem", &[]);
+    run(
+        "refuge",
+        c.path(),
+        &["-c", wrong_ca.to_str().unwrap(), "snapshots"],
+    )
+    .fails(1, "not signed by the configured CA");
+
+    // An expired client certificate.
+    let ca = refuge_tls::CertAuthority::load(
+        &fs::read_to_string(c.path().join("certs/ca.pem")).unwrap(),
+        &fs::read_to_string(c.path().join("certs/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = ca
+        .issue_client(
+            &refuge_core::TenantId::new("finance").unwrap(),
+            &refuge_core::HostName::new("db1").unwrap(),
+            refuge_tls::Validity {
+                not_before: now - time::Duration::days(10),
+                not_after: now - time::Duration::days(1),
+            },
+        )
+        .unwrap();
+    fs::write(c.path().join("certs/expired.pem"), expired.cert_pem).unwrap();
+    fs::write(c.path().join("certs/expired.key"), expired.key_pem).unwrap();
+    let exp = c.agent_config("expired.toml", "certs/expired", "certs/ca.pem", &[]);
+    let r = run(
+        "refuge",
+        c.path(),
+        &["-c", exp.to_str().unwrap(), "snapshots"],
+    )
+    .fails(1, "certificate");
+    assert!(r.stderr.contains("expired"), "{}", r.stderr);
+    assert!(
+        c.node_log().contains("certificate expired"),
+        "{}",
+        c.node_log()
+    );
+
+    // Unknown snapshot, ambiguous and malformed selectors.
+    run(
+        "refuge",
+        c.path(),
+        &["-c", good, "restore", "0123456789abcdef", "--target", "t"],
+    )
+    .fails(1, "no snapshot with id");
+    run(
+        "refuge",
+        c.path(),
+        &["-c", good, "restore", "not-an-id", "--target", "t"],
+    )
+    .fails(1, "is not a snapshot id");
+    run(
+        "refuge",
+        c.path(),
+        &["-c", good, "restore", "--target", "t"],
+    )
+    .fails(2, "give a SNAPSHOT");
+    run(
+        "refuge",
+        c.path(),
+        &["-c", good, "restore", "--at", "yesterday", "--target", "t"],
+    )
+    .fails(2, "RFC 3339");
+
+    // Unreadable source path.
+    let missing = c.agent_config(
+        "missing.toml",
+        "certs/finance-db1",
+        "certs/ca.pem",
+        &[("gone", &c.path().join("gone"), "tree")],
+    );
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", missing.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "No such file or directory");
+
+    // Node down.
+    c.stop_node();
+    run("refuge", c.path(), &["-c", good, "snapshots"]).fails(1, "cannot reach the node");
+    run("refuge-agent", c.path(), &["-c", good, "backup"]).fails(1, "cannot reach the node");
+
+    // None of that lost anything.
+    c.start_node();
+    let list = run("refuge", c.path(), &["-c", good, "snapshots", "--json"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            good,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    refuge_tests::assert_same_tree(&src, &out);
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+#[test]
+fn chunks_that_do_not_match_their_id_are_rejected_and_not_stored() {
+    let c = Cluster::start();
+    let cfg = load_config(&c.default_agent(&[])).unwrap();
+    rt().block_on(async {
+        let node = connect(&cfg.node).await.unwrap();
+        let mut ingest = node.ingest.clone();
+        let data = b"the real content".to_vec();
+        let claimed = ChunkId::of(b"some other content");
+        let up = refuge_proto::upload_to(&claimed, compress_chunk(&data, 3));
+        let err = ingest
+            .put_chunks(futures::stream::iter(vec![up]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(&claimed.to_hex()) && err.message().contains("hashes to"),
+            "{}",
+            err.message()
+        );
+
+        // A zstd frame that expands far beyond its declared size.
+        let zeros = vec![0u8; 8 << 20];
+        let mut bomb = compress_chunk(&zeros, 3);
+        bomb.raw_len = 4096;
+        let up = refuge_proto::upload_to(&ChunkId::of(&zeros), bomb);
+        let err = ingest
+            .put_chunks(futures::stream::iter(vec![up]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+        // Declared larger than any chunk may be.
+        let mut huge = compress_chunk(b"x", 3);
+        huge.raw_len = 64 << 20;
+        let err = ingest
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &ChunkId::of(b"x"),
+                huge,
+            )]))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("maximum"), "{}", err.message());
+
+        // An id of the wrong length.
+        let err = ingest
+            .find_missing(pb::FindMissingRequest {
+                ids: vec![vec![1, 2, 3]],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // Nothing was stored under either id.
+        let missing = ingest
+            .find_missing(pb::FindMissingRequest {
+                ids: vec![
+                    claimed.0.to_vec(),
+                    ChunkId::of(&data).0.to_vec(),
+                    ChunkId::of(&zeros).0.to_vec(),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing;
+        assert_eq!(missing, vec![0, 1, 2]);
+
+        // A good chunk after all that is accepted.
+        let ok = refuge_proto::upload_to(&ChunkId::of(&data), compress_chunk(&data, 3));
+        let r = ingest
+            .put_chunks(futures::stream::iter(vec![ok]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.chunks_stored, 1);
+    });
+    assert!(
+        c.node_log().contains("chunk_rejected"),
+        "rejection not audited:\n{}",
+        c.node_log()
+    );
+}
+
+#[test]
+fn a_commit_that_references_a_missing_chunk_is_refused() {
+    let c = Cluster::start();
+    let cfg = load_config(&c.default_agent(&[])).unwrap();
+    rt().block_on(async {
+        let node = connect(&cfg.node).await.unwrap();
+        let mut ingest = node.ingest.clone();
+        let absent = ChunkId::of(b"never uploaded");
+        let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
+        let entry = Entry {
+            path: b"file".to_vec(),
+            kind: EntryKind::File,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            size: 14,
+            target: vec![],
+        };
+        w.add_entry(&entry).unwrap();
+        w.add_chunks(&[ChunkRef {
+            id: absent,
+            len: 14,
+        }])
+        .unwrap();
+        let (manifest, _) = w.finish().unwrap();
+        let mid = ChunkId::of(&manifest);
+        let mref = pb::ChunkRef {
+            id: mid.0.to_vec(),
+            len: manifest.len() as u32,
+        };
+        let commit = pb::CommitSnapshotRequest {
+            source: "data".into(),
+            kind: refuge_proto::source_kind_to(SourceKind::Tree),
+            manifest: vec![mref],
+            bytes_uploaded: 0,
+            warnings: 0,
+        };
+
+        // The manifest itself is not uploaded yet.
+        let err = ingest.commit_snapshot(commit.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains("manifest chunk"),
+            "{}",
+            err.message()
+        );
+
+        // Uploaded, but it references a chunk the node does not have.
+        let up = refuge_proto::upload_to(&mid, compress_chunk(&manifest, 3));
+        ingest
+            .put_chunks(futures::stream::iter(vec![up]))
+            .await
+            .unwrap();
+        let err = ingest.commit_snapshot(commit.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains(&absent.to_hex()) && err.message().contains("\"file\""),
+            "{}",
+            err.message()
+        );
+
+        // Manifests that are not manifests, and kinds that do not match.
+        let junk = b"not a manifest at all".to_vec();
+        let jid = ChunkId::of(&junk);
+        ingest
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &jid,
+                compress_chunk(&junk, 3),
+            )]))
+            .await
+            .unwrap();
+        let mut bad = commit.clone();
+        bad.manifest = vec![pb::ChunkRef {
+            id: jid.0.to_vec(),
+            len: junk.len() as u32,
+        }];
+        let err = ingest.commit_snapshot(bad).await.unwrap_err();
+        assert!(
+            err.message().contains("invalid manifest"),
+            "{}",
+            err.message()
+        );
+        let mut bad = commit.clone();
+        bad.source = "../etc".into();
+        assert_eq!(
+            ingest.commit_snapshot(bad).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+
+        let list = node
+            .restore
+            .clone()
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .unwrap();
+        assert!(
+            list.into_inner().snapshots.is_empty(),
+            "a refused commit left a snapshot"
+        );
+
+        // With the missing chunk uploaded, the same commit succeeds.
+        let content = b"never uploaded".to_vec();
+        let up = refuge_proto::upload_to(&absent, compress_chunk(&content, 3));
+        ingest
+            .put_chunks(futures::stream::iter(vec![up]))
+            .await
+            .unwrap();
+        let snap = ingest
+            .commit_snapshot(commit)
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!((snap.files, snap.logical_bytes), (1, 14));
+        let list = node
+            .restore
+            .clone()
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(list.into_inner().snapshots.len(), 1);
+    });
+    assert!(c.node_log().contains("commit_rejected"));
+}
+
+#[test]
+fn a_chunk_corrupted_on_the_node_disk_fails_the_restore_naming_file_and_chunk() {
+    let mut c = Cluster::start();
+    let src = c.path().join("src");
+    small_tree(&src);
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
+    c.stop_node();
+
+    // Flip bytes in the middle of every blob file (chunk bodies live there).
+    let mut flipped = 0;
+    for e in fs::read_dir(c.path().join("store")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "blob") {
+            let mut b = fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            for x in &mut b[mid..mid + 64] {
+                *x ^= 0xff;
+            }
+            fs::write(&p, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "no blob files found in the store");
+    c.start_node();
+
+    let out = c.path().join("out");
+    let r = run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .fails(1, "corrupt");
+    assert!(
+        r.stderr.contains("big.bin") && r.stderr.contains("chunk "),
+        "{}",
+        r.stderr
+    );
+    // No wrong bytes under the real name, no temporary file left behind.
+    assert!(!out.join("big.bin").exists());
+    let leftovers: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".refuge-restore")),
+        "{leftovers:?}"
+    );
+    // What is intact still restores.
+    let ok = c.path().join("ok");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            ok.to_str().unwrap(),
+            "--include",
+            "small.txt",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        fs::read(ok.join("small.txt")).unwrap(),
+        fs::read(src.join("small.txt")).unwrap()
+    );
+}
