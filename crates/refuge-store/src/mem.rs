@@ -53,7 +53,9 @@ impl Store for MemStore {
         let mut g = self.lock();
         let mut out = PutOutcome::default();
         for (id, c) in chunks {
-            if let std::collections::hash_map::Entry::Vacant(v) = g.chunks.entry((tenant.clone(), *id)) {
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                g.chunks.entry((tenant.clone(), *id))
+            {
                 out.stored += 1;
                 out.bytes += c.data.len() as u64;
                 v.insert(c.clone());

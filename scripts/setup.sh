@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Shared setup for scripts/demo.sh and scripts/test.sh (sourced, not run):
+# installs the system packages the build needs when they are missing, and
+# points cargo at one target directory outside the clone so that CI, tests
+# and the demo share a single build of RocksDB.
+set -euo pipefail
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/refuge-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need=()
+# bindgen (for RocksDB) needs clang and libclang; the C++ build needs g++.
+command -v clang >/dev/null 2>&1 || need+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
+if ((${#need[@]})); then
+    echo "setup: installing ${need[*]} with apt-get" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
