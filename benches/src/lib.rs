@@ -1,0 +1,1 @@
+//! Benchmarks for refuge (see BENCHMARKS.md).
