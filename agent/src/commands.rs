@@ -44,7 +44,7 @@ pub fn check_config(path: &Path) -> Outcome {
 }
 
 /// `refuge-agent backup`.
-pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
+pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -> Outcome {
     let cfg = config(path)?;
     let sources: Vec<_> = match only {
         Some(name) => vec![cfg.source(name).map_err(Failure::Usage)?.clone()],
@@ -61,16 +61,21 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool) -> Outcome {
     let mut failed = Vec::new();
     let mut warned = false;
     for s in &sources {
-        match refuge_client::backup_source(&node, &cfg, s, show_progress(json)).await {
+        let opts = refuge_client::BackupOptions {
+            progress: show_progress(json),
+            rehash,
+        };
+        match refuge_client::backup_source(&node, &cfg, s, opts).await {
             Ok(r) => {
                 warned |= r.warning_count > 0;
                 if !json {
                     println!(
-                        "snapshot {} of {} saved at {}: {} files, {} read, {} new chunks, {} sent, {:.1}s{}",
+                        "snapshot {} of {} saved at {}: {} files ({} unchanged), {} read, {} new chunks, {} sent, {:.1}s{}",
                         r.short_id,
                         r.source,
                         r.time,
                         r.files,
+                        r.files_unchanged,
                         human_bytes(r.bytes_read),
                         r.chunks_new,
                         human_bytes(r.bytes_sent),

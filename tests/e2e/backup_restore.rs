@@ -390,3 +390,118 @@ fn special_files_are_reported_not_fatal_and_tenants_are_isolated() {
         .stdout;
     assert!(who.contains("tenant health host web1"), "{who}");
 }
+
+#[test]
+fn unchanged_files_are_not_read_again_unless_rehash() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..20 {
+        fs::write(
+            src.join(format!("d/f{i:02}")),
+            noise(30_000 + i * 100, i as u64),
+        )
+        .unwrap();
+    }
+    fs::write(src.join("big"), noise(3 << 20, 99)).unwrap();
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    let total = fs::metadata(src.join("big")).unwrap().len()
+        + (0..20).map(|i| 30_000 + i * 100).sum::<u64>();
+
+    let b1 = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    assert_eq!(b1[0]["bytes_read"].as_u64().unwrap(), total);
+    assert!(b1[0]["parent"].is_null());
+
+    // Nothing changed: nothing is read, nothing is sent but the manifest.
+    let b2 = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    assert_eq!(b2[0]["bytes_read"], 0, "{b2}");
+    assert_eq!(b2[0]["files_unchanged"], 21);
+    assert_eq!(b2[0]["parent"], b1[0]["snapshot"]);
+
+    // One file rewritten (new mtime/ctime): only it is read.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(src.join("d/f07"), noise(30_700, 1234)).unwrap();
+    let b3 = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    assert_eq!(b3[0]["bytes_read"], 30_700, "{b3}");
+    assert_eq!(b3[0]["files_unchanged"], 20);
+
+    // --rehash reads everything again.
+    let b4 = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg, "backup", "--rehash", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(b4[0]["bytes_read"].as_u64().unwrap(), total);
+    assert!(b4[0]["parent"].is_null());
+
+    // The reused chunk lists restore the right bytes.
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            b3[0]["snapshot"].as_str().unwrap(),
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn zero_runs_are_holes_and_restore_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let c = Cluster::start();
+    let img = c.path().join("sparse.img");
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(32 << 20).unwrap();
+    drop(f);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(16 << 20)).unwrap();
+        f.write_all(&noise(100_000, 5)).unwrap();
+    }
+    let cfg = c.default_agent(&[("img", &img, "image")]);
+    let cfg = cfg.to_str().unwrap();
+    let b = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    assert!(b[0]["hole_bytes"].as_u64().unwrap() > 30 << 20, "{b}");
+    assert!(b[0]["bytes_sent"].as_u64().unwrap() < 1 << 20, "{b}");
+    let out = c.path().join("restored.img");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert!(fs::read(&img).unwrap() == fs::read(&out).unwrap());
+    let m = fs::metadata(&out).unwrap();
+    assert_eq!(m.len(), 32 << 20);
+    assert!(
+        m.blocks() * 512 < 8 << 20,
+        "restored image is not sparse: {} blocks",
+        m.blocks()
+    );
+}

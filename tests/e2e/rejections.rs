@@ -272,6 +272,9 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
             gid: 0,
             mtime_secs: 0,
             mtime_nanos: 0,
+            ctime_secs: 0,
+            ctime_nanos: 0,
+            inode: 0,
             size: 14,
             target: vec![],
         };

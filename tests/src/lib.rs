@@ -278,7 +278,11 @@ pub fn assert_same_tree(want: &Path, got: &Path) {
         let what = String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned();
         assert_eq!(ma.file_type(), mb.file_type(), "type of {what:?}");
         assert_eq!(ma.mode(), mb.mode(), "mode of {what:?}");
-        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of {what:?}");
+        assert_eq!(
+            (ma.uid(), ma.gid()),
+            (mb.uid(), mb.gid()),
+            "owner of {what:?}"
+        );
         if ma.file_type().is_symlink() {
             assert_eq!(
                 fs::read_link(&pa).unwrap(),

@@ -36,6 +36,10 @@ enum Command {
         /// Print a JSON summary (bytes read, new, sent, chunks, dedup ratio, duration).
         #[arg(long)]
         json: bool,
+        /// Read every file, even those whose size, mtime, ctime and inode are
+        /// unchanged since the previous snapshot.
+        #[arg(long)]
+        rehash: bool,
     },
     /// Check the configuration file and exit.
     CheckConfig,
@@ -46,11 +50,16 @@ fn main() -> ExitCode {
     refuge_cli::init_logging("warn");
     let r = match args.command {
         Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
-        Command::Backup { source, json } => match tokio::runtime::Runtime::new() {
+        Command::Backup {
+            source,
+            json,
+            rehash,
+        } => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(refuge_cli::commands::backup(
                 &args.config,
                 source.as_deref(),
                 json,
+                rehash,
             )),
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
         },

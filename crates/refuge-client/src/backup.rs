@@ -17,9 +17,11 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::cmp::Ordering;
+
 use refuge_core::{
-    ChunkId, ChunkRef, Chunker, ChunkerParams, Entry, EntryKind, ManifestWriter, SourceKind,
-    compress_chunk,
+    ChunkId, ChunkRef, Chunker, ChunkerParams, Entry, EntryKind, ManifestReader, ManifestRecord,
+    ManifestWriter, SourceKind, compress_chunk, walk_order,
 };
 use refuge_proto::pb;
 use serde::Serialize;
@@ -28,6 +30,7 @@ use tracing::warn;
 
 use crate::config::{AgentConfig, SourceConfig};
 use crate::connect::{Node, explain_status};
+use crate::remote::{Fetcher, RemoteStream};
 
 /// Upload batch: chunk data held before asking the node what it lacks.
 const BATCH_BYTES: usize = 32 << 20;
@@ -52,6 +55,14 @@ pub struct BackupReport {
     pub dirs: u64,
     /// Bytes of file data read.
     pub bytes_read: u64,
+    /// Files found unchanged since the parent snapshot (not read again).
+    pub files_unchanged: u64,
+    /// Bytes of those files.
+    pub bytes_reused: u64,
+    /// Bytes of all-zero runs stored as holes.
+    pub hole_bytes: u64,
+    /// The parent snapshot compared against (tree sources), if any.
+    pub parent: Option<String>,
     /// Chunks of file data (with repeats).
     pub chunks: u64,
     /// Chunks the node lacked and that were uploaded (data and manifest).
@@ -153,6 +164,9 @@ fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
         gid: md.gid(),
         mtime_secs: md.mtime(),
         mtime_nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        ctime_secs: md.ctime(),
+        ctime_nanos: md.ctime_nsec().clamp(0, 999_999_999) as u32,
+        inode: md.ino(),
         size: 0,
         target: Vec::new(),
     }
@@ -172,22 +186,113 @@ fn chunk_file(
     for chunk in Chunker::new(BufReader::with_capacity(1 << 20, f), params) {
         let chunk = chunk?;
         let len = chunk.data.len() as u32;
-        let id = ChunkId::of(&chunk.data);
-        refs.push(ChunkRef { id, len });
         size += u64::from(len);
         rep.bytes_read += u64::from(len);
-        rep.chunks += 1;
         bar.inc(u64::from(len));
+        if is_zero(&chunk.data) {
+            // All-zero runs (unused image blocks, sparse regions) are holes:
+            // nothing stored, nothing sent, restored sparse.
+            refs.push(ChunkRef::hole(len));
+            rep.hole_bytes += u64::from(len);
+            continue;
+        }
+        let id = ChunkId::of(&chunk.data);
+        refs.push(ChunkRef { id, len });
+        rep.chunks += 1;
         up.add(id, chunk.data, rep)?;
     }
     Ok((refs, size))
 }
 
+fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(8);
+    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
 type Manifest = ManifestWriter<BufWriter<File>>;
+
+/// The parent snapshot's manifest, read in step with the walk: both are in
+/// [`walk_order`], so finding a path's previous entry is a merge, not a
+/// lookup table (memory does not grow with the number of files).
+struct Parent {
+    reader: ManifestReader<RemoteStream>,
+    peeked: Option<Entry>,
+    broken: bool,
+}
+
+impl Parent {
+    fn next_entry(&mut self) -> anyhow::Result<Option<Entry>> {
+        loop {
+            match self.reader.next_record()? {
+                Some(ManifestRecord::Entry(e)) => return Ok(Some(e)),
+                Some(ManifestRecord::Chunks(_)) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn find(&mut self, cur: &Entry) -> anyhow::Result<Option<Vec<ChunkRef>>> {
+        loop {
+            let p = match self.peeked.take() {
+                Some(p) => p,
+                None => match self.next_entry()? {
+                    Some(p) => p,
+                    None => return Ok(None),
+                },
+            };
+            match walk_order(&p.path, &cur.path) {
+                Ordering::Less => continue,
+                Ordering::Greater => {
+                    self.peeked = Some(p);
+                    return Ok(None);
+                }
+                Ordering::Equal => {
+                    let mut refs = Vec::new();
+                    loop {
+                        match self.reader.next_record()? {
+                            Some(ManifestRecord::Chunks(r)) => refs.extend(r),
+                            Some(ManifestRecord::Entry(e)) => {
+                                self.peeked = Some(e);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let same = p.kind == EntryKind::File
+                        && cur.kind == EntryKind::File
+                        && p.size == cur.size
+                        && (p.mtime_secs, p.mtime_nanos) == (cur.mtime_secs, cur.mtime_nanos)
+                        && (p.ctime_secs, p.ctime_nanos) == (cur.ctime_secs, cur.ctime_nanos)
+                        && p.inode == cur.inode;
+                    return Ok(same.then_some(refs));
+                }
+            }
+        }
+    }
+
+    /// The parent's chunk list for `cur` if the file is unchanged since.
+    fn unchanged(&mut self, cur: &Entry) -> Option<Vec<ChunkRef>> {
+        if self.broken {
+            return None;
+        }
+        match self.find(cur) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(
+                    "cannot read the parent snapshot's manifest ({e:#}); reading every remaining file"
+                );
+                self.broken = true;
+                None
+            }
+        }
+    }
+}
 
 fn walk_tree(
     root: &Path,
     params: ChunkerParams,
+    mut parent: Option<&mut Parent>,
     w: &mut Manifest,
     up: &mut Uploader,
     rep: &mut BackupReport,
@@ -252,9 +357,20 @@ fn walk_tree(
                 )),
             }
         } else if ft.is_file() {
+            let mut e = base_entry(rel, EntryKind::File, &md);
+            e.size = md.len();
+            if let Some(refs) = parent.as_deref_mut().and_then(|p| p.unchanged(&e)) {
+                // Unchanged since the parent snapshot: reuse its chunk list.
+                w.add_entry(&e)?;
+                w.add_chunks(&refs)?;
+                rep.files += 1;
+                rep.files_unchanged += 1;
+                rep.bytes_reused += e.size;
+                bar.inc(e.size);
+                continue;
+            }
             match chunk_file(ent.path(), params, up, rep, bar) {
                 Ok((refs, size)) => {
-                    let mut e = base_entry(rel, EntryKind::File, &md);
                     e.size = size;
                     w.add_entry(&e)?;
                     w.add_chunks(&refs)?;
@@ -307,19 +423,67 @@ fn read_image(
     Ok(())
 }
 
+/// How to run a backup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackupOptions {
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Read every file, even those unchanged since the parent snapshot.
+    pub rehash: bool,
+}
+
+/// The newest snapshot of this host and source, ready to be merged with
+/// the walk; `None` for a first backup.
+fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<(String, Parent)>> {
+    let req = pb::ResolveSnapshotRequest {
+        selector: "latest".into(),
+        at_unix_micros: 0,
+        host: node.host.clone(),
+        source: source.into(),
+    };
+    let snap = match rt.block_on(node.restore.clone().resolve_snapshot(req)) {
+        Ok(s) => s.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+        Err(s) => {
+            return Err(anyhow!(
+                "looking up the parent snapshot: {}",
+                explain_status(&s)
+            ));
+        }
+    };
+    let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("parent snapshot: {e}"))?;
+    if snap.kind != SourceKind::Tree {
+        return Ok(None);
+    }
+    let stream = RemoteStream::new(
+        Fetcher::new(rt.clone(), node.clone()),
+        snap.manifest.clone(),
+    );
+    let reader =
+        ManifestReader::new(stream).map_err(|e| anyhow!("parent snapshot manifest: {e}"))?;
+    Ok(Some((
+        snap.id.to_hex(),
+        Parent {
+            reader,
+            peeked: None,
+            broken: false,
+        },
+    )))
+}
+
 /// Backs up one source and commits a snapshot.
 pub async fn backup_source(
     node: &Node,
     cfg: &AgentConfig,
     source: &SourceConfig,
-    progress: bool,
+    opts: BackupOptions,
 ) -> anyhow::Result<BackupReport> {
     let node = node.clone();
     let params = cfg.chunking.params();
     let level = cfg.chunking.zstd_level;
     let source = source.clone();
     let rt = Handle::current();
-    tokio::task::spawn_blocking(move || backup_blocking(rt, node, params, level, source, progress))
+    tokio::task::spawn_blocking(move || backup_blocking(rt, node, params, level, source, opts))
         .await
         .map_err(|e| anyhow!("backup worker failed: {e}"))?
 }
@@ -330,14 +494,19 @@ fn backup_blocking(
     params: ChunkerParams,
     level: i32,
     source: SourceConfig,
-    progress: bool,
+    opts: BackupOptions,
 ) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
     let mut rep = BackupReport {
         source: source.name.clone(),
         ..Default::default()
     };
-    let bar = if progress {
+    let mut parent = match (source.kind, opts.rehash) {
+        (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name)?,
+        _ => None,
+    };
+    rep.parent = parent.as_ref().map(|(id, _)| id.clone());
+    let bar = if opts.progress {
         let b = ProgressBar::new_spinner();
         b.set_style(
             ProgressStyle::with_template(
@@ -360,7 +529,10 @@ fn backup_blocking(
         pending_bytes: 0,
     };
     match source.kind {
-        SourceKind::Tree => walk_tree(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
+        SourceKind::Tree => {
+            let p = parent.as_mut().map(|(_, p)| p);
+            walk_tree(&source.path, params, p, &mut w, &mut up, &mut rep, &bar)?
+        }
         SourceKind::Image => read_image(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
     }
     let (buf, _summary) = w.finish()?;

@@ -11,9 +11,10 @@
 mod backup;
 mod config;
 mod connect;
+mod remote;
 mod restore;
 
-pub use backup::{BackupReport, backup_source};
+pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{AgentConfig, ChunkingConfig, ConnectionConfig, SourceConfig, load_config};
 pub use connect::{Node, connect, explain_status};
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

@@ -21,19 +21,12 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail};
 use filetime::FileTime;
 use indicatif::{ProgressBar, ProgressStyle};
-use refuge_core::{
-    ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
-    decode_chunk,
-};
-use refuge_proto::pb;
+use refuge_core::{Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use crate::connect::{Node, explain_status};
-
-/// Chunks fetched per request (bounded by count and bytes).
-const FETCH_CHUNKS: usize = 64;
-const FETCH_BYTES: u64 = 64 << 20;
+use crate::connect::Node;
+use crate::remote::{Fetcher, Piece, RemoteStream};
 
 /// Where and what to restore.
 #[derive(Debug, Clone)]
@@ -65,107 +58,6 @@ pub struct RestoreReport {
     pub chunks: u64,
     /// Seconds.
     pub duration_secs: f64,
-}
-
-/// Fetches and verifies chunks.
-struct Fetcher {
-    rt: Handle,
-    node: Node,
-}
-
-impl Fetcher {
-    /// Fetches `refs` in order; calls `sink` with each verified chunk.
-    fn fetch(
-        &mut self,
-        refs: &[ChunkRef],
-        mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut start = 0;
-        while start < refs.len() {
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < refs.len()
-                && end - start < FETCH_CHUNKS
-                && (end == start || bytes + u64::from(refs[end].len) <= FETCH_BYTES)
-            {
-                bytes += u64::from(refs[end].len);
-                end += 1;
-            }
-            let group = &refs[start..end];
-            let ids = group.iter().map(|r| r.id.0.to_vec()).collect();
-            let mut restore = self.node.restore.clone();
-            let mut stream = self
-                .rt
-                .block_on(restore.get_chunks(pb::GetChunksRequest { ids }))
-                .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?
-                .into_inner();
-            for r in group {
-                let msg = self
-                    .rt
-                    .block_on(stream.message())
-                    .map_err(|s| match s.code() {
-                        tonic::Code::NotFound => anyhow!("chunk {} is missing on the node", r.id),
-                        tonic::Code::DataLoss => anyhow!(
-                            "chunk {}: the node's stored copy is corrupt ({})",
-                            r.id,
-                            s.message()
-                        ),
-                        _ => anyhow!("fetching chunk {}: {}", r.id, explain_status(&s)),
-                    })?;
-                let msg =
-                    msg.ok_or_else(|| anyhow!("node ended the stream before chunk {}", r.id))?;
-                let (id, c) =
-                    refuge_proto::chunk_data(msg).map_err(|e| anyhow!("chunk {}: {e}", r.id))?;
-                if id != r.id {
-                    bail!("node sent chunk {id} where {} was expected", r.id);
-                }
-                if c.raw_len != r.len {
-                    bail!(
-                        "chunk {} is corrupt: {} bytes where the manifest says {}",
-                        r.id,
-                        c.raw_len,
-                        r.len
-                    );
-                }
-                let data = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
-                    .map_err(|e| anyhow!("chunk {} is corrupt: {e}", r.id))?;
-                sink(&data)?;
-            }
-            start = end;
-        }
-        Ok(())
-    }
-}
-
-/// The manifest stream, read chunk by chunk from the node.
-struct RemoteStream<'a> {
-    fetcher: &'a mut Fetcher,
-    refs: std::vec::IntoIter<ChunkRef>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for RemoteStream<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            let Some(r) = self.refs.next() else {
-                return Ok(0);
-            };
-            let mut got = Vec::new();
-            self.fetcher
-                .fetch(&[r], |d| {
-                    got = d.to_vec();
-                    Ok(())
-                })
-                .map_err(|e| std::io::Error::other(format!("manifest {e:#}")))?;
-            self.buf = got;
-            self.pos = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Restores `snap` as `opts` say.
@@ -280,6 +172,27 @@ impl OpenFile {
     }
 }
 
+/// Writes one piece at the current position: data is written, a hole is
+/// skipped with a seek (left sparse) — except on devices, where old
+/// content must be overwritten with zeros. Returns the bytes covered.
+fn write_piece(f: &mut File, piece: Piece<'_>, device: bool) -> anyhow::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    match piece {
+        Piece::Data(d) => {
+            f.write_all(d)?;
+            Ok(d.len() as u64)
+        }
+        Piece::Hole(n) if device => {
+            f.write_all(&vec![0u8; n as usize])?;
+            Ok(u64::from(n))
+        }
+        Piece::Hole(n) => {
+            f.seek(SeekFrom::Current(i64::from(n)))?;
+            Ok(u64::from(n))
+        }
+    }
+}
+
 fn temp_name(dir: &Path, name: &[u8]) -> PathBuf {
     let mut n = b".refuge-restore-".to_vec();
     n.extend_from_slice(&name[..name.len().min(100)]);
@@ -311,17 +224,8 @@ fn restore_blocking(
     } else {
         ProgressBar::hidden()
     };
-    let mut fetcher = Fetcher {
-        rt: rt.clone(),
-        node: node.clone(),
-    };
-    let mut data_fetcher = Fetcher { rt, node };
-    let stream = RemoteStream {
-        fetcher: &mut fetcher,
-        refs: snap.manifest.clone().into_iter(),
-        buf: Vec::new(),
-        pos: 0,
-    };
+    let mut data_fetcher = Fetcher::new(rt.clone(), node.clone());
+    let stream = RemoteStream::new(Fetcher::new(rt, node), snap.manifest.clone());
     let mut reader = ManifestReader::new(stream).context("reading the snapshot's manifest")?;
     let result = match snap.kind {
         SourceKind::Tree => restore_tree(&mut reader, &mut data_fetcher, &opts, &mut rep, &bar),
@@ -457,10 +361,10 @@ fn restore_tree<R: Read>(
                 let Some(f) = open.as_mut() else {
                     return Err(anyhow!("manifest has chunks outside a file"));
                 };
-                let r = fetcher.fetch(&refs, |data| {
-                    f.file.write_all(data)?;
-                    f.written += data.len() as u64;
-                    bar.inc(data.len() as u64);
+                let r = fetcher.fetch(&refs, |piece| {
+                    let n = write_piece(&mut f.file, piece, false)?;
+                    f.written += n;
+                    bar.inc(n);
                     Ok(())
                 });
                 rep.chunks += refs.len() as u64;
@@ -548,10 +452,10 @@ fn restore_image<R: Read>(
                     let (f, _) = out
                         .as_mut()
                         .ok_or_else(|| anyhow!("manifest has chunks before the image entry"))?;
-                    fetcher.fetch(&refs, |d| {
-                        f.write_all(d)?;
-                        written += d.len() as u64;
-                        bar.inc(d.len() as u64);
+                    fetcher.fetch(&refs, |piece| {
+                        let n = write_piece(f, piece, device)?;
+                        written += n;
+                        bar.inc(n);
                         Ok(())
                     })?;
                     rep.chunks += refs.len() as u64;
@@ -571,6 +475,9 @@ fn restore_image<R: Read>(
         }
         (Err(e), None) => return Err(e),
     };
+    if !device {
+        f.set_len(written)?;
+    }
     f.flush()?;
     f.sync_all()?;
     if !device {

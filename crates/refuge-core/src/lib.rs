@@ -22,7 +22,7 @@ pub use frame::{Compression, FrameError, StoredChunk, compress_chunk, decode_chu
 pub use id::{ChunkId, ParseIdError};
 pub use manifest::{
     ChunkRef, Entry, EntryKind, ManifestError, ManifestReader, ManifestRecord, ManifestSummary,
-    ManifestWriter, validate_entry_path,
+    ManifestWriter, validate_entry_path, walk_order,
 };
 pub use names::{HostName, NameError, SourceName, TenantId};
 pub use snapshot::{SnapshotId, SnapshotRecord, SourceKind, format_time_micros, parse_time_micros};

@@ -72,6 +72,12 @@ pub struct Entry {
     pub mtime_secs: i64,
     /// Modification time, nanoseconds part.
     pub mtime_nanos: u32,
+    /// Status change time, seconds (used only to detect unchanged files).
+    pub ctime_secs: i64,
+    /// Status change time, nanoseconds part.
+    pub ctime_nanos: u32,
+    /// Inode number at backup time (used only to detect unchanged files).
+    pub inode: u64,
     /// File size in bytes (0 for directories, target length for symlinks).
     pub size: u64,
     /// Symlink target bytes (empty otherwise).
@@ -79,12 +85,33 @@ pub struct Entry {
 }
 
 /// A reference to a chunk of file content, in file order.
+///
+/// The all-zero id is reserved for a *hole*: `len` bytes of zeros that are
+/// not stored at all and restored as a sparse region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
-    /// The chunk's id.
+    /// The chunk's id, or [`ChunkRef::HOLE`].
     pub id: ChunkId,
     /// Its uncompressed length.
     pub len: u32,
+}
+
+impl ChunkRef {
+    /// The reserved id of a hole (no BLAKE3 output is all zeros in practice).
+    pub const HOLE: ChunkId = ChunkId([0; 32]);
+
+    /// A hole of `len` zero bytes.
+    pub fn hole(len: u32) -> Self {
+        ChunkRef {
+            id: Self::HOLE,
+            len,
+        }
+    }
+
+    /// Whether this reference is a hole rather than a stored chunk.
+    pub fn is_hole(&self) -> bool {
+        self.id == Self::HOLE
+    }
 }
 
 /// One record read from a manifest stream.
@@ -166,6 +193,18 @@ pub fn validate_entry_path(path: &[u8]) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+/// Orders manifest paths the way a depth-first walk with sorted siblings
+/// visits them: component by component, bytewise. `.` (the root) comes
+/// first. Backups use it to merge a walk with the parent snapshot's
+/// manifest.
+pub fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    fn comps(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+        let p = if p == b"." { &b""[..] } else { p };
+        p.split(|&c| c == b'/').filter(|c| !c.is_empty())
+    }
+    comps(a).cmp(comps(b))
 }
 
 /// Tracks the structural rules shared by writer and reader.
@@ -278,6 +317,9 @@ impl<W: Write> ManifestWriter<W> {
             .u32(e.gid)
             .i64(e.mtime_secs)
             .u32(e.mtime_nanos)
+            .i64(e.ctime_secs)
+            .u32(e.ctime_nanos)
+            .u64(e.inode)
             .u64(e.size)
             .bytes16(&e.path)
             .bytes16(&e.target);
@@ -387,6 +429,9 @@ impl<R: Read> ManifestReader<R> {
                     gid: d.u32().map_err(t)?,
                     mtime_secs: d.i64().map_err(t)?,
                     mtime_nanos: d.u32().map_err(t)?,
+                    ctime_secs: d.i64().map_err(t)?,
+                    ctime_nanos: d.u32().map_err(t)?,
+                    inode: d.u64().map_err(t)?,
                     size: d.u64().map_err(t)?,
                     path: d.bytes16().map_err(t)?.to_vec(),
                     target: d.bytes16().map_err(t)?.to_vec(),
@@ -394,7 +439,7 @@ impl<R: Read> ManifestReader<R> {
                 if d.remaining() != 0 {
                     return Err(malformed("trailing bytes in entry record"));
                 }
-                if e.mtime_nanos >= 1_000_000_000 {
+                if e.mtime_nanos >= 1_000_000_000 || e.ctime_nanos >= 1_000_000_000 {
                     return Err(malformed("mtime nanoseconds out of range"));
                 }
                 self.rules.entry(&e)?;
@@ -465,6 +510,9 @@ mod tests {
             gid: 1000,
             mtime_secs: 1_700_000_000,
             mtime_nanos: 5,
+            ctime_secs: 1_700_000_001,
+            ctime_nanos: 6,
+            inode: 42,
             size,
             target: vec![],
         }
@@ -519,6 +567,31 @@ mod tests {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn walk_order_is_depth_first_with_sorted_siblings() {
+        use std::cmp::Ordering::*;
+        let mut paths: Vec<&[u8]> = vec![b"a.txt", b"a/b", b".", b"a", b"a/b/c", b"b", b"a/a"];
+        paths.sort_by(|x, y| walk_order(x, y));
+        let want: Vec<&[u8]> = vec![b".", b"a", b"a/a", b"a/b", b"a/b/c", b"a.txt", b"b"];
+        assert_eq!(paths, want);
+        assert_eq!(walk_order(b"a/b", b"a/b"), Equal);
+        assert_eq!(walk_order(b"a", b"a/b"), Less);
+        assert_eq!(walk_order(b"a.txt", b"a/zzz"), Greater);
+    }
+
+    #[test]
+    fn holes_are_references_with_the_reserved_id() {
+        let h = ChunkRef::hole(4096);
+        assert!(h.is_hole());
+        assert!(
+            !ChunkRef {
+                id: ChunkId::of(b""),
+                len: 0
+            }
+            .is_hole()
+        );
     }
 
     #[test]

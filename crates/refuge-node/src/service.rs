@@ -192,7 +192,9 @@ fn check_and_commit(
             Ok(None) => break,
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
             Ok(Some(ManifestRecord::Chunks(refs))) => {
-                let ids: Vec<ChunkId> = refs.iter().map(|r| r.id).collect();
+                // Holes are not stored; every other reference must be.
+                let ids: Vec<ChunkId> =
+                    refs.iter().filter(|r| !r.is_hole()).map(|r| r.id).collect();
                 if let Some(&i) = store
                     .missing_chunks(&who.tenant, &ids)
                     .map_err(store_status)?

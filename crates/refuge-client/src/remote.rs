@@ -1,0 +1,152 @@
+//! Reading from the node: chunks fetched in bounded batches and verified
+//! (bounded decompression, recomputed BLAKE3), and a manifest stream read
+//! chunk by chunk. Holes are never fetched: the caller handles them.
+
+use std::io::Read;
+
+use anyhow::{anyhow, bail};
+use refuge_core::{ChunkRef, decode_chunk};
+use refuge_proto::pb;
+use tokio::runtime::Handle;
+
+use crate::connect::{Node, explain_status};
+
+/// Chunks fetched per request (bounded by count and bytes).
+const FETCH_CHUNKS: usize = 64;
+const FETCH_BYTES: u64 = 64 << 20;
+
+/// Fetches and verifies chunks.
+pub(crate) struct Fetcher {
+    rt: Handle,
+    node: Node,
+}
+
+impl Fetcher {
+    pub(crate) fn new(rt: Handle, node: Node) -> Self {
+        Fetcher { rt, node }
+    }
+
+    /// Fetches `refs` in order and hands each verified chunk (or hole) to
+    /// `sink`. Requests are bounded by count and bytes.
+    pub(crate) fn fetch(
+        &mut self,
+        refs: &[ChunkRef],
+        mut sink: impl FnMut(Piece<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut start = 0;
+        while start < refs.len() {
+            if refs[start].is_hole() {
+                sink(Piece::Hole(refs[start].len))?;
+                start += 1;
+                continue;
+            }
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < refs.len()
+                && !refs[end].is_hole()
+                && end - start < FETCH_CHUNKS
+                && (end == start || bytes + u64::from(refs[end].len) <= FETCH_BYTES)
+            {
+                bytes += u64::from(refs[end].len);
+                end += 1;
+            }
+            let group = &refs[start..end];
+            let ids = group.iter().map(|r| r.id.0.to_vec()).collect();
+            let mut restore = self.node.restore.clone();
+            let mut stream = self
+                .rt
+                .block_on(restore.get_chunks(pb::GetChunksRequest { ids }))
+                .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?
+                .into_inner();
+            for r in group {
+                let msg = self
+                    .rt
+                    .block_on(stream.message())
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => anyhow!("chunk {} is missing on the node", r.id),
+                        tonic::Code::DataLoss => {
+                            anyhow!(
+                                "chunk {}: the node's stored copy is corrupt ({})",
+                                r.id,
+                                s.message()
+                            )
+                        }
+                        _ => anyhow!("fetching chunk {}: {}", r.id, explain_status(&s)),
+                    })?;
+                let msg =
+                    msg.ok_or_else(|| anyhow!("node ended the stream before chunk {}", r.id))?;
+                let (id, c) =
+                    refuge_proto::chunk_data(msg).map_err(|e| anyhow!("chunk {}: {e}", r.id))?;
+                if id != r.id {
+                    bail!("node sent chunk {id} where {} was expected", r.id);
+                }
+                if c.raw_len != r.len {
+                    bail!(
+                        "chunk {} is corrupt: {} bytes where the manifest says {}",
+                        r.id,
+                        c.raw_len,
+                        r.len
+                    );
+                }
+                let data = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
+                    .map_err(|e| anyhow!("chunk {} is corrupt: {e}", r.id))?;
+                sink(Piece::Data(&data))?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// One piece of content handed out by [`Fetcher::fetch`].
+pub(crate) enum Piece<'a> {
+    /// Verified chunk content.
+    Data(&'a [u8]),
+    /// A run of zero bytes that was never stored.
+    Hole(u32),
+}
+
+/// The manifest stream, read chunk by chunk from the node.
+pub(crate) struct RemoteStream {
+    fetcher: Fetcher,
+    refs: std::vec::IntoIter<ChunkRef>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl RemoteStream {
+    pub(crate) fn new(fetcher: Fetcher, refs: Vec<ChunkRef>) -> Self {
+        RemoteStream {
+            fetcher,
+            refs: refs.into_iter(),
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for RemoteStream {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(r) = self.refs.next() else {
+                return Ok(0);
+            };
+            let mut got = Vec::new();
+            self.fetcher
+                .fetch(&[r], |p| {
+                    got = match p {
+                        Piece::Data(d) => d.to_vec(),
+                        Piece::Hole(n) => vec![0; n as usize],
+                    };
+                    Ok(())
+                })
+                .map_err(|e| std::io::Error::other(format!("manifest {e:#}")))?;
+            self.buf = got;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
