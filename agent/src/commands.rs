@@ -64,6 +64,8 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
         let opts = refuge_client::BackupOptions {
             progress: show_progress(json),
             rehash,
+            threads: cfg.limits.threads(),
+            max_upload_rate: cfg.limits.max_upload_rate,
         };
         match refuge_client::backup_source(&node, &cfg, s, opts).await {
             Ok(r) => {

@@ -7,7 +7,6 @@
 //! batch (32 MiB of chunk data), one file's chunk list, and the manifest,
 //! which is spooled to a temporary file rather than held in memory.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +20,7 @@ use std::cmp::Ordering;
 
 use refuge_core::{
     ChunkId, ChunkRef, Chunker, ChunkerParams, Entry, EntryKind, ManifestReader, ManifestRecord,
-    ManifestWriter, SourceKind, compress_chunk, walk_order,
+    ManifestWriter, SourceKind, walk_order,
 };
 use refuge_proto::pb;
 use serde::Serialize;
@@ -31,10 +30,8 @@ use tracing::warn;
 use crate::config::{AgentConfig, SourceConfig};
 use crate::connect::{Node, explain_status};
 use crate::remote::{Fetcher, RemoteStream};
+use crate::upload::{RateLimiter, Uploader};
 
-/// Upload batch: chunk data held before asking the node what it lacks.
-const BATCH_BYTES: usize = 32 << 20;
-const BATCH_CHUNKS: usize = 512;
 /// Warnings kept verbatim in the report (the count is always exact).
 const MAX_WARNINGS_KEPT: usize = 100;
 
@@ -89,72 +86,6 @@ impl BackupReport {
     }
 }
 
-struct Uploader {
-    rt: Handle,
-    node: Node,
-    level: i32,
-    pending: Vec<(ChunkId, Vec<u8>)>,
-    pending_bytes: usize,
-}
-
-impl Uploader {
-    fn add(&mut self, id: ChunkId, data: Vec<u8>, rep: &mut BackupReport) -> anyhow::Result<()> {
-        self.pending_bytes += data.len();
-        self.pending.push((id, data));
-        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
-            self.flush(rep)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, rep: &mut BackupReport) -> anyhow::Result<()> {
-        let mut seen = HashSet::new();
-        let batch: Vec<_> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .filter(|(id, _)| seen.insert(*id))
-            .collect();
-        self.pending_bytes = 0;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let ids = batch.iter().map(|(id, _)| id.0.to_vec()).collect();
-        let missing = self
-            .rt
-            .block_on(
-                self.node
-                    .ingest
-                    .find_missing(pb::FindMissingRequest { ids }),
-            )
-            .map_err(|s| {
-                anyhow!(
-                    "asking the node which chunks it lacks: {}",
-                    explain_status(&s)
-                )
-            })?
-            .into_inner()
-            .missing;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut uploads = Vec::with_capacity(missing.len());
-        for i in missing {
-            let (id, data) = batch
-                .get(i as usize)
-                .ok_or_else(|| anyhow!("node answered FindMissing with an index out of range"))?;
-            let c = compress_chunk(data, self.level);
-            rep.bytes_sent += c.data.len() as u64;
-            uploads.push(refuge_proto::upload_to(id, c));
-        }
-        let resp = self
-            .rt
-            .block_on(self.node.ingest.put_chunks(futures::stream::iter(uploads)))
-            .map_err(|s| anyhow!("uploading chunks: {}", explain_status(&s)))?
-            .into_inner();
-        rep.chunks_new += resp.chunks_received;
-        Ok(())
-    }
-}
-
 fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
     Entry {
         path,
@@ -199,7 +130,7 @@ fn chunk_file(
         let id = ChunkId::of(&chunk.data);
         refs.push(ChunkRef { id, len });
         rep.chunks += 1;
-        up.add(id, chunk.data, rep)?;
+        up.add(id, chunk.data)?;
     }
     Ok((refs, size))
 }
@@ -424,12 +355,16 @@ fn read_image(
 }
 
 /// How to run a backup.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct BackupOptions {
     /// Show a progress bar.
     pub progress: bool,
     /// Read every file, even those unchanged since the parent snapshot.
     pub rehash: bool,
+    /// Upload workers (compression and network); at least 1.
+    pub threads: usize,
+    /// Upload limit in bytes per second; 0 for none.
+    pub max_upload_rate: u64,
 }
 
 /// The newest snapshot of this host and source, ready to be merged with
@@ -521,13 +456,8 @@ fn backup_blocking(
     };
     let spool = tempfile::tempfile().context("creating a temporary file for the manifest")?;
     let mut w = ManifestWriter::new(BufWriter::new(spool), source.kind)?;
-    let mut up = Uploader {
-        rt: rt.clone(),
-        node: node.clone(),
-        level,
-        pending: Vec::new(),
-        pending_bytes: 0,
-    };
+    let limiter = RateLimiter::new(opts.max_upload_rate);
+    let mut up = Uploader::new(rt.clone(), node.clone(), level, opts.threads, limiter);
     match source.kind {
         SourceKind::Tree => {
             let p = parent.as_mut().map(|(_, p)| p);
@@ -548,9 +478,12 @@ fn backup_blocking(
             id,
             len: chunk.data.len() as u32,
         });
-        up.add(id, chunk.data, &mut rep)?;
+        up.add(id, chunk.data)?;
     }
-    up.flush(&mut rep)?;
+    // Every chunk is on the node before the commit is sent.
+    let stats = up.finish()?;
+    rep.chunks_new = stats.chunks_new;
+    rep.bytes_sent = stats.bytes_sent;
     bar.finish_and_clear();
     let req = pb::CommitSnapshotRequest {
         source: source.name.clone(),

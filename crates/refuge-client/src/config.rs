@@ -17,6 +17,9 @@ pub struct AgentConfig {
     /// Chunking and compression.
     #[serde(default)]
     pub chunking: ChunkingConfig,
+    /// Resource limits, so the agent never disturbs its host.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// What to back up.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -86,6 +89,39 @@ impl ChunkingConfig {
     }
 }
 
+/// Resource limits of the agent.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Upload workers (compression and network); 0 means one per CPU.
+    pub threads: usize,
+    /// Upload limit in bytes per second (compressed bytes on the wire);
+    /// 0 means unlimited.
+    pub max_upload_rate: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            threads: 0,
+            max_upload_rate: 0,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The worker count to use.
+    pub fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}
+
 /// One thing to back up.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +169,12 @@ impl AgentConfig {
             .params()
             .validate()
             .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
+        if cfg.limits.threads > 256 {
+            bail!(
+                "[limits] threads must be 0 (one per CPU) to 256, got {}",
+                cfg.limits.threads
+            );
+        }
         if !(1..=19).contains(&cfg.chunking.zstd_level) {
             bail!(
                 "[chunking] zstd_level must be 1 to 19, got {}",
@@ -170,6 +212,7 @@ mod tests {
         let cfg = AgentConfig::parse(include_str!("../../../agent/agent.example.toml"))
             .expect("template");
         assert_eq!(cfg.chunking, ChunkingConfig::default());
+        assert_eq!(cfg.limits, LimitsConfig::default());
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());

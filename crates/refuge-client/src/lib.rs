@@ -13,8 +13,11 @@ mod config;
 mod connect;
 mod remote;
 mod restore;
+mod upload;
 
 pub use backup::{BackupOptions, BackupReport, backup_source};
-pub use config::{AgentConfig, ChunkingConfig, ConnectionConfig, SourceConfig, load_config};
+pub use config::{
+    AgentConfig, ChunkingConfig, ConnectionConfig, LimitsConfig, SourceConfig, load_config,
+};
 pub use connect::{Node, connect, explain_status};
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

@@ -1,0 +1,273 @@
+//! The upload side of the backup pipeline.
+//!
+//! The walking thread chunks and hashes, and hands batches of chunks to a
+//! bounded channel. `threads` upload workers each take a batch, ask the node
+//! which chunks it lacks, compress those (zstd) and upload them, so
+//! compression runs on all cores while reading and the network overlap.
+//!
+//! Memory is bounded: at most `threads` batches wait in the channel, each
+//! worker holds one batch and its compressed copy, and the walker fills one
+//! more — about `(2 × threads + 1) × 2 × BATCH_BYTES` in all.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use refuge_core::{ChunkId, compress_chunk};
+use refuge_proto::pb;
+use tokio::runtime::Handle;
+
+use crate::connect::{Node, explain_status};
+
+/// Chunk data collected before a batch is handed to a worker.
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
+const BATCH_CHUNKS: usize = 256;
+
+type Batch = Vec<(ChunkId, Vec<u8>)>;
+
+/// What the workers did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UploadStats {
+    /// Chunks uploaded (the node lacked them).
+    pub chunks_new: u64,
+    /// Compressed bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// A token bucket shared by the workers: `rate` bytes per second, bursts of
+/// one second.
+pub(crate) struct RateLimiter {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(bytes_per_sec: u64) -> Option<Arc<Self>> {
+        (bytes_per_sec > 0).then(|| {
+            Arc::new(RateLimiter {
+                rate: bytes_per_sec as f64,
+                state: Mutex::new((bytes_per_sec as f64, Instant::now())),
+            })
+        })
+    }
+
+    /// Blocks until `n` bytes may be sent.
+    pub(crate) fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
+            s.0 = (s.0 + refill).min(self.rate);
+            s.1 = now;
+            s.0 -= n as f64;
+            if s.0 < 0.0 { -s.0 / self.rate } else { 0.0 }
+        };
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+}
+
+/// The pipeline: feed it chunks with [`Uploader::add`], then
+/// [`Uploader::finish`] waits until every chunk is on the node.
+pub(crate) struct Uploader {
+    tx: Option<SyncSender<Batch>>,
+    workers: Vec<JoinHandle<anyhow::Result<UploadStats>>>,
+    failed: Arc<Mutex<Option<String>>>,
+    pending: Batch,
+    pending_bytes: usize,
+}
+
+impl Uploader {
+    pub(crate) fn new(
+        rt: Handle,
+        node: Node,
+        level: i32,
+        threads: usize,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = sync_channel::<Batch>(threads);
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(Mutex::new(None));
+        let workers = (0..threads)
+            .map(|_| {
+                let (rt, node, rx, failed, limiter) = (
+                    rt.clone(),
+                    node.clone(),
+                    rx.clone(),
+                    failed.clone(),
+                    limiter.clone(),
+                );
+                std::thread::spawn(move || {
+                    let r = worker(&rt, node, level, &rx, limiter.as_deref());
+                    if let Err(e) = &r {
+                        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        f.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                    r
+                })
+            })
+            .collect();
+        Uploader {
+            tx: Some(tx),
+            workers,
+            failed,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    fn failure(&self) -> Option<anyhow::Error> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| anyhow!("{m}"))
+    }
+
+    /// Adds a chunk; hands a full batch to the workers (blocking while they
+    /// are all busy and the channel is full).
+    pub(crate) fn add(&mut self, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
+        self.pending_bytes += data.len();
+        self.pending.push((id, data));
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> anyhow::Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let mut seen = HashSet::new();
+        let batch: Batch = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .collect();
+        self.pending_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("uploader already finished"))?;
+        if tx.send(batch).is_err() {
+            return Err(self
+                .failure()
+                .unwrap_or_else(|| anyhow!("upload workers stopped")));
+        }
+        Ok(())
+    }
+
+    /// Sends what is left and waits for every worker.
+    pub(crate) fn finish(mut self) -> anyhow::Result<UploadStats> {
+        let sent = self.send();
+        self.tx = None;
+        let mut stats = UploadStats::default();
+        let mut first_err = sent.err();
+        for w in self.workers.drain(..) {
+            match w.join() {
+                Ok(Ok(s)) => {
+                    stats.chunks_new += s.chunks_new;
+                    stats.bytes_sent += s.bytes_sent;
+                }
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow!("an upload worker panicked"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        // On an early error the walker drops us: close the channel so that
+        // workers finish; they are not joined (the process is failing).
+        self.tx = None;
+    }
+}
+
+fn worker(
+    rt: &Handle,
+    mut node: Node,
+    level: i32,
+    rx: &Mutex<Receiver<Batch>>,
+    limiter: Option<&RateLimiter>,
+) -> anyhow::Result<UploadStats> {
+    let mut stats = UploadStats::default();
+    loop {
+        let batch = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(b) => b,
+                Err(_) => return Ok(stats),
+            }
+        };
+        let ids = batch.iter().map(|(id, _)| id.0.to_vec()).collect();
+        let missing = rt
+            .block_on(node.ingest.find_missing(pb::FindMissingRequest { ids }))
+            .map_err(|s| {
+                anyhow!(
+                    "asking the node which chunks it lacks: {}",
+                    explain_status(&s)
+                )
+            })?
+            .into_inner()
+            .missing;
+        if missing.is_empty() {
+            continue;
+        }
+        let mut uploads = Vec::with_capacity(missing.len());
+        let mut bytes = 0u64;
+        for i in missing {
+            let (id, data) = batch
+                .get(i as usize)
+                .ok_or_else(|| anyhow!("node answered FindMissing with an index out of range"))?;
+            let c = compress_chunk(data, level);
+            bytes += c.data.len() as u64;
+            uploads.push(refuge_proto::upload_to(id, c));
+        }
+        drop(batch);
+        if let Some(l) = limiter {
+            l.take(bytes);
+        }
+        let n = uploads.len() as u64;
+        rt.block_on(node.ingest.put_chunks(futures::stream::iter(uploads)))
+            .map_err(|s| anyhow!("uploading chunks: {}", explain_status(&s)))?;
+        stats.chunks_new += n;
+        stats.bytes_sent += bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_paces_to_its_rate() {
+        let l = RateLimiter::new(1_000_000).unwrap();
+        let t = Instant::now();
+        // The first second is a burst; the next 500 KB must wait ~0.5 s.
+        l.take(1_000_000);
+        l.take(500_000);
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400),
+            "waited only {waited:?}"
+        );
+        assert!(RateLimiter::new(0).is_none());
+    }
+}
