@@ -7,7 +7,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the operation failed (nothing new was committed or restored) |
+//! | 1 | the operation failed: a backup source reported as failed has no new snapshot; a failed restore leaves no file with wrong content under its real name (files completed before the failure stay) |
 //! | 2 | bad arguments or configuration |
 //! | 3 | backup committed, but some files could not be read (listed) |
 

@@ -321,6 +321,45 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
             err.message()
         );
 
+        // A stored chunk referenced with the wrong length.
+        let short = b"abc".to_vec();
+        let sid = ChunkId::of(&short);
+        ingest
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &sid,
+                compress_chunk(&short, 3),
+            )]))
+            .await
+            .unwrap();
+        let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
+        w.add_entry(&Entry {
+            size: 14,
+            ..entry.clone()
+        })
+        .unwrap();
+        w.add_chunks(&[ChunkRef { id: sid, len: 14 }]).unwrap();
+        let (lying, _) = w.finish().unwrap();
+        let lid = ChunkId::of(&lying);
+        ingest
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &lid,
+                compress_chunk(&lying, 3),
+            )]))
+            .await
+            .unwrap();
+        let mut bad = commit.clone();
+        bad.manifest = vec![pb::ChunkRef {
+            id: lid.0.to_vec(),
+            len: lying.len() as u32,
+        }];
+        let err = ingest.commit_snapshot(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains("stores it with length 3"),
+            "{}",
+            err.message()
+        );
+
         // Manifests that are not manifests, and kinds that do not match.
         let junk = b"not a manifest at all".to_vec();
         let jid = ChunkId::of(&junk);

@@ -15,6 +15,26 @@ pub const CHUNK_RECORD_VERSION: u8 = 1;
 /// Snapshot catalog record format version.
 pub const SNAPSHOT_RECORD_VERSION: u8 = 1;
 
+/// Manifest record tag: an entry.
+pub const MANIFEST_TAG_ENTRY: u8 = 1;
+/// Manifest record tag: a run of chunk references of the current file.
+pub const MANIFEST_TAG_CHUNKS: u8 = 2;
+/// Manifest record tag: the trailer with totals.
+pub const MANIFEST_TAG_END: u8 = 255;
+
+/// Entry kind id: regular file (or an image source's byte stream).
+pub const ENTRY_FILE: u8 = 1;
+/// Entry kind id: directory.
+pub const ENTRY_DIR: u8 = 2;
+/// Entry kind id: symbolic link.
+pub const ENTRY_SYMLINK: u8 = 3;
+
+/// Domain-separation prefix of the snapshot id hash.
+pub const SNAPSHOT_ID_DOMAIN: &[u8] = b"refuge snapshot v1\0";
+
+/// Key/value layout version of the RocksDB store (its `meta` column family).
+pub const ROCKS_STORE_VERSION: u8 = 1;
+
 /// Hash algorithm id: BLAKE3, 32-byte output, unkeyed.
 pub const HASH_BLAKE3: u8 = 1;
 

@@ -21,9 +21,10 @@ use crate::format::{
 use crate::id::ChunkId;
 use crate::snapshot::SourceKind;
 
-const TAG_ENTRY: u8 = 1;
-const TAG_CHUNKS: u8 = 2;
-const TAG_END: u8 = 255;
+use crate::format::{
+    ENTRY_DIR, ENTRY_FILE, ENTRY_SYMLINK, MANIFEST_TAG_CHUNKS as TAG_CHUNKS,
+    MANIFEST_TAG_END as TAG_END, MANIFEST_TAG_ENTRY as TAG_ENTRY,
+};
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,16 +40,16 @@ pub enum EntryKind {
 impl EntryKind {
     fn id(self) -> u8 {
         match self {
-            EntryKind::File => 1,
-            EntryKind::Dir => 2,
-            EntryKind::Symlink => 3,
+            EntryKind::File => ENTRY_FILE,
+            EntryKind::Dir => ENTRY_DIR,
+            EntryKind::Symlink => ENTRY_SYMLINK,
         }
     }
     fn from_id(id: u8) -> Option<Self> {
         match id {
-            1 => Some(EntryKind::File),
-            2 => Some(EntryKind::Dir),
-            3 => Some(EntryKind::Symlink),
+            ENTRY_FILE => Some(EntryKind::File),
+            ENTRY_DIR => Some(EntryKind::Dir),
+            ENTRY_SYMLINK => Some(EntryKind::Symlink),
             _ => None,
         }
     }
@@ -472,6 +473,9 @@ impl<R: Read> ManifestReader<R> {
                     logical_bytes: d.u64().map_err(t)?,
                     chunk_refs: d.u64().map_err(t)?,
                 };
+                if d.remaining() != 0 {
+                    return Err(malformed("trailing bytes in the trailer record"));
+                }
                 if want != self.rules.summary {
                     return Err(malformed("trailer totals do not match the records"));
                 }

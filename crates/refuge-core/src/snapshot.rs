@@ -3,7 +3,9 @@
 use std::fmt;
 
 use crate::codec::{Dec, Enc};
-use crate::format::{SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_TREE};
+use crate::format::{
+    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_TREE,
+};
 use crate::manifest::ChunkRef;
 use crate::names::{HostName, SourceName, TenantId};
 
@@ -107,7 +109,7 @@ impl SnapshotRecord {
     /// The id a record with these fields has.
     pub fn compute_id(&self) -> SnapshotId {
         let mut h = blake3::Hasher::new();
-        h.update(b"refuge snapshot v1\0");
+        h.update(SNAPSHOT_ID_DOMAIN);
         for s in [
             self.tenant.as_str(),
             self.host.as_str(),
@@ -129,6 +131,7 @@ impl SnapshotRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
         e.u8(SNAPSHOT_RECORD_VERSION)
+            .u8(HASH_BLAKE3)
             .raw(&self.id.0)
             .bytes16(self.tenant.as_str().as_bytes())
             .bytes16(self.host.as_str().as_bytes())
@@ -156,6 +159,10 @@ impl SnapshotRecord {
         let v = d.u8().map_err(t)?;
         if v != SNAPSHOT_RECORD_VERSION {
             return Err(format!("unsupported snapshot record version {v}"));
+        }
+        let alg = d.u8().map_err(t)?;
+        if alg != HASH_BLAKE3 {
+            return Err(format!("unknown snapshot id hash algorithm {alg}"));
         }
         let id = SnapshotId(d.id().map_err(t)?.0);
         let name = |d: &mut Dec<'_>| -> Result<String, String> {
@@ -186,7 +193,7 @@ impl SnapshotRecord {
                 len: d.u32().map_err(t)?,
             });
         }
-        Ok(SnapshotRecord {
+        let rec = SnapshotRecord {
             id,
             tenant,
             host,
@@ -201,7 +208,14 @@ impl SnapshotRecord {
             chunk_refs,
             bytes_uploaded,
             warnings,
-        })
+        };
+        if rec.compute_id() != rec.id {
+            return Err(format!(
+                "snapshot record {} does not match its id (corrupt)",
+                rec.id.short()
+            ));
+        }
+        Ok(rec)
     }
 }
 
@@ -254,6 +268,11 @@ mod tests {
         r.id = r.compute_id();
         let buf = r.encode();
         assert_eq!(SnapshotRecord::decode(&buf).unwrap(), r);
+        // A changed field no longer matches the id.
+        let mut tampered = r.clone();
+        tampered.time_micros += 1;
+        let e = SnapshotRecord::decode(&tampered.encode()).unwrap_err();
+        assert!(e.contains("does not match its id"), "{e}");
         for cut in 0..buf.len() {
             assert!(SnapshotRecord::decode(&buf[..cut]).is_err());
         }

@@ -1,8 +1,9 @@
 //! The backup node: configuration, the TLS 1.3 mutual-auth server loop and
 //! the `Ingest` and `Restore` gRPC services.
 //!
-//! The `refuged` binary parses arguments and calls [`run`]. Tests call
-//! [`serve`] with a listener on `127.0.0.1:0` and any [`Store`].
+//! The `refuged` binary parses arguments and calls [`run`]. [`serve`] takes
+//! any [`Store`] and a bound listener, for embedding and in-process tests;
+//! the end-to-end tests run the real binary.
 //!
 //! What is deliberately absent here: chunking, manifest writing and any
 //! client logic; and any way for a request to name its own tenant. The

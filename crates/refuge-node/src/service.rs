@@ -143,8 +143,26 @@ impl Read for StoredStream<'_> {
     }
 }
 
-/// Checks a snapshot's manifest and every chunk it references, and
-/// commits it.
+/// The first reference (holes excepted) that `tenant` has not stored with
+/// exactly the referenced length, and the stored length if any.
+fn first_bad_ref(
+    store: &dyn Store,
+    tenant: &TenantId,
+    refs: &[ChunkRef],
+) -> Result<Option<(ChunkRef, Option<u32>)>, Status> {
+    let stored: Vec<&ChunkRef> = refs.iter().filter(|r| !r.is_hole()).collect();
+    let ids: Vec<ChunkId> = stored.iter().map(|r| r.id).collect();
+    let lens = store.chunk_lengths(tenant, &ids).map_err(store_status)?;
+    Ok(stored
+        .into_iter()
+        .zip(lens)
+        .find(|(r, l)| *l != Some(r.len))
+        .map(|(r, l)| (*r, l)))
+}
+
+/// Checks a snapshot's manifest and every chunk it references (stored, with
+/// the referenced length), and commits it. A crash anywhere before the
+/// store's synced commit leaves no snapshot.
 fn check_and_commit(
     store: &dyn Store,
     who: &ClientIdentity,
@@ -159,16 +177,17 @@ fn check_and_commit(
               source = %source, reason = %msg, "rejected a snapshot commit");
         Status::failed_precondition(msg)
     };
-    let ids: Vec<ChunkId> = manifest.iter().map(|r| r.id).collect();
-    if let Some(&i) = store
-        .missing_chunks(&who.tenant, &ids)
-        .map_err(store_status)?
-        .first()
-    {
-        return Err(reject(format!(
-            "manifest chunk {} is not stored on the node; upload it before committing",
-            ids[i]
-        )));
+    if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &manifest)? {
+        return Err(reject(match stored {
+            None => format!(
+                "manifest chunk {} is not stored on the node; upload it before committing",
+                r.id
+            ),
+            Some(l) => format!(
+                "manifest chunk {} is stored with length {l}, not {}",
+                r.id, r.len
+            ),
+        }));
     }
     let stream = StoredStream {
         store,
@@ -192,19 +211,18 @@ fn check_and_commit(
             Ok(None) => break,
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
             Ok(Some(ManifestRecord::Chunks(refs))) => {
-                // Holes are not stored; every other reference must be.
-                let ids: Vec<ChunkId> =
-                    refs.iter().filter(|r| !r.is_hole()).map(|r| r.id).collect();
-                if let Some(&i) = store
-                    .missing_chunks(&who.tenant, &ids)
-                    .map_err(store_status)?
-                    .first()
-                {
-                    return Err(reject(format!(
-                        "snapshot references chunk {} (file {:?}) that the node does not have",
-                        ids[i],
-                        String::from_utf8_lossy(&current)
-                    )));
+                if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &refs)? {
+                    let file = String::from_utf8_lossy(&current);
+                    return Err(reject(match stored {
+                        None => format!(
+                            "snapshot references chunk {} (file {file:?}) that the node does not have",
+                            r.id
+                        ),
+                        Some(l) => format!(
+                            "snapshot references chunk {} (file {file:?}) with length {}, but the node stores it with length {l}",
+                            r.id, r.len
+                        ),
+                    }));
                 }
             }
             Err(e) => return Err(reject(format!("invalid manifest: {e}"))),
@@ -212,6 +230,12 @@ fn check_and_commit(
     }
     let summary = reader.summary();
     drop(reader);
+    if kind == SourceKind::Image && (summary.entries != 1 || summary.files != 1) {
+        return Err(reject(format!(
+            "an image manifest has exactly one file entry, this one has {} entries",
+            summary.entries
+        )));
+    }
     let new = NewSnapshot {
         tenant: who.tenant.clone(),
         host: who.host.clone(),

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Four column families (byte layouts in `docs/format.md`):
+//! Five column families (byte layouts in `docs/format.md`):
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -47,8 +47,7 @@ const CF_META: &str = "meta";
 const META_FORMAT: &[u8] = b"format";
 const META_SEQ: &[u8] = b"last_seq";
 const META_TIME: &[u8] = b"last_time_micros";
-/// Version of this store's key/value layout (docs/format.md).
-const STORE_FORMAT_VERSION: u8 = 1;
+use refuge_core::format::ROCKS_STORE_VERSION as STORE_FORMAT_VERSION;
 
 /// Tunables for the RocksDB store.
 #[derive(Debug, Clone)]
@@ -210,18 +209,20 @@ impl RocksStore {
 }
 
 impl Store for RocksStore {
-    fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>> {
+    fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(tenant, &id.0)).collect();
         let got = self
             .db
             .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), keys.iter(), false);
-        let mut missing = Vec::new();
-        for (i, r) in got.into_iter().enumerate() {
-            if r.map_err(err)?.is_none() {
-                missing.push(i);
-            }
-        }
-        Ok(missing)
+        got.into_iter()
+            .map(|r| match r.map_err(err)? {
+                None => Ok(None),
+                Some(v) if v.len() == 8 => Ok(Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))),
+                Some(_) => Err(StoreError::Corrupt(
+                    "chunk index entry is not 8 bytes".into(),
+                )),
+            })
+            .collect()
     }
 
     fn put_chunks(

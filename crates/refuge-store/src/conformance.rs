@@ -63,6 +63,11 @@ pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
     s.put_chunks(&b, &[(id2, c2)]).unwrap();
     assert_eq!(s.missing_chunks(&a, &[id2]).unwrap(), vec![0]);
     assert_eq!(s.missing_chunks(&a, &[]).unwrap(), Vec::<usize>::new());
+    assert_eq!(
+        s.chunk_lengths(&a, &[id1, id2]).unwrap(),
+        vec![Some(b"first chunk".len() as u32), None]
+    );
+    assert_eq!(s.chunk_lengths(&b, &[id1]).unwrap(), vec![None]);
 }
 
 /// Putting an existing id again stores nothing and never overwrites.

@@ -90,8 +90,20 @@ pub struct NewSnapshot {
 
 /// The node's chunk store and snapshot catalog.
 pub trait Store: Send + Sync + 'static {
+    /// For each of `ids`: the uncompressed length of `tenant`'s stored
+    /// chunk, or `None` if `tenant` does not have it.
+    fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>>;
+
     /// Indexes of `ids` that `tenant` does not have, ascending.
-    fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>>;
+    fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>> {
+        Ok(self
+            .chunk_lengths(tenant, ids)?
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_none())
+            .map(|(i, _)| i)
+            .collect())
+    }
 
     /// Stores verified chunks for `tenant`; existing ids are left untouched.
     /// Not necessarily durable until [`Store::sync`] or a commit.

@@ -35,13 +35,11 @@ impl MemStore {
 }
 
 impl Store for MemStore {
-    fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>> {
+    fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
         let g = self.lock();
         Ok(ids
             .iter()
-            .enumerate()
-            .filter(|(_, id)| !g.chunks.contains_key(&(tenant.clone(), **id)))
-            .map(|(i, _)| i)
+            .map(|id| g.chunks.get(&(tenant.clone(), *id)).map(|c| c.raw_len))
             .collect())
     }
 
