@@ -232,6 +232,8 @@ pub struct RestoreArgs {
     pub include: Option<String>,
     /// JSON summary.
     pub json: bool,
+    /// Keep and verify what an interrupted restore already wrote.
+    pub resume: bool,
 }
 
 /// `refuge restore`.
@@ -272,6 +274,8 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             target: a.target.clone(),
             include: a.include,
             progress: show_progress(a.json),
+            resume: a.resume,
+            threads: cfg.limits.restore_threads(),
         },
     )
     .await
@@ -283,7 +287,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
         );
     } else {
         println!(
-            "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
+            "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} ({} fetched, {} kept) in {:.1}s",
             snap.id.short(),
             snap.host,
             snap.source,
@@ -293,6 +297,8 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             report.dirs,
             report.symlinks,
             human_bytes(report.bytes),
+            human_bytes(report.bytes_fetched),
+            human_bytes(report.bytes_kept),
             report.duration_secs
         );
     }

@@ -505,3 +505,93 @@ fn zero_runs_are_holes_and_restore_sparse() {
         m.blocks()
     );
 }
+
+#[test]
+fn files_ending_in_zeros_restore_at_full_size() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("zeros"), vec![0u8; 5 << 20]).unwrap();
+    let mut tail = noise(300_000, 8);
+    tail.extend(vec![0u8; 3 << 20]);
+    fs::write(src.join("data-then-zeros"), tail).unwrap();
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn an_interrupted_restore_resumes_without_refetching_verified_data() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let big = noise(24 << 20, 77);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
+    let out = c.path().join("out");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run("refuge", c.path(), &args).ok().json()
+    };
+
+    // What an interrupted run leaves: the first half written under the
+    // temporary name, the rest not yet (zeros), the small file not started.
+    fs::create_dir_all(&out).unwrap();
+    let mut partial = big[..12 << 20].to_vec();
+    partial.resize(big.len(), 0);
+    fs::write(out.join(".refuge-restore-big.bin"), &partial).unwrap();
+    let r = restore(&["--resume"]);
+    let kept = r["bytes_kept"].as_u64().unwrap();
+    let fetched = r["bytes_fetched"].as_u64().unwrap();
+    assert!(kept >= 10 << 20, "kept only {kept}: {r}");
+    assert!(fetched < 15 << 20, "fetched {fetched}: {r}");
+    assert_eq!(kept + fetched, big.len() as u64 + 5);
+    assert_same_tree(&src, &out);
+    assert!(!out.join(".refuge-restore-big.bin").exists());
+
+    // Resuming over a complete restore fetches nothing; a damaged range is
+    // detected locally and only it is fetched again.
+    let r = restore(&["--resume"]);
+    assert_eq!(r["bytes_fetched"], 0, "{r}");
+    let mut damaged = big.clone();
+    damaged[20 << 20] ^= 0xff;
+    fs::write(out.join("big.bin"), &damaged).unwrap();
+    let r = restore(&["--resume"]);
+    let fetched = r["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > 0 && fetched < 4 << 20, "{r}");
+    assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
+
+    // Without --resume, a stale temporary file is replaced, not trusted.
+    fs::write(out.join(".refuge-restore-big.bin"), b"garbage").unwrap();
+    let r = restore(&[]);
+    assert_eq!(r["bytes_kept"], 0);
+    assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
+    assert!(!out.join(".refuge-restore-big.bin").exists());
+}

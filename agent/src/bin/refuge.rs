@@ -66,6 +66,10 @@ enum Command {
         /// Restore only this path of the snapshot (a file or a subtree).
         #[arg(long)]
         include: Option<String>,
+        /// Continue an interrupted restore: keep what is already written
+        /// (each chunk re-hashed locally) and fetch only the rest.
+        #[arg(long)]
+        resume: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
                         target,
                         include,
                         json,
+                        resume,
                     } => {
                         let filter = Filter {
                             tenant: None,
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
                                 target,
                                 include,
                                 json,
+                                resume,
                             },
                         )
                         .await

@@ -98,6 +98,8 @@ pub struct LimitsConfig {
     /// Upload limit in bytes per second (compressed bytes on the wire);
     /// 0 means unlimited.
     pub max_upload_rate: u64,
+    /// Restore fetch workers; 0 means two per CPU, at least 4.
+    pub restore_threads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -105,12 +107,25 @@ impl Default for LimitsConfig {
         LimitsConfig {
             threads: 0,
             max_upload_rate: 0,
+            restore_threads: 0,
         }
     }
 }
 
 impl LimitsConfig {
-    /// The worker count to use.
+    /// The restore worker count to use.
+    pub fn restore_threads(&self) -> usize {
+        if self.restore_threads > 0 {
+            self.restore_threads
+        } else {
+            (2 * std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2))
+            .max(4)
+        }
+    }
+
+    /// The upload worker count to use.
     pub fn threads(&self) -> usize {
         if self.threads > 0 {
             self.threads
@@ -169,11 +184,8 @@ impl AgentConfig {
             .params()
             .validate()
             .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
-        if cfg.limits.threads > 256 {
-            bail!(
-                "[limits] threads must be 0 (one per CPU) to 256, got {}",
-                cfg.limits.threads
-            );
+        if cfg.limits.threads > 256 || cfg.limits.restore_threads > 256 {
+            bail!("[limits] threads and restore_threads must be 0 (automatic) to 256");
         }
         if !(1..=19).contains(&cfg.chunking.zstd_level) {
             bail!(
