@@ -15,8 +15,15 @@ fn config(path: &Path) -> Result<AgentConfig, Failure> {
     load_config(path).map_err(Failure::Usage)
 }
 
-fn show_progress(json: bool) -> bool {
-    !json && std::io::stderr().is_terminal()
+fn show_progress(json: bool) -> refuge_client::ProgressMode {
+    use refuge_client::ProgressMode;
+    if json {
+        ProgressMode::Hidden
+    } else if std::io::stderr().is_terminal() {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Log
+    }
 }
 
 /// `refuge-agent check-config`.

@@ -47,7 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    refuge_cli::init_logging("warn");
+    refuge_cli::init_logging("warn,refuge_client::progress=info");
     let r = match args.command {
         Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
         Command::Backup {

@@ -114,7 +114,7 @@ enum Certs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    refuge_cli::init_logging("warn");
+    refuge_cli::init_logging("warn,refuge_client::progress=info");
     let cfg = args.config;
     let r = match args.command {
         Command::Certs(Certs::Init {

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::cmp::Ordering;
 
 use refuge_core::{
@@ -29,6 +28,7 @@ use tracing::warn;
 
 use crate::config::{AgentConfig, SourceConfig};
 use crate::connect::{Node, explain_status};
+use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::upload::{RateLimiter, Uploader};
 
@@ -109,7 +109,7 @@ fn chunk_file(
     params: ChunkerParams,
     up: &mut Uploader,
     rep: &mut BackupReport,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<(Vec<ChunkRef>, u64)> {
     let f = File::open(path)?;
     let mut refs = Vec::new();
@@ -227,7 +227,7 @@ fn walk_tree(
     w: &mut Manifest,
     up: &mut Uploader,
     rep: &mut BackupReport,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<()> {
     let md = std::fs::metadata(root).with_context(|| format!("source path {}", root.display()))?;
     if !md.is_dir() {
@@ -306,7 +306,7 @@ fn walk_tree(
                     w.add_entry(&e)?;
                     w.add_chunks(&refs)?;
                     rep.files += 1;
-                    bar.set_message(format!("{} files", rep.files));
+                    bar.set_files(rep.files);
                 }
                 Err(e) if e.downcast_ref::<std::io::Error>().is_some() => rep.warn(format!(
                     "cannot read {}: {e}; skipped",
@@ -330,7 +330,7 @@ fn read_image(
     w: &mut Manifest,
     up: &mut Uploader,
     rep: &mut BackupReport,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<()> {
     let md = std::fs::metadata(path).with_context(|| format!("source path {}", path.display()))?;
     if md.is_dir() {
@@ -357,8 +357,8 @@ fn read_image(
 /// How to run a backup.
 #[derive(Debug, Clone, Copy)]
 pub struct BackupOptions {
-    /// Show a progress bar.
-    pub progress: bool,
+    /// How to show progress.
+    pub progress: ProgressMode,
     /// Read every file, even those unchanged since the parent snapshot.
     pub rehash: bool,
     /// Upload workers (compression and network); at least 1.
@@ -441,19 +441,7 @@ fn backup_blocking(
         _ => None,
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
-    let bar = if opts.progress {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}), {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        b.enable_steady_tick(std::time::Duration::from_millis(200));
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = Progress::new(opts.progress, "backup", None);
     let spool = tempfile::tempfile().context("creating a temporary file for the manifest")?;
     let mut w = ManifestWriter::new(BufWriter::new(spool), source.kind)?;
     let limiter = RateLimiter::new(opts.max_upload_rate);
@@ -484,7 +472,7 @@ fn backup_blocking(
     let stats = up.finish()?;
     rep.chunks_new = stats.chunks_new;
     rep.bytes_sent = stats.bytes_sent;
-    bar.finish_and_clear();
+    bar.finish();
     let req = pb::CommitSnapshotRequest {
         source: source.name.clone(),
         kind: refuge_proto::source_kind_to(source.kind),

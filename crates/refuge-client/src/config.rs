@@ -90,7 +90,7 @@ impl ChunkingConfig {
 }
 
 /// Resource limits of the agent.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Upload workers (compression and network); 0 means one per CPU.
@@ -100,16 +100,6 @@ pub struct LimitsConfig {
     pub max_upload_rate: u64,
     /// Restore fetch workers; 0 means two per CPU, at least 4.
     pub restore_threads: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            threads: 0,
-            max_upload_rate: 0,
-            restore_threads: 0,
-        }
-    }
 }
 
 impl LimitsConfig {

@@ -11,6 +11,7 @@
 mod backup;
 mod config;
 mod connect;
+mod progress;
 mod remote;
 mod restore;
 mod upload;
@@ -20,4 +21,5 @@ pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, LimitsConfig, SourceConfig, load_config,
 };
 pub use connect::{Node, connect, explain_status};
+pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

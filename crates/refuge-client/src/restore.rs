@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use filetime::FileTime;
-use indicatif::{ProgressBar, ProgressStyle};
 use refuge_core::{
     ChunkId, ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
 };
@@ -46,6 +45,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::connect::Node;
+use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, Piece, RemoteStream};
 
 /// Chunks (and bytes) per group handed to a worker.
@@ -61,8 +61,8 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Restore only this path (file or subtree) of a tree snapshot.
     pub include: Option<String>,
-    /// Show a progress bar.
-    pub progress: bool,
+    /// How to show progress.
+    pub progress: ProgressMode,
     /// Keep what an interrupted restore already wrote (verified locally).
     pub resume: bool,
     /// Fetch workers; at least 1.
@@ -240,7 +240,7 @@ fn run_group(
     g: &Group,
     fetcher: &mut Fetcher,
     sh: &Shared,
-    bar: &ProgressBar,
+    bar: &Progress,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     let job = &g.job;
@@ -282,7 +282,7 @@ fn run_group(
     })
 }
 
-fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &ProgressBar) {
+fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &Progress) {
     let mut buf = Vec::new();
     loop {
         let g = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
@@ -309,7 +309,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(rt: &Handle, node: &Node, threads: usize, bar: &ProgressBar) -> Self {
+    fn new(rt: &Handle, node: &Node, threads: usize, bar: &Progress) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = sync_channel::<Group>(threads);
         let rx = Arc::new(Mutex::new(rx));
@@ -545,18 +545,7 @@ fn restore_blocking(
         target: opts.target.display().to_string(),
         ..Default::default()
     };
-    let bar = if opts.progress {
-        let b = ProgressBar::new(snap.logical_bytes);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = Progress::new(opts.progress, "restore", Some(snap.logical_bytes));
     let stream = RemoteStream::new(
         Fetcher::new(rt.clone(), node.clone()),
         snap.manifest.clone(),
@@ -582,7 +571,7 @@ fn restore_blocking(
         rep.chunks = chunks;
         Ok(())
     });
-    bar.finish_and_clear();
+    bar.finish();
     result?;
     rep.bytes = bar.position();
     rep.duration_secs = started.elapsed().as_secs_f64();
