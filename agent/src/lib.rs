@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod commands;
+pub mod limits;
 
 use std::process::ExitCode;
 

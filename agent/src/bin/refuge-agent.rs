@@ -48,6 +48,12 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     refuge_cli::init_logging("warn,refuge_client::progress=info");
+    if matches!(args.command, Command::Backup { .. })
+        && let Ok(cfg) = refuge_client::load_config(&args.config)
+        && let Some(problem) = refuge_cli::limits::apply(&cfg.limits)
+    {
+        tracing::warn!("{problem}");
+    }
     let r = match args.command {
         Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
         Command::Backup {

@@ -64,6 +64,8 @@ pub struct BackupReport {
     pub chunks: u64,
     /// Chunks the node lacked and that were uploaded (data and manifest).
     pub chunks_new: u64,
+    /// Uncompressed bytes of the chunks that were new to the node.
+    pub bytes_new: u64,
     /// Compressed bytes sent.
     pub bytes_sent: u64,
     /// Bytes read divided by bytes sent (`null` when nothing was sent).
@@ -472,6 +474,7 @@ fn backup_blocking(
     let stats = up.finish()?;
     rep.chunks_new = stats.chunks_new;
     rep.bytes_sent = stats.bytes_sent;
+    rep.bytes_new = stats.bytes_new;
     bar.finish();
     let req = pb::CommitSnapshotRequest {
         source: source.name.clone(),

@@ -90,7 +90,7 @@ impl ChunkingConfig {
 }
 
 /// Resource limits of the agent.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Upload workers (compression and network); 0 means one per CPU.
@@ -100,6 +100,36 @@ pub struct LimitsConfig {
     pub max_upload_rate: u64,
     /// Restore fetch workers; 0 means two per CPU, at least 4.
     pub restore_threads: usize,
+    /// CPU niceness of the agent (0 = unchanged, up to 19).
+    pub nice: i32,
+    /// IO priority of the agent.
+    pub io_priority: IoPriority,
+}
+
+impl Default for LimitsConfig {
+    /// Gentle by default: nice 10 and the lowest best-effort IO level.
+    fn default() -> Self {
+        LimitsConfig {
+            threads: 0,
+            max_upload_rate: 0,
+            restore_threads: 0,
+            nice: 10,
+            io_priority: IoPriority::Low,
+        }
+    }
+}
+
+/// IO scheduling priority.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoPriority {
+    /// Unchanged.
+    #[default]
+    Normal,
+    /// Best-effort class, lowest level.
+    Low,
+    /// Idle class: only when no one else uses the disk.
+    Idle,
 }
 
 impl LimitsConfig {
@@ -174,6 +204,9 @@ impl AgentConfig {
             .params()
             .validate()
             .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
+        if !(0..=19).contains(&cfg.limits.nice) {
+            bail!("[limits] nice must be 0 to 19, got {}", cfg.limits.nice);
+        }
         if cfg.limits.threads > 256 || cfg.limits.restore_threads > 256 {
             bail!("[limits] threads and restore_threads must be 0 (automatic) to 256");
         }

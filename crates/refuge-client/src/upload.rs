@@ -35,6 +35,8 @@ pub(crate) struct UploadStats {
     pub chunks_new: u64,
     /// Compressed bytes sent.
     pub bytes_sent: u64,
+    /// Uncompressed bytes of the chunks sent.
+    pub bytes_new: u64,
 }
 
 /// A token bucket shared by the workers: `rate` bytes per second, bursts of
@@ -176,6 +178,7 @@ impl Uploader {
                 Ok(Ok(s)) => {
                     stats.chunks_new += s.chunks_new;
                     stats.bytes_sent += s.bytes_sent;
+                    stats.bytes_new += s.bytes_new;
                 }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
@@ -232,10 +235,12 @@ fn worker(
         }
         let mut uploads = Vec::with_capacity(missing.len());
         let mut bytes = 0u64;
+        let mut raw = 0u64;
         for i in missing {
             let (id, data) = batch
                 .get(i as usize)
                 .ok_or_else(|| anyhow!("node answered FindMissing with an index out of range"))?;
+            raw += data.len() as u64;
             let c = compress_chunk(data, level);
             bytes += c.data.len() as u64;
             uploads.push(refuge_proto::upload_to(id, c));
@@ -249,6 +254,7 @@ fn worker(
             .map_err(|s| anyhow!("uploading chunks: {}", explain_status(&s)))?;
         stats.chunks_new += n;
         stats.bytes_sent += bytes;
+        stats.bytes_new += raw;
     }
 }
 
