@@ -29,6 +29,8 @@ cert = "certs/node.pem"
 key = "certs/node.key"
 TOML
 cat > agent.toml <<TOML
+state_dir = "agent-state"
+
 [node]
 address = "127.0.0.1:$PORT"
 ca = "certs/ca.pem"

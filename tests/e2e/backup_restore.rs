@@ -595,3 +595,79 @@ fn an_interrupted_restore_resumes_without_refetching_verified_data() {
     assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
     assert!(!out.join(".refuge-restore-big.bin").exists());
 }
+
+#[test]
+fn a_killed_first_backup_resumes_without_rereading_uploaded_files() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..200u64 {
+        fs::write(src.join(format!("f{i:03}")), noise(200_000, 1000 + i)).unwrap();
+    }
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    // Slow uploads down so that the run can be killed half way.
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text = text.replace(
+        "[chunking]",
+        "[limits]\nmax_upload_rate = 4000000\n\n[chunking]",
+    );
+    let slow = c.path().join("slow.toml");
+    fs::write(&slow, text).unwrap();
+
+    let mut child = std::process::Command::new(refuge_tests::bin("refuge-agent"))
+        .args(["-c", slow.to_str().unwrap(), "backup"])
+        .current_dir(c.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the backup finished before it could be interrupted"
+    );
+    let listed = run(
+        "refuge",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "snapshots", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "an interrupted backup left a snapshot"
+    );
+    assert!(c.path().join("state/data.checkpoint").exists());
+
+    // The next run reuses what was uploaded, reads the rest, commits.
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "backup", "--json"],
+    )
+    .ok()
+    .json();
+    let total = 200 * 200_000u64;
+    assert!(r[0]["files_resumed"].as_u64().unwrap() > 0, "{r}");
+    assert!(r[0]["bytes_read"].as_u64().unwrap() < total, "{r}");
+    assert_eq!(r[0]["files"], 200);
+    assert!(!c.path().join("state/data.checkpoint").exists());
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+}

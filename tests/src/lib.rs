@@ -204,7 +204,7 @@ impl Cluster {
         sources: &[(&str, &Path, &str)],
     ) -> PathBuf {
         let mut text = format!(
-            "[node]\naddress = \"127.0.0.1:{}\"\nca = \"{ca}\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\nconnect_timeout_secs = 5\n\n[chunking]\nmin_size = 65536\navg_size = 262144\nmax_size = 1048576\n",
+            "state_dir = \"state\"\n[node]\naddress = \"127.0.0.1:{}\"\nca = \"{ca}\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\nconnect_timeout_secs = 5\n\n[chunking]\nmin_size = 65536\navg_size = 262144\nmax_size = 1048576\n",
             self.port
         );
         for (name, path, kind) in sources {

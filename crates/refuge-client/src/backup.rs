@@ -8,10 +8,10 @@
 //! which is spooled to a temporary file rather than held in memory.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
@@ -54,6 +54,8 @@ pub struct BackupReport {
     pub bytes_read: u64,
     /// Files found unchanged since the parent snapshot (not read again).
     pub files_unchanged: u64,
+    /// Files already uploaded by an interrupted run (not read again).
+    pub files_resumed: u64,
     /// Bytes of those files.
     pub bytes_reused: u64,
     /// Bytes of all-zero runs stored as holes.
@@ -145,11 +147,20 @@ fn is_zero(data: &[u8]) -> bool {
 
 type Manifest = ManifestWriter<BufWriter<File>>;
 
+/// Flushes the manifest spool about once a second, so that a run killed
+/// mid-way leaves a usable checkpoint.
+fn checkpoint(w: &mut Manifest, last: &mut Instant) {
+    if last.elapsed() >= std::time::Duration::from_secs(1) {
+        let _ = w.get_mut().flush();
+        *last = Instant::now();
+    }
+}
+
 /// The parent snapshot's manifest, read in step with the walk: both are in
 /// [`walk_order`], so finding a path's previous entry is a merge, not a
 /// lookup table (memory does not grow with the number of files).
 struct Parent {
-    reader: ManifestReader<RemoteStream>,
+    reader: ManifestReader<Box<dyn Read + Send>>,
     peeked: Option<Entry>,
     broken: bool,
 }
@@ -222,15 +233,66 @@ impl Parent {
     }
 }
 
+/// Where an unchanged file's chunk list can come from: the previous
+/// snapshot (committed, so its chunks are on the node) and the checkpoint
+/// of an interrupted run (a hint: its chunks are confirmed with the node
+/// before they are reused).
+struct Parents {
+    snapshot: Option<Parent>,
+    checkpoint: Option<Parent>,
+    rt: Handle,
+    node: Node,
+}
+
+impl Parents {
+    /// A reusable chunk list for `e`, and whether it came from the
+    /// checkpoint.
+    fn reuse(&mut self, e: &Entry) -> anyhow::Result<Option<(Vec<ChunkRef>, bool)>> {
+        let from_snapshot = self.snapshot.as_mut().and_then(|p| p.unchanged(e));
+        let from_checkpoint = self.checkpoint.as_mut().and_then(|p| p.unchanged(e));
+        if let Some(refs) = from_snapshot {
+            return Ok(Some((refs, false)));
+        }
+        let Some(refs) = from_checkpoint else {
+            return Ok(None);
+        };
+        let ids: Vec<Vec<u8>> = refs
+            .iter()
+            .filter(|r| !r.is_hole())
+            .map(|r| r.id.0.to_vec())
+            .collect();
+        for batch in ids.chunks(refuge_proto::MAX_FIND_IDS) {
+            let missing = self
+                .rt
+                .block_on(self.node.ingest.find_missing(pb::FindMissingRequest {
+                    ids: batch.to_vec(),
+                }))
+                .map_err(|s| {
+                    anyhow!(
+                        "asking the node which chunks it lacks: {}",
+                        explain_status(&s)
+                    )
+                })?
+                .into_inner()
+                .missing;
+            if !missing.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some((refs, true)))
+    }
+}
+
 fn walk_tree(
     root: &Path,
     params: ChunkerParams,
-    mut parent: Option<&mut Parent>,
+    parents: &mut Parents,
     w: &mut Manifest,
     up: &mut Uploader,
     rep: &mut BackupReport,
     bar: &Progress,
 ) -> anyhow::Result<()> {
+    let last_flush = &mut Instant::now();
     let md = std::fs::metadata(root).with_context(|| format!("source path {}", root.display()))?;
     if !md.is_dir() {
         bail!(
@@ -292,14 +354,20 @@ fn walk_tree(
         } else if ft.is_file() {
             let mut e = base_entry(rel, EntryKind::File, &md);
             e.size = md.len();
-            if let Some(refs) = parent.as_deref_mut().and_then(|p| p.unchanged(&e)) {
-                // Unchanged since the parent snapshot: reuse its chunk list.
+            if let Some((refs, resumed)) = parents.reuse(&e)? {
+                // Unchanged since the parent snapshot, or already uploaded
+                // by an interrupted run: reuse its chunk list.
                 w.add_entry(&e)?;
                 w.add_chunks(&refs)?;
                 rep.files += 1;
-                rep.files_unchanged += 1;
+                if resumed {
+                    rep.files_resumed += 1;
+                } else {
+                    rep.files_unchanged += 1;
+                }
                 rep.bytes_reused += e.size;
                 bar.inc(e.size);
+                checkpoint(w, last_flush);
                 continue;
             }
             match chunk_file(ent.path(), params, up, rep, bar) {
@@ -307,6 +375,7 @@ fn walk_tree(
                     e.size = size;
                     w.add_entry(&e)?;
                     w.add_chunks(&refs)?;
+                    checkpoint(w, last_flush);
                     rep.files += 1;
                     bar.set_files(rep.files);
                 }
@@ -357,7 +426,7 @@ fn read_image(
 }
 
 /// How to run a backup.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// How to show progress.
     pub progress: ProgressMode,
@@ -367,6 +436,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Upload limit in bytes per second; 0 for none.
     pub max_upload_rate: u64,
+    /// Where the checkpoint of a running backup is kept (`None`: no
+    /// checkpoint, an interrupted backup starts over).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// The newest snapshot of this host and source, ready to be merged with
@@ -396,8 +468,8 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
         Fetcher::new(rt.clone(), node.clone()),
         snap.manifest.clone(),
     );
-    let reader =
-        ManifestReader::new(stream).map_err(|e| anyhow!("parent snapshot manifest: {e}"))?;
+    let reader = ManifestReader::new(Box::new(stream) as Box<dyn Read + Send>)
+        .map_err(|e| anyhow!("parent snapshot manifest: {e}"))?;
     Ok(Some((
         snap.id.to_hex(),
         Parent {
@@ -406,6 +478,65 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
             broken: false,
         },
     )))
+}
+
+/// The manifest spool: `STATE_DIR/SOURCE.checkpoint` when the state
+/// directory is usable (an earlier run's checkpoint is moved to
+/// `.checkpoint.prev` first), else an anonymous temporary file.
+fn open_spool(
+    state_dir: Option<&Path>,
+    source: &str,
+) -> anyhow::Result<(File, Option<(PathBuf, PathBuf)>)> {
+    if let Some(dir) = state_dir {
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => {
+                let cur = dir.join(format!("{source}.checkpoint"));
+                let prev = dir.join(format!("{source}.checkpoint.prev"));
+                if cur.exists() {
+                    std::fs::rename(&cur, &prev)
+                        .with_context(|| format!("moving aside {}", cur.display()))?;
+                }
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&cur)
+                    .with_context(|| format!("creating the checkpoint {}", cur.display()))?;
+                return Ok((f, Some((cur, prev))));
+            }
+            Err(e) => warn!(
+                "state_dir {}: {e}; an interrupted backup will start over",
+                dir.display()
+            ),
+        }
+    }
+    Ok((
+        tempfile::tempfile().context("creating a temporary file for the manifest")?,
+        None,
+    ))
+}
+
+/// The checkpoint an interrupted run left, if it is readable.
+fn open_checkpoint(path: &Path) -> Option<Parent> {
+    let f = File::open(path).ok()?;
+    match ManifestReader::new(Box::new(BufReader::new(f)) as Box<dyn Read + Send>) {
+        Ok(reader) => {
+            tracing::info!(
+                "resuming from the checkpoint of an interrupted backup ({})",
+                path.display()
+            );
+            Some(Parent {
+                reader,
+                peeked: None,
+                broken: false,
+            })
+        }
+        Err(e) => {
+            warn!("ignoring the checkpoint {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Backs up one source and commits a snapshot.
@@ -438,21 +569,36 @@ fn backup_blocking(
         source: source.name.clone(),
         ..Default::default()
     };
-    let mut parent = match (source.kind, opts.rehash) {
+    let parent = match (source.kind, opts.rehash) {
         (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name)?,
         _ => None,
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
     let bar = Progress::new(opts.progress, "backup", None);
-    let spool = tempfile::tempfile().context("creating a temporary file for the manifest")?;
-    let mut w = ManifestWriter::new(BufWriter::new(spool), source.kind)?;
+    let (spool, paths) = open_spool(opts.state_dir.as_deref(), &source.name)?;
+    let checkpoint = match (&paths, source.kind, opts.rehash) {
+        (Some((_, prev)), SourceKind::Tree, false) => open_checkpoint(prev),
+        _ => None,
+    };
+    let mut parents = Parents {
+        snapshot: parent.map(|(_, p)| p),
+        checkpoint,
+        rt: rt.clone(),
+        node: node.clone(),
+    };
+    let mut w = ManifestWriter::new(BufWriter::with_capacity(64 << 10, spool), source.kind)?;
     let limiter = RateLimiter::new(opts.max_upload_rate);
     let mut up = Uploader::new(rt.clone(), node.clone(), level, opts.threads, limiter);
     match source.kind {
-        SourceKind::Tree => {
-            let p = parent.as_mut().map(|(_, p)| p);
-            walk_tree(&source.path, params, p, &mut w, &mut up, &mut rep, &bar)?
-        }
+        SourceKind::Tree => walk_tree(
+            &source.path,
+            params,
+            &mut parents,
+            &mut w,
+            &mut up,
+            &mut rep,
+            &bar,
+        )?,
         SourceKind::Image => read_image(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
     }
     let (buf, _summary) = w.finish()?;
@@ -491,6 +637,11 @@ fn backup_blocking(
         .snapshot
         .ok_or_else(|| anyhow!("node acknowledged the commit without a snapshot"))?;
     let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("node's commit answer: {e}"))?;
+    // Committed: the checkpoint has served its purpose.
+    if let Some((cur, prev)) = &paths {
+        let _ = std::fs::remove_file(cur);
+        let _ = std::fs::remove_file(prev);
+    }
     rep.snapshot = snap.id.to_hex();
     rep.short_id = snap.id.short();
     rep.time = refuge_core::format_time_micros(snap.time_micros);

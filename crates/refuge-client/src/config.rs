@@ -17,6 +17,9 @@ pub struct AgentConfig {
     /// Chunking and compression.
     #[serde(default)]
     pub chunking: ChunkingConfig,
+    /// Directory for the agent's state (checkpoints of running backups).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// Resource limits, so the agent never disturbs its host.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -43,6 +46,10 @@ pub struct ConnectionConfig {
     /// Seconds to wait for a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/refuge-agent")
 }
 
 fn default_server_name() -> String {
@@ -190,6 +197,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
     fix(&mut cfg.node.ca);
     fix(&mut cfg.node.cert);
     fix(&mut cfg.node.key);
+    fix(&mut cfg.state_dir);
     for s in &mut cfg.sources {
         fix(&mut s.path);
     }
@@ -248,6 +256,7 @@ mod tests {
             .expect("template");
         assert_eq!(cfg.chunking, ChunkingConfig::default());
         assert_eq!(cfg.limits, LimitsConfig::default());
+        assert_eq!(cfg.state_dir, default_state_dir());
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());

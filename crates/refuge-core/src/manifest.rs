@@ -341,6 +341,11 @@ impl<W: Write> ManifestWriter<W> {
         Ok(())
     }
 
+    /// The underlying writer (for example to flush a checkpoint).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Writes the trailer and returns the writer and the totals.
     pub fn finish(mut self) -> Result<(W, ManifestSummary), ManifestError> {
         self.rules.close_file()?;
