@@ -188,6 +188,8 @@ struct FileJob {
     verify_local: bool,
     /// Groups dispatched and not yet written.
     pending: AtomicUsize,
+    /// All of the file's groups have been dispatched.
+    sealed: AtomicBool,
     covered: AtomicU64,
 }
 
@@ -346,8 +348,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a file: its chunk runs follow with [`Writer::chunks`].
+    /// Starts a file: its chunk runs follow with [`Writer::chunks`]; the
+    /// previous file is sealed (all its groups are dispatched).
     fn begin(&mut self, job: FileJob) -> anyhow::Result<Arc<FileJob>> {
+        self.seal();
         self.finish_ready(MAX_OPEN_FILES - 1)?;
         let job = Arc::new(job);
         self.open.push_back(job.clone());
@@ -406,7 +410,10 @@ impl Writer {
     /// waiting until at most `keep` files remain open.
     fn finish_ready(&mut self, keep: usize) -> anyhow::Result<()> {
         while let Some(front) = self.open.front() {
-            if front.pending.load(Ordering::SeqCst) == 0 {
+            if front.sealed.load(Ordering::SeqCst) && front.pending.load(Ordering::SeqCst) == 0 {
+                // A worker records its failure before it releases the group:
+                // report the cause, not the shortfall it left.
+                self.check()?;
                 let job = self
                     .open
                     .pop_front()
@@ -429,8 +436,16 @@ impl Writer {
         self.check()
     }
 
+    /// Marks the most recent file as complete: no more groups will come.
+    fn seal(&self) {
+        if let Some(last) = self.open.back() {
+            last.sealed.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Waits for every file and stops the workers.
     fn close(mut self) -> anyhow::Result<(u64, u64, u64)> {
+        self.seal();
         let r = self.finish_ready(0);
         self.tx = None;
         for w in self.workers.drain(..) {
@@ -608,6 +623,8 @@ fn restore_tree<R: Read>(
     {
         match rec {
             ManifestRecord::Entry(e) => {
+                // The previous file has all its chunk runs.
+                w.seal();
                 current = None;
                 skipping = !included(&e.path, include);
                 if skipping {
@@ -638,6 +655,7 @@ fn restore_tree<R: Read>(
                             device: false,
                             verify_local,
                             pending: AtomicUsize::new(0),
+                            sealed: AtomicBool::new(false),
                             covered: AtomicU64::new(0),
                         })?;
                         current = Some((job, 0));
@@ -660,6 +678,7 @@ fn restore_tree<R: Read>(
         }
         w.finish_ready(MAX_OPEN_FILES)?;
     }
+    w.seal();
     w.finish_ready(0)?;
     if let Some(inc) = include
         && !matched
@@ -734,6 +753,7 @@ fn restore_image<R: Read>(
                     device,
                     verify_local,
                     pending: AtomicUsize::new(0),
+                    sealed: AtomicBool::new(false),
                     covered: AtomicU64::new(0),
                 })?;
                 current = Some((job, 0));
@@ -749,6 +769,7 @@ fn restore_image<R: Read>(
     if current.is_none() {
         bail!("image snapshot has no entry");
     }
+    w.seal();
     w.finish_ready(0)
         .with_context(|| format!("restoring the image to {}", target.display()))?;
     rep.files = 1;
