@@ -73,6 +73,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             rehash,
             threads: cfg.limits.threads(),
             max_upload_rate: cfg.limits.max_upload_rate,
+            memory_budget: cfg.limits.memory_mib << 20,
             state_dir: Some(cfg.state_dir.clone()),
         };
         match refuge_client::backup_source(&node, &cfg, s, opts).await {

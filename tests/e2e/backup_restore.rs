@@ -671,3 +671,40 @@ fn a_killed_first_backup_resumes_without_rereading_uploaded_files() {
     .ok();
     assert_same_tree(&src, &out);
 }
+
+/// Regression: each small file's fetch used to end by dropping its
+/// response stream; past 1024 such HTTP/2 stream resets the connection was
+/// closed as abusive ("too_many_internal_resets") and the restore failed.
+#[test]
+fn regression_thousands_of_small_files_restore_over_one_connection() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    for d in 0..30 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            fs::write(
+                src.join(format!("d{d:02}/f{f:03}")),
+                format!("file {d}/{f} {}", "x".repeat(f)),
+            )
+            .unwrap();
+        }
+    }
+    let cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+}

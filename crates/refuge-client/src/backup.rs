@@ -436,6 +436,8 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Upload limit in bytes per second; 0 for none.
     pub max_upload_rate: u64,
+    /// Memory budget of the agent in bytes; the upload pipeline gets half.
+    pub memory_budget: u64,
     /// Where the checkpoint of a running backup is kept (`None`: no
     /// checkpoint, an interrupted backup starts over).
     pub state_dir: Option<std::path::PathBuf>,
@@ -588,7 +590,9 @@ fn backup_blocking(
     };
     let mut w = ManifestWriter::new(BufWriter::with_capacity(64 << 10, spool), source.kind)?;
     let limiter = RateLimiter::new(opts.max_upload_rate);
-    let mut up = Uploader::new(rt.clone(), node.clone(), level, opts.threads, limiter);
+    let (threads, batch) =
+        crate::upload::plan(opts.memory_budget, opts.threads, params.max_size as usize);
+    let mut up = Uploader::new(rt.clone(), node.clone(), level, threads, batch, limiter);
     match source.kind {
         SourceKind::Tree => walk_tree(
             &source.path,

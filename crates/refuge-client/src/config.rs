@@ -107,6 +107,9 @@ pub struct LimitsConfig {
     pub max_upload_rate: u64,
     /// Restore fetch workers; 0 means two per CPU, at least 4.
     pub restore_threads: usize,
+    /// Memory budget of the agent in MiB (the upload pipeline is sized to
+    /// fit; at least 32).
+    pub memory_mib: u64,
     /// CPU niceness of the agent (0 = unchanged, up to 19).
     pub nice: i32,
     /// IO priority of the agent.
@@ -120,6 +123,7 @@ impl Default for LimitsConfig {
             threads: 0,
             max_upload_rate: 0,
             restore_threads: 0,
+            memory_mib: 256,
             nice: 10,
             io_priority: IoPriority::Low,
         }
@@ -212,6 +216,12 @@ impl AgentConfig {
             .params()
             .validate()
             .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
+        if cfg.limits.memory_mib < 32 {
+            bail!(
+                "[limits] memory_mib must be at least 32, got {}",
+                cfg.limits.memory_mib
+            );
+        }
         if !(0..=19).contains(&cfg.limits.nice) {
             bail!("[limits] nice must be 0 to 19, got {}", cfg.limits.nice);
         }

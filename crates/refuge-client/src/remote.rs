@@ -92,6 +92,16 @@ impl Fetcher {
                     .map_err(|e| anyhow!("chunk {} is corrupt: {e}", r.id))?;
                 sink(Piece::Data(&data))?;
             }
+            // Read the stream to its end: a response dropped early resets
+            // its HTTP/2 stream, and many resets make h2 close the whole
+            // connection as abusive.
+            let extra = self
+                .rt
+                .block_on(stream.message())
+                .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?;
+            if extra.is_some() {
+                bail!("node sent more chunks than were asked for");
+            }
             start = end;
         }
         Ok(())

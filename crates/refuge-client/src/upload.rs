@@ -5,9 +5,12 @@
 //! which chunks it lacks, compress those (zstd) and upload them, so
 //! compression runs on all cores while reading and the network overlap.
 //!
-//! Memory is bounded: at most `threads` batches wait in the channel, each
-//! worker holds one batch and its compressed copy, and the walker fills one
-//! more — about `(2 × threads + 1) × 2 × BATCH_BYTES` in all.
+//! Memory is bounded by the agent's budget: at most `threads` batches wait
+//! in the channel, each worker holds one batch and its compressed copy, and
+//! the walker fills one more — `(2 × threads + 1) × 2 × batch` in all, with
+//! the batch size (and if need be the worker count) chosen by
+//! [`plan`] so that this stays within half the configured budget (the rest
+//! is for the chunker buffer, one file's chunk list, gRPC and the runtime).
 
 use std::collections::HashSet;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -22,9 +25,25 @@ use tokio::runtime::Handle;
 
 use crate::connect::{Node, explain_status};
 
-/// Chunk data collected before a batch is handed to a worker.
-pub(crate) const BATCH_BYTES: usize = 8 << 20;
+/// Largest batch of chunk data handed to a worker.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 const BATCH_CHUNKS: usize = 256;
+
+/// Worker count and batch size for a memory budget: the pipeline gets half
+/// the budget; batches shrink from 8 MiB down to the largest chunk, then
+/// workers are dropped (never below one).
+pub(crate) fn plan(budget_bytes: u64, threads: usize, max_chunk: usize) -> (usize, usize) {
+    let share = (budget_bytes / 2) as usize;
+    let mut threads = threads.max(1);
+    loop {
+        let slots = 2 * (2 * threads + 1);
+        let batch = (share / slots).min(MAX_BATCH_BYTES);
+        if batch >= max_chunk || threads == 1 {
+            return (threads, batch.max(max_chunk));
+        }
+        threads -= 1;
+    }
+}
 
 type Batch = Vec<(ChunkId, Vec<u8>)>;
 
@@ -81,6 +100,7 @@ pub(crate) struct Uploader {
     failed: Arc<Mutex<Option<String>>>,
     pending: Batch,
     pending_bytes: usize,
+    batch_bytes: usize,
 }
 
 impl Uploader {
@@ -89,6 +109,7 @@ impl Uploader {
         node: Node,
         level: i32,
         threads: usize,
+        batch_bytes: usize,
         limiter: Option<Arc<RateLimiter>>,
     ) -> Self {
         let threads = threads.max(1);
@@ -120,6 +141,7 @@ impl Uploader {
             failed,
             pending: Vec::new(),
             pending_bytes: 0,
+            batch_bytes,
         }
     }
 
@@ -136,7 +158,7 @@ impl Uploader {
     pub(crate) fn add(&mut self, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
         self.pending_bytes += data.len();
         self.pending.push((id, data));
-        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_CHUNKS {
+        if self.pending_bytes >= self.batch_bytes || self.pending.len() >= BATCH_CHUNKS {
             self.send()?;
         }
         Ok(())
@@ -261,6 +283,22 @@ fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plan_fits_the_budget() {
+        let mib = 1u64 << 20;
+        // Plenty: full 8 MiB batches, all workers.
+        assert_eq!(plan(256 * mib, 2, 4 << 20), (2, 8 << 20));
+        // Many cores: batches shrink so that memory does not follow the CPU count.
+        let (t, b) = plan(256 * mib, 16, 4 << 20);
+        assert!(
+            (2 * (2 * t + 1) * b) as u64 <= 128 * mib,
+            "{t} workers of {b}"
+        );
+        assert!(b >= 4 << 20);
+        // Tiny budget: one worker, batches of one maximal chunk.
+        assert_eq!(plan(8 * mib, 8, 4 << 20), (1, 4 << 20));
+    }
 
     #[test]
     fn the_rate_limiter_paces_to_its_rate() {
