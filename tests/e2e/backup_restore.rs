@@ -672,21 +672,19 @@ fn a_killed_first_backup_resumes_without_rereading_uploaded_files() {
     assert_same_tree(&src, &out);
 }
 
-/// Regression: each small file's fetch used to end by dropping its
-/// response stream; past 1024 such HTTP/2 stream resets the connection was
-/// closed as abusive ("too_many_internal_resets") and the restore failed.
+/// Two thousand small files restored by the parallel workers over one
+/// connection. (The benchmark once failed here with HTTP/2
+/// "too_many_internal_resets" when fetch responses were dropped before
+/// their end; this test did not reproduce that at its size.)
 #[test]
-fn regression_thousands_of_small_files_restore_over_one_connection() {
+fn thousands_of_small_files_restore_in_parallel() {
     let c = Cluster::start();
     let src = c.path().join("src");
-    for d in 0..30 {
+    for d in 0..20u64 {
         fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
-        for f in 0..100 {
-            fs::write(
-                src.join(format!("d{d:02}/f{f:03}")),
-                format!("file {d}/{f} {}", "x".repeat(f)),
-            )
-            .unwrap();
+        for f in 0..100u64 {
+            let data = noise(20_000 + (f as usize % 7) * 5_000, d * 1000 + f);
+            fs::write(src.join(format!("d{d:02}/f{f:03}")), data).unwrap();
         }
     }
     let cfg = c.default_agent(&[("data", &src, "tree")]);
