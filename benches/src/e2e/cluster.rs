@@ -1,0 +1,235 @@
+//! A scratch deployment on 127.0.0.1: certificates made by the real
+//! `refuge certs` commands, node and agent configuration files, and the
+//! real `refuged` process.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use refuge_bench::dataset::Source;
+
+/// Tenant and host of the benchmark's client certificate.
+pub const TENANT: &str = "bench";
+/// Host of the benchmark's client certificate.
+pub const HOST: &str = "bench-host";
+
+/// Path of a workspace binary: next to this executable (`target/debug/`),
+/// or one level up when run from `target/debug/deps/`.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found next to {}; build the workspace binaries first (`cargo build --workspace --bins`)",
+        exe.display()
+    )
+}
+
+/// Where [`install`] copied the binaries.
+static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+
+/// The binaries a run uses.
+pub const BINARIES: [&str; 3] = ["refuge", "refuge-agent", "refuged"];
+
+/// Copies `refuge`, `refuge-agent` and `refuged` into `dir/bin` and runs
+/// those copies from now on, so that a rebuild of the workspace during a
+/// run cannot mix two versions.
+pub fn install(dir: &Path) -> anyhow::Result<()> {
+    let to = dir.join("bin");
+    fs::create_dir_all(&to)?;
+    for name in BINARIES {
+        let from = bin(name)?;
+        fs::copy(&from, to.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    }
+    let _ = INSTALLED.set(to);
+    Ok(())
+}
+
+/// A command for a workspace binary, run in `cwd`, quiet logging.
+pub fn command(name: &str, cwd: &Path) -> anyhow::Result<Command> {
+    let path = match INSTALLED.get() {
+        Some(d) => d.join(name),
+        None => bin(name)?,
+    };
+    let mut c = Command::new(path);
+    c.current_dir(cwd)
+        .env_remove("REFUGE_CONFIG")
+        .env_remove("REFUGED_CONFIG")
+        .env("RUST_LOG", "warn");
+    Ok(c)
+}
+
+fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
+    let o = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !o.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Creates `dir/certs` (CA, node, client `bench/bench-host`) with the
+/// real `refuge certs init` and `refuge certs issue`.
+pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
+    let mut init = command("refuge", dir)?;
+    init.args(["certs", "init", "certs"]);
+    run_ok(init, "refuge certs init")?;
+    let mut issue = command("refuge", dir)?;
+    issue.args([
+        "certs", "issue", "--dir", "certs", "--tenant", TENANT, "--host", HOST,
+    ]);
+    run_ok(issue, "refuge certs issue")
+}
+
+/// Writes `dir/node.toml` (store in `dir/store`) and `dir/agent.toml`
+/// (default chunking and zstd level; the given sources) and checks the
+/// agent configuration with the client's own loader.
+pub fn write_configs(dir: &Path, port: u16, sources: &[Source]) -> anyhow::Result<PathBuf> {
+    fs::write(
+        dir.join("node.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"store\"\n\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node.pem\"\nkey = \"certs/node.key\"\n"
+        ),
+    )?;
+    let mut agent = format!(
+        "[node]\naddress = \"127.0.0.1:{port}\"\nca = \"certs/ca.pem\"\ncert = \"certs/{TENANT}-{HOST}.pem\"\nkey = \"certs/{TENANT}-{HOST}.key\"\n"
+    );
+    for s in sources {
+        agent.push_str(&format!(
+            "\n[[source]]\nname = \"{}\"\npath = \"{}\"\nkind = \"{}\"\n",
+            s.name,
+            s.path.display(),
+            s.kind
+        ));
+    }
+    let path = dir.join("agent.toml");
+    fs::write(&path, agent)?;
+    refuge_client::load_config(&path).context("the generated agent.toml")?;
+    Ok(path)
+}
+
+/// The running node.
+pub struct Node {
+    child: Option<Child>,
+    /// Its process id.
+    pub pid: u32,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `refuged --config node.toml` in `dir` and waits until it
+    /// accepts connections on `port`.
+    pub fn start(dir: &Path, port: u16) -> anyhow::Result<Node> {
+        let log_path = dir.join("node.log");
+        let log = fs::File::create(&log_path)?;
+        let mut c = command("refuged", dir)?;
+        c.args(["--config", "node.toml"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = c.spawn().context("starting refuged")?;
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "refuged exited early ({st}):\n{}",
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("refuged did not listen on 127.0.0.1:{port} within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Node {
+            child: Some(child),
+            pid,
+            log: log_path,
+        })
+    }
+
+    /// Stops the node with SIGTERM (it flushes its store) and waits;
+    /// returns how long the stop took.
+    pub fn stop(&mut self) -> anyhow::Result<Duration> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Duration::ZERO);
+        };
+        let start = Instant::now();
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.pid)])
+            .status()?;
+        if !st.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        let deadline = start + Duration::from_secs(120);
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("refuged did not stop within 120 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            bail!("refuged stopped with {status}; log {}", self.log.display());
+        }
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sum of the sizes of the regular files under `dir`, and their count.
+pub fn dir_size(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                total.0 += md.len();
+                total.1 += 1;
+            }
+        }
+    }
+    Ok(total)
+}

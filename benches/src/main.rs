@@ -1,0 +1,144 @@
+//! `refuge-bench`: refuge's end-to-end benchmark (see BENCHMARKS.md).
+//!
+//! Without a subcommand it generates a seeded data set (disk image,
+//! database directory, file tree), starts the real `refuged` with TLS on
+//! 127.0.0.1 and measures an initial backup, an incremental backup after a
+//! ~5% mutation, and a verified restore of every source, with the real
+//! `refuge-agent` and `refuge` binaries found next to this executable.
+//! `micro-report` turns the criterion results of `benches/micro.rs` into a
+//! Markdown table.
+
+mod e2e;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// refuge benchmarks: end-to-end backup, incremental backup and restore
+/// throughput, memory and stored bytes, on a seeded data set.
+///
+/// Build the workspace binaries first: `cargo build --workspace --bins`.
+#[derive(Parser)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    e2e: E2eArgs,
+}
+
+#[derive(clap::Args)]
+struct E2eArgs {
+    /// Total size of the data set (binary units: 2GiB, 512MiB; decimal:
+    /// 2GB). About 40% disk image, 30% database, 30% file tree.
+    #[arg(long, default_value = "1GiB")]
+    size: String,
+    /// Seed of the data set and of its mutation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Markdown file to write the results into (a block of the section
+    /// named by --label is added or replaced; other content is kept).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Section (level-2 heading) of --out.
+    #[arg(long, default_value = "Latest run")]
+    label: String,
+    /// Directory in which to create the scratch directory (default: the
+    /// system temporary directory). Needs about 2.7x --size free per run.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the scratch directory (data, store, restores, logs).
+    #[arg(long)]
+    keep: bool,
+    /// Complete runs, each with a fresh node and data set; the report
+    /// shows medians (and ranges of wall time and MB/s).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print (and optionally write) a Markdown table of the criterion
+    /// results of `cargo bench -p refuge-bench --bench micro --profile dev`.
+    MicroReport {
+        /// criterion's output directory (default:
+        /// $CARGO_TARGET_DIR/criterion).
+        #[arg(long)]
+        criterion_dir: Option<PathBuf>,
+        /// Markdown file to write the table into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Section (level-2 heading) of --out.
+        #[arg(long, default_value = "Latest run")]
+        label: String,
+    },
+}
+
+fn micro_report(dir: Option<PathBuf>, out: Option<PathBuf>, label: &str) -> anyhow::Result<()> {
+    let dir = dir.unwrap_or_else(e2e::report::default_criterion_dir);
+    let table = e2e::report::micro_table(&dir)?;
+    let m = e2e::machine::Machine::describe(&dir);
+    let body = format!(
+        "### Micro-benchmarks (criterion)\n\nCommit `{}`; {}. `cargo bench -p refuge-bench --bench micro --profile dev` on seeded data; sample size 10, 3 s measurement. Throughput is of uncompressed input bytes (MB = 10^6 bytes), with criterion's 95% confidence interval.\n\n{table}",
+        m.commit,
+        m.line()
+    );
+    println!("{body}");
+    if let Some(out) = out {
+        e2e::report::upsert_file(&out, label, "micro", &body)?;
+        eprintln!("wrote the micro-benchmark table into {}", out.display());
+    }
+    Ok(())
+}
+
+fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
+    let size = refuge_bench::parse_size(&a.size).map_err(anyhow::Error::msg)?;
+    if size < 16 << 20 {
+        anyhow::bail!("--size must be at least 16MiB");
+    }
+    let o = e2e::Options {
+        size,
+        size_text: a.size.clone(),
+        seed: a.seed,
+        dir: a.dir,
+        keep: a.keep,
+        out: a.out.clone(),
+        label: a.label.clone(),
+        runs: a.runs.max(1),
+    };
+    let r = e2e::run(&o)?;
+    println!("{}", r.markdown);
+    if let Some(out) = &o.out {
+        let key = format!("e2e {}", o.size_text);
+        e2e::report::upsert_file(out, &o.label, &key, &r.markdown)?;
+        eprintln!(
+            "wrote the results into {} (section {:?})",
+            out.display(),
+            o.label
+        );
+    }
+    if !r.verified {
+        anyhow::bail!("a restore differs from its source (see the report)");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Some(Cmd::MicroReport {
+            criterion_dir,
+            out,
+            label,
+        }) => micro_report(criterion_dir, out, &label),
+        None => end_to_end(cli.e2e),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refuge-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
