@@ -706,3 +706,53 @@ fn thousands_of_small_files_restore_in_parallel() {
     .ok();
     assert_same_tree(&src, &out);
 }
+
+#[test]
+fn a_tiny_node_ingest_buffer_slows_concurrent_uploads_but_loses_nothing() {
+    let c = Cluster::start_with("[limits]\ningest_buffer_mib = 1\n");
+    let (a, b) = (c.path().join("a"), c.path().join("b"));
+    for (dir, seed) in [(&a, 1u64), (&b, 2u64)] {
+        fs::create_dir_all(dir).unwrap();
+        for i in 0..4u64 {
+            fs::write(dir.join(format!("f{i}")), noise(3 << 20, seed * 100 + i)).unwrap();
+        }
+    }
+    let cfg = c.default_agent(&[("a", &a, "tree"), ("b", &b, "tree")]);
+    let cfg = cfg.to_str().unwrap();
+    // Two agent processes upload at the same time through a 1 MiB buffer.
+    let runs: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|s| {
+            let (dir, cfg) = (c.path().to_path_buf(), cfg.to_string());
+            std::thread::spawn(move || {
+                run(
+                    "refuge-agent",
+                    &dir,
+                    &["-c", &cfg, "backup", "--source", s, "--json"],
+                )
+            })
+        })
+        .collect();
+    for r in runs {
+        r.join().unwrap().ok();
+    }
+    for (s, dir) in [("a", &a), ("b", &b)] {
+        let out = c.path().join(format!("out-{s}"));
+        run(
+            "refuge",
+            c.path(),
+            &[
+                "-c",
+                cfg,
+                "restore",
+                "latest",
+                "--source",
+                s,
+                "--target",
+                out.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        assert_same_tree(dir, &out);
+    }
+}

@@ -104,6 +104,11 @@ pub struct Cluster {
 impl Cluster {
     /// Fresh certificates (CA, node, client finance/db1) and a started node.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Cluster::start`], with `extra` appended to `node.toml`.
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         run("refuge", dir.path(), &["certs", "init", "certs"]).ok();
         run(
@@ -118,7 +123,7 @@ impl Cluster {
         fs::write(
             dir.path().join("node.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"store\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node.pem\"\nkey = \"certs/node.key\"\n"
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"store\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node.pem\"\nkey = \"certs/node.key\"\n{extra}"
             ),
         )
         .unwrap();

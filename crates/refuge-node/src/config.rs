@@ -47,6 +47,9 @@ pub struct LimitsConfig {
     pub handshake_timeout_secs: u64,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Uploaded chunk data the node buffers before storing it, across all
+    /// streams and agents, in MiB (uploads wait when it is full).
+    pub ingest_buffer_mib: u32,
 }
 
 impl Default for LimitsConfig {
@@ -55,6 +58,7 @@ impl Default for LimitsConfig {
             max_chunk_size: refuge_core::format::MAX_CHUNK_LEN,
             handshake_timeout_secs: 10,
             max_concurrent_streams: 64,
+            ingest_buffer_mib: 128,
         }
     }
 }
@@ -108,6 +112,12 @@ impl NodeConfig {
             bail!(
                 "limits.max_chunk_size must be between 1 and 16777216, got {}",
                 l.max_chunk_size
+            );
+        }
+        if l.ingest_buffer_mib == 0 || l.ingest_buffer_mib > 65_536 {
+            bail!(
+                "limits.ingest_buffer_mib must be between 1 and 65536, got {}",
+                l.ingest_buffer_mib
             );
         }
         if l.handshake_timeout_secs == 0 {

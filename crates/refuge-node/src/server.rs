@@ -135,6 +135,7 @@ pub async fn serve(
     let ingest = IngestServer::new(IngestService::new(
         store.clone(),
         opts.limits.max_chunk_size,
+        opts.limits.ingest_buffer_mib,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

@@ -62,11 +62,33 @@ fn now_micros() -> i64 {
 pub struct IngestService {
     store: Arc<dyn Store>,
     max_chunk: u32,
+    /// Uploaded chunk data buffered across all streams, in KiB permits:
+    /// node memory for ingest does not grow with the number of agents.
+    buffer: Arc<tokio::sync::Semaphore>,
+    buffer_kib: u32,
 }
 
 impl IngestService {
-    pub(crate) fn new(store: Arc<dyn Store>, max_chunk: u32) -> Self {
-        IngestService { store, max_chunk }
+    /// Verifies and stores a batch on the blocking pool.
+    async fn store_batch(
+        &self,
+        who: &ClientIdentity,
+        batch: Vec<(ChunkId, StoredChunk)>,
+    ) -> Result<refuge_store::PutOutcome, Status> {
+        let store = self.store.clone();
+        let w = who.clone();
+        let max = self.max_chunk;
+        blocking(move || verify_and_put(&*store, &w, batch, max)).await
+    }
+
+    pub(crate) fn new(store: Arc<dyn Store>, max_chunk: u32, buffer_mib: u32) -> Self {
+        let buffer_kib = buffer_mib.saturating_mul(1024).max(1);
+        IngestService {
+            store,
+            max_chunk,
+            buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
+            buffer_kib,
+        }
     }
 }
 
@@ -295,6 +317,11 @@ impl Ingest for IngestService {
         let mut resp = pb::PutChunksResponse::default();
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
+        let mut permits = Vec::new();
+        // A stream's batch is a fair share of the buffer, at most 32 MiB.
+        let batch_limit = PUT_BATCH_BYTES
+            .min(self.buffer_kib as usize * 1024 / 4)
+            .max(1);
         loop {
             let next = stream.message().await?;
             let done = next.is_none();
@@ -310,16 +337,36 @@ impl Ingest for IngestService {
                         chunk.raw_len, self.max_chunk
                     )));
                 }
+                // Room in the node's ingest buffer (a chunk larger than the
+                // whole buffer takes all of it). Never wait while holding
+                // permits: store what this stream has buffered first, so
+                // that streams cannot deadlock each other (or themselves).
+                let kib = (chunk.data.len().div_ceil(1024) as u32).clamp(1, self.buffer_kib);
+                let permit = match self.buffer.clone().try_acquire_many_owned(kib) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if !batch.is_empty() {
+                            let out = self.store_batch(&who, std::mem::take(&mut batch)).await?;
+                            batch_bytes = 0;
+                            permits.clear();
+                            resp.chunks_stored += out.stored;
+                            resp.bytes_stored += out.bytes;
+                        }
+                        self.buffer
+                            .clone()
+                            .acquire_many_owned(kib)
+                            .await
+                            .map_err(|_| Status::unavailable("node is shutting down"))?
+                    }
+                };
+                permits.push(permit);
                 batch_bytes += chunk.data.len();
                 batch.push((id, chunk));
             }
-            if !batch.is_empty() && (done || batch_bytes >= PUT_BATCH_BYTES) {
-                let store = self.store.clone();
-                let w = who.clone();
-                let b = std::mem::take(&mut batch);
-                let max = self.max_chunk;
+            if !batch.is_empty() && (done || batch_bytes >= batch_limit) {
+                let out = self.store_batch(&who, std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
-                let out = blocking(move || verify_and_put(&*store, &w, b, max)).await?;
+                permits.clear();
                 resp.chunks_stored += out.stored;
                 resp.bytes_stored += out.bytes;
             }
