@@ -55,6 +55,10 @@ struct E2eArgs {
     /// shows medians (and ranges of wall time and MB/s).
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Take `refuge`, `refuge-agent` and `refuged` from this directory
+    /// (default: next to this executable), e.g. to measure another build.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +98,9 @@ fn micro_report(dir: Option<PathBuf>, out: Option<PathBuf>, label: &str) -> anyh
 
 fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
     let size = refuge_bench::parse_size(&a.size).map_err(anyhow::Error::msg)?;
+    if let Some(d) = a.bin_dir {
+        e2e::cluster::set_bin_dir(d);
+    }
     if size < 16 << 20 {
         anyhow::bail!("--size must be at least 16MiB");
     }

@@ -17,9 +17,26 @@ pub const TENANT: &str = "bench";
 /// Host of the benchmark's client certificate.
 pub const HOST: &str = "bench-host";
 
-/// Path of a workspace binary: next to this executable (`target/debug/`),
-/// or one level up when run from `target/debug/deps/`.
+/// Directory given with `--bin-dir`, if any.
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Takes the binaries from `dir` instead of from next to this executable
+/// (to compare two builds with one `refuge-bench`).
+pub fn set_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// Path of a workspace binary: in `--bin-dir` if given, else next to this
+/// executable (`target/debug/`), or one level up when run from
+/// `target/debug/deps/`.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(d) = BIN_DIR.get() {
+        let p = d.join(name);
+        if !p.is_file() {
+            bail!("{} not found (--bin-dir)", p.display());
+        }
+        return Ok(p);
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
