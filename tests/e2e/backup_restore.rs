@@ -515,24 +515,7 @@ fn files_ending_in_zeros_restore_at_full_size() {
     let mut tail = noise(300_000, 8);
     tail.extend(vec![0u8; 3 << 20]);
     fs::write(src.join("data-then-zeros"), tail).unwrap();
-    let cfg = c.default_agent(&[("data", &src, "tree")]);
-    let cfg = cfg.to_str().unwrap();
-    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
-    let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            cfg,
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
-    assert_same_tree(&src, &out);
+    c.round_trip(&src);
 }
 
 #[test]
@@ -687,24 +670,7 @@ fn thousands_of_small_files_restore_in_parallel() {
             fs::write(src.join(format!("d{d:02}/f{f:03}")), data).unwrap();
         }
     }
-    let cfg = c.default_agent(&[("data", &src, "tree")]);
-    let cfg = cfg.to_str().unwrap();
-    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
-    let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            cfg,
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
-    assert_same_tree(&src, &out);
+    c.round_trip(&src);
 }
 
 #[test]

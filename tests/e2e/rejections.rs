@@ -167,6 +167,20 @@ fn wrong_ca_expired_certificate_node_down_and_unknown_snapshot_are_clear_errors(
     refuge_tests::assert_same_tree(&src, &out);
 }
 
+/// Uploads `data` as a valid chunk and returns its id.
+async fn put_ok(
+    ingest: &mut refuge_proto::pb::ingest_client::IngestClient<tonic::transport::Channel>,
+    data: &[u8],
+) -> ChunkId {
+    let id = ChunkId::of(data);
+    let up = refuge_proto::upload_to(&id, compress_chunk(data, 3));
+    ingest
+        .put_chunks(futures::stream::iter(vec![up]))
+        .await
+        .unwrap();
+    id
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -308,11 +322,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
         );
 
         // Uploaded, but it references a chunk the node does not have.
-        let up = refuge_proto::upload_to(&mid, compress_chunk(&manifest, 3));
-        ingest
-            .put_chunks(futures::stream::iter(vec![up]))
-            .await
-            .unwrap();
+        assert_eq!(put_ok(&mut ingest, &manifest).await, mid);
         let err = ingest.commit_snapshot(commit.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(
@@ -323,14 +333,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
 
         // A stored chunk referenced with the wrong length.
         let short = b"abc".to_vec();
-        let sid = ChunkId::of(&short);
-        ingest
-            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
-                &sid,
-                compress_chunk(&short, 3),
-            )]))
-            .await
-            .unwrap();
+        let sid = put_ok(&mut ingest, &short).await;
         let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
         w.add_entry(&Entry {
             size: 14,
@@ -339,14 +342,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
         .unwrap();
         w.add_chunks(&[ChunkRef { id: sid, len: 14 }]).unwrap();
         let (lying, _) = w.finish().unwrap();
-        let lid = ChunkId::of(&lying);
-        ingest
-            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
-                &lid,
-                compress_chunk(&lying, 3),
-            )]))
-            .await
-            .unwrap();
+        let lid = put_ok(&mut ingest, &lying).await;
         let mut bad = commit.clone();
         bad.manifest = vec![pb::ChunkRef {
             id: lid.0.to_vec(),
@@ -362,14 +358,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
 
         // Manifests that are not manifests, and kinds that do not match.
         let junk = b"not a manifest at all".to_vec();
-        let jid = ChunkId::of(&junk);
-        ingest
-            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
-                &jid,
-                compress_chunk(&junk, 3),
-            )]))
-            .await
-            .unwrap();
+        let jid = put_ok(&mut ingest, &junk).await;
         let mut bad = commit.clone();
         bad.manifest = vec![pb::ChunkRef {
             id: jid.0.to_vec(),
@@ -400,12 +389,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
         );
 
         // With the missing chunk uploaded, the same commit succeeds.
-        let content = b"never uploaded".to_vec();
-        let up = refuge_proto::upload_to(&absent, compress_chunk(&content, 3));
-        ingest
-            .put_chunks(futures::stream::iter(vec![up]))
-            .await
-            .unwrap();
+        assert_eq!(put_ok(&mut ingest, b"never uploaded").await, absent);
         let snap = ingest
             .commit_snapshot(commit)
             .await

@@ -223,6 +223,30 @@ impl Cluster {
         p
     }
 
+    /// Backs up the tree `src` as source `data` with the default client,
+    /// restores `latest` into a fresh directory and checks it matches.
+    pub fn round_trip(&self, src: &Path) {
+        let cfg = self.default_agent(&[("data", src, "tree")]);
+        let cfg = cfg.to_str().unwrap();
+        run("refuge-agent", self.path(), &["-c", cfg, "backup"]).ok();
+        let out = tempfile::tempdir_in(self.path()).unwrap();
+        let target = out.path().join("restored");
+        run(
+            "refuge",
+            self.path(),
+            &[
+                "-c",
+                cfg,
+                "restore",
+                "latest",
+                "--target",
+                target.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        assert_same_tree(src, &target);
+    }
+
     /// The default client (finance/db1) config with these sources.
     pub fn default_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
         self.agent_config("agent.toml", "certs/finance-db1", "certs/ca.pem", sources)

@@ -256,28 +256,9 @@ impl Parents {
         let Some(refs) = from_checkpoint else {
             return Ok(None);
         };
-        let ids: Vec<Vec<u8>> = refs
-            .iter()
-            .filter(|r| !r.is_hole())
-            .map(|r| r.id.0.to_vec())
-            .collect();
-        for batch in ids.chunks(refuge_proto::MAX_FIND_IDS) {
-            let missing = self
-                .rt
-                .block_on(self.node.ingest.find_missing(pb::FindMissingRequest {
-                    ids: batch.to_vec(),
-                }))
-                .map_err(|s| {
-                    anyhow!(
-                        "asking the node which chunks it lacks: {}",
-                        explain_status(&s)
-                    )
-                })?
-                .into_inner()
-                .missing;
-            if !missing.is_empty() {
-                return Ok(None);
-            }
+        let ids: Vec<ChunkId> = refs.iter().filter(|r| !r.is_hole()).map(|r| r.id).collect();
+        if !self.rt.block_on(self.node.find_missing(&ids))?.is_empty() {
+            return Ok(None);
         }
         Ok(Some((refs, true)))
     }

@@ -281,6 +281,15 @@ mod tests {
         let e = AgentConfig::parse(&format!("{base}[[source]]\nname = \"a b\"\npath = \"/\"\n"))
             .unwrap_err();
         assert!(e.to_string().contains("invalid source name"), "{e}");
+        for (limits, word) in [
+            ("nice = 40", "nice"),
+            ("memory_mib = 8", "memory_mib"),
+            ("threads = 1000", "threads"),
+            ("io_priority = \"realtime\"", "unknown variant"),
+        ] {
+            let e = AgentConfig::parse(&format!("{base}[limits]\n{limits}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains(word), "{limits}: {e:#}");
+        }
         let dup = format!(
             "{base}[[source]]\nname = \"a\"\npath = \"/\"\n[[source]]\nname = \"a\"\npath = \"/x\"\n"
         );

@@ -36,6 +36,41 @@ pub struct Node {
     pub address: String,
 }
 
+impl Node {
+    /// Indexes of `ids` that the node lacks, ascending; asks in batches of
+    /// at most `MAX_FIND_IDS`.
+    pub(crate) async fn find_missing(
+        &self,
+        ids: &[refuge_core::ChunkId],
+    ) -> anyhow::Result<Vec<usize>> {
+        let mut ingest = self.ingest.clone();
+        let mut missing = Vec::new();
+        for (n, batch) in ids.chunks(refuge_proto::MAX_FIND_IDS).enumerate() {
+            let req = pb::FindMissingRequest {
+                ids: batch.iter().map(|id| id.0.to_vec()).collect(),
+            };
+            let resp = ingest
+                .find_missing(req)
+                .await
+                .map_err(|s| {
+                    anyhow!(
+                        "asking the node which chunks it lacks: {}",
+                        explain_status(&s)
+                    )
+                })?
+                .into_inner();
+            for i in resp.missing {
+                let i = i as usize;
+                if i >= batch.len() {
+                    anyhow::bail!("node answered FindMissing with an index out of range");
+                }
+                missing.push(n * refuge_proto::MAX_FIND_IDS + i);
+            }
+        }
+        Ok(missing)
+    }
+}
+
 /// Turns a rustls handshake error into a sentence about the cause.
 fn explain_tls(text: &str, server_name: &str) -> String {
     if text.contains("UnknownIssuer") || text.contains("BadSignature") {

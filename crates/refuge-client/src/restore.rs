@@ -348,9 +348,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a file: its chunk runs follow with [`Writer::chunks`]; the
-    /// previous file is sealed (all its groups are dispatched).
-    fn begin(&mut self, job: FileJob) -> anyhow::Result<Arc<FileJob>> {
+    /// Starts a file written to `tmp` (renamed to `dest` when complete):
+    /// its chunk runs follow with [`Writer::chunks`]; the previous file is
+    /// sealed (all its groups are dispatched).
+    fn begin(
+        &mut self,
+        entry: Entry,
+        tmp: PathBuf,
+        dest: PathBuf,
+        file: File,
+        device: bool,
+        verify_local: bool,
+    ) -> anyhow::Result<Arc<FileJob>> {
+        let job = FileJob {
+            entry,
+            tmp,
+            dest,
+            file,
+            device,
+            verify_local,
+            pending: AtomicUsize::new(0),
+            sealed: AtomicBool::new(false),
+            covered: AtomicU64::new(0),
+        };
         self.seal();
         self.finish_ready(MAX_OPEN_FILES - 1)?;
         let job = Arc::new(job);
@@ -647,17 +667,7 @@ fn restore_tree<R: Read>(
                             open_work_file(&dir, name, &dest, opts.resume)
                                 .with_context(|| format!("restoring {path}"))?;
                         rep.files += 1;
-                        let job = w.begin(FileJob {
-                            entry: e,
-                            tmp,
-                            dest,
-                            file,
-                            device: false,
-                            verify_local,
-                            pending: AtomicUsize::new(0),
-                            sealed: AtomicBool::new(false),
-                            covered: AtomicU64::new(0),
-                        })?;
+                        let job = w.begin(e, tmp, dest, file, false, verify_local)?;
                         current = Some((job, 0));
                     }
                     EntryKind::Symlink => {
@@ -745,17 +755,7 @@ fn restore_image<R: Read>(
                         .ok_or_else(|| anyhow!("target {} has no file name", target.display()))?;
                     open_work_file(&dir, name.as_bytes(), target, opts.resume)?
                 };
-                let job = w.begin(FileJob {
-                    entry: e,
-                    tmp,
-                    dest: target.to_path_buf(),
-                    file,
-                    device,
-                    verify_local,
-                    pending: AtomicUsize::new(0),
-                    sealed: AtomicBool::new(false),
-                    covered: AtomicU64::new(0),
-                })?;
+                let job = w.begin(e, tmp, target.to_path_buf(), file, device, verify_local)?;
                 current = Some((job, 0));
             }
             ManifestRecord::Chunks(refs) => {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use refuge_core::{ChunkId, compress_chunk};
-use refuge_proto::pb;
 use tokio::runtime::Handle;
 
 use crate::connect::{Node, explain_status};
@@ -241,17 +240,8 @@ fn worker(
                 Err(_) => return Ok(stats),
             }
         };
-        let ids = batch.iter().map(|(id, _)| id.0.to_vec()).collect();
-        let missing = rt
-            .block_on(node.ingest.find_missing(pb::FindMissingRequest { ids }))
-            .map_err(|s| {
-                anyhow!(
-                    "asking the node which chunks it lacks: {}",
-                    explain_status(&s)
-                )
-            })?
-            .into_inner()
-            .missing;
+        let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+        let missing = rt.block_on(node.find_missing(&ids))?;
         if missing.is_empty() {
             continue;
         }
@@ -259,9 +249,7 @@ fn worker(
         let mut bytes = 0u64;
         let mut raw = 0u64;
         for i in missing {
-            let (id, data) = batch
-                .get(i as usize)
-                .ok_or_else(|| anyhow!("node answered FindMissing with an index out of range"))?;
+            let (id, data) = &batch[i];
             raw += data.len() as u64;
             let c = compress_chunk(data, level);
             bytes += c.data.len() as u64;

@@ -149,5 +149,7 @@ mod tests {
             NodeConfig::parse(&format!("{base}[limits]\nmax_chunk_size = 99999999\n")).unwrap_err();
         assert!(e.to_string().contains("max_chunk_size"), "{e}");
         assert!(NodeConfig::parse("listen = \"nope\"").is_err());
+        let e = NodeConfig::parse(&format!("{base}[limits]\ningest_buffer_mib = 0\n")).unwrap_err();
+        assert!(e.to_string().contains("ingest_buffer_mib"), "{e}");
     }
 }
