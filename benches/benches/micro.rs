@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use refuge_bench::content::semi_compressible;
 use refuge_core::{
-    ChunkId, Chunker, ChunkerParams, StoredChunk, TenantId, compress_chunk, decode_chunk,
+    ChunkCompressor, ChunkId, Chunker, ChunkerParams, StoredChunk, TenantId, compress_chunk,
+    decode_chunk,
 };
 use refuge_store::Store;
 use refuge_store_rocksdb::{RocksOptions, RocksStore};
@@ -67,6 +68,22 @@ fn compression(c: &mut Criterion) {
             b.iter(|| compress_chunk(black_box(&data), level))
         });
     }
+    for level in [1, 3] {
+        let mut ctx = ChunkCompressor::new(level);
+        g.bench_function(format!("zstd_level_{level}_reused_context_1MiB"), |b| {
+            b.iter(|| ctx.compress(black_box(&data)))
+        });
+    }
+    let small = &data[..16 * 1024];
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_function("zstd_level_3_16KiB", |b| {
+        b.iter(|| compress_chunk(black_box(small), 3))
+    });
+    let mut ctx = ChunkCompressor::new(3);
+    g.bench_function("zstd_level_3_reused_context_16KiB", |b| {
+        b.iter(|| ctx.compress(black_box(small)))
+    });
+    g.throughput(Throughput::Bytes(data.len() as u64));
     let framed = compress_chunk(&data, 3);
     g.bench_function("decode_chunk_level_3_1MiB", |b| {
         b.iter(|| decode_chunk(&id, black_box(&framed), u32::MAX).expect("valid chunk"))

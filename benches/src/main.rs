@@ -59,6 +59,22 @@ struct E2eArgs {
     /// (default: next to this executable), e.g. to measure another build.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// zstd level of the agent (default: the agent's default).
+    #[arg(long)]
+    zstd_level: Option<i32>,
+    /// Average chunk size for one source, NAME=BYTES (image, db or tree);
+    /// repeatable. Minimum and maximum follow at 1/4 and 4x.
+    #[arg(long, value_parser = parse_source_avg)]
+    source_avg_size: Vec<(String, u32)>,
+}
+
+fn parse_source_avg(s: &str) -> Result<(String, u32), String> {
+    let (name, bytes) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=BYTES, got {s:?}"))?;
+    let bytes = refuge_bench::parse_size(bytes)?;
+    let bytes = u32::try_from(bytes).map_err(|_| format!("{bytes} is too large"))?;
+    Ok((name.to_string(), bytes))
 }
 
 #[derive(Subcommand)]
@@ -113,6 +129,10 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         label: a.label.clone(),
         runs: a.runs.max(1),
+        agent: e2e::cluster::AgentSettings {
+            zstd_level: a.zstd_level,
+            source_avg_size: a.source_avg_size,
+        },
     };
     let r = e2e::run(&o)?;
     println!("{}", r.markdown);

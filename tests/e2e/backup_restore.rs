@@ -31,6 +31,25 @@ fn make_tree(root: &Path) {
     )
     .unwrap();
     fs::set_permissions(root.join("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+    // Set-user-ID and set-group-ID bits survive the restore of their owner
+    // (chown clears them, so the restore must set the owner first). Other
+    // owners only when the tests run as root.
+    fs::create_dir(root.join("shared")).unwrap();
+    fs::write(root.join("shared/setuid-tool"), b"#!/bin/sh\n").unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata(root).unwrap().uid() == 0 {
+            std::os::unix::fs::chown(root.join("shared"), Some(1234), Some(1234)).unwrap();
+            std::os::unix::fs::chown(root.join("shared/setuid-tool"), Some(1234), Some(1234))
+                .unwrap();
+        }
+    }
+    fs::set_permissions(
+        root.join("shared/setuid-tool"),
+        fs::Permissions::from_mode(0o6755),
+    )
+    .unwrap();
+    fs::set_permissions(root.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
     filetime::set_file_mtime(
         root.join("empty"),
         filetime::FileTime::from_unix_time(1_000_000_000, 123_456_789),

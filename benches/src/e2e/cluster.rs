@@ -118,10 +118,60 @@ pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
     run_ok(issue, "refuge certs issue")
 }
 
+/// Agent settings a benchmark run changes from the agent's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    /// `[chunking] zstd_level`.
+    pub zstd_level: Option<i32>,
+    /// Per-source `[source.chunking] avg_size`, by source name.
+    pub source_avg_size: Vec<(String, u32)>,
+}
+
+impl AgentSettings {
+    /// The command-line flags that give these settings.
+    pub fn flags(&self) -> String {
+        let mut f = String::new();
+        if let Some(l) = self.zstd_level {
+            f.push_str(&format!(" --zstd-level {l}"));
+        }
+        for (name, avg) in &self.source_avg_size {
+            f.push_str(&format!(" --source-avg-size {name}={avg}"));
+        }
+        f
+    }
+
+    /// In words, for the report.
+    pub fn describe(&self) -> String {
+        let d = refuge_client::ChunkingConfig::default();
+        let kib = |b: u32| b / 1024;
+        let mut s = format!(
+            "FastCDC {} KiB / {} KiB / {} KiB, zstd level {}",
+            kib(d.min_size),
+            kib(d.avg_size),
+            kib(d.max_size),
+            self.zstd_level.unwrap_or(d.zstd_level)
+        );
+        for (name, avg) in &self.source_avg_size {
+            s.push_str(&format!(
+                "; source `{name}`: {} KiB / {} KiB / {} KiB",
+                kib(avg / 4),
+                kib(*avg),
+                kib(avg * 4)
+            ));
+        }
+        s
+    }
+}
+
 /// Writes `dir/node.toml` (store in `dir/store`) and `dir/agent.toml`
-/// (default chunking and zstd level; the given sources) and checks the
-/// agent configuration with the client's own loader.
-pub fn write_configs(dir: &Path, port: u16, sources: &[Source]) -> anyhow::Result<PathBuf> {
+/// (the given sources and settings) and checks the agent configuration
+/// with the client's own loader.
+pub fn write_configs(
+    dir: &Path,
+    port: u16,
+    sources: &[Source],
+    settings: &AgentSettings,
+) -> anyhow::Result<PathBuf> {
     fs::write(
         dir.join("node.toml"),
         format!(
@@ -131,6 +181,9 @@ pub fn write_configs(dir: &Path, port: u16, sources: &[Source]) -> anyhow::Resul
     let mut agent = format!(
         "[node]\naddress = \"127.0.0.1:{port}\"\nca = \"certs/ca.pem\"\ncert = \"certs/{TENANT}-{HOST}.pem\"\nkey = \"certs/{TENANT}-{HOST}.key\"\n"
     );
+    if let Some(l) = settings.zstd_level {
+        agent.push_str(&format!("\n[chunking]\nzstd_level = {l}\n"));
+    }
     for s in sources {
         agent.push_str(&format!(
             "\n[[source]]\nname = \"{}\"\npath = \"{}\"\nkind = \"{}\"\n",
@@ -138,6 +191,9 @@ pub fn write_configs(dir: &Path, port: u16, sources: &[Source]) -> anyhow::Resul
             s.path.display(),
             s.kind
         ));
+        if let Some((_, avg)) = settings.source_avg_size.iter().find(|(n, _)| n == s.name) {
+            agent.push_str(&format!("[source.chunking]\navg_size = {avg}\n"));
+        }
     }
     let path = dir.join("agent.toml");
     fs::write(&path, agent)?;

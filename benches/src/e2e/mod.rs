@@ -41,6 +41,8 @@ pub struct Options {
     /// Complete runs (fresh scratch directory and node each); the report
     /// shows medians.
     pub runs: usize,
+    /// Agent settings that differ from its defaults.
+    pub agent: cluster::AgentSettings,
 }
 
 /// What the node did during a phase.
@@ -334,7 +336,7 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
 
     cluster::make_certs(dir)?;
     let port = cluster::free_port()?;
-    cluster::write_configs(dir, port, &sources)?;
+    cluster::write_configs(dir, port, &sources, &o.agent)?;
     let mut node = Node::start(dir, port)?;
     let resettable = measure::reset_hwm(node.pid);
     let node_start_kib = measure::vm_rss(node.pid).unwrap_or(0);
@@ -563,7 +565,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
     );
     let _ = writeln!(
         s,
-        "Commit `{}`; {}. `refuge-bench --size {} --seed {}{}`: {} (median {:.0} s per run, {:.0} s of it generating data). Default agent settings (FastCDC 256 KiB / 1 MiB / 4 MiB, zstd level 3) and node settings; node, agent and CLI on this one machine over 127.0.0.1 with mTLS; the source data is in the page cache. Load average (1 min) before each run: {}.\n",
+        "Commit `{}`; {}. `refuge-bench --size {} --seed {}{}{}`: {} (median {:.0} s per run, {:.0} s of it generating data). Agent settings: {}; default node settings; node, agent and CLI on this one machine over 127.0.0.1 with mTLS; the source data is in the page cache. Load average (1 min) before each run: {}.\n",
         m.commit,
         m.line(),
         o.size_text,
@@ -573,6 +575,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         } else {
             String::new()
         },
+        o.agent.flags(),
         if n > 1 {
             format!(
                 "{n} complete runs, each with a fresh node and data set; the table shows medians, and for wall time and MB/s the range"
@@ -582,6 +585,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         },
         med(&|r| r.total),
         med(&|r| r.gen_secs),
+        o.agent.describe(),
         runs.iter()
             .map(|r| format!("{:.2}", r.load_before))
             .collect::<Vec<_>>()

@@ -530,8 +530,9 @@ pub async fn backup_source(
     opts: BackupOptions,
 ) -> anyhow::Result<BackupReport> {
     let node = node.clone();
-    let params = cfg.chunking.params();
-    let level = cfg.chunking.zstd_level;
+    let chunking = source.chunking(&cfg.chunking);
+    let params = chunking.params();
+    let level = chunking.zstd_level;
     let source = source.clone();
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || backup_blocking(rt, node, params, level, source, opts))

@@ -179,6 +179,58 @@ pub struct SourceConfig {
     /// `tree` (default) or `image`.
     #[serde(default = "default_kind")]
     pub kind: SourceKind,
+    /// Chunking for this source only, over `[chunking]` (for example
+    /// smaller chunks for a database whose pages change in place).
+    #[serde(default)]
+    pub chunking: SourceChunking,
+}
+
+/// Per-source overrides of `[chunking]`. Giving only `avg_size` sets
+/// `min_size` to a quarter and `max_size` to four times it (FastCDC's
+/// usual spread); fields not given come from `[chunking]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceChunking {
+    /// Minimum chunk size, bytes.
+    pub min_size: Option<u32>,
+    /// Average chunk size, bytes.
+    pub avg_size: Option<u32>,
+    /// Maximum chunk size, bytes.
+    pub max_size: Option<u32>,
+    /// zstd level.
+    pub zstd_level: Option<i32>,
+}
+
+impl SourceConfig {
+    /// This source's chunking: its own settings over `global`.
+    pub fn chunking(&self, global: &ChunkingConfig) -> ChunkingConfig {
+        let o = &self.chunking;
+        let (min, max) = match o.avg_size {
+            Some(avg) => (avg / 4, avg.saturating_mul(4)),
+            None => (global.min_size, global.max_size),
+        };
+        ChunkingConfig {
+            min_size: o.min_size.unwrap_or(min),
+            avg_size: o.avg_size.unwrap_or(global.avg_size),
+            max_size: o.max_size.unwrap_or(max),
+            zstd_level: o.zstd_level.unwrap_or(global.zstd_level),
+        }
+    }
+}
+
+impl ChunkingConfig {
+    fn check(&self, section: &str) -> anyhow::Result<()> {
+        self.params()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{section}: {e}"))?;
+        if !(1..=19).contains(&self.zstd_level) {
+            bail!(
+                "{section} zstd_level must be 1 to 19, got {}",
+                self.zstd_level
+            );
+        }
+        Ok(())
+    }
 }
 
 fn default_kind() -> SourceKind {
@@ -212,10 +264,7 @@ impl AgentConfig {
     /// Parses and checks config text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let cfg: AgentConfig = toml::from_str(text)?;
-        cfg.chunking
-            .params()
-            .validate()
-            .map_err(|e| anyhow::anyhow!("[chunking]: {e}"))?;
+        cfg.chunking.check("[chunking]")?;
         if cfg.limits.memory_mib < 32 {
             bail!(
                 "[limits] memory_mib must be at least 32, got {}",
@@ -228,18 +277,14 @@ impl AgentConfig {
         if cfg.limits.threads > 256 || cfg.limits.restore_threads > 256 {
             bail!("[limits] threads and restore_threads must be 0 (automatic) to 256");
         }
-        if !(1..=19).contains(&cfg.chunking.zstd_level) {
-            bail!(
-                "[chunking] zstd_level must be 1 to 19, got {}",
-                cfg.chunking.zstd_level
-            );
-        }
         let mut seen = std::collections::HashSet::new();
         for s in &cfg.sources {
             SourceName::new(s.name.clone()).map_err(|e| anyhow::anyhow!("[[source]]: {e}"))?;
             if !seen.insert(&s.name) {
                 bail!("[[source]] name {:?} is used twice", s.name);
             }
+            s.chunking(&cfg.chunking)
+                .check(&format!("[[source]] {:?} chunking", s.name))?;
         }
         Ok(cfg)
     }
@@ -270,6 +315,30 @@ mod tests {
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());
+    }
+
+    #[test]
+    fn a_source_may_override_chunking() {
+        let cfg = AgentConfig::parse(
+            "[node]\naddress = \"x:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n\
+             [chunking]\nzstd_level = 5\n\
+             [[source]]\nname = \"db\"\npath = \"/db\"\n\
+             [source.chunking]\navg_size = 65536\n\
+             [[source]]\nname = \"home\"\npath = \"/home\"\n\
+             chunking = { max_size = 8388608, zstd_level = 1 }\n",
+        )
+        .unwrap();
+        let db = cfg.source("db").unwrap().chunking(&cfg.chunking);
+        assert_eq!(
+            (db.min_size, db.avg_size, db.max_size, db.zstd_level),
+            (16384, 65536, 262144, 5)
+        );
+        let home = cfg.source("home").unwrap().chunking(&cfg.chunking);
+        let d = ChunkingConfig::default();
+        assert_eq!(
+            (home.min_size, home.avg_size, home.max_size, home.zstd_level),
+            (d.min_size, d.avg_size, 8 << 20, 1)
+        );
     }
 
     #[test]
@@ -304,6 +373,16 @@ mod tests {
         ))
         .unwrap_err();
         assert!(format!("{e:#}").contains("unknown variant"), "{e:#}");
+        let e = AgentConfig::parse(&format!(
+            "{base}[[source]]\nname = \"db\"\npath = \"/\"\nchunking = {{ avg_size = 100 }}\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("\"db\" chunking"), "{e:#}");
+        let e = AgentConfig::parse(&format!(
+            "{base}[[source]]\nname = \"db\"\npath = \"/\"\nchunking = {{ zstd_level = 30 }}\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("zstd_level"), "{e:#}");
         let cfg =
             AgentConfig::parse(&format!("{base}[[source]]\nname = \"a\"\npath = \"/\"\n")).unwrap();
         assert!(

@@ -18,8 +18,8 @@ mod upload;
 
 pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{
-    AgentConfig, ChunkingConfig, ConnectionConfig, IoPriority, LimitsConfig, SourceConfig,
-    load_config,
+    AgentConfig, ChunkingConfig, ConnectionConfig, IoPriority, LimitsConfig, SourceChunking,
+    SourceConfig, load_config,
 };
 pub use connect::{Node, connect, explain_status};
 pub use progress::ProgressMode;

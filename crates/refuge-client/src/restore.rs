@@ -48,8 +48,10 @@ use crate::connect::Node;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, Piece, RemoteStream};
 
-/// Chunks (and bytes) per group handed to a worker.
-const GROUP_CHUNKS: usize = 16;
+/// Chunks (and bytes) per group handed to a worker. A group may span many
+/// small files, so that a tree of small files costs one request per group
+/// rather than one per file.
+const GROUP_CHUNKS: usize = 32;
 const GROUP_BYTES: u64 = 16 << 20;
 /// Files written but not yet finished (each holds an open descriptor).
 const MAX_OPEN_FILES: usize = 256;
@@ -193,10 +195,34 @@ struct FileJob {
     covered: AtomicU64,
 }
 
-/// A group of a file's chunks at their offsets.
-struct Group {
+/// One chunk of a file at its offset.
+struct Item {
     job: Arc<FileJob>,
-    refs: Vec<(ChunkRef, u64)>,
+    r: ChunkRef,
+    off: u64,
+}
+
+/// A group of chunks, in restore order, of one or more consecutive files.
+/// Each file counts the group once in its `pending` (its items are
+/// contiguous).
+#[derive(Default)]
+struct Group {
+    items: Vec<Item>,
+    bytes: u64,
+}
+
+impl Group {
+    /// Each distinct file of the group, once.
+    fn jobs(&self) -> impl Iterator<Item = &Arc<FileJob>> {
+        let mut last: Option<&Arc<FileJob>> = None;
+        self.items.iter().filter_map(move |it| {
+            if last.is_some_and(|l| Arc::ptr_eq(l, &it.job)) {
+                return None;
+            }
+            last = Some(&it.job);
+            Some(&it.job)
+        })
+    }
 }
 
 /// State shared by the main thread and the workers.
@@ -238,6 +264,9 @@ fn ensure_zero(f: &File, off: u64, len: u32, buf: &mut Vec<u8>) -> anyhow::Resul
     Ok(already)
 }
 
+/// Checks what is already in place (holes, and on resume matching local
+/// content), then fetches the rest of the group in one go. An error names
+/// the file it happened in.
 fn run_group(
     g: &Group,
     fetcher: &mut Fetcher,
@@ -245,43 +274,47 @@ fn run_group(
     bar: &Progress,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    let job = &g.job;
-    let mut want: Vec<(ChunkRef, u64)> = Vec::with_capacity(g.refs.len());
-    for &(r, off) in &g.refs {
+    let context = |it: &Item| format!("restoring {}", lossy(&it.job.entry.path));
+    let mut want: Vec<&Item> = Vec::with_capacity(g.items.len());
+    for it in &g.items {
+        let (job, r) = (&it.job, &it.r);
         if r.is_hole() {
             if job.verify_local || job.device {
-                ensure_zero(&job.file, off, r.len, buf)?;
+                ensure_zero(&job.file, it.off, r.len, buf).with_context(|| context(it))?;
             }
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
-        } else if job.verify_local && local_matches(&job.file, off, &r, buf) {
+        } else if job.verify_local && local_matches(&job.file, it.off, r, buf) {
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             sh.kept.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
         } else {
-            want.push((r, off));
+            want.push(it);
         }
     }
     if want.is_empty() {
         return Ok(());
     }
-    let refs: Vec<ChunkRef> = want.iter().map(|(r, _)| *r).collect();
-    let mut i = 0;
-    fetcher.fetch(&refs, |piece| {
-        let (r, off) = want[i];
-        i += 1;
-        match piece {
-            Piece::Data(d) => {
-                job.file.write_all_at(d, off)?;
-                job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
-                sh.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
-                sh.chunks.fetch_add(1, Ordering::Relaxed);
-                bar.inc(d.len() as u64);
+    let refs: Vec<ChunkRef> = want.iter().map(|it| it.r).collect();
+    // Items delivered so far: on an error, `want[done]` is the one it is about.
+    let mut done = 0;
+    fetcher
+        .fetch(&refs, |piece| {
+            let it = want[done];
+            match piece {
+                Piece::Data(d) => {
+                    it.job.file.write_all_at(d, it.off)?;
+                    it.job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    sh.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    sh.chunks.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(d.len() as u64);
+                }
+                Piece::Hole(_) => bail!("unexpected hole for chunk {}", it.r.id),
             }
-            Piece::Hole(_) => bail!("unexpected hole for chunk {}", r.id),
-        }
-        Ok(())
-    })
+            done += 1;
+            Ok(())
+        })
+        .with_context(|| context(want[done.min(want.len() - 1)]))
 }
 
 fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &Progress) {
@@ -294,9 +327,11 @@ fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &
         if !sh.stop.load(Ordering::SeqCst)
             && let Err(e) = run_group(&g, &mut fetcher, sh, bar, &mut buf)
         {
-            sh.fail(e.context(format!("restoring {}", lossy(&g.job.entry.path))));
+            sh.fail(e);
         }
-        g.job.pending.fetch_sub(1, Ordering::SeqCst);
+        for job in g.jobs() {
+            job.pending.fetch_sub(1, Ordering::SeqCst);
+        }
         let _guard = sh.done.0.lock().unwrap_or_else(|p| p.into_inner());
         sh.done.1.notify_all();
     }
@@ -308,6 +343,8 @@ struct Writer {
     workers: Vec<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
     open: VecDeque<Arc<FileJob>>,
+    /// The group being filled; its files already count it in `pending`.
+    group: Group,
 }
 
 impl Writer {
@@ -335,6 +372,7 @@ impl Writer {
             workers,
             shared,
             open: VecDeque::new(),
+            group: Group::default(),
         }
     }
 
@@ -378,48 +416,56 @@ impl Writer {
         Ok(job)
     }
 
-    /// Dispatches a run of chunks of `job` starting at `offset`; returns
-    /// the offset after them.
+    /// Adds a run of chunks of `job` starting at `offset` to the group
+    /// being filled (dispatching full groups); returns the offset after them.
     fn chunks(
         &mut self,
         job: &Arc<FileJob>,
         refs: &[ChunkRef],
         mut offset: u64,
     ) -> anyhow::Result<u64> {
-        let mut group: Vec<(ChunkRef, u64)> = Vec::new();
-        let mut bytes = 0u64;
         for r in refs {
-            group.push((*r, offset));
+            let last = self.group.items.last();
+            if !last.is_some_and(|it| Arc::ptr_eq(&it.job, job)) {
+                job.pending.fetch_add(1, Ordering::SeqCst);
+            }
+            self.group.items.push(Item {
+                job: job.clone(),
+                r: *r,
+                off: offset,
+            });
             offset += u64::from(r.len);
             if !r.is_hole() {
-                bytes += u64::from(r.len);
+                self.group.bytes += u64::from(r.len);
             }
-            if group.len() >= GROUP_CHUNKS || bytes >= GROUP_BYTES {
-                self.send(job, std::mem::take(&mut group))?;
-                bytes = 0;
+            if self.group.items.len() >= GROUP_CHUNKS || self.group.bytes >= GROUP_BYTES {
+                self.flush()?;
             }
-        }
-        if !group.is_empty() {
-            self.send(job, group)?;
         }
         Ok(offset)
     }
 
-    fn send(&mut self, job: &Arc<FileJob>, refs: Vec<(ChunkRef, u64)>) -> anyhow::Result<()> {
-        self.check()?;
-        job.pending.fetch_add(1, Ordering::SeqCst);
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| anyhow!("restore writer closed"))?;
-        if tx
-            .send(Group {
-                job: job.clone(),
-                refs,
-            })
-            .is_err()
-        {
-            job.pending.fetch_sub(1, Ordering::SeqCst);
+    /// Dispatches the group being filled.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.group.items.is_empty() {
+            return Ok(());
+        }
+        let group = std::mem::take(&mut self.group);
+        let unclaim = |g: &Group| {
+            for job in g.jobs() {
+                job.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        if let Err(e) = self.check() {
+            unclaim(&group);
+            return Err(e);
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            unclaim(&group);
+            bail!("restore writer closed");
+        };
+        if let Err(std::sync::mpsc::SendError(group)) = tx.send(group) {
+            unclaim(&group);
             self.check()?;
             bail!("restore workers stopped");
         }
@@ -445,6 +491,9 @@ impl Writer {
             if self.open.len() <= keep {
                 break;
             }
+            // About to wait for the front file: its last chunks may still
+            // be in the group being filled.
+            self.flush()?;
             self.check()?;
             let g = self.shared.done.0.lock().unwrap_or_else(|p| p.into_inner());
             let _ = self
@@ -508,12 +557,17 @@ fn finish_file(job: &FileJob) -> anyhow::Result<()> {
     }
     // Sparse tail, or a longer file being resumed over: exactly `size`.
     job.file.set_len(job.entry.size)?;
-    fs::set_permissions(
-        &job.tmp,
-        fs::Permissions::from_mode(job.entry.mode & 0o7777),
-    )?;
-    set_owner(&job.tmp, &job.entry, false);
-    filetime::set_file_times(&job.tmp, mtime(&job.entry), mtime(&job.entry))?;
+    // Through the descriptor (no path lookups); the owner before the mode,
+    // because chown clears set-user-ID and set-group-ID bits.
+    let e = &job.entry;
+    if let Err(err) = std::os::unix::fs::fchown(&job.file, Some(e.uid), Some(e.gid))
+        && err.kind() != std::io::ErrorKind::PermissionDenied
+    {
+        tracing::debug!(path = %job.tmp.display(), error = %err, "cannot set owner");
+    }
+    job.file
+        .set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))?;
+    filetime::set_file_handle_times(&job.file, Some(mtime(e)), Some(mtime(e)))?;
     if let Ok(m) = fs::symlink_metadata(&job.dest)
         && m.is_dir()
     {
@@ -696,9 +750,9 @@ fn restore_tree<R: Read>(
         bail!("no path {:?} in this snapshot", lossy(inc));
     }
     for (path, e) in dirs.iter().rev() {
+        set_owner(path, e, false);
         fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o7777))
             .with_context(|| format!("setting permissions of {}", path.display()))?;
-        set_owner(path, e, false);
         filetime::set_file_times(path, mtime(e), mtime(e))?;
     }
     Ok(())

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use refuge_core::{ChunkId, compress_chunk};
+use refuge_core::{ChunkCompressor, ChunkId};
 use tokio::runtime::Handle;
 
 use crate::connect::{Node, explain_status};
@@ -232,6 +232,7 @@ fn worker(
     limiter: Option<&RateLimiter>,
 ) -> anyhow::Result<UploadStats> {
     let mut stats = UploadStats::default();
+    let mut zstd = ChunkCompressor::new(level);
     loop {
         let batch = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,7 +252,7 @@ fn worker(
         for i in missing {
             let (id, data) = &batch[i];
             raw += data.len() as u64;
-            let c = compress_chunk(data, level);
+            let c = zstd.compress(data);
             bytes += c.data.len() as u64;
             uploads.push(refuge_proto::upload_to(id, c));
         }

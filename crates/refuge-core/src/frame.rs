@@ -86,20 +86,48 @@ pub enum FrameError {
 }
 
 /// Compresses a chunk with zstd at `level`, keeping it uncompressed when
-/// that does not save space.
+/// that does not save space. For many chunks, [`ChunkCompressor`] reuses
+/// its zstd context.
 pub fn compress_chunk(data: &[u8], level: i32) -> StoredChunk {
-    let raw_len = data.len() as u32;
-    match zstd::bulk::compress(data, level) {
-        Ok(c) if c.len() < data.len() => StoredChunk {
-            compression: Compression::Zstd,
-            raw_len,
-            data: c,
-        },
-        _ => StoredChunk {
-            compression: Compression::None,
-            raw_len,
-            data: data.to_vec(),
-        },
+    ChunkCompressor::new(level).compress(data)
+}
+
+/// A zstd compression context kept across chunks (one per thread), so that
+/// each chunk does not pay for allocating and initialising its tables.
+pub struct ChunkCompressor {
+    level: i32,
+    ctx: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl ChunkCompressor {
+    /// A compressor at `level` (1 fast to 19 small).
+    pub fn new(level: i32) -> Self {
+        ChunkCompressor {
+            level,
+            ctx: zstd::bulk::Compressor::new(level).ok(),
+        }
+    }
+
+    /// Compresses one chunk, keeping it uncompressed when that does not
+    /// save space (or when zstd fails, which it does not for valid levels).
+    pub fn compress(&mut self, data: &[u8]) -> StoredChunk {
+        let raw_len = data.len() as u32;
+        let compressed = match &mut self.ctx {
+            Some(ctx) => ctx.compress(data).ok(),
+            None => zstd::bulk::compress(data, self.level).ok(),
+        };
+        match compressed {
+            Some(c) if c.len() < data.len() => StoredChunk {
+                compression: Compression::Zstd,
+                raw_len,
+                data: c,
+            },
+            _ => StoredChunk {
+                compression: Compression::None,
+                raw_len,
+                data: data.to_vec(),
+            },
+        }
     }
 }
 

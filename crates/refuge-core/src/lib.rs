@@ -18,7 +18,9 @@ mod names;
 mod snapshot;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};
-pub use frame::{Compression, FrameError, StoredChunk, compress_chunk, decode_chunk};
+pub use frame::{
+    ChunkCompressor, Compression, FrameError, StoredChunk, compress_chunk, decode_chunk,
+};
 pub use id::{ChunkId, ParseIdError};
 pub use manifest::{
     ChunkRef, Entry, EntryKind, ManifestError, ManifestReader, ManifestRecord, ManifestSummary,
