@@ -80,7 +80,7 @@ impl Default for ChunkingConfig {
             min_size: p.min_size,
             avg_size: p.avg_size,
             max_size: p.max_size,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
