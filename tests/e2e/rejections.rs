@@ -489,3 +489,37 @@ fn a_chunk_corrupted_on_the_node_disk_fails_the_restore_naming_file_and_chunk() 
         fs::read(src.join("small.txt")).unwrap()
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
+    let c = Cluster::start_with("[limits]\nmax_connections = 2\nhandshake_timeout_secs = 2\n");
+    let cfg = c.default_agent(&[]);
+    let cfg = cfg.to_str().unwrap();
+    run("refuge", c.path(), &["-c", cfg, "whoami"]).ok();
+
+    // Two connections that never start TLS take both slots.
+    let addr = ("127.0.0.1", c.port());
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = run("refuge", c.path(), &["-c", cfg, "whoami"]).fails(1, "");
+    assert!(r.stderr.contains("connection limit"), "{}", r.stderr);
+    assert!(
+        c.node_log().contains("too many connections"),
+        "{}",
+        c.node_log()
+    );
+
+    // Closing them frees the slots.
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    run("refuge", c.path(), &["-c", cfg, "whoami"]).ok();
+
+    // So does the handshake timeout, for connections that stay open.
+    let _stuck: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    run("refuge", c.path(), &["-c", cfg, "whoami"]).ok();
+}

@@ -140,6 +140,11 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The node's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Starts `refuged` and waits until it accepts connections.
     pub fn start_node(&mut self) {
         assert!(self.node.is_none());

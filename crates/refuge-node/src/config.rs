@@ -47,6 +47,9 @@ pub struct LimitsConfig {
     pub handshake_timeout_secs: u64,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Open client connections (handshakes included); more are closed at
+    /// once and audited.
+    pub max_connections: u32,
     /// Uploaded chunk data the node buffers before storing it, across all
     /// streams and agents, in MiB (uploads wait when it is full).
     pub ingest_buffer_mib: u32,
@@ -58,6 +61,7 @@ impl Default for LimitsConfig {
             max_chunk_size: refuge_core::format::MAX_CHUNK_LEN,
             handshake_timeout_secs: 10,
             max_concurrent_streams: 64,
+            max_connections: 256,
             ingest_buffer_mib: 128,
         }
     }
@@ -119,6 +123,9 @@ impl NodeConfig {
                 "limits.ingest_buffer_mib must be between 1 and 65536, got {}",
                 l.ingest_buffer_mib
             );
+        }
+        if l.max_connections == 0 {
+            bail!("limits.max_connections must be at least 1");
         }
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs must be at least 1");

@@ -6,18 +6,22 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use refuge_proto::pb::ingest_server::IngestServer;
 use refuge_proto::pb::restore_server::RestoreServer;
 use refuge_store::Store;
 use refuge_store_rocksdb::{RocksOptions, RocksStore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
 use crate::config::{LimitsConfig, NodeConfig};
@@ -98,6 +102,9 @@ pub async fn serve(
     });
     let (conn_tx, conn_rx) = mpsc::channel(64);
     let handshake_timeout = Duration::from_secs(opts.limits.handshake_timeout_secs);
+    // Each connection (from accept to close, handshake included) holds a
+    // permit: the node's connection buffers do not grow past the limit.
+    let slots = Arc::new(Semaphore::new(opts.limits.max_connections as usize));
     let mut accept_stop = stop_rx.clone();
     tokio::spawn(async move {
         loop {
@@ -112,13 +119,22 @@ pub async fn serve(
                     }
                 },
             };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                audit_refused(peer, "too many connections (limits.max_connections)");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let conn = Limited {
+                            inner: tls,
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
                     Ok(Err(e)) => audit_refused(peer, &e.to_string()),
                     Err(_) => audit_refused(peer, "TLS handshake timed out"),
@@ -157,6 +173,56 @@ pub async fn serve(
         .context("gRPC server failed")?;
     info!("server stopped");
     Ok(())
+}
+
+/// A connection that holds one of the node's connection slots until it is
+/// dropped.
+struct Limited<T> {
+    inner: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: Connected> Connected for Limited<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 fn audit_refused(peer: SocketAddr, why: &str) {
