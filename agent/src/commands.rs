@@ -164,7 +164,7 @@ impl From<&SnapshotRecord> for SnapshotJson {
 /// Filters for listing and resolving.
 #[derive(Default)]
 pub struct Filter {
-    /// Tenant (only the caller's own can match).
+    /// Tenant (one the certificate acts for; any other matches nothing).
     pub tenant: Option<String>,
     /// Host.
     pub host: Option<String>,
@@ -271,6 +271,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             at_unix_micros: at,
             host: a.filter.host.unwrap_or_default(),
             source: a.filter.source.unwrap_or_default(),
+            tenant: a.filter.tenant.unwrap_or_default(),
         })
         .await
         .map_err(|s| anyhow!("{}", explain_status(&s)))?
@@ -314,13 +315,48 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
     Ok(0)
 }
 
+#[derive(Serialize)]
+struct WhoAmIJson<'a> {
+    role: &'a str,
+    name: &'a str,
+    tenants: &'a [String],
+    serial: &'a str,
+    node: &'a str,
+}
+
 /// `refuge whoami`.
-pub async fn whoami(path: &Path) -> Outcome {
+pub async fn whoami(path: &Path, json: bool) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    println!(
-        "tenant {} host {} at node {}",
-        node.tenant, node.host, node.address
-    );
+    if json {
+        let v = WhoAmIJson {
+            role: &node.role,
+            name: &node.name,
+            tenants: &node.tenants,
+            serial: &node.serial,
+            node: &node.address,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
+        );
+    } else if node.role == "agent" {
+        println!(
+            "agent of tenant {} on host {} (serial {}) at node {}",
+            node.tenant, node.host, node.serial, node.address
+        );
+    } else {
+        let tenants = if node.tenants.is_empty() {
+            "no tenant data".to_string()
+        } else if node.tenants == ["*"] {
+            "all tenants".to_string()
+        } else {
+            format!("tenants {}", node.tenants.join(", "))
+        };
+        println!(
+            "{} {} for {tenants} (serial {}) at node {}",
+            node.role, node.name, node.serial, node.address
+        );
+    }
     Ok(0)
 }

@@ -86,7 +86,8 @@ fn certificates_are_made_and_never_overwritten() {
     let pem = std::fs::read_to_string(d.path().join("pki/finance-db1.pem")).unwrap();
     let der = refuge_tls::parse_certs("c", &pem).unwrap().remove(0);
     let id = refuge_tls::identity_from_cert(&der).unwrap();
-    assert_eq!((id.tenant.as_str(), id.host.as_str()), ("finance", "db1"));
+    let (tenant, host) = id.agent_of().unwrap();
+    assert_eq!((tenant.as_str(), host.as_str()), ("finance", "db1"));
     let o = cmd(
         CLI,
         &[

@@ -407,7 +407,7 @@ fn special_files_are_reported_not_fatal_and_tenants_are_isolated() {
     let who = run("refuge", c.path(), &["-c", other, "whoami"])
         .ok()
         .stdout;
-    assert!(who.contains("tenant health host web1"), "{who}");
+    assert!(who.contains("agent of tenant health on host web1"), "{who}");
 }
 
 #[test]

@@ -6,3 +6,4 @@
 
 mod backup_restore;
 mod rejections;
+mod security;

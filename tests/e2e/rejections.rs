@@ -75,8 +75,10 @@ fn wrong_ca_expired_certificate_node_down_and_unknown_snapshot_are_clear_errors(
     let now = time::OffsetDateTime::now_utc();
     let expired = ca
         .issue_client(
-            &refuge_core::TenantId::new("finance").unwrap(),
-            &refuge_core::HostName::new("db1").unwrap(),
+            &refuge_tls::ClientIdentity::agent(
+                refuge_core::TenantId::new("finance").unwrap(),
+                refuge_core::HostName::new("db1").unwrap(),
+            ),
             refuge_tls::Validity {
                 not_before: now - time::Duration::days(10),
                 not_after: now - time::Duration::days(1),
@@ -496,6 +498,10 @@ fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
     let cfg = c.default_agent(&[]);
     let cfg = cfg.to_str().unwrap();
     run("refuge", c.path(), &["-c", cfg, "whoami"]).ok();
+    // Let the node see that connection close (under load it may take a
+    // moment), so that the two below get both slots.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!c.node_log().contains("too many connections"));
 
     // Two connections that never start TLS take both slots.
     let addr = ("127.0.0.1", c.port());
@@ -503,6 +509,11 @@ fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !c.node_log().contains("too many connections"),
+        "an idle connection was refused: a slot was still taken\n{}",
+        c.node_log()
+    );
     let r = run("refuge", c.path(), &["-c", cfg, "whoami"]).fails(1, "");
     assert!(r.stderr.contains("connection limit"), "{}", r.stderr);
     assert!(

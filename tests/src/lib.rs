@@ -200,6 +200,55 @@ impl Cluster {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the running node.
+    pub fn signal_node(&self, sig: &str) {
+        let pid = self.node.as_ref().expect("node running").id();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Issues a client certificate with `refuge certs issue --dir certs
+    /// ARGS` and returns a client config using it (no sources), named
+    /// after the certificate.
+    pub fn client(&self, args: &[&str]) -> PathBuf {
+        let mut all = vec!["certs", "issue", "--dir", "certs"];
+        all.extend_from_slice(args);
+        let r = run("refuge", self.path(), &all).ok();
+        let file = r
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("cert = "))
+            .unwrap_or_else(|| panic!("no certificate named in {:?}", r.stdout))
+            .trim_matches('"')
+            .to_string();
+        let base = Path::new(&file)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        self.agent_config(
+            &format!("{base}.toml"),
+            &format!("certs/{base}"),
+            "certs/ca.pem",
+            &[],
+        )
+    }
+
+    /// The audit log as `refuge audit --json` prints it, read with the
+    /// auditor config `auditor`.
+    pub fn audit(&self, auditor: &Path) -> Vec<serde_json::Value> {
+        let r = run(
+            "refuge",
+            self.path(),
+            &["-c", auditor.to_str().unwrap(), "audit", "--json"],
+        )
+        .ok();
+        r.json().as_array().unwrap().clone()
+    }
+
     pub fn node_log(&self) -> String {
         fs::read_to_string(self.path().join("node.log")).unwrap_or_default()
     }

@@ -1,4 +1,4 @@
-//! `refuge`: the operator CLI — certificates, snapshots, restores.
+//! `refuge`: the operator CLI — certificates, snapshots, restores, audit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,9 +31,9 @@ enum Command {
     /// Create and issue certificates.
     #[command(subcommand)]
     Certs(Certs),
-    /// List restore points (snapshots) of your tenant.
+    /// List restore points (snapshots) of the tenants you act for.
     Snapshots {
-        /// Only this tenant (yours; any other matches nothing).
+        /// Only this tenant (one you act for; any other matches nothing).
         #[arg(long)]
         tenant: Option<String>,
         /// Only this host.
@@ -60,6 +60,10 @@ enum Command {
         /// Source of the snapshot (needed when several sources match).
         #[arg(long)]
         source: Option<String>,
+        /// Tenant of the snapshot (needed when your certificate acts for
+        /// several).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Directory to restore a tree into, or file/device path for an image.
         #[arg(long)]
         target: PathBuf,
@@ -74,8 +78,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the tenant and host the node reads from your certificate.
-    Whoami,
+    /// Show the role, name, tenants and serial the node reads from your
+    /// certificate.
+    Whoami {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the node's audit log (auditor certificates only); `audit
+    /// verify` checks its hash chain.
+    Audit {
+        #[command(subcommand)]
+        verify: Option<AuditCmd>,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the audit log's hash chain: exit 0 if intact, 1 if a record
+    /// was edited, inserted, removed or reordered.
+    Verify {
+        /// SEQ:HASH printed by an earlier verify: also fail if that record
+        /// is gone or changed (detects removal of the newest records).
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,23 +128,47 @@ enum Certs {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
-    /// Issue a client certificate for a tenant (department) and host.
+    /// Issue a client certificate: an agent for a tenant's host, an
+    /// operator for some tenants, an admin or an auditor.
+    ///
+    /// Agents get TENANT-HOST.pem and .key; other roles ROLE-NAME.pem and
+    /// .key. The serial number printed is what node.toml's
+    /// revoked_serials names to revoke the certificate.
     Issue {
         /// Directory holding ca.pem and ca.key.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Tenant (department) name.
+        /// agent (adds and commits backups of its own host), operator
+        /// (lists and restores its tenants), admin (retention, garbage
+        /// collection, verification; never reads data) or auditor (reads
+        /// the audit log).
+        #[arg(long, default_value = "agent")]
+        role: refuge_tls::Role,
+        /// Tenant (department): exactly one for an agent, one or more
+        /// (repeat the flag) for an operator, none for admin and auditor.
         #[arg(long)]
-        tenant: String,
-        /// Host name.
+        tenant: Vec<String>,
+        /// An operator for every tenant, present and future.
         #[arg(long)]
+        all_tenants: bool,
+        /// The agent's host name, or the name of an operator, admin or
+        /// auditor (the certificate's CN).
+        #[arg(long, visible_alias = "name")]
         host: String,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
-        /// Where to write TENANT-HOST.pem and .key (default: --dir).
+        /// Where to write the certificate and key (default: --dir).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+    },
+    /// Show the role, name, tenants, serial and expiry of a certificate.
+    Show {
+        /// The certificate (PEM).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -124,11 +184,22 @@ fn main() -> ExitCode {
         }) => refuge_cli::certs::init(&dir, &node_names, days),
         Command::Certs(Certs::Issue {
             dir,
+            role,
             tenant,
+            all_tenants,
             host,
             days,
             out_dir,
-        }) => refuge_cli::certs::issue(&dir, &tenant, &host, days, out_dir.as_deref()),
+        }) => refuge_cli::certs::issue(&refuge_cli::certs::IssueArgs {
+            dir,
+            role,
+            tenants: tenant,
+            all_tenants,
+            name: host,
+            days,
+            out: out_dir,
+        }),
+        Command::Certs(Certs::Show { file, json }) => refuge_cli::certs::show(&file, json),
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {
@@ -155,13 +226,14 @@ fn main() -> ExitCode {
                         at,
                         host,
                         source,
+                        tenant,
                         target,
                         include,
                         json,
                         resume,
                     } => {
                         let filter = Filter {
-                            tenant: None,
+                            tenant,
                             host,
                             source,
                         };
@@ -179,7 +251,16 @@ fn main() -> ExitCode {
                         )
                         .await
                     }
-                    Command::Whoami => refuge_cli::commands::whoami(&cfg).await,
+                    Command::Whoami { json } => refuge_cli::commands::whoami(&cfg, json).await,
+                    Command::Audit {
+                        verify: Some(AuditCmd::Verify { expect_head, json }),
+                        ..
+                    } => refuge_cli::audit::verify(&cfg, expect_head.as_deref(), json).await,
+                    Command::Audit {
+                        verify: None,
+                        since,
+                        json,
+                    } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
                     Command::Certs(_) => unreachable!("handled above"),
                 }
             }),

@@ -509,6 +509,7 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
         at_unix_micros: 0,
         host: node.host.clone(),
         source: source.into(),
+        tenant: node.tenant.clone(),
     };
     let snap = match rt.block_on(node.restore.clone().resolve_snapshot(req)) {
         Ok(s) => s.into_inner(),
@@ -525,7 +526,7 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
         return Ok(None);
     }
     let stream = RemoteStream::new(
-        Fetcher::new(rt.clone(), node.clone()),
+        Fetcher::new(rt.clone(), node.clone(), node.tenant.clone()),
         snap.manifest.clone(),
     );
     let reader = ManifestReader::new(Box::new(stream) as Box<dyn Read + Send>)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use hyper_util::rt::TokioIo;
 use refuge_proto::pb;
+use refuge_proto::pb::audit_client::AuditClient;
 use refuge_proto::pb::ingest_client::IngestClient;
 use refuge_proto::pb::restore_client::RestoreClient;
 use tokio::net::TcpStream;
@@ -28,9 +29,20 @@ pub struct Node {
     pub ingest: IngestClient<Channel>,
     /// Restore service client.
     pub restore: RestoreClient<Channel>,
-    /// Tenant the node read from our certificate.
+    /// Audit service client.
+    pub audit: AuditClient<Channel>,
+    /// Role the node read from our certificate (`agent`, `operator`,
+    /// `admin`, `auditor`).
+    pub role: String,
+    /// Our certificate's CN.
+    pub name: String,
+    /// Tenants we act for (`*` for all).
+    pub tenants: Vec<String>,
+    /// Our certificate's serial number (hex).
+    pub serial: String,
+    /// An agent's tenant (empty for other roles).
     pub tenant: String,
-    /// Host the node read from our certificate.
+    /// An agent's host (empty for other roles).
     pub host: String,
     /// The node's address, for messages.
     pub address: String,
@@ -215,7 +227,10 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let mut restore = RestoreClient::new(channel.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let ingest = IngestClient::new(channel)
+    let ingest = IngestClient::new(channel.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let audit = AuditClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let who = restore
@@ -237,10 +252,15 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
             }
         })?
         .into_inner();
-    tracing::debug!(tenant = %who.tenant, host = %who.host, node_version = %who.node_version, "connected");
+    tracing::debug!(role = %who.role, name = %who.name, node_version = %who.node_version, "connected");
     Ok(Node {
         ingest,
         restore,
+        audit,
+        role: who.role,
+        name: who.name,
+        tenants: who.tenants,
+        serial: who.serial,
         tenant: who.tenant,
         host: who.host,
         address,

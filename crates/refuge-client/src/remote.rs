@@ -19,11 +19,13 @@ const FETCH_BYTES: u64 = 64 << 20;
 pub(crate) struct Fetcher {
     rt: Handle,
     node: Node,
+    tenant: String,
 }
 
 impl Fetcher {
-    pub(crate) fn new(rt: Handle, node: Node) -> Self {
-        Fetcher { rt, node }
+    /// Fetches `tenant`'s chunks.
+    pub(crate) fn new(rt: Handle, node: Node, tenant: String) -> Self {
+        Fetcher { rt, node, tenant }
     }
 
     /// Fetches `refs` in order and hands each verified chunk (or hole) to
@@ -55,7 +57,10 @@ impl Fetcher {
             let mut restore = self.node.restore.clone();
             let mut stream = self
                 .rt
-                .block_on(restore.get_chunks(pb::GetChunksRequest { ids }))
+                .block_on(restore.get_chunks(pb::GetChunksRequest {
+                    ids,
+                    tenant: self.tenant.clone(),
+                }))
                 .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?
                 .into_inner();
             for r in group {

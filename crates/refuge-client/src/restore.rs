@@ -348,7 +348,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(rt: &Handle, node: &Node, threads: usize, bar: &Progress) -> Self {
+    fn new(rt: &Handle, node: &Node, tenant: &str, threads: usize, bar: &Progress) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = sync_channel::<Group>(threads);
         let rx = Arc::new(Mutex::new(rx));
@@ -363,7 +363,7 @@ impl Writer {
         let workers = (0..threads)
             .map(|_| {
                 let (rx, sh, bar) = (rx.clone(), shared.clone(), bar.clone());
-                let fetcher = Fetcher::new(rt.clone(), node.clone());
+                let fetcher = Fetcher::new(rt.clone(), node.clone(), tenant.to_string());
                 std::thread::spawn(move || worker(&rx, fetcher, &sh, &bar))
             })
             .collect();
@@ -635,12 +635,13 @@ fn restore_blocking(
         ..Default::default()
     };
     let bar = Progress::new(opts.progress, "restore", Some(snap.logical_bytes));
+    let tenant = snap.tenant.to_string();
     let stream = RemoteStream::new(
-        Fetcher::new(rt.clone(), node.clone()),
+        Fetcher::new(rt.clone(), node.clone(), tenant.clone()),
         snap.manifest.clone(),
     );
     let mut reader = ManifestReader::new(stream).context("reading the snapshot's manifest")?;
-    let mut writer = Writer::new(&rt, &node, opts.threads, &bar);
+    let mut writer = Writer::new(&rt, &node, &tenant, opts.threads, &bar);
     let result = match snap.kind {
         SourceKind::Tree => restore_tree(&mut reader, &mut writer, &opts, &mut rep),
         SourceKind::Image => {

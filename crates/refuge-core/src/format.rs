@@ -60,3 +60,6 @@ pub const MAX_REFS_PER_RUN: u32 = 4096;
 
 /// Longest path accepted in a manifest, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// Audit record format version (the node's hash-chained audit log).
+pub const AUDIT_RECORD_VERSION: u8 = 1;

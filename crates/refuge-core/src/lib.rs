@@ -8,6 +8,7 @@
 //! is described in `docs/format.md`; the version numbers and algorithm ids
 //! live in [`format`].
 
+pub mod audit;
 mod chunker;
 mod codec;
 pub mod format;

@@ -23,6 +23,9 @@ pub struct NodeConfig {
     /// RocksDB tuning.
     #[serde(default)]
     pub rocksdb: RocksConfig,
+    /// The file this was read from (watched for revocations), if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Certificate files (PEM). Relative paths are relative to the config file.
@@ -35,6 +38,21 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The node's private key.
     pub key: PathBuf,
+    /// Serial numbers (hex, as `refuge certs show` prints them) of client
+    /// certificates that are refused. Re-read on SIGHUP and when the file
+    /// changes; no restart needed.
+    #[serde(default)]
+    pub revoked_serials: Vec<String>,
+}
+
+impl TlsFiles {
+    /// The revoked serials, normalised (checked when the file is parsed).
+    pub fn revoked(&self) -> std::collections::HashSet<String> {
+        self.revoked_serials
+            .iter()
+            .filter_map(|s| refuge_tls::normalize_serial(s).ok())
+            .collect()
+    }
 }
 
 /// Limits on client input.
@@ -94,6 +112,7 @@ impl NodeConfig {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut cfg = Self::parse(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
+        cfg.source = Some(path.to_path_buf());
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.data_dir,
@@ -130,6 +149,10 @@ impl NodeConfig {
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs must be at least 1");
         }
+        for s in &cfg.tls.revoked_serials {
+            refuge_tls::normalize_serial(s)
+                .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
+        }
         Ok(cfg)
     }
 }
@@ -158,5 +181,14 @@ mod tests {
         assert!(NodeConfig::parse("listen = \"nope\"").is_err());
         let e = NodeConfig::parse(&format!("{base}[limits]\ningest_buffer_mib = 0\n")).unwrap_err();
         assert!(e.to_string().contains("ingest_buffer_mib"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}revoked_serials = [\"zz\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("revoked_serials"), "{e}");
+        let ok = NodeConfig::parse(&format!(
+            "{base}revoked_serials = [\"0x0A:bc\", \"00ff\"]\n"
+        ))
+        .unwrap();
+        let mut got: Vec<String> = ok.tls.revoked().into_iter().collect();
+        got.sort();
+        assert_eq!(got, ["0abc", "ff"]);
     }
 }

@@ -1,17 +1,22 @@
 //! The backup node: configuration, the TLS 1.3 mutual-auth server loop and
-//! the `Ingest` and `Restore` gRPC services.
+//! the `Ingest`, `Restore` and `Audit` gRPC services.
 //!
 //! The `refuged` binary parses arguments and calls [`run`]. [`serve`] takes
 //! any [`Store`] and a bound listener, for embedding and in-process tests;
 //! the end-to-end tests run the real binary.
 //!
 //! What is deliberately absent here: chunking, manifest writing and any
-//! client logic; and any way for a request to name its own tenant. The
-//! tenant always comes from the verified client certificate.
+//! client logic; and any way for a request to widen its scope. Role and
+//! tenants always come from the verified client certificate (`access`);
+//! a request may only narrow them.
 //!
-//! Audit events (authentication failures, rejected chunks and commits,
-//! committed snapshots) are logged with the tracing target `audit`.
+//! Audit events (authentication failures, permission denials, rejected
+//! chunks and commits, committed and opened snapshots, configuration
+//! reloads) go to the store's hash-chained audit log (`audit`) and to the
+//! tracing target `audit`.
 
+mod access;
+mod audit;
 mod config;
 mod server;
 mod service;

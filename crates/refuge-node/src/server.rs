@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use refuge_proto::pb::audit_server::AuditServer;
 use refuge_proto::pb::ingest_server::IngestServer;
 use refuge_proto::pb::restore_server::RestoreServer;
 use refuge_store::Store;
@@ -24,8 +25,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
+use crate::access::Access;
+use crate::audit::{AuditLog, Outcome};
 use crate::config::{LimitsConfig, NodeConfig};
-use crate::service::{IngestService, RestoreService};
+use crate::service::{AuditService, IngestService, RestoreService};
 
 /// What [`serve`] needs besides the store and listener.
 pub struct ServeOptions {
@@ -33,6 +36,11 @@ pub struct ServeOptions {
     pub tls: rustls_config::ServerConfig,
     /// Client input limits.
     pub limits: LimitsConfig,
+    /// Serial numbers of revoked client certificates (normalised hex).
+    pub revoked: std::collections::HashSet<String>,
+    /// The config file to re-read for `tls.revoked_serials` on SIGHUP and
+    /// when it changes (`None`: the list is fixed).
+    pub reload_from: Option<std::path::PathBuf>,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -74,6 +82,8 @@ pub async fn run(
         listener,
         ServeOptions {
             tls,
+            revoked: cfg.tls.revoked(),
+            reload_from: cfg.source.clone(),
             limits: cfg.limits,
         },
         shutdown,
@@ -94,18 +104,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let audit = AuditLog::start(store.clone());
+    let access = Arc::new(Access::new(audit.clone(), opts.revoked));
+    audit.record(
+        "node",
+        "",
+        "node_started",
+        Outcome::Ok,
+        &format!(
+            "listening on {addr}; {} revoked serials",
+            access.revoked_count()
+        ),
+    );
     let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    if let Some(path) = opts.reload_from {
+        tokio::spawn(watch_config(path, access.clone(), stop_rx.clone()));
+    }
     let (conn_tx, conn_rx) = mpsc::channel(64);
     let handshake_timeout = Duration::from_secs(opts.limits.handshake_timeout_secs);
     // Each connection (from accept to close, handshake included) holds a
     // permit: the node's connection buffers do not grow past the limit.
     let slots = Arc::new(Semaphore::new(opts.limits.max_connections as usize));
     let mut accept_stop = stop_rx.clone();
+    let refused_log = audit.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -120,13 +146,18 @@ pub async fn serve(
                 },
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                audit_refused(peer, "too many connections (limits.max_connections)");
+                audit_refused(
+                    &refused_log,
+                    peer,
+                    "too many connections (limits.max_connections)",
+                );
                 drop(tcp);
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
+            let log = refused_log.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
@@ -136,8 +167,8 @@ pub async fn serve(
                         };
                         let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
-                    Ok(Err(e)) => audit_refused(peer, &e.to_string()),
-                    Err(_) => audit_refused(peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => audit_refused(&log, peer, &e.to_string()),
+                    Err(_) => audit_refused(&log, peer, "TLS handshake timed out"),
                 }
             });
         }
@@ -146,16 +177,21 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
     health.set_serving::<RestoreServer<RestoreService>>().await;
+    health.set_serving::<AuditServer<AuditService>>().await;
 
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     let ingest = IngestServer::new(IngestService::new(
         store.clone(),
+        access.clone(),
         opts.limits.max_chunk_size,
         opts.limits.ingest_buffer_mib,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let restore = RestoreServer::new(RestoreService::new(store))
+    let restore = RestoreServer::new(RestoreService::new(store.clone(), access.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let audit_svc = AuditServer::new(AuditService::new(store, access))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     info!(%addr, "refuged listening (gRPC over TLS 1.3, client certificates required)");
@@ -166,11 +202,19 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(ingest)
         .add_service(restore)
+        .add_service(audit_svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             let _ = stop.changed().await;
         })
         .await
         .context("gRPC server failed")?;
+    audit.record("node", "", "node_stopped", Outcome::Ok, "shut down");
+    if tokio::time::timeout(Duration::from_secs(10), audit.flush())
+        .await
+        .is_err()
+    {
+        warn!("audit records still queued at shutdown were not all written");
+    }
     info!("server stopped");
     Ok(())
 }
@@ -225,6 +269,82 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
     }
 }
 
-fn audit_refused(peer: SocketAddr, why: &str) {
-    warn!(target: "audit", event = "auth_failed", %peer, reason = why, "connection refused: {why}");
+fn audit_refused(log: &AuditLog, peer: SocketAddr, why: &str) {
+    log.record(
+        &peer.to_string(),
+        "",
+        "auth_failed",
+        Outcome::Refused,
+        &format!("connection refused: {why}"),
+    );
+}
+
+/// How often the config file's modification time is checked.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Re-reads the revocation list from `path` on SIGHUP and whenever the
+/// file's modification time or size changes; a file that no longer parses
+/// keeps the previous list (and says so in the audit log).
+async fn watch_config(
+    path: std::path::PathBuf,
+    access: Arc<Access>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; the config file is still watched");
+            None
+        }
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        let why = tokio::select! {
+            _ = stop.changed() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last { continue; }
+                last = now;
+                "file changed"
+            }
+        };
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || NodeConfig::load(&p)).await;
+        match loaded {
+            Ok(Ok(cfg)) => {
+                let revoked = cfg.tls.revoked();
+                let n = revoked.len();
+                access.set_revoked(revoked);
+                access.audit.record(
+                    "node",
+                    "",
+                    "config_reloaded",
+                    Outcome::Ok,
+                    &format!(
+                        "{} ({why}): {n} revoked serials in effect; other settings apply at the next restart",
+                        path.display()
+                    ),
+                );
+            }
+            Ok(Err(e)) => access.audit.record(
+                "node",
+                "",
+                "config_reloaded",
+                Outcome::Failed,
+                &format!(
+                    "{} ({why}): {e:#}; the previous revocation list stays in effect",
+                    path.display()
+                ),
+            ),
+            Err(e) => warn!(error = %e, "config reload failed"),
+        }
+    }
 }

@@ -1,6 +1,6 @@
-//! The `Ingest` and `Restore` services. Every handler first reads the
-//! caller's identity from its certificate; stores are called on the
-//! blocking pool.
+//! The `Ingest`, `Restore` and `Audit` services. Every handler first
+//! admits the caller ([`Access::admit`]: identity, revocation, role);
+//! stores are called on the blocking pool.
 
 use std::io::Read;
 use std::pin::Pin;
@@ -12,30 +12,19 @@ use refuge_core::{
     ChunkId, ChunkRef, FrameError, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
     SourceName, StoredChunk, TenantId, decode_chunk,
 };
-use refuge_proto::pb::{self, ingest_server::Ingest, restore_server::Restore};
+use refuge_proto::pb::{self, audit_server::Audit, ingest_server::Ingest, restore_server::Restore};
 use refuge_proto::{MAX_FIND_IDS, MAX_GET_IDS, MAX_MANIFEST_CHUNKS};
 use refuge_store::{NewSnapshot, Store, StoreError};
-use refuge_tls::{ClientIdentity, identity_from_cert};
+use refuge_tls::Role;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+
+use crate::access::{Access, Scope};
+use crate::audit::{AuditLog, Outcome};
 
 /// Largest batch of verified chunks written to the store at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
 
-fn identity<T>(req: &Request<T>) -> Result<ClientIdentity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    identity_from_cert(leaf).map_err(|e| {
-        warn!(target: "audit", event = "auth_failed", reason = %e, "certificate without a refuge identity");
-        Status::unauthenticated(e.to_string())
-    })
-}
-
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NoSpace(m) => Status::resource_exhausted(format!("node storage is full: {m}")),
         StoreError::Corrupt(m) => Status::data_loss(format!("stored data is corrupt: {m}")),
@@ -51,16 +40,47 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
 
-/// The ingest service.
+/// An agent, admitted: the tenant and host its certificate names.
+#[derive(Clone)]
+struct AgentCaller {
+    tenant: TenantId,
+    host: refuge_core::HostName,
+    subject: String,
+    audit: AuditLog,
+}
+
+impl AgentCaller {
+    fn admit<T>(access: &Access, req: &Request<T>, rpc: &str) -> Result<Self, Status> {
+        let who = access.admit(req, rpc, &[Role::Agent])?;
+        let (tenant, host) = who
+            .agent_of()
+            .ok_or_else(|| Status::internal("agent identity without a tenant and host"))?;
+        Ok(AgentCaller {
+            tenant,
+            host,
+            subject: who.subject(),
+            audit: access.audit.clone(),
+        })
+    }
+
+    /// Audits an event of this agent's tenant.
+    fn record(&self, event: &str, outcome: Outcome, detail: &str) {
+        self.audit
+            .record(&self.subject, self.tenant.as_str(), event, outcome, detail);
+    }
+}
+
+/// The ingest service (agents only).
 pub struct IngestService {
     store: Arc<dyn Store>,
+    access: Arc<Access>,
     max_chunk: u32,
     /// Uploaded chunk data buffered across all streams, in KiB permits:
     /// node memory for ingest does not grow with the number of agents.
@@ -72,7 +92,7 @@ impl IngestService {
     /// Verifies and stores a batch on the blocking pool.
     async fn store_batch(
         &self,
-        who: &ClientIdentity,
+        who: &AgentCaller,
         batch: Vec<(ChunkId, StoredChunk)>,
     ) -> Result<refuge_store::PutOutcome, Status> {
         let store = self.store.clone();
@@ -81,10 +101,16 @@ impl IngestService {
         blocking(move || verify_and_put(&*store, &w, batch, max)).await
     }
 
-    pub(crate) fn new(store: Arc<dyn Store>, max_chunk: u32, buffer_mib: u32) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        access: Arc<Access>,
+        max_chunk: u32,
+        buffer_mib: u32,
+    ) -> Self {
         let buffer_kib = buffer_mib.saturating_mul(1024).max(1);
         IngestService {
             store,
+            access,
             max_chunk,
             buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
             buffer_kib,
@@ -96,7 +122,7 @@ impl IngestService {
 /// failure after storing what came before it.
 fn verify_and_put(
     store: &dyn Store,
-    who: &ClientIdentity,
+    who: &AgentCaller,
     batch: Vec<(ChunkId, StoredChunk)>,
     max_chunk: u32,
 ) -> Result<refuge_store::PutOutcome, Status> {
@@ -106,8 +132,11 @@ fn verify_and_put(
         match decode_chunk(&id, &c, max_chunk) {
             Ok(_) => good.push((id, c)),
             Err(e) => {
-                warn!(target: "audit", event = "chunk_rejected", tenant = %who.tenant, host = %who.host,
-                      chunk = %id, reason = %e, "rejected an uploaded chunk");
+                who.record(
+                    "chunk_rejected",
+                    Outcome::Refused,
+                    &format!("chunk {id}: {e}"),
+                );
                 let msg = match e {
                     FrameError::HashMismatch { actual } => format!(
                         "chunk {id} rejected: its content hashes to {actual}; nothing was stored for it"
@@ -187,7 +216,7 @@ fn first_bad_ref(
 /// store's synced commit leaves no snapshot.
 fn check_and_commit(
     store: &dyn Store,
-    who: &ClientIdentity,
+    who: &AgentCaller,
     source: SourceName,
     kind: SourceKind,
     manifest: Vec<ChunkRef>,
@@ -195,8 +224,11 @@ fn check_and_commit(
     warnings: u64,
 ) -> Result<SnapshotRecord, Status> {
     let reject = |msg: String| {
-        warn!(target: "audit", event = "commit_rejected", tenant = %who.tenant, host = %who.host,
-              source = %source, reason = %msg, "rejected a snapshot commit");
+        who.record(
+            "commit_rejected",
+            Outcome::Refused,
+            &format!("{}/{source}: {msg}", who.host),
+        );
         Status::failed_precondition(msg)
     };
     if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &manifest)? {
@@ -271,9 +303,14 @@ fn check_and_commit(
     let rec = store
         .commit_snapshot(new, now_micros())
         .map_err(store_status)?;
-    info!(target: "audit", event = "snapshot_committed", tenant = %rec.tenant, host = %rec.host,
-          source = %rec.source, snapshot = %rec.id, seq = rec.seq, files = rec.files,
-          bytes = rec.logical_bytes, "snapshot committed");
+    who.record(
+        "snapshot_committed",
+        Outcome::Ok,
+        &format!(
+            "snapshot {} of {}/{} (seq {}): {} files, {} bytes, {} bytes uploaded",
+            rec.id, rec.host, rec.source, rec.seq, rec.files, rec.logical_bytes, rec.bytes_uploaded
+        ),
+    );
     Ok(rec)
 }
 
@@ -283,7 +320,7 @@ impl Ingest for IngestService {
         &self,
         req: Request<pb::FindMissingRequest>,
     ) -> Result<Response<pb::FindMissingResponse>, Status> {
-        let who = identity(&req)?;
+        let who = AgentCaller::admit(&self.access, &req, "FindMissing")?;
         let req = req.into_inner();
         if req.ids.len() > MAX_FIND_IDS {
             return Err(Status::invalid_argument(format!(
@@ -312,7 +349,7 @@ impl Ingest for IngestService {
         &self,
         req: Request<Streaming<pb::ChunkUpload>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
-        let who = identity(&req)?;
+        let who = AgentCaller::admit(&self.access, &req, "PutChunks")?;
         let mut stream = req.into_inner();
         let mut resp = pb::PutChunksResponse::default();
         let mut batch = Vec::new();
@@ -330,8 +367,14 @@ impl Ingest for IngestService {
                 let (id, chunk) = refuge_proto::upload(msg)?;
                 // Sizes first, before any work on the body.
                 if chunk.raw_len > self.max_chunk {
-                    warn!(target: "audit", event = "chunk_rejected", tenant = %who.tenant, chunk = %id,
-                          raw_len = chunk.raw_len, "chunk larger than the maximum");
+                    who.record(
+                        "chunk_rejected",
+                        Outcome::Refused,
+                        &format!(
+                            "chunk {id}: declares {} bytes, above the maximum of {}",
+                            chunk.raw_len, self.max_chunk
+                        ),
+                    );
                     return Err(Status::invalid_argument(format!(
                         "chunk {id} declares {} bytes, above the node's maximum of {}",
                         chunk.raw_len, self.max_chunk
@@ -380,7 +423,7 @@ impl Ingest for IngestService {
         &self,
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
-        let who = identity(&req)?;
+        let who = AgentCaller::admit(&self.access, &req, "CommitSnapshot")?;
         let req = req.into_inner();
         let source =
             SourceName::new(req.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -415,36 +458,38 @@ impl Ingest for IngestService {
     }
 }
 
-/// The restore service.
+/// The restore service: agents read their own tenant, operators the
+/// tenants they are granted; admins list snapshot metadata.
 pub struct RestoreService {
     store: Arc<dyn Store>,
+    access: Arc<Access>,
 }
 
 impl RestoreService {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
-        RestoreService { store }
+    pub(crate) fn new(store: Arc<dyn Store>, access: Arc<Access>) -> Self {
+        RestoreService { store, access }
     }
 }
 
-/// Snapshots of the caller's tenant matching the optional filters.
+/// Snapshots of `tenants` matching the optional filters.
 fn filtered(
     store: &dyn Store,
-    who: &ClientIdentity,
-    tenant: &str,
+    tenants: &[TenantId],
     host: &str,
     source: &str,
 ) -> Result<Vec<SnapshotRecord>, Status> {
-    // Another tenant's snapshots look exactly like no snapshots.
-    if !tenant.is_empty() && tenant != who.tenant.as_str() {
-        return Ok(Vec::new());
+    let mut out = Vec::new();
+    for t in tenants {
+        out.extend(
+            store
+                .list_snapshots(t)
+                .map_err(store_status)?
+                .into_iter()
+                .filter(|s| host.is_empty() || s.host.as_str() == host)
+                .filter(|s| source.is_empty() || s.source.as_str() == source),
+        );
     }
-    Ok(store
-        .list_snapshots(&who.tenant)
-        .map_err(store_status)?
-        .into_iter()
-        .filter(|s| host.is_empty() || s.host.as_str() == host)
-        .filter(|s| source.is_empty() || s.source.as_str() == source)
-        .collect())
+    Ok(out)
 }
 
 fn resolve(
@@ -525,11 +570,18 @@ impl Restore for RestoreService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let who = identity(&req)?;
+        let who = self.access.admit(
+            &req,
+            "ListSnapshots",
+            &[Role::Agent, Role::Operator, Role::Admin],
+        )?;
         let r = req.into_inner();
         let store = self.store.clone();
-        let snaps =
-            blocking(move || filtered(&*store, &who, &r.tenant, &r.host, &r.source)).await?;
+        let snaps = blocking(move || {
+            let tenants = Access::listed_tenants(&*store, &who, &r.tenant)?;
+            filtered(&*store, &tenants, &r.host, &r.source)
+        })
+        .await?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: snaps.iter().map(refuge_proto::snapshot_to).collect(),
         }))
@@ -539,14 +591,33 @@ impl Restore for RestoreService {
         &self,
         req: Request<pb::ResolveSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
-        let who = identity(&req)?;
+        let who = self
+            .access
+            .admit(&req, "ResolveSnapshot", &[Role::Agent, Role::Operator])?;
         let r = req.into_inner();
+        let tenants = match Access::one_tenant(&who, &r.tenant)? {
+            Scope::One(t) => vec![t],
+            Scope::Nothing => vec![],
+        };
         let store = self.store.clone();
         let rec = blocking(move || {
-            let snaps = filtered(&*store, &who, "", &r.host, &r.source)?;
+            let snaps = filtered(&*store, &tenants, &r.host, &r.source)?;
             resolve(snaps, &r)
         })
         .await?;
+        self.access.audit.record(
+            &who.subject(),
+            rec.tenant.as_str(),
+            "snapshot_opened",
+            Outcome::Ok,
+            &format!(
+                "snapshot {} of {}/{} at {}",
+                rec.id,
+                rec.host,
+                rec.source,
+                refuge_core::format_time_micros(rec.time_micros)
+            ),
+        );
         Ok(Response::new(refuge_proto::snapshot_to(&rec)))
     }
 
@@ -556,7 +627,9 @@ impl Restore for RestoreService {
         &self,
         req: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
-        let who = identity(&req)?;
+        let who = self
+            .access
+            .admit(&req, "GetChunks", &[Role::Agent, Role::Operator])?;
         let r = req.into_inner();
         if r.ids.len() > MAX_GET_IDS {
             return Err(Status::invalid_argument(format!(
@@ -569,18 +642,33 @@ impl Restore for RestoreService {
             .iter()
             .map(|b| refuge_proto::chunk_id(b))
             .collect::<Result<Vec<_>, _>>()?;
+        // Another tenant's chunks are answered exactly like absent ones.
+        let tenant = match Access::one_tenant(&who, &r.tenant)? {
+            Scope::One(t) => Some(t),
+            Scope::Nothing => None,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = self.store.clone();
+        let audit = self.access.audit.clone();
         tokio::task::spawn_blocking(move || {
             for id in ids {
-                let item = match store.get_chunk(&who.tenant, &id) {
+                let found = match &tenant {
+                    Some(t) => store.get_chunk(t, &id),
+                    None => Ok(None),
+                };
+                let item = match found {
                     Ok(Some(c)) => Ok(refuge_proto::chunk_data_to(&id, c)),
                     Ok(None) => Err(Status::not_found(format!(
                         "chunk {id} not found on the node"
                     ))),
                     Err(e) => {
-                        warn!(target: "audit", event = "chunk_read_failed", tenant = %who.tenant, chunk = %id,
-                              error = %e, "stored chunk could not be read");
+                        audit.record(
+                            &who.subject(),
+                            tenant.as_ref().map_or("", |t| t.as_str()),
+                            "chunk_read_failed",
+                            Outcome::Failed,
+                            &format!("chunk {id}: {e}"),
+                        );
                         Err(store_status(e))
                     }
                 };
@@ -599,11 +687,93 @@ impl Restore for RestoreService {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let who = identity(&req)?;
+        let who = self.access.admit(&req, "WhoAmI", &Role::ALL)?;
+        let (tenant, host) = who
+            .agent_of()
+            .map(|(t, h)| (t.to_string(), h.to_string()))
+            .unwrap_or_default();
+        let tenants = match &who.tenants {
+            refuge_tls::TenantScope::All => vec!["*".to_string()],
+            refuge_tls::TenantScope::Only(t) => t.iter().map(|t| t.to_string()).collect(),
+        };
         Ok(Response::new(pb::WhoAmIResponse {
-            tenant: who.tenant.to_string(),
-            host: who.host.to_string(),
+            tenant,
+            host,
             node_version: env!("CARGO_PKG_VERSION").to_string(),
+            role: who.role.to_string(),
+            name: who.name.clone(),
+            tenants,
+            serial: who.serial.clone(),
         }))
+    }
+}
+
+/// Records per `AuditBatch` message.
+const AUDIT_BATCH: usize = 1024;
+
+/// The audit service (auditors only).
+pub struct AuditService {
+    store: Arc<dyn Store>,
+    access: Arc<Access>,
+}
+
+impl AuditService {
+    pub(crate) fn new(store: Arc<dyn Store>, access: Arc<Access>) -> Self {
+        AuditService { store, access }
+    }
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    type ReadAuditStream = AuditStream;
+
+    async fn read_audit(
+        &self,
+        req: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<Self::ReadAuditStream>, Status> {
+        let who = self.access.admit(&req, "ReadAudit", &[Role::Auditor])?;
+        let r = req.into_inner();
+        self.access.audit.record(
+            &who.subject(),
+            "",
+            "audit_read",
+            Outcome::Ok,
+            &format!("from record {}", r.from_seq.max(1)),
+        );
+        // What was recorded before this read (its own record included) is
+        // in the store before reading starts.
+        self.access.audit.flush().await;
+        let mut next = r.from_seq.max(1);
+        let mut left = if r.limit == 0 { u64::MAX } else { r.limit };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            while left > 0 {
+                let want = (AUDIT_BATCH as u64).min(left) as usize;
+                let item = match store.read_audit(next, want) {
+                    Ok(recs) if recs.is_empty() => break,
+                    Ok(recs) => {
+                        next = recs.last().map_or(next, |r| r.seq + 1);
+                        left -= recs.len() as u64;
+                        let short = recs.len() < want;
+                        let batch = pb::AuditBatch {
+                            records: recs.iter().map(|r| r.encode()).collect(),
+                        };
+                        if tx.blocking_send(Ok(batch)).is_err() || short {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(store_status(e)),
+                };
+                let _ = tx.blocking_send(item);
+                break;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -28,6 +28,7 @@ pub mod conformance;
 
 pub use mem::MemStore;
 
+use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{
     ChunkId, ChunkRef, HostName, ManifestSummary, SnapshotId, SnapshotRecord, SourceKind,
     SourceName, StoredChunk, TenantId,
@@ -128,6 +129,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// One snapshot of `tenant` by id.
     fn get_snapshot(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<SnapshotRecord>>;
+
+    /// Every tenant that has at least one snapshot, in name order.
+    fn list_tenants(&self) -> Result<Vec<TenantId>>;
+
+    /// Appends events to the audit log, chained after the last record, and
+    /// makes them durable before returning the records written.
+    fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>>;
+
+    /// Up to `limit` audit records from sequence number `from_seq` on.
+    fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+}
+
+/// Chains `events` after `head` (last sequence number and hash; `(0,
+/// zeros)` for an empty log) and moves the head: the shared part of every
+/// implementation's `append_audit`.
+pub fn chain_audit(head: &mut (u64, [u8; 32]), events: Vec<AuditEvent>) -> Vec<AuditRecord> {
+    events
+        .into_iter()
+        .map(|e| {
+            let r = AuditRecord::chain(head.0 + 1, e, head.1);
+            *head = (r.seq, r.hash);
+            r
+        })
+        .collect()
 }
 
 /// Builds the record a commit stores: the shared part of every

@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
-use crate::{NewSnapshot, PutOutcome, Result, Store, build_record};
+use crate::{NewSnapshot, PutOutcome, Result, Store, build_record, chain_audit};
 
 /// In-memory store; every method takes one mutex.
 #[derive(Default)]
@@ -19,6 +20,8 @@ struct Inner {
     snapshots: BTreeMap<(TenantId, u64), SnapshotRecord>,
     seq: u64,
     last_time: i64,
+    audit: Vec<AuditRecord>,
+    audit_head: (u64, [u8; 32]),
 }
 
 impl MemStore {
@@ -96,6 +99,32 @@ impl Store for MemStore {
             .iter()
             .find(|((t, _), r)| t == tenant && &r.id == id)
             .map(|(_, r)| r.clone()))
+    }
+
+    fn list_tenants(&self) -> Result<Vec<TenantId>> {
+        let g = self.lock();
+        let mut t: Vec<TenantId> = g.snapshots.keys().map(|(t, _)| t.clone()).collect();
+        t.dedup();
+        Ok(t)
+    }
+
+    fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {
+        let mut g = self.lock();
+        let mut head = g.audit_head;
+        let recs = chain_audit(&mut head, events);
+        g.audit.extend(recs.iter().cloned());
+        g.audit_head = head;
+        Ok(recs)
+    }
+
+    fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let g = self.lock();
+        Ok(g.audit
+            .iter()
+            .filter(|r| r.seq >= from_seq)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 

@@ -4,12 +4,16 @@
 //!   with rcgen (no hand-written ASN.1).
 //! * [`server_config`] and [`client_config`] build rustls configurations
 //!   that speak TLS 1.3 only and require a certificate on both sides.
-//! * [`identity_from_cert`] reads the tenant and host that a client
+//! * [`identity_from_cert`] reads the role, name and tenants that a client
 //!   certificate names: the only place the node learns who a client is.
 //!
-//! A client certificate names its tenant in the subject's organization (O)
-//! and its host in the common name (CN), and carries the marker
-//! `OU=refuge-client`.
+//! A client certificate carries its [`Role`] in the subject's
+//! organizational unit (`OU=refuge-agent`, `refuge-operator`,
+//! `refuge-admin` or `refuge-auditor`) and its name in the common name (CN;
+//! an agent's CN is its host name). An agent's tenant is the subject's
+//! organization (O). An operator's granted tenants are URI subject
+//! alternative names `refuge:tenant:NAME`, or `refuge:tenant:*` for all.
+//! Admins and auditors act node-wide and name no tenant.
 
 use std::sync::Arc;
 
@@ -24,8 +28,69 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use time::{Duration, OffsetDateTime};
 
-/// Organizational unit that marks a refuge client certificate.
-pub const CLIENT_OU: &str = "refuge-client";
+/// What a client may do; carried in the certificate's OU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A source host: adds chunks and commits snapshots for its own tenant
+    /// and host; reads its own tenant's snapshots.
+    Agent,
+    /// Lists, restores and drills for the tenants it is granted; cannot
+    /// delete.
+    Operator,
+    /// Retention, quotas, garbage collection, verification; never reads
+    /// chunk contents.
+    Admin,
+    /// Reads the audit log, nothing else.
+    Auditor,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Agent, Role::Operator, Role::Admin, Role::Auditor];
+
+    /// The name used on the command line and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// The certificate's OU for this role.
+    pub fn ou(self) -> &'static str {
+        match self {
+            Role::Agent => "refuge-agent",
+            Role::Operator => "refuge-operator",
+            Role::Admin => "refuge-admin",
+            Role::Auditor => "refuge-auditor",
+        }
+    }
+
+    fn from_ou(ou: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.ou() == ou)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (agent, operator, admin or auditor)"))
+    }
+}
+
+/// URI prefix of an operator's tenant grant.
+pub const TENANT_URI_PREFIX: &str = "refuge:tenant:";
 
 /// What went wrong with certificates or TLS setup.
 #[derive(Debug, thiserror::Error)]
@@ -161,19 +226,36 @@ impl CertAuthority {
         self.sign(p)
     }
 
-    /// A client certificate naming `tenant` and `host`.
+    /// A client certificate for `who` (checked with
+    /// [`ClientIdentity::check`] first; its serial is ignored: rcgen derives
+    /// one from the new key).
     pub fn issue_client(
         &self,
-        tenant: &TenantId,
-        host: &HostName,
+        who: &ClientIdentity,
         validity: Validity,
     ) -> Result<CertPair, TlsError> {
+        who.check()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name = dn(&[
-            (DnType::CommonName, host.as_str()),
-            (DnType::OrganizationName, tenant.as_str()),
-            (DnType::OrganizationalUnitName, CLIENT_OU),
-        ]);
+        let mut names = vec![
+            (DnType::CommonName, who.name.as_str()),
+            (DnType::OrganizationalUnitName, who.role.ou()),
+        ];
+        if who.role == Role::Agent
+            && let TenantScope::Only(t) = &who.tenants
+        {
+            names.push((DnType::OrganizationName, t[0].as_str()));
+        }
+        p.distinguished_name = dn(&names);
+        if who.role == Role::Operator {
+            let grants: Vec<String> = match &who.tenants {
+                TenantScope::All => vec!["*".to_string()],
+                TenantScope::Only(ts) => ts.iter().map(|t| t.to_string()).collect(),
+            };
+            for g in grants {
+                p.subject_alt_names
+                    .push(SanType::URI(format!("{TENANT_URI_PREFIX}{g}").try_into()?));
+            }
+        }
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.not_before = validity.not_before;
@@ -191,16 +273,98 @@ impl CertAuthority {
     }
 }
 
+/// Which tenants a client acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantScope {
+    /// Every tenant (an operator granted `*`).
+    All,
+    /// These tenants (one for an agent; none for admins and auditors).
+    Only(Vec<TenantId>),
+}
+
+impl TenantScope {
+    /// Whether `t` is in scope.
+    pub fn contains(&self, t: &TenantId) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::Only(ts) => ts.contains(t),
+        }
+    }
+}
+
 /// A client's identity as the node reads it from the certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// Subject O.
-    pub tenant: TenantId,
-    /// Subject CN.
-    pub host: HostName,
+    /// Subject OU.
+    pub role: Role,
+    /// Subject CN (an agent's host name).
+    pub name: String,
+    /// The tenants it acts for.
+    pub tenants: TenantScope,
+    /// Certificate serial number, lowercase hex without leading zeros
+    /// (what a revocation list names).
+    pub serial: String,
 }
 
-/// Reads tenant and host from a (already verified) client certificate.
+impl ClientIdentity {
+    /// An agent of `tenant` on `host`.
+    pub fn agent(tenant: TenantId, host: HostName) -> Self {
+        ClientIdentity {
+            role: Role::Agent,
+            name: host.to_string(),
+            tenants: TenantScope::Only(vec![tenant]),
+            serial: String::new(),
+        }
+    }
+
+    /// For an agent, its tenant and host.
+    pub fn agent_of(&self) -> Option<(TenantId, HostName)> {
+        match (&self.role, &self.tenants) {
+            (Role::Agent, TenantScope::Only(t)) if t.len() == 1 => {
+                Some((t[0].clone(), HostName::new(self.name.clone()).ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// How the audit log and messages name this client:
+    /// `role:name` (plus the serial when known).
+    pub fn subject(&self) -> String {
+        if self.serial.is_empty() {
+            format!("{}:{}", self.role, self.name)
+        } else {
+            format!("{}:{} (serial {})", self.role, self.name, self.serial)
+        }
+    }
+
+    /// Checks that the role's tenant rules hold: an agent names exactly one
+    /// tenant and a valid host name; an operator at least one tenant (or
+    /// all); admins and auditors none.
+    pub fn check(&self) -> Result<(), TlsError> {
+        let bad = |m: String| Err(TlsError::Identity(m));
+        if self.name.is_empty() || self.name.len() > 128 {
+            return bad("the name (CN) must be 1 to 128 characters".into());
+        }
+        match (self.role, &self.tenants) {
+            (Role::Agent, TenantScope::Only(t)) if t.len() == 1 => {
+                HostName::new(self.name.clone()).map_err(|e| TlsError::Identity(e.to_string()))?;
+                Ok(())
+            }
+            (Role::Agent, _) => bad("an agent certificate names exactly one tenant".into()),
+            (Role::Operator, TenantScope::Only(t)) if t.is_empty() => {
+                bad("an operator certificate names at least one tenant (or all)".into())
+            }
+            (Role::Operator, _) => Ok(()),
+            (_, TenantScope::Only(t)) if t.is_empty() => Ok(()),
+            (r, _) => bad(format!(
+                "an {r} certificate acts node-wide and names no tenant"
+            )),
+        }
+    }
+}
+
+/// Reads the role, name and tenants of an (already verified) client
+/// certificate.
 pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| TlsError::Identity(format!("unparseable certificate: {e}")))?;
@@ -221,22 +385,88 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
     };
     let ou = one(
         &mut subject.iter_organizational_unit(),
-        "organizational unit (OU)",
+        "organizational unit (OU = role)",
     )?;
-    if ou != CLIENT_OU {
-        return Err(TlsError::Identity(format!(
-            "OU is {ou:?}, not {CLIENT_OU:?}"
-        )));
+    let role = Role::from_ou(&ou).ok_or_else(|| {
+        TlsError::Identity(format!(
+            "OU {ou:?} is not a refuge role (refuge-agent, refuge-operator, refuge-admin, refuge-auditor)"
+        ))
+    })?;
+    let name = one(&mut subject.iter_common_name(), "common name (CN)")?;
+    let tenant = |s: &str| TenantId::new(s).map_err(|e| TlsError::Identity(e.to_string()));
+    let tenants = match role {
+        Role::Agent => {
+            let t = one(
+                &mut subject.iter_organization(),
+                "organization (O = tenant)",
+            )?;
+            TenantScope::Only(vec![tenant(&t)?])
+        }
+        Role::Operator => {
+            let mut grants = Vec::new();
+            if let Ok(Some(san)) = cert.subject_alternative_name() {
+                for n in &san.value.general_names {
+                    if let x509_parser::extensions::GeneralName::URI(u) = n
+                        && let Some(t) = u.strip_prefix(TENANT_URI_PREFIX)
+                    {
+                        grants.push(t.to_string());
+                    }
+                }
+            }
+            if grants.iter().any(|g| g == "*") {
+                TenantScope::All
+            } else {
+                TenantScope::Only(grants.iter().map(|g| tenant(g)).collect::<Result<_, _>>()?)
+            }
+        }
+        Role::Admin | Role::Auditor => TenantScope::Only(Vec::new()),
+    };
+    let id = ClientIdentity {
+        role,
+        name,
+        tenants,
+        serial: serial_hex(cert.raw_serial()),
+    };
+    id.check()?;
+    Ok(id)
+}
+
+/// A serial number as lowercase hex without leading zero bytes.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+    let hex: String = raw[start..].iter().map(|b| format!("{b:02x}")).collect();
+    if hex.is_empty() { "0".into() } else { hex }
+}
+
+/// Normalises a serial number as written in a revocation list (hex,
+/// optionally with `:` separators or a `0x` prefix) to the form of
+/// [`ClientIdentity::serial`].
+pub fn normalize_serial(s: &str) -> Result<String, String> {
+    let t = s
+        .trim()
+        .trim_start_matches("0x")
+        .replace(':', "")
+        .to_ascii_lowercase();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_hexdigit()) || t.len() > 64 {
+        return Err(format!("{s:?} is not a hexadecimal serial number"));
     }
-    let tenant = one(
-        &mut subject.iter_organization(),
-        "organization (O = tenant)",
-    )?;
-    let host = one(&mut subject.iter_common_name(), "common name (CN = host)")?;
-    Ok(ClientIdentity {
-        tenant: TenantId::new(tenant).map_err(|e| TlsError::Identity(e.to_string()))?,
-        host: HostName::new(host).map_err(|e| TlsError::Identity(e.to_string()))?,
-    })
+    let trimmed = t.trim_start_matches('0');
+    let mut out = if trimmed.is_empty() {
+        "0".to_string()
+    } else {
+        trimmed.to_string()
+    };
+    if out.len() % 2 == 1 && out != "0" {
+        out.insert(0, '0');
+    }
+    Ok(out)
+}
+
+/// The identity and serial of a PEM client certificate (for `refuge certs
+/// show`).
+pub fn identity_from_pem(cert_pem: &str) -> Result<ClientIdentity, TlsError> {
+    let der = parse_certs("certificate", cert_pem)?.remove(0);
+    identity_from_cert(&der)
 }
 
 /// The `notAfter` of a PEM certificate, for messages and status.
@@ -327,24 +557,93 @@ pub fn client_config(ca_pem: &str, client: &CertPair) -> Result<ClientConfig, Tl
 mod tests {
     use super::*;
 
+    fn read(pair: &CertPair) -> Result<ClientIdentity, TlsError> {
+        identity_from_pem(&pair.cert_pem)
+    }
+
     #[test]
-    fn issued_client_certificates_carry_tenant_and_host() {
+    fn issued_client_certificates_carry_role_name_and_tenants() {
         let ca = CertAuthority::generate("test CA", Validity::days(1)).unwrap();
         let t = TenantId::new("finance").unwrap();
         let h = HostName::new("db1").unwrap();
-        let c = ca.issue_client(&t, &h, Validity::days(1)).unwrap();
-        let der = parse_certs("c", &c.cert_pem).unwrap().remove(0);
-        assert_eq!(
-            identity_from_cert(&der).unwrap(),
-            ClientIdentity { tenant: t, host: h }
-        );
+        let c = ca
+            .issue_client(
+                &ClientIdentity::agent(t.clone(), h.clone()),
+                Validity::days(1),
+            )
+            .unwrap();
+        let id = read(&c).unwrap();
+        assert_eq!(id.agent_of(), Some((t.clone(), h)));
+        assert_eq!(id.role, Role::Agent);
+        assert!(!id.serial.is_empty());
+        assert_eq!(normalize_serial(&id.serial).unwrap(), id.serial);
+
+        let hr = TenantId::new("hr").unwrap();
+        for (role, tenants) in [
+            (
+                Role::Operator,
+                TenantScope::Only(vec![t.clone(), hr.clone()]),
+            ),
+            (Role::Operator, TenantScope::All),
+            (Role::Admin, TenantScope::Only(vec![])),
+            (Role::Auditor, TenantScope::Only(vec![])),
+        ] {
+            let want = ClientIdentity {
+                role,
+                name: "alice".into(),
+                tenants,
+                serial: String::new(),
+            };
+            let got = read(&ca.issue_client(&want, Validity::days(1)).unwrap()).unwrap();
+            assert_eq!(
+                (got.role, &got.name, &got.tenants),
+                (role, &want.name, &want.tenants)
+            );
+            assert_eq!(got.agent_of(), None);
+        }
+
+        // Each role's tenant rule is enforced when issuing.
+        for bad in [
+            ClientIdentity {
+                role: Role::Agent,
+                name: "db1".into(),
+                tenants: TenantScope::All,
+                serial: String::new(),
+            },
+            ClientIdentity {
+                role: Role::Agent,
+                name: "db1".into(),
+                tenants: TenantScope::Only(vec![t.clone(), hr.clone()]),
+                serial: String::new(),
+            },
+            ClientIdentity {
+                role: Role::Agent,
+                name: "bad host!".into(),
+                tenants: TenantScope::Only(vec![t.clone()]),
+                serial: String::new(),
+            },
+            ClientIdentity {
+                role: Role::Operator,
+                name: "op".into(),
+                tenants: TenantScope::Only(vec![]),
+                serial: String::new(),
+            },
+            ClientIdentity {
+                role: Role::Admin,
+                name: "adm".into(),
+                tenants: TenantScope::Only(vec![t.clone()]),
+                serial: String::new(),
+            },
+        ] {
+            assert!(ca.issue_client(&bad, Validity::days(1)).is_err(), "{bad:?}");
+        }
 
         // A node certificate is not a client identity.
         let n = ca
             .issue_node(&["localhost".into(), "127.0.0.1".into()], Validity::days(1))
             .unwrap();
-        let der = parse_certs("n", &n.cert_pem).unwrap().remove(0);
-        assert!(identity_from_cert(&der).is_err());
+        let e = read(&n).unwrap_err();
+        assert!(e.to_string().contains("not a refuge role"), "{e}");
 
         // Configs build from the issued material, and a reloaded CA still signs.
         server_config(&ca.pair().cert_pem, &n).unwrap();
@@ -352,12 +651,21 @@ mod tests {
         let again = CertAuthority::load(&ca.pair().cert_pem, &ca.pair().key_pem).unwrap();
         again
             .issue_client(
-                &TenantId::new("x").unwrap(),
-                &HostName::new("y").unwrap(),
+                &ClientIdentity::agent(TenantId::new("x").unwrap(), HostName::new("y").unwrap()),
                 Validity::days(1),
             )
             .unwrap();
         assert!(not_after(&c.cert_pem).unwrap() > OffsetDateTime::now_utc());
+    }
+
+    #[test]
+    fn serials_normalise() {
+        assert_eq!(normalize_serial("0A:1b").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("0x00a1b").unwrap(), "0a1b");
+        assert_eq!(normalize_serial(" a1b ").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("00").unwrap(), "0");
+        assert!(normalize_serial("xyz").is_err());
+        assert!(normalize_serial("").is_err());
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! `refuge audit` and `refuge audit verify`: read the node's audit log
+//! (auditor certificates only) and check its hash chain here, on the
+//! client, over exactly the bytes the node stores.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use refuge_client::{connect, explain_status, load_config};
+use refuge_core::audit::{AuditRecord, verify_chain};
+use refuge_core::{format_time_micros, parse_time_micros};
+use refuge_proto::pb;
+use serde::Serialize;
+
+use crate::{Failure, Outcome};
+
+/// One record as `--json` prints it.
+#[derive(Serialize)]
+struct RecordJson<'a> {
+    seq: u64,
+    time: String,
+    time_unix_micros: i64,
+    subject: &'a str,
+    tenant: &'a str,
+    event: &'a str,
+    outcome: &'a str,
+    detail: &'a str,
+    hash: String,
+}
+
+fn hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every record of the log from `from_seq` on, decoded.
+async fn read_all(cfg_path: &Path, from_seq: u64) -> Result<Vec<AuditRecord>, Failure> {
+    let cfg = load_config(cfg_path).map_err(Failure::Usage)?;
+    let node = connect(&cfg.node).await?;
+    let mut stream = node
+        .audit
+        .clone()
+        .read_audit(pb::ReadAuditRequest { from_seq, limit: 0 })
+        .await
+        .map_err(|s| anyhow!("reading the audit log: {}", explain_status(&s)))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("reading the audit log: {}", explain_status(&s)))?
+    {
+        for bytes in batch.records {
+            let r = AuditRecord::decode(&bytes).with_context(|| {
+                format!(
+                    "audit record after {} cannot be read",
+                    out.last()
+                        .map_or(from_seq.saturating_sub(1), |r: &AuditRecord| r.seq)
+                )
+            })?;
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// `refuge audit [--since TIME] [--json]`.
+pub async fn list(cfg_path: &Path, since: Option<&str>, json: bool) -> Outcome {
+    let since = since
+        .map(parse_time_micros)
+        .transpose()
+        .map_err(|e| Failure::Usage(anyhow!(e)))?;
+    let recs = read_all(cfg_path, 1).await?;
+    let intact = verify_chain(&recs, 1, [0; 32]);
+    let shown: Vec<&AuditRecord> = recs
+        .iter()
+        .filter(|r| since.is_none_or(|t| r.event.time_micros >= t))
+        .collect();
+    if json {
+        let rows: Vec<RecordJson<'_>> = shown
+            .iter()
+            .map(|r| RecordJson {
+                seq: r.seq,
+                time: format_time_micros(r.event.time_micros),
+                time_unix_micros: r.event.time_micros,
+                subject: &r.event.subject,
+                tenant: &r.event.tenant,
+                event: &r.event.event,
+                outcome: &r.event.outcome,
+                detail: &r.event.detail,
+                hash: hex(&r.hash),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
+        );
+    } else {
+        for r in &shown {
+            let e = &r.event;
+            println!(
+                "{:>6} {} {:<20} {:<8} {} [{}] {}",
+                r.seq,
+                format_time_micros(e.time_micros),
+                e.event,
+                e.outcome,
+                e.subject,
+                if e.tenant.is_empty() { "-" } else { &e.tenant },
+                e.detail
+            );
+        }
+        if shown.is_empty() {
+            println!("no audit records");
+        }
+    }
+    if let Err(b) = intact {
+        eprintln!(
+            "refuge: warning: the audit log's chain is broken at record {}: {} (run `refuge audit verify`)",
+            b.seq, b.reason
+        );
+    }
+    Ok(0)
+}
+
+/// Parses `SEQ:HASH`.
+fn parse_head(s: &str) -> anyhow::Result<(u64, String)> {
+    let (seq, hash) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--expect-head takes SEQ:HASH as printed by a previous verify"))?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| anyhow!("--expect-head: {seq:?} is not a record number"))?;
+    let hash = hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--expect-head: the hash is 64 hex digits");
+    }
+    Ok((seq, hash))
+}
+
+#[derive(Serialize)]
+struct VerifyJson {
+    intact: bool,
+    records: u64,
+    head: Option<String>,
+    broken_at: Option<u64>,
+    reason: Option<String>,
+}
+
+/// `refuge audit verify [--expect-head SEQ:HASH] [--json]`: exit 0 when
+/// the chain holds (and contains the expected head), 1 when it does not.
+pub async fn verify(cfg_path: &Path, expect_head: Option<&str>, json: bool) -> Outcome {
+    let expect = expect_head
+        .map(parse_head)
+        .transpose()
+        .map_err(Failure::Usage)?;
+    let recs = read_all(cfg_path, 1).await?;
+    let mut result = verify_chain(&recs, 1, [0; 32]).map_err(|b| (b.seq, b.reason));
+    if result.is_ok()
+        && let Some((seq, hash)) = &expect
+    {
+        match recs.iter().find(|r| r.seq == *seq) {
+            None => {
+                result = Err((
+                    *seq,
+                    format!(
+                        "the log ends at record {} but record {seq} was seen before: records were removed from its end",
+                        recs.last().map_or(0, |r| r.seq)
+                    ),
+                ))
+            }
+            Some(r) if hex(&r.hash) != *hash => {
+                result = Err((
+                    *seq,
+                    "differs from the head seen before: the log was rewritten".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let head = recs.last().map(|r| format!("{}:{}", r.seq, hex(&r.hash)));
+    if json {
+        let v = VerifyJson {
+            intact: result.is_ok(),
+            records: recs.len() as u64,
+            head: head.clone(),
+            broken_at: result.as_ref().err().map(|e| e.0),
+            reason: result.as_ref().err().map(|e| e.1.clone()),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
+        );
+    }
+    match result {
+        Ok(()) => {
+            if !json {
+                println!(
+                    "audit log intact: {} records; head {}",
+                    recs.len(),
+                    head.as_deref().unwrap_or("(empty)")
+                );
+                println!(
+                    "keep the head elsewhere and pass it back with --expect-head to detect removal of the newest records"
+                );
+            }
+            Ok(0)
+        }
+        Err((seq, reason)) => Err(Failure::Failed(anyhow!(
+            "the audit log's chain is broken at record {seq}: {reason}"
+        ))),
+    }
+}

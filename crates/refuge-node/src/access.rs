@@ -1,0 +1,171 @@
+//! Who may call what: every handler starts with [`Access::admit`], which
+//! reads the caller's identity from its verified certificate, refuses a
+//! revoked serial (UNAUTHENTICATED) and a role the RPC does not allow
+//! (PERMISSION_DENIED), and audits both. docs/security.md has the table of
+//! roles and RPCs.
+//!
+//! Tenant scope is decided here too: a tenant outside the caller's scope is
+//! treated exactly like a tenant with no data, never as a denial, so that
+//! probing reveals nothing.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use refuge_core::TenantId;
+use refuge_store::Store;
+use refuge_tls::{ClientIdentity, Role, TenantScope, identity_from_cert};
+use tonic::{Request, Status};
+
+use crate::audit::{AuditLog, Outcome};
+
+/// Identity checks and the audit log, shared by every service.
+pub(crate) struct Access {
+    revoked: RwLock<Arc<HashSet<String>>>,
+    pub(crate) audit: AuditLog,
+}
+
+/// What a caller may see of tenants.
+pub(crate) enum Scope {
+    /// Exactly this tenant.
+    One(TenantId),
+    /// A tenant outside the caller's scope: behaves as one with no data.
+    Nothing,
+}
+
+impl Access {
+    pub(crate) fn new(audit: AuditLog, revoked: HashSet<String>) -> Self {
+        Access {
+            revoked: RwLock::new(Arc::new(revoked)),
+            audit,
+        }
+    }
+
+    /// Replaces the revoked serials (normalised hex).
+    pub(crate) fn set_revoked(&self, revoked: HashSet<String>) {
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(revoked);
+    }
+
+    /// How many serials are revoked.
+    pub(crate) fn revoked_count(&self) -> usize {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(serial)
+    }
+
+    /// The caller of `rpc`, if its certificate names a refuge identity, is
+    /// not revoked, and has one of `roles`.
+    pub(crate) fn admit<T>(
+        &self,
+        req: &Request<T>,
+        rpc: &str,
+        roles: &[Role],
+    ) -> Result<ClientIdentity, Status> {
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown peer".into());
+        let refuse = |why: String| {
+            self.audit.record(
+                &peer,
+                "",
+                "auth_failed",
+                Outcome::Refused,
+                &format!("{rpc}: {why}"),
+            );
+            Status::unauthenticated(why)
+        };
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| refuse("no client certificate on this connection".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| refuse("empty client certificate chain".into()))?;
+        let who = identity_from_cert(leaf).map_err(|e| refuse(e.to_string()))?;
+        if self.is_revoked(&who.serial) {
+            let why = format!("certificate serial {} has been revoked", who.serial);
+            self.audit.record(
+                &who.subject(),
+                &tenant_text(&who),
+                "auth_failed",
+                Outcome::Refused,
+                &format!("{rpc}: {why}"),
+            );
+            return Err(Status::unauthenticated(format!(
+                "this client's {why} (tls.revoked_serials on the node)"
+            )));
+        }
+        if !roles.contains(&who.role) {
+            let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            let why = format!(
+                "role {} may not call {rpc} (allowed: {})",
+                who.role,
+                allowed.join(", ")
+            );
+            self.audit.record(
+                &who.subject(),
+                &tenant_text(&who),
+                "permission_denied",
+                Outcome::Denied,
+                &why,
+            );
+            return Err(Status::permission_denied(why));
+        }
+        Ok(who)
+    }
+
+    /// The one tenant a read names: `requested`, or the caller's only
+    /// tenant when it names none.
+    pub(crate) fn one_tenant(who: &ClientIdentity, requested: &str) -> Result<Scope, Status> {
+        if requested.is_empty() {
+            return match &who.tenants {
+                TenantScope::Only(t) if t.len() == 1 => Ok(Scope::One(t[0].clone())),
+                _ => Err(Status::invalid_argument(
+                    "this certificate acts for several tenants: name one (--tenant)",
+                )),
+            };
+        }
+        let t = TenantId::new(requested).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(if who.tenants.contains(&t) {
+            Scope::One(t)
+        } else {
+            Scope::Nothing
+        })
+    }
+
+    /// The tenants a listing covers: `requested` if in scope (none if
+    /// not), else every tenant in scope. Admins see every tenant's
+    /// snapshot metadata.
+    pub(crate) fn listed_tenants(
+        store: &dyn Store,
+        who: &ClientIdentity,
+        requested: &str,
+    ) -> Result<Vec<TenantId>, Status> {
+        let scope = if who.role == Role::Admin {
+            &TenantScope::All
+        } else {
+            &who.tenants
+        };
+        if !requested.is_empty() {
+            let t =
+                TenantId::new(requested).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            return Ok(if scope.contains(&t) { vec![t] } else { vec![] });
+        }
+        match scope {
+            TenantScope::Only(ts) => Ok(ts.clone()),
+            TenantScope::All => store.list_tenants().map_err(crate::service::store_status),
+        }
+    }
+}
+
+/// The tenants of an identity as the audit log names them.
+pub(crate) fn tenant_text(who: &ClientIdentity) -> String {
+    match &who.tenants {
+        TenantScope::All => "*".into(),
+        TenantScope::Only(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
+    }
+}
