@@ -133,7 +133,7 @@ fn store(c: &mut Criterion) {
                 TenantId::new(format!("put{n}")).expect("valid tenant")
             },
             |tenant| {
-                let out = puts.put_chunks(&tenant, &batch).expect("put");
+                let out = puts.put_chunks(&tenant, &batch, 1).expect("put");
                 assert_eq!(out.stored, 64);
             },
             BatchSize::SmallInput,
@@ -144,7 +144,7 @@ fn store(c: &mut Criterion) {
     // Gets: the batch stored once and flushed into blob files.
     let gets = open_store(&dir.path().join("get"));
     let tenant = TenantId::new("bench").expect("valid tenant");
-    gets.put_chunks(&tenant, &batch).expect("put");
+    gets.put_chunks(&tenant, &batch, 1).expect("put");
     gets.flush().expect("flush");
     g.throughput(Throughput::Bytes(raw));
     g.bench_function("rocksdb_get_64x256KiB", |b| {
@@ -162,7 +162,7 @@ fn store(c: &mut Criterion) {
             (ChunkId::of(&d), compress_chunk(&d, 1))
         })
         .collect();
-    gets.put_chunks(&tenant, &present).expect("put");
+    gets.put_chunks(&tenant, &present, 1).expect("put");
     gets.flush().expect("flush");
     let ids: Vec<ChunkId> = present
         .iter()

@@ -63,3 +63,6 @@ pub const MAX_PATH_LEN: usize = 4096;
 
 /// Audit record format version (the node's hash-chained audit log).
 pub const AUDIT_RECORD_VERSION: u8 = 1;
+
+/// Retention policy format version (node setting `retention/TENANT`).
+pub const RETENTION_POLICY_VERSION: u8 = 1;

@@ -16,6 +16,7 @@ mod frame;
 mod id;
 mod manifest;
 mod names;
+pub mod retention;
 mod snapshot;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};

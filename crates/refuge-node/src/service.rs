@@ -29,6 +29,7 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::NoSpace(m) => Status::resource_exhausted(format!("node storage is full: {m}")),
         StoreError::Corrupt(m) => Status::data_loss(format!("stored data is corrupt: {m}")),
         StoreError::Backend(m) => Status::unavailable(format!("node storage error: {m}")),
+        StoreError::MissingChunk(m) => Status::failed_precondition(m),
     }
 }
 
@@ -148,7 +149,9 @@ fn verify_and_put(
             }
         }
     }
-    let out = store.put_chunks(&who.tenant, &good).map_err(store_status)?;
+    let out = store
+        .put_chunks(&who.tenant, &good, now_micros())
+        .map_err(store_status)?;
     match failure {
         Some(f) => Err(f),
         None => Ok(out),
@@ -260,11 +263,14 @@ fn check_and_commit(
         )));
     }
     let mut current = Vec::new();
+    // Every stored chunk the snapshot references, for its reference counts.
+    let mut all_refs: Vec<ChunkId> = manifest.iter().map(|r| r.id).collect();
     loop {
         match reader.next_record() {
             Ok(None) => break,
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
             Ok(Some(ManifestRecord::Chunks(refs))) => {
+                all_refs.extend(refs.iter().filter(|r| !r.is_hole()).map(|r| r.id));
                 if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &refs)? {
                     let file = String::from_utf8_lossy(&current);
                     return Err(reject(match stored {
@@ -299,6 +305,7 @@ fn check_and_commit(
         summary,
         bytes_uploaded,
         warnings,
+        refs: all_refs,
     };
     let rec = store
         .commit_snapshot(new, now_micros())
@@ -335,9 +342,25 @@ impl Ingest for IngestService {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
         let missing = blocking(move || {
-            store
+            let missing = store
                 .missing_chunks(&who.tenant, &ids)
-                .map_err(store_status)
+                .map_err(store_status)?;
+            // What the agent is told exists, its commit may reference:
+            // keep it from garbage collection for the grace period.
+            let mut is_missing = vec![false; ids.len()];
+            for &i in &missing {
+                is_missing[i] = true;
+            }
+            let present: Vec<ChunkId> = ids
+                .iter()
+                .zip(&is_missing)
+                .filter(|(_, m)| !**m)
+                .map(|(id, _)| *id)
+                .collect();
+            store
+                .touch_chunks(&who.tenant, &present, now_micros())
+                .map_err(store_status)?;
+            Ok(missing)
         })
         .await?;
         Ok(Response::new(pb::FindMissingResponse {

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Six column families (byte layouts in `docs/format.md`):
+//! Eight column families (byte layouts in `docs/format.md`):
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -10,7 +10,9 @@
 //! | `chunk_index` | tenant key, chunk id | uncompressed length, stored length |
 //! | `snapshots` | tenant key, sequence (big-endian) | snapshot record |
 //! | `snapshot_ids` | tenant key, snapshot id | sequence (big-endian) |
-//! | `meta` | name | store format version, last sequence, last time |
+//! | `refcounts` | tenant key, chunk id | references from snapshots (u64, merge-added) |
+//! | `unreferenced` | tenant key, chunk id | since when no snapshot references it |
+//! | `meta` | name | store format version, last sequence, last time, settings |
 //! | `audit` | sequence (big-endian) | hash-chained audit record |
 //!
 //! The tenant key is one length byte followed by the tenant name, so one
@@ -28,16 +30,29 @@
 //! record, its id index and the new sequence in one synced write batch:
 //! a crash leaves either no snapshot or the whole snapshot, and never a
 //! snapshot whose chunks are lost.
+//!
+//! # Reference counts and garbage collection
+//!
+//! A commit adds its references (RocksDB merge operands, no read) in the
+//! same synced batch as the record; a deletion subtracts them in the same
+//! synced batch that removes the record. Chunks that reach zero, and new
+//! chunks, get an `unreferenced` entry with the time; garbage collection
+//! walks only those entries. It deletes a batch under the write side of
+//! `gc_lock`; commits check that their chunks exist, and deletions
+//! subtract, under the read side, so neither can interleave with a batch.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
-use refuge_store::{NewSnapshot, PutOutcome, Result, Store, StoreError, build_record, chain_audit};
+use refuge_store::{
+    GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Result, Store, StoreError, build_record,
+    chain_audit, ref_counts,
+};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    IteratorMode, MergeOperands, Options, WriteBatch, WriteOptions,
 };
 
 const CF_CHUNKS: &str = "chunks";
@@ -46,6 +61,19 @@ const CF_SNAPSHOTS: &str = "snapshots";
 const CF_SNAPSHOT_IDS: &str = "snapshot_ids";
 const CF_META: &str = "meta";
 const CF_AUDIT: &str = "audit";
+const CF_REFCOUNTS: &str = "refcounts";
+const CF_UNREF: &str = "unreferenced";
+const ALL_CFS: [&str; 8] = [
+    CF_CHUNKS,
+    CF_CHUNK_INDEX,
+    CF_SNAPSHOTS,
+    CF_SNAPSHOT_IDS,
+    CF_META,
+    CF_AUDIT,
+    CF_REFCOUNTS,
+    CF_UNREF,
+];
+const SETTING_PREFIX: &str = "setting/";
 
 const META_FORMAT: &[u8] = b"format";
 const META_SEQ: &[u8] = b"last_seq";
@@ -81,6 +109,26 @@ pub struct RocksStore {
     commit: Mutex<(u64, i64)>,
     /// Serialises audit appends: the last record's sequence and hash.
     audit: Mutex<(u64, [u8; 32])>,
+    /// Read side: commits (existence check to write) and deletions;
+    /// write side: one garbage collection batch.
+    gc_lock: RwLock<()>,
+}
+
+/// Reference counts are i64 little-endian sums of merge operands (a
+/// deletion adds negative ones).
+fn add_counts(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let read = |v: &[u8]| v.try_into().map(i64::from_le_bytes).unwrap_or(0);
+    let mut n = existing.map_or(0, read);
+    for op in ops {
+        n = n.saturating_add(read(op));
+    }
+    Some(n.to_le_bytes().to_vec())
+}
+
+fn count_of(v: Option<&[u8]>) -> i64 {
+    v.and_then(|v| v.try_into().ok())
+        .map(i64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 fn err(e: rocksdb::Error) -> StoreError {
@@ -148,6 +196,8 @@ impl RocksStore {
         let mut small = Options::default();
         small.set_block_based_table_factory(&table(true));
         small.set_compression_type(DBCompressionType::None);
+        let mut counts = small.clone();
+        counts.set_merge_operator_associative("refuge_add_i64", add_counts);
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
@@ -155,13 +205,16 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_SNAPSHOTS, small.clone()),
             ColumnFamilyDescriptor::new(CF_SNAPSHOT_IDS, small.clone()),
             ColumnFamilyDescriptor::new(CF_META, small.clone()),
-            ColumnFamilyDescriptor::new(CF_AUDIT, small),
+            ColumnFamilyDescriptor::new(CF_AUDIT, small.clone()),
+            ColumnFamilyDescriptor::new(CF_REFCOUNTS, counts),
+            ColumnFamilyDescriptor::new(CF_UNREF, small),
         ];
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(err)?;
         let store = RocksStore {
             db,
             commit: Mutex::new((0, 0)),
             audit: Mutex::new((0, [0; 32])),
+            gc_lock: RwLock::new(()),
         };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, META_FORMAT).map_err(err)? {
@@ -203,6 +256,30 @@ impl RocksStore {
         Ok(store)
     }
 
+    /// Renews the unreferenced time of those of `ids` that have one
+    /// (the caller holds the read side of `gc_lock`).
+    fn touch_unlocked(
+        &self,
+        tenant: &TenantId,
+        ids: &[ChunkId],
+        now_micros: i64,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(tenant, &id.0)).collect();
+        let got = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_UNREF), keys.iter(), false);
+        for (k, v) in keys.iter().zip(got) {
+            if v.map_err(err)?.is_some() {
+                batch.put_cf(self.cf(CF_UNREF), k, now_micros.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // The column families are created at open; absence is a bug.
         self.db
@@ -213,14 +290,7 @@ impl RocksStore {
     /// Flushes memtables to disk (chunk bodies into blob files). Used at
     /// shutdown so the WAL need not be replayed.
     pub fn flush(&self) -> Result<()> {
-        for cf in [
-            CF_CHUNKS,
-            CF_CHUNK_INDEX,
-            CF_SNAPSHOTS,
-            CF_SNAPSHOT_IDS,
-            CF_META,
-            CF_AUDIT,
-        ] {
+        for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf)).map_err(err)?;
         }
         Ok(())
@@ -267,14 +337,20 @@ impl Store for RocksStore {
         &self,
         tenant: &TenantId,
         chunks: &[(ChunkId, StoredChunk)],
+        now_micros: i64,
     ) -> Result<PutOutcome> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
-        let missing = self.missing_chunks(tenant, &ids)?;
+        let lens = self.chunk_lengths(tenant, &ids)?;
         let mut batch = WriteBatch::default();
         let mut out = PutOutcome::default();
         let mut seen = std::collections::HashSet::new();
-        for i in missing {
-            let (id, c) = &chunks[i];
+        let mut existing = Vec::new();
+        for ((id, c), len) in chunks.iter().zip(lens) {
+            if len.is_some() {
+                existing.push(*id);
+                continue;
+            }
             if !seen.insert(*id) {
                 continue;
             }
@@ -284,13 +360,33 @@ impl Store for RocksStore {
             idx[4..].copy_from_slice(&(c.data.len() as u32).to_le_bytes());
             batch.put_cf(self.cf(CF_CHUNKS), &k, c.encode_record());
             batch.put_cf(self.cf(CF_CHUNK_INDEX), &k, idx);
+            batch.put_cf(self.cf(CF_UNREF), &k, now_micros.to_le_bytes());
             out.stored += 1;
             out.bytes += c.data.len() as u64;
         }
-        if out.stored > 0 {
+        self.touch_unlocked(tenant, &existing, now_micros, &mut batch)?;
+        if !batch.is_empty() {
             self.db.write(batch).map_err(err)?;
         }
         Ok(out)
+    }
+
+    fn touch_chunks(&self, tenant: &TenantId, ids: &[ChunkId], now_micros: i64) -> Result<()> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        self.touch_unlocked(tenant, ids, now_micros, &mut batch)?;
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_refcount(&self, tenant: &TenantId, id: &ChunkId) -> Result<u64> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_REFCOUNTS), key(tenant, &id.0))
+            .map_err(err)?;
+        Ok(count_of(v.as_deref()).max(0) as u64)
     }
 
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>> {
@@ -311,6 +407,16 @@ impl Store for RocksStore {
     }
 
     fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
+        // No garbage collection batch between this check and the write.
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let counts = ref_counts(&new.refs);
+        let ids: Vec<ChunkId> = counts.iter().map(|(id, _)| *id).collect();
+        let lens = self.chunk_lengths(&new.tenant, &ids)?;
+        if let Some((id, _)) = ids.iter().zip(&lens).find(|(_, l)| l.is_none()) {
+            return Err(StoreError::MissingChunk(format!(
+                "chunk {id} is not stored (it may have been removed by garbage collection during this backup); upload it again"
+            )));
+        }
         let mut last = self.commit.lock().unwrap_or_else(|p| p.into_inner());
         // Chunks first: every put before this commit is durable after this.
         self.db.flush_wal(true).map_err(err)?;
@@ -330,11 +436,171 @@ impl Store for RocksStore {
         );
         batch.put_cf(self.cf(CF_META), META_SEQ, seq.to_be_bytes());
         batch.put_cf(self.cf(CF_META), META_TIME, (time as u64).to_be_bytes());
+        for (id, n) in &counts {
+            batch.merge_cf(
+                self.cf(CF_REFCOUNTS),
+                key(&rec.tenant, &id.0),
+                (*n as i64).to_le_bytes(),
+            );
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(err)?;
         *last = (seq, time);
         Ok(rec)
+    }
+
+    fn delete_snapshot(
+        &self,
+        tenant: &TenantId,
+        id: &SnapshotId,
+        refs: &[ChunkId],
+        now_micros: i64,
+    ) -> Result<bool> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        // Serialised with commits, so that two deletions of one snapshot
+        // cannot both subtract its references.
+        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let id_key = key(tenant, &id.0);
+        let Some(seq) = self
+            .db
+            .get_cf(self.cf(CF_SNAPSHOT_IDS), &id_key)
+            .map_err(err)?
+        else {
+            return Ok(false);
+        };
+        let counts = ref_counts(refs);
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_SNAPSHOTS), key(tenant, &seq));
+        batch.delete_cf(self.cf(CF_SNAPSHOT_IDS), &id_key);
+        for (cid, n) in &counts {
+            batch.merge_cf(
+                self.cf(CF_REFCOUNTS),
+                key(tenant, &cid.0),
+                (-(*n as i64)).to_le_bytes(),
+            );
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(err)?;
+        // Chunks left without references become unreferenced now. A crash
+        // before this write leaves them counted zero but unlisted: space
+        // is leaked until a recount, never data lost.
+        let mut batch = WriteBatch::default();
+        for part in counts.chunks(GC_BATCH) {
+            let keys: Vec<Vec<u8>> = part.iter().map(|(c, _)| key(tenant, &c.0)).collect();
+            let got = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_REFCOUNTS), keys.iter(), false);
+            for (k, v) in keys.iter().zip(got) {
+                let v = v.map_err(err)?;
+                if count_of(v.as_deref()) <= 0 {
+                    batch.delete_cf(self.cf(CF_REFCOUNTS), k);
+                    batch.put_cf(self.cf(CF_UNREF), k, now_micros.to_le_bytes());
+                }
+            }
+        }
+        self.db.write_opt(batch, &wo).map_err(err)?;
+        Ok(true)
+    }
+
+    fn collect_garbage(
+        &self,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        let mut out = GcOutcome::default();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            // Candidates are read without the lock; each is re-checked
+            // under it.
+            let mut cands = Vec::with_capacity(GC_BATCH);
+            let it = self
+                .db
+                .iterator_cf(self.cf(CF_UNREF), IteratorMode::From(&from, Direction::Forward));
+            for item in it.take(GC_BATCH) {
+                let (k, _) = item.map_err(err)?;
+                cands.push(k.to_vec());
+            }
+            let Some(last) = cands.last() else { break };
+            from = last.clone();
+            from.push(0);
+            let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+            let since = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_UNREF), cands.iter(), false);
+            let counts = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_REFCOUNTS), cands.iter(), false);
+            let index = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), cands.iter(), false);
+            let mut batch = WriteBatch::default();
+            for (((k, since), count), idx) in cands.iter().zip(since).zip(counts).zip(index) {
+                let Some(since) = since.map_err(err)? else {
+                    continue;
+                };
+                out.examined += 1;
+                if count_of(count.map_err(err)?.as_deref()) > 0 {
+                    batch.delete_cf(self.cf(CF_UNREF), k);
+                    out.referenced_again += 1;
+                } else if count_of(Some(&since)) < cutoff_micros {
+                    batch.delete_cf(self.cf(CF_UNREF), k);
+                    batch.delete_cf(self.cf(CF_REFCOUNTS), k);
+                    if let Some(idx) = idx.map_err(err)? {
+                        let stored = idx
+                            .get(4..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, u32::from_le_bytes);
+                        batch.delete_cf(self.cf(CF_CHUNKS), k);
+                        batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
+                        out.deleted += 1;
+                        out.bytes += u64::from(stored);
+                    }
+                } else {
+                    out.kept_recent += 1;
+                }
+            }
+            self.db.write(batch).map_err(err)?;
+            drop(_gc);
+            progress(&out);
+        }
+        Ok(out)
+    }
+
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_META), format!("{SETTING_PREFIX}{name}"))
+            .map_err(err)
+    }
+
+    fn put_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
+        let k = format!("{SETTING_PREFIX}{name}");
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        match value {
+            Some(v) => self.db.put_cf_opt(self.cf(CF_META), k, v, &wo),
+            None => self.db.delete_cf_opt(self.cf(CF_META), k, &wo),
+        }
+        .map_err(err)
+    }
+
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let start = format!("{SETTING_PREFIX}{prefix}");
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(start.as_bytes(), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(start.as_bytes()) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[SETTING_PREFIX.len()..]).into_owned();
+            out.push((name, v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>> {
@@ -467,7 +733,7 @@ mod tests {
         let id = ChunkId::of(&content);
         let first = {
             let s = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
-            s.put_chunks(&t, &[(id, refuge_core::compress_chunk(&content, 3))])
+            s.put_chunks(&t, &[(id, refuge_core::compress_chunk(&content, 3))], 1)
                 .unwrap();
             let new = NewSnapshot {
                 tenant: t.clone(),
@@ -478,6 +744,7 @@ mod tests {
                 summary: Default::default(),
                 bytes_uploaded: 0,
                 warnings: 0,
+                refs: vec![id, id],
             };
             let r = s.commit_snapshot(new.clone(), 5_000).unwrap();
             // Simulate a crash: no flush, just drop.
@@ -500,9 +767,12 @@ mod tests {
             summary: Default::default(),
             bytes_uploaded: 0,
             warnings: 0,
+            refs: vec![],
         };
         let second = s.commit_snapshot(new, 1).unwrap();
         assert_eq!(second.seq, first.seq + 1);
+        // Reference counts are durable with the record.
+        assert_eq!(s.chunk_refcount(&t, &id).unwrap(), 2);
         assert!(second.time_micros > first.time_micros);
     }
 

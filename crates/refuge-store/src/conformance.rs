@@ -13,7 +13,7 @@ use refuge_core::{
     TenantId, compress_chunk,
 };
 
-use crate::{NewSnapshot, Store};
+use crate::{GcOutcome, NewSnapshot, Store, StoreError};
 
 fn tenant(s: &str) -> TenantId {
     TenantId::new(s).expect("valid tenant")
@@ -42,6 +42,7 @@ fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
         },
         bytes_uploaded: 5,
         warnings: 0,
+        refs: Vec::new(),
     }
 }
 
@@ -52,7 +53,7 @@ pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
     let (id1, c1) = chunk(b"first chunk");
     let (id2, c2) = chunk(b"second chunk");
     assert_eq!(s.missing_chunks(&a, &[id1, id2]).unwrap(), vec![0, 1]);
-    let out = s.put_chunks(&a, &[(id1, c1.clone())]).unwrap();
+    let out = s.put_chunks(&a, &[(id1, c1.clone())], 1).unwrap();
     assert_eq!(out.stored, 1);
     assert_eq!(out.bytes, c1.data.len() as u64);
     assert_eq!(s.missing_chunks(&a, &[id1, id2]).unwrap(), vec![1]);
@@ -60,7 +61,7 @@ pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
     assert_eq!(s.get_chunk(&a, &id1).unwrap(), Some(c1));
     assert_eq!(s.get_chunk(&b, &id1).unwrap(), None);
     assert_eq!(s.get_chunk(&a, &id2).unwrap(), None);
-    s.put_chunks(&b, &[(id2, c2)]).unwrap();
+    s.put_chunks(&b, &[(id2, c2)], 1).unwrap();
     assert_eq!(s.missing_chunks(&a, &[id2]).unwrap(), vec![0]);
     assert_eq!(s.missing_chunks(&a, &[]).unwrap(), Vec::<usize>::new());
     assert_eq!(
@@ -75,7 +76,7 @@ pub fn puts_are_idempotent_and_never_overwrite(s: &dyn Store) {
     let a = tenant("alpha");
     let (id, c) = chunk(b"content");
     assert_eq!(
-        s.put_chunks(&a, &[(id, c.clone()), (id, c.clone())])
+        s.put_chunks(&a, &[(id, c.clone()), (id, c.clone())], 1)
             .unwrap()
             .stored,
         1
@@ -84,7 +85,7 @@ pub fn puts_are_idempotent_and_never_overwrite(s: &dyn Store) {
         data: b"different".to_vec(),
         ..c.clone()
     };
-    assert_eq!(s.put_chunks(&a, &[(id, other)]).unwrap().stored, 0);
+    assert_eq!(s.put_chunks(&a, &[(id, other)], 1).unwrap().stored, 0);
     assert_eq!(s.get_chunk(&a, &id).unwrap(), Some(c));
     s.sync().unwrap();
 }
@@ -172,6 +173,124 @@ pub fn audit_records_chain_and_read_back(s: &dyn Store) {
     assert_eq!(tail, vec![all[1].clone()]);
 }
 
+/// A commit adds a reference per entry of `refs`, a deletion removes them;
+/// a commit naming a chunk the store lacks changes nothing.
+pub fn refcounts_follow_commits_and_deletions(s: &dyn Store) {
+    let a = tenant("alpha");
+    let (ida, ca) = chunk(b"chunk a");
+    let (idb, cb) = chunk(b"chunk b");
+    let (idc, cc) = chunk(b"chunk c");
+    s.put_chunks(&a, &[(ida, ca), (idb, cb), (idc, cc)], 100)
+        .unwrap();
+    let count = |id: &ChunkId| s.chunk_refcount(&a, id).unwrap();
+    let mut n1 = new_snapshot("alpha", "etc", ida);
+    n1.refs = vec![ida, idb, idb];
+    let s1 = s.commit_snapshot(n1, 1_000).unwrap();
+    let mut n2 = new_snapshot("alpha", "etc", idc);
+    n2.refs = vec![idb, idc];
+    let s2 = s.commit_snapshot(n2, 2_000).unwrap();
+    assert_eq!((count(&ida), count(&idb), count(&idc)), (1, 3, 1));
+
+    // A reference to an absent chunk (or another tenant's) is refused.
+    let mut bad = new_snapshot("alpha", "etc", idc);
+    bad.refs = vec![idc, ChunkId::of(b"never stored")];
+    let e = s.commit_snapshot(bad, 3_000).unwrap_err();
+    assert!(matches!(e, StoreError::MissingChunk(_)), "{e}");
+    let mut other = new_snapshot("beta", "etc", idc);
+    other.refs = vec![idc];
+    assert!(s.commit_snapshot(other, 3_000).is_err());
+    assert_eq!(s.list_snapshots(&a).unwrap().len(), 2);
+    assert_eq!(count(&idc), 1);
+
+    assert!(s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200).unwrap());
+    assert_eq!((count(&ida), count(&idb), count(&idc)), (0, 1, 1));
+    assert_eq!(s.list_snapshots(&a).unwrap(), vec![s2.clone()]);
+    // A second deletion (or another tenant's) finds nothing and subtracts
+    // nothing.
+    assert!(!s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200).unwrap());
+    assert!(!s.delete_snapshot(&tenant("beta"), &s2.id, &[idb], 200).unwrap());
+    assert_eq!((count(&idb), count(&idc)), (1, 1));
+    assert!(s.delete_snapshot(&a, &s2.id, &[idb, idc], 300).unwrap());
+    assert_eq!((count(&idb), count(&idc)), (0, 0));
+    assert!(s.list_snapshots(&a).unwrap().is_empty());
+}
+
+/// Garbage collection deletes exactly the chunks that are unreferenced
+/// and untouched since before the cutoff, whatever the order of events.
+pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
+    let a = tenant("alpha");
+    let b = tenant("beta");
+    let (kept, ck) = chunk(b"referenced");
+    let (freed, cf) = chunk(b"freed by a deletion");
+    let (orphan, co) = chunk(b"uploaded, never committed");
+    let (touched, ct) = chunk(b"uploaded, then reported present");
+    s.put_chunks(&a, &[(kept, ck.clone()), (freed, cf), (orphan, co.clone())], 100)
+        .unwrap();
+    s.put_chunks(&a, &[(touched, ct)], 100).unwrap();
+    // The same bytes in another tenant are another chunk.
+    s.put_chunks(&b, &[(orphan, co)], 5_000).unwrap();
+    let mut n = new_snapshot("alpha", "etc", kept);
+    n.refs = vec![kept, freed];
+    let snap = s.commit_snapshot(n, 1_000).unwrap();
+    let mut n = new_snapshot("alpha", "var", kept);
+    n.refs = vec![kept];
+    s.commit_snapshot(n, 1_100).unwrap();
+    assert!(s.delete_snapshot(&a, &snap.id, &[kept, freed], 2_000).unwrap());
+    s.touch_chunks(&a, &[touched, kept], 3_000).unwrap();
+    let present = |t: &TenantId, id: &ChunkId| s.get_chunk(t, id).unwrap().is_some();
+
+    // Cutoff 1500: only the orphan (unreferenced since 100) goes.
+    let mut batches = 0;
+    let o = s.collect_garbage(1_500, &mut |_| batches += 1).unwrap();
+    assert!(batches >= 1);
+    assert_eq!(o.deleted, 1, "{o:?}");
+    assert!(o.bytes > 0);
+    assert!(!present(&a, &orphan));
+    assert!(present(&b, &orphan), "another tenant's copy is untouched");
+    assert!(present(&a, &freed) && present(&a, &touched) && present(&a, &kept));
+    assert_eq!(s.missing_chunks(&a, &[orphan, kept]).unwrap(), vec![0]);
+
+    // Cutoff 2500: the chunk freed at 2000 goes; the touched one stays.
+    let o = s.collect_garbage(2_500, &mut |_| {}).unwrap();
+    assert_eq!(o.deleted, 1, "{o:?}");
+    assert!(!present(&a, &freed) && present(&a, &touched) && present(&a, &kept));
+
+    // Cutoff far ahead: the touched one and the other tenant's orphan go;
+    // the referenced one never.
+    let o = s.collect_garbage(1_000_000, &mut |_| {}).unwrap();
+    assert_eq!(o.deleted, 2, "{o:?}");
+    assert!(!present(&a, &touched) && !present(&b, &orphan) && present(&a, &kept));
+    assert_eq!(s.chunk_refcount(&a, &kept).unwrap(), 1);
+    // Nothing is left to look at: the work is over the change only.
+    let o = s.collect_garbage(1_000_000, &mut |_| {}).unwrap();
+    assert_eq!(o, GcOutcome::default());
+    // A deleted chunk can be uploaded again.
+    let (id, c) = chunk(b"freed by a deletion");
+    assert_eq!(s.put_chunks(&a, &[(id, c)], 9_000).unwrap().stored, 1);
+}
+
+/// Settings are stored, listed by prefix and removed.
+pub fn settings_round_trip(s: &dyn Store) {
+    assert_eq!(s.get_setting("retention/alpha").unwrap(), None);
+    s.put_setting("retention/alpha", Some(b"one")).unwrap();
+    s.put_setting("retention/beta", Some(b"two")).unwrap();
+    s.put_setting("pin/alpha/00ff", Some(b"")).unwrap();
+    assert_eq!(
+        s.get_setting("retention/alpha").unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    let names: Vec<String> = s
+        .list_settings("retention/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(names, ["retention/alpha", "retention/beta"]);
+    s.put_setting("retention/alpha", None).unwrap();
+    assert_eq!(s.get_setting("retention/alpha").unwrap(), None);
+    assert_eq!(s.list_settings("pin/").unwrap().len(), 1);
+}
+
 /// Generates one `#[test]` per conformance check; `$make` is an expression
 /// that creates a fresh, empty store behind a pointer (`Box`, or a guard
 /// that derefs to the store and owns its temporary directory). It is
@@ -203,6 +322,21 @@ macro_rules! conformance_tests {
         fn conformance_audit_records_chain_and_read_back() {
             let s = $make;
             $crate::conformance::audit_records_chain_and_read_back(&*s);
+        }
+        #[test]
+        fn conformance_refcounts_follow_commits_and_deletions() {
+            let s = $make;
+            $crate::conformance::refcounts_follow_commits_and_deletions(&*s);
+        }
+        #[test]
+        fn conformance_gc_deletes_only_old_unreferenced_chunks() {
+            let s = $make;
+            $crate::conformance::gc_deletes_only_old_unreferenced_chunks(&*s);
+        }
+        #[test]
+        fn conformance_settings_round_trip() {
+            let s = $make;
+            $crate::conformance::settings_round_trip(&*s);
         }
     };
 }

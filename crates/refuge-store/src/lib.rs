@@ -14,13 +14,26 @@
 //!   stored chunks are never overwritten.
 //! * [`Store::commit_snapshot`] makes every earlier `put_chunks` and the new
 //!   record durable, atomically, before it returns; it assigns the sequence
-//!   number and a time that never goes backwards.
+//!   number and a time that never goes backwards. It refuses a snapshot
+//!   that references a chunk the store does not have.
+//! * Reference counts: a commit adds one reference per entry of
+//!   [`NewSnapshot::refs`], [`Store::delete_snapshot`] removes them, in the
+//!   same atomic write as the record. A chunk whose count is zero is
+//!   *unreferenced* from that moment (or from its upload, for a chunk no
+//!   commit has used yet); [`Store::touch_chunks`] renews that moment.
+//!   [`Store::collect_garbage`] deletes only chunks that are unreferenced
+//!   and untouched since before its cutoff, so its work is proportional to
+//!   what became unreferenced, never to the size of the store.
 //!
 //! # Concurrency
 //!
 //! All methods take `&self` and may be called from many threads. Commits are
 //! serialised inside the store (they assign the sequence number); chunk puts
-//! and reads run in parallel.
+//! and reads run in parallel. Garbage collection excludes commits and
+//! deletions only while it removes one batch of chunks (a reader-writer
+//! lock, held for one RocksDB write): a commit can never reference a chunk
+//! that a concurrent collection deletes, because the commit checks that its
+//! chunks exist under the same lock.
 
 mod mem;
 
@@ -47,12 +60,20 @@ pub enum StoreError {
     /// Any other engine failure (I/O error, engine shut down).
     #[error("storage engine error: {0}")]
     Backend(String),
+    /// A commit references a chunk the store does not have (for example
+    /// one garbage collection removed during a long backup). Uploading the
+    /// chunk again and retrying the commit can help.
+    #[error("{0}")]
+    MissingChunk(String),
 }
 
 impl StoreError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::NoSpace(_) | StoreError::Backend(_))
+        matches!(
+            self,
+            StoreError::NoSpace(_) | StoreError::Backend(_) | StoreError::MissingChunk(_)
+        )
     }
 }
 
@@ -87,6 +108,37 @@ pub struct NewSnapshot {
     pub bytes_uploaded: u64,
     /// Reported by the agent.
     pub warnings: u64,
+    /// Every stored chunk the snapshot references: its manifest chunks and
+    /// the data chunks in the manifest, holes excluded, repeats included.
+    /// The commit adds one reference to each.
+    pub refs: Vec<ChunkId>,
+}
+
+/// What one garbage collection removed and left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    /// Unreferenced-chunk entries looked at.
+    pub examined: u64,
+    /// Chunks deleted.
+    pub deleted: u64,
+    /// Their stored (compressed) bytes.
+    pub bytes: u64,
+    /// Entries dropped because a commit referenced the chunk again.
+    pub referenced_again: u64,
+    /// Unreferenced chunks kept because they were unreferenced or touched
+    /// after the cutoff (a backup may be about to use them).
+    pub kept_recent: u64,
+}
+
+impl GcOutcome {
+    /// Adds another batch's figures.
+    pub fn add(&mut self, o: &GcOutcome) {
+        self.examined += o.examined;
+        self.deleted += o.deleted;
+        self.bytes += o.bytes;
+        self.referenced_again += o.referenced_again;
+        self.kept_recent += o.kept_recent;
+    }
 }
 
 /// The node's chunk store and snapshot catalog.
@@ -106,13 +158,24 @@ pub trait Store: Send + Sync + 'static {
             .collect())
     }
 
-    /// Stores verified chunks for `tenant`; existing ids are left untouched.
-    /// Not necessarily durable until [`Store::sync`] or a commit.
+    /// Stores verified chunks for `tenant`; existing ids are left untouched
+    /// (but touched, see [`Store::touch_chunks`]). New chunks are
+    /// unreferenced as of `now_micros` until a commit references them. Not
+    /// necessarily durable until [`Store::sync`] or a commit.
     fn put_chunks(
         &self,
         tenant: &TenantId,
         chunks: &[(ChunkId, StoredChunk)],
+        now_micros: i64,
     ) -> Result<PutOutcome>;
+
+    /// Renews the unreferenced-since time of those of `ids` that no
+    /// snapshot references, to `now_micros`: called for chunks a client
+    /// was told exist, which its next commit may reference.
+    fn touch_chunks(&self, tenant: &TenantId, ids: &[ChunkId], now_micros: i64) -> Result<()>;
+
+    /// How many references `tenant`'s chunk has (0 if none or absent).
+    fn chunk_refcount(&self, tenant: &TenantId, id: &ChunkId) -> Result<u64>;
 
     /// A stored chunk, or `None` if `tenant` has no chunk with this id.
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>>;
@@ -121,8 +184,41 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<()>;
 
     /// Commits a snapshot durably and atomically, at node time `now_micros`
-    /// (raised if needed so that times strictly increase).
+    /// (raised if needed so that times strictly increase), adding a
+    /// reference to every chunk in `new.refs`. Fails with
+    /// [`StoreError::MissingChunk`] if one of them is not stored.
     fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord>;
+
+    /// Removes `tenant`'s snapshot `id` and one reference from each of
+    /// `refs` (the snapshot's, as in [`NewSnapshot::refs`]), durably and
+    /// atomically; chunks left without references become unreferenced as
+    /// of `now_micros`. Returns `false` (and changes nothing) if there is
+    /// no such snapshot.
+    fn delete_snapshot(
+        &self,
+        tenant: &TenantId,
+        id: &SnapshotId,
+        refs: &[ChunkId],
+        now_micros: i64,
+    ) -> Result<bool>;
+
+    /// Deletes every chunk that no snapshot references and that has been
+    /// unreferenced (and untouched) since before `cutoff_micros`, in
+    /// batches; `progress` sees the running totals after each batch.
+    fn collect_garbage(
+        &self,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome>;
+
+    /// A node setting (retention policy, pin), or `None`.
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Sets (`Some`) or removes (`None`) a node setting, durably.
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+
+    /// Every setting whose key starts with `prefix`, in key order.
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
     /// All of `tenant`'s snapshots, oldest first.
     fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>>;
@@ -140,6 +236,25 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` audit records from sequence number `from_seq` on.
     fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 }
+
+/// Each distinct id of `refs` with how often it occurs, in id order: the
+/// reference count changes of a commit or a deletion.
+pub fn ref_counts(refs: &[ChunkId]) -> Vec<(ChunkId, u64)> {
+    let mut ids = refs.to_vec();
+    ids.sort_unstable();
+    let mut out: Vec<(ChunkId, u64)> = Vec::new();
+    for id in ids {
+        match out.last_mut() {
+            Some((last, n)) if *last == id => *n += 1,
+            _ => out.push((id, 1)),
+        }
+    }
+    out
+}
+
+/// Batch size of [`Store::collect_garbage`]: chunks examined per exclusive
+/// hold of the commit lock.
+pub const GC_BATCH: usize = 1024;
 
 /// Chains `events` after `head` (last sequence number and hash; `(0,
 /// zeros)` for an empty log) and moves the head: the shared part of every

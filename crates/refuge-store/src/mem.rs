@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
-use crate::{NewSnapshot, PutOutcome, Result, Store, build_record, chain_audit};
+use crate::{
+    GcOutcome, NewSnapshot, PutOutcome, Result, Store, StoreError, build_record, chain_audit,
+    ref_counts,
+};
 
 /// In-memory store; every method takes one mutex.
 #[derive(Default)]
@@ -22,6 +25,10 @@ struct Inner {
     last_time: i64,
     audit: Vec<AuditRecord>,
     audit_head: (u64, [u8; 32]),
+    refs: HashMap<(TenantId, ChunkId), u64>,
+    /// Unreferenced chunks and since when.
+    unref: BTreeMap<(TenantId, ChunkId), i64>,
+    settings: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemStore {
@@ -50,19 +57,41 @@ impl Store for MemStore {
         &self,
         tenant: &TenantId,
         chunks: &[(ChunkId, StoredChunk)],
+        now_micros: i64,
     ) -> Result<PutOutcome> {
         let mut g = self.lock();
         let mut out = PutOutcome::default();
         for (id, c) in chunks {
-            if let std::collections::hash_map::Entry::Vacant(v) =
-                g.chunks.entry((tenant.clone(), *id))
-            {
+            let k = (tenant.clone(), *id);
+            if let std::collections::hash_map::Entry::Vacant(v) = g.chunks.entry(k.clone()) {
                 out.stored += 1;
                 out.bytes += c.data.len() as u64;
                 v.insert(c.clone());
+                g.unref.insert(k, now_micros);
+            } else if let Some(t) = g.unref.get_mut(&k) {
+                *t = now_micros;
             }
         }
         Ok(out)
+    }
+
+    fn touch_chunks(&self, tenant: &TenantId, ids: &[ChunkId], now_micros: i64) -> Result<()> {
+        let mut g = self.lock();
+        for id in ids {
+            if let Some(t) = g.unref.get_mut(&(tenant.clone(), *id)) {
+                *t = now_micros;
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk_refcount(&self, tenant: &TenantId, id: &ChunkId) -> Result<u64> {
+        Ok(self
+            .lock()
+            .refs
+            .get(&(tenant.clone(), *id))
+            .copied()
+            .unwrap_or(0))
     }
 
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>> {
@@ -75,6 +104,18 @@ impl Store for MemStore {
 
     fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
         let mut g = self.lock();
+        let counts = ref_counts(&new.refs);
+        if let Some((id, _)) = counts
+            .iter()
+            .find(|(id, _)| !g.chunks.contains_key(&(new.tenant.clone(), *id)))
+        {
+            return Err(StoreError::MissingChunk(format!(
+                "chunk {id} is not stored (it may have been removed by garbage collection during this backup); upload it again"
+            )));
+        }
+        for (id, n) in counts {
+            *g.refs.entry((new.tenant.clone(), id)).or_insert(0) += n;
+        }
         let seq = g.seq + 1;
         let time = now_micros.max(g.last_time.saturating_add(1));
         let rec = build_record(new, seq, time);
@@ -82,6 +123,86 @@ impl Store for MemStore {
         g.last_time = time;
         g.snapshots.insert((rec.tenant.clone(), seq), rec.clone());
         Ok(rec)
+    }
+
+    fn delete_snapshot(
+        &self,
+        tenant: &TenantId,
+        id: &SnapshotId,
+        refs: &[ChunkId],
+        now_micros: i64,
+    ) -> Result<bool> {
+        let mut g = self.lock();
+        let Some(key) = g
+            .snapshots
+            .iter()
+            .find(|((t, _), r)| t == tenant && &r.id == id)
+            .map(|(k, _)| k.clone())
+        else {
+            return Ok(false);
+        };
+        g.snapshots.remove(&key);
+        for (cid, n) in ref_counts(refs) {
+            let k = (tenant.clone(), cid);
+            let left = g.refs.get(&k).copied().unwrap_or(0).saturating_sub(n);
+            if left == 0 {
+                g.refs.remove(&k);
+                g.unref.insert(k, now_micros);
+            } else {
+                g.refs.insert(k, left);
+            }
+        }
+        Ok(true)
+    }
+
+    fn collect_garbage(
+        &self,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        let mut g = self.lock();
+        let mut out = GcOutcome::default();
+        let entries: Vec<_> = g.unref.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        for (k, since) in entries {
+            out.examined += 1;
+            if g.refs.get(&k).copied().unwrap_or(0) > 0 {
+                g.unref.remove(&k);
+                out.referenced_again += 1;
+            } else if since < cutoff_micros {
+                g.unref.remove(&k);
+                if let Some(c) = g.chunks.remove(&k) {
+                    out.deleted += 1;
+                    out.bytes += c.data.len() as u64;
+                }
+            } else {
+                out.kept_recent += 1;
+            }
+        }
+        progress(&out);
+        Ok(out)
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().settings.get(key).cloned())
+    }
+
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let mut g = self.lock();
+        match value {
+            Some(v) => g.settings.insert(key.to_string(), v.to_vec()),
+            None => g.settings.remove(key),
+        };
+        Ok(())
+    }
+
+    fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .settings
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>> {
