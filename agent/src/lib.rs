@@ -11,6 +11,7 @@
 //! | 2 | bad arguments or configuration |
 //! | 3 | backup committed, but some files could not be read (listed) |
 
+pub mod admin;
 pub mod audit;
 pub mod certs;
 pub mod commands;

@@ -6,4 +6,5 @@
 
 mod backup_restore;
 mod rejections;
+mod retention;
 mod security;

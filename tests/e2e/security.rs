@@ -85,10 +85,13 @@ enum Call {
     Resolve,
     GetChunks,
     ReadAudit,
+    Prune,
+    SetRetention,
+    Gc,
 }
 
 impl Call {
-    const ALL: [Call; 7] = [
+    const ALL: [Call; 10] = [
         Call::FindMissing,
         Call::PutChunks,
         Call::Commit,
@@ -96,6 +99,9 @@ impl Call {
         Call::Resolve,
         Call::GetChunks,
         Call::ReadAudit,
+        Call::Prune,
+        Call::SetRetention,
+        Call::Gc,
     ];
 
     fn rpc(self) -> &'static str {
@@ -107,6 +113,9 @@ impl Call {
             Call::Resolve => "ResolveSnapshot",
             Call::GetChunks => "GetChunks",
             Call::ReadAudit => "ReadAudit",
+            Call::Prune => "Prune",
+            Call::SetRetention => "SetRetention",
+            Call::Gc => "CollectGarbage",
         }
     }
 
@@ -181,6 +190,37 @@ impl Call {
                     .into_inner();
                 while s.message().await?.is_some() {}
             }
+            // What a compromised agent would want: prune everything but
+            // the newest snapshot. Allowed callers (admins) get a dry run.
+            Call::Prune => {
+                n.admin
+                    .clone()
+                    .prune(pb::PruneRequest {
+                        tenant: "finance".into(),
+                        dry_run: n.role == "admin",
+                    })
+                    .await?;
+            }
+            Call::SetRetention => {
+                let attack = n.role != "admin";
+                n.admin
+                    .clone()
+                    .set_retention(pb::SetRetentionRequest {
+                        tenant: "finance".into(),
+                        policy: attack.then_some(pb::RetentionPolicy {
+                            keep_last: 1,
+                            ..Default::default()
+                        }),
+                        reset: !attack,
+                    })
+                    .await?;
+            }
+            Call::Gc => {
+                n.admin
+                    .clone()
+                    .collect_garbage(pb::CollectGarbageRequest {})
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -201,7 +241,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             w.operator.as_path(),
             &[List, Resolve, GetChunks],
         ),
-        ("admin", w.admin.as_path(), &[List]),
+        ("admin", w.admin.as_path(), &[List, Prune, SetRetention, Gc]),
         ("auditor", w.auditor.as_path(), &[ReadAudit]),
     ];
     let probe = b"bytes a denied caller tries to store".to_vec();
@@ -251,6 +291,16 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
         let mut tenants: Vec<_> = snaps.iter().map(|s| s.tenant.as_str()).collect();
         tenants.sort();
         assert_eq!(tenants, ["finance", "hr"]);
+        let policy = admin
+            .admin
+            .clone()
+            .get_retention(pb::GetRetentionRequest {
+                tenant: "finance".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(policy.is_default && policy.keep_last == 0, "{policy:?}");
     });
     // The agent's own allowed PutChunks stored the probe; nobody else's
     // denied one did: the other tenant still lacks it.
@@ -268,7 +318,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             .missing;
         assert_eq!(missing, vec![0]);
     });
-    assert_eq!(denials.len(), 1 + 4 + 6 + 6);
+    assert_eq!(denials.len(), 4 + 7 + 6 + 9);
     let log = w.c.audit(&w.auditor);
     for (role, rpc) in &denials {
         assert!(

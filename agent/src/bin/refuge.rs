@@ -97,6 +97,89 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retention, pruning, pins and garbage collection (admin
+    /// certificates only).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Show or set a tenant's retention policy.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+    /// Remove the snapshots that retention policies no longer keep (the
+    /// node also does this on its schedule).
+    Prune {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a snapshot so that retention never removes it (or unpin it).
+    Pin {
+        /// Snapshot id or unique id prefix.
+        snapshot: String,
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Remove the pin instead.
+        #[arg(long)]
+        unpin: bool,
+    },
+    /// Delete chunks that no snapshot references any more (after the
+    /// node's grace period, gc.grace_secs).
+    Gc {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// The policy in effect for a tenant.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a tenant's policy (rules not given are 0, off). Bucket rules
+    /// keep the newest snapshot of each of the newest N hours, days, ISO
+    /// weeks, months or years, per host and source; the newest snapshot
+    /// and pinned ones are always kept.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Keep everything younger than this many seconds.
+        #[arg(long, default_value_t = 0)]
+        keep_within_secs: u64,
+        /// Remove the tenant's policy: the node's default applies.
+        #[arg(long, conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within_secs"])]
+        reset: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -261,10 +344,54 @@ fn main() -> ExitCode {
                         since,
                         json,
                     } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
+                    Command::Admin(cmd) => admin(&cfg, cmd).await,
                     Command::Certs(_) => unreachable!("handled above"),
                 }
             }),
         },
     };
     refuge_cli::finish("refuge", r)
+}
+
+async fn admin(cfg: &std::path::Path, cmd: AdminCmd) -> refuge_cli::Outcome {
+    use refuge_cli::admin;
+    match cmd {
+        AdminCmd::Retention(RetentionCmd::Show { tenant, json }) => {
+            admin::retention_show(cfg, &tenant, json).await
+        }
+        AdminCmd::Retention(RetentionCmd::Set {
+            tenant,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within_secs,
+            reset,
+            json,
+        }) => {
+            let p = (!reset).then_some(refuge_core::retention::Policy {
+                keep_last,
+                keep_hourly,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                keep_yearly,
+                keep_within_secs,
+            });
+            admin::retention_set(cfg, &tenant, p, json).await
+        }
+        AdminCmd::Prune {
+            tenant,
+            dry_run,
+            json,
+        } => admin::prune(cfg, tenant.as_deref(), dry_run, json).await,
+        AdminCmd::Pin {
+            snapshot,
+            tenant,
+            unpin,
+        } => admin::pin(cfg, &tenant, &snapshot, !unpin).await,
+        AdminCmd::Gc { json } => admin::gc(cfg, json).await,
+    }
 }

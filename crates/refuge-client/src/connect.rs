@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use hyper_util::rt::TokioIo;
 use refuge_proto::pb;
+use refuge_proto::pb::admin_client::AdminClient;
 use refuge_proto::pb::audit_client::AuditClient;
 use refuge_proto::pb::ingest_client::IngestClient;
 use refuge_proto::pb::restore_client::RestoreClient;
@@ -31,6 +32,8 @@ pub struct Node {
     pub restore: RestoreClient<Channel>,
     /// Audit service client.
     pub audit: AuditClient<Channel>,
+    /// Admin service client.
+    pub admin: AdminClient<Channel>,
     /// Role the node read from our certificate (`agent`, `operator`,
     /// `admin`, `auditor`).
     pub role: String,
@@ -230,7 +233,10 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let ingest = IngestClient::new(channel.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let audit = AuditClient::new(channel)
+    let audit = AuditClient::new(channel.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let who = restore
@@ -257,6 +263,7 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
         ingest,
         restore,
         audit,
+        admin,
         role: who.role,
         name: who.name,
         tenants: who.tenants,

@@ -287,7 +287,11 @@ mod tests {
             keep_last: 10,
             ..Policy::default()
         };
-        assert!(kept(&decide(&only_last, &c, flood_start + HOUR)).iter().all(|&s| s > 30));
+        assert!(
+            kept(&decide(&only_last, &c, flood_start + HOUR))
+                .iter()
+                .all(|&s| s > 30)
+        );
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub struct NodeConfig {
     /// RocksDB tuning.
     #[serde(default)]
     pub rocksdb: RocksConfig,
+    /// Scheduled retention and the default policy.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: GcConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -82,6 +88,34 @@ impl Default for LimitsConfig {
             max_connections: 256,
             ingest_buffer_mib: 128,
         }
+    }
+}
+
+/// Scheduled retention.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds between scheduled runs (prune every tenant, then collect
+    /// garbage); 0: only on demand (`refuge admin prune`).
+    pub interval_secs: u64,
+    /// The policy of tenants without one of their own (`refuge admin
+    /// retention set`). All zeros keeps everything.
+    pub default: refuge_core::retention::Policy,
+}
+
+/// Garbage collection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// A chunk is deleted only after it has been unreferenced, and not
+    /// reported to any client as present, for this long: a backup that
+    /// takes longer than this may have to upload a chunk again.
+    pub grace_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { grace_secs: 86_400 }
     }
 }
 
@@ -167,6 +201,8 @@ mod tests {
         let cfg = NodeConfig::parse(text).expect("template parses");
         assert_eq!(cfg.limits, LimitsConfig::default());
         assert_eq!(cfg.rocksdb, RocksConfig::default());
+        assert_eq!(cfg.retention, RetentionConfig::default());
+        assert_eq!(cfg.gc, GcConfig::default());
     }
 
     #[test]

@@ -18,10 +18,11 @@
 mod access;
 mod audit;
 mod config;
+mod maintenance;
 mod server;
 mod service;
 
-pub use config::{LimitsConfig, NodeConfig, RocksConfig, TlsFiles};
+pub use config::{GcConfig, LimitsConfig, NodeConfig, RetentionConfig, RocksConfig, TlsFiles};
 pub use server::{ServeOptions, run, serve};
 
 /// Re-exported so callers of [`serve`] can pass any store.

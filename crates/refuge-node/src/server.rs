@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use refuge_proto::pb::admin_server::AdminServer;
 use refuge_proto::pb::audit_server::AuditServer;
 use refuge_proto::pb::ingest_server::IngestServer;
 use refuge_proto::pb::restore_server::RestoreServer;
@@ -27,7 +28,8 @@ use tracing::{info, warn};
 
 use crate::access::Access;
 use crate::audit::{AuditLog, Outcome};
-use crate::config::{LimitsConfig, NodeConfig};
+use crate::config::{GcConfig, LimitsConfig, NodeConfig, RetentionConfig};
+use crate::maintenance::{AdminService, Maintenance};
 use crate::service::{AuditService, IngestService, RestoreService};
 
 /// What [`serve`] needs besides the store and listener.
@@ -41,6 +43,10 @@ pub struct ServeOptions {
     /// The config file to re-read for `tls.revoked_serials` on SIGHUP and
     /// when it changes (`None`: the list is fixed).
     pub reload_from: Option<std::path::PathBuf>,
+    /// Scheduled retention and the default policy.
+    pub retention: RetentionConfig,
+    /// Garbage collection.
+    pub gc: GcConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -85,6 +91,8 @@ pub async fn run(
             revoked: cfg.tls.revoked(),
             reload_from: cfg.source.clone(),
             limits: cfg.limits,
+            retention: cfg.retention,
+            gc: cfg.gc,
         },
         shutdown,
     )
@@ -124,6 +132,18 @@ pub async fn serve(
     });
     if let Some(path) = opts.reload_from {
         tokio::spawn(watch_config(path, access.clone(), stop_rx.clone()));
+    }
+    let maintenance = Maintenance::new(
+        store.clone(),
+        access.clone(),
+        opts.retention.default,
+        Duration::from_secs(opts.gc.grace_secs),
+    );
+    if opts.retention.interval_secs > 0 {
+        tokio::spawn(maintenance.clone().schedule(
+            Duration::from_secs(opts.retention.interval_secs),
+            stop_rx.clone(),
+        ));
     }
     let (conn_tx, conn_rx) = mpsc::channel(64);
     let handshake_timeout = Duration::from_secs(opts.limits.handshake_timeout_secs);
@@ -178,6 +198,7 @@ pub async fn serve(
     health.set_serving::<IngestServer<IngestService>>().await;
     health.set_serving::<RestoreServer<RestoreService>>().await;
     health.set_serving::<AuditServer<AuditService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
 
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     let ingest = IngestServer::new(IngestService::new(
@@ -194,6 +215,9 @@ pub async fn serve(
     let audit_svc = AuditServer::new(AuditService::new(store, access))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let admin_svc = AdminServer::new(AdminService::new(maintenance))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     info!(%addr, "refuged listening (gRPC over TLS 1.3, client certificates required)");
     let mut stop = stop_rx;
     tonic::transport::Server::builder()
@@ -203,6 +227,7 @@ pub async fn serve(
         .add_service(ingest)
         .add_service(restore)
         .add_service(audit_svc)
+        .add_service(admin_svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             let _ = stop.changed().await;
         })

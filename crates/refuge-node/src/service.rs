@@ -159,12 +159,25 @@ fn verify_and_put(
 }
 
 /// Reads a manifest stream from stored chunks, verifying each.
-struct StoredStream<'a> {
+pub(crate) struct StoredStream<'a> {
     store: &'a dyn Store,
     tenant: &'a TenantId,
     refs: std::slice::Iter<'a, ChunkRef>,
     buf: Vec<u8>,
     pos: usize,
+}
+
+impl<'a> StoredStream<'a> {
+    /// The manifest made of `refs`, read from `tenant`'s chunks.
+    pub(crate) fn new(store: &'a dyn Store, tenant: &'a TenantId, refs: &'a [ChunkRef]) -> Self {
+        StoredStream {
+            store,
+            tenant,
+            refs: refs.iter(),
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
 }
 
 impl Read for StoredStream<'_> {
@@ -246,13 +259,7 @@ fn check_and_commit(
             ),
         }));
     }
-    let stream = StoredStream {
-        store,
-        tenant: &who.tenant,
-        refs: manifest.iter(),
-        buf: Vec::new(),
-        pos: 0,
-    };
+    let stream = StoredStream::new(store, &who.tenant, &manifest);
     let mut reader =
         ManifestReader::new(stream).map_err(|e| reject(format!("invalid manifest: {e}")))?;
     if reader.kind() != kind {
@@ -515,7 +522,7 @@ fn filtered(
     Ok(out)
 }
 
-fn resolve(
+pub(crate) fn resolve(
     snaps: Vec<SnapshotRecord>,
     req: &pb::ResolveSnapshotRequest,
 ) -> Result<SnapshotRecord, Status> {

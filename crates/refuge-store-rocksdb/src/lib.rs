@@ -515,9 +515,10 @@ impl Store for RocksStore {
             // Candidates are read without the lock; each is re-checked
             // under it.
             let mut cands = Vec::with_capacity(GC_BATCH);
-            let it = self
-                .db
-                .iterator_cf(self.cf(CF_UNREF), IteratorMode::From(&from, Direction::Forward));
+            let it = self.db.iterator_cf(
+                self.cf(CF_UNREF),
+                IteratorMode::From(&from, Direction::Forward),
+            );
             for item in it.take(GC_BATCH) {
                 let (k, _) = item.map_err(err)?;
                 cands.push(k.to_vec());

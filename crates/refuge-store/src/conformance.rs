@@ -202,13 +202,22 @@ pub fn refcounts_follow_commits_and_deletions(s: &dyn Store) {
     assert_eq!(s.list_snapshots(&a).unwrap().len(), 2);
     assert_eq!(count(&idc), 1);
 
-    assert!(s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200).unwrap());
+    assert!(
+        s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200)
+            .unwrap()
+    );
     assert_eq!((count(&ida), count(&idb), count(&idc)), (0, 1, 1));
     assert_eq!(s.list_snapshots(&a).unwrap(), vec![s2.clone()]);
     // A second deletion (or another tenant's) finds nothing and subtracts
     // nothing.
-    assert!(!s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200).unwrap());
-    assert!(!s.delete_snapshot(&tenant("beta"), &s2.id, &[idb], 200).unwrap());
+    assert!(
+        !s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200)
+            .unwrap()
+    );
+    assert!(
+        !s.delete_snapshot(&tenant("beta"), &s2.id, &[idb], 200)
+            .unwrap()
+    );
     assert_eq!((count(&idb), count(&idc)), (1, 1));
     assert!(s.delete_snapshot(&a, &s2.id, &[idb, idc], 300).unwrap());
     assert_eq!((count(&idb), count(&idc)), (0, 0));
@@ -224,8 +233,12 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     let (freed, cf) = chunk(b"freed by a deletion");
     let (orphan, co) = chunk(b"uploaded, never committed");
     let (touched, ct) = chunk(b"uploaded, then reported present");
-    s.put_chunks(&a, &[(kept, ck.clone()), (freed, cf), (orphan, co.clone())], 100)
-        .unwrap();
+    s.put_chunks(
+        &a,
+        &[(kept, ck.clone()), (freed, cf), (orphan, co.clone())],
+        100,
+    )
+    .unwrap();
     s.put_chunks(&a, &[(touched, ct)], 100).unwrap();
     // The same bytes in another tenant are another chunk.
     s.put_chunks(&b, &[(orphan, co)], 5_000).unwrap();
@@ -235,7 +248,10 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     let mut n = new_snapshot("alpha", "var", kept);
     n.refs = vec![kept];
     s.commit_snapshot(n, 1_100).unwrap();
-    assert!(s.delete_snapshot(&a, &snap.id, &[kept, freed], 2_000).unwrap());
+    assert!(
+        s.delete_snapshot(&a, &snap.id, &[kept, freed], 2_000)
+            .unwrap()
+    );
     s.touch_chunks(&a, &[touched, kept], 3_000).unwrap();
     let present = |t: &TenantId, id: &ChunkId| s.get_chunk(t, id).unwrap().is_some();
 

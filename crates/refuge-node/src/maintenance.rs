@@ -1,0 +1,473 @@
+//! Retention, pruning, pins and garbage collection: the `Admin` service
+//! and the node's scheduled run of the same work.
+//!
+//! One maintenance job (prune or garbage collection) runs at a time
+//! (`Maintenance::running`). Neither stops backups or restores: a prune
+//! removes one snapshot per synced write, and garbage collection holds the
+//! store's commit lock only while it deletes one batch
+//! (docs/security.md, "What may run beside what").
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use refuge_core::retention::{Candidate, Decision, Policy, decide};
+use refuge_core::{ChunkId, ManifestReader, ManifestRecord, SnapshotRecord, TenantId};
+use refuge_proto::pb::{self, admin_server::Admin};
+use refuge_store::{GcOutcome, Store};
+use refuge_tls::Role;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::access::Access;
+use crate::audit::Outcome;
+use crate::service::{StoredStream, now_micros, resolve, store_status};
+
+fn policy_key(t: &TenantId) -> String {
+    format!("retention/{t}")
+}
+
+fn pin_prefix(t: &TenantId) -> String {
+    format!("pin/{t}/")
+}
+
+/// Shared by the `Admin` service and the schedule.
+pub(crate) struct Maintenance {
+    store: Arc<dyn Store>,
+    access: Arc<Access>,
+    default_policy: Policy,
+    grace: Duration,
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What a prune decided for one snapshot.
+struct Planned {
+    rec: SnapshotRecord,
+    decision: Decision,
+    pinned: bool,
+}
+
+impl Maintenance {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        access: Arc<Access>,
+        default_policy: Policy,
+        grace: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Maintenance {
+            store,
+            access,
+            default_policy,
+            grace,
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The tenant's policy, and whether it is the node's default.
+    fn policy(&self, t: &TenantId) -> Result<(Policy, bool), Status> {
+        match self
+            .store
+            .get_setting(&policy_key(t))
+            .map_err(store_status)?
+        {
+            Some(b) => Policy::decode(&b)
+                .map(|p| (p, false))
+                .map_err(|e| Status::data_loss(format!("retention policy of {t}: {e}"))),
+            None => Ok((self.default_policy, true)),
+        }
+    }
+
+    /// Decisions for every snapshot of `t`, grouped by host and source.
+    fn plan(&self, t: &TenantId, now: i64) -> Result<Vec<Planned>, Status> {
+        let (policy, _) = self.policy(t)?;
+        let pins: HashSet<String> = self
+            .store
+            .list_settings(&pin_prefix(t))
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(k, _)| k[pin_prefix(t).len()..].to_string())
+            .collect();
+        let mut groups: BTreeMap<(String, String), Vec<SnapshotRecord>> = BTreeMap::new();
+        for rec in self.store.list_snapshots(t).map_err(store_status)? {
+            groups
+                .entry((rec.host.to_string(), rec.source.to_string()))
+                .or_default()
+                .push(rec);
+        }
+        let mut out = Vec::new();
+        for (_, recs) in groups {
+            let cands: Vec<Candidate> = recs
+                .iter()
+                .map(|r| Candidate {
+                    seq: r.seq,
+                    time_micros: r.time_micros,
+                    pinned: pins.contains(&r.id.to_hex()),
+                })
+                .collect();
+            let mut by_seq: BTreeMap<u64, SnapshotRecord> =
+                recs.into_iter().map(|r| (r.seq, r)).collect();
+            for d in decide(&policy, &cands, now) {
+                let rec = by_seq
+                    .remove(&d.seq)
+                    .ok_or_else(|| Status::internal("retention decided on an unknown snapshot"))?;
+                let pinned = pins.contains(&rec.id.to_hex());
+                out.push(Planned {
+                    rec,
+                    decision: d,
+                    pinned,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored chunk `rec` references, as its commit counted them.
+    fn snapshot_refs(&self, rec: &SnapshotRecord) -> Result<Vec<ChunkId>, Status> {
+        let store = &*self.store;
+        let mut refs: Vec<ChunkId> = rec.manifest.iter().map(|r| r.id).collect();
+        let stream = StoredStream::new(store, &rec.tenant, &rec.manifest);
+        let bad = |e: String| {
+            Status::data_loss(format!(
+                "snapshot {} cannot be removed: its manifest cannot be read ({e}); nothing was changed for it",
+                rec.id.short()
+            ))
+        };
+        let mut reader = ManifestReader::new(stream).map_err(|e| bad(e.to_string()))?;
+        loop {
+            match reader.next_record() {
+                Ok(None) => break,
+                Ok(Some(ManifestRecord::Entry(_))) => {}
+                Ok(Some(ManifestRecord::Chunks(rs))) => {
+                    refs.extend(rs.iter().filter(|r| !r.is_hole()).map(|r| r.id))
+                }
+                Err(e) => return Err(bad(e.to_string())),
+            }
+        }
+        Ok(refs)
+    }
+
+    /// Prunes `tenants` (blocking): returns every decision and how many
+    /// snapshots were removed.
+    fn prune(
+        &self,
+        tenants: &[TenantId],
+        dry_run: bool,
+        subject: &str,
+    ) -> Result<(Vec<Planned>, u64), Status> {
+        let now = now_micros();
+        let mut all = Vec::new();
+        let mut removed = 0u64;
+        for t in tenants {
+            let plan = self.plan(t, now)?;
+            let mut gone = Vec::new();
+            if !dry_run {
+                for p in plan.iter().filter(|p| !p.decision.keep) {
+                    let refs = self.snapshot_refs(&p.rec)?;
+                    if self
+                        .store
+                        .delete_snapshot(t, &p.rec.id, &refs, now_micros())
+                        .map_err(store_status)?
+                    {
+                        removed += 1;
+                        gone.push(p.rec.id.short());
+                    }
+                }
+                if !gone.is_empty() {
+                    self.access.audit.record(
+                        subject,
+                        t.as_str(),
+                        "snapshots_pruned",
+                        Outcome::Ok,
+                        &format!(
+                            "{} snapshots removed by policy ({}): {}",
+                            gone.len(),
+                            self.policy(t)?.0.describe(),
+                            gone.join(" ")
+                        ),
+                    );
+                }
+            }
+            all.extend(plan);
+        }
+        Ok((all, removed))
+    }
+
+    /// Collects garbage (blocking).
+    fn collect(&self, subject: &str) -> Result<GcOutcome, Status> {
+        let cutoff = now_micros().saturating_sub(self.grace.as_micros() as i64);
+        let out = self
+            .store
+            .collect_garbage(cutoff, &mut |_| {})
+            .map_err(store_status)?;
+        self.access.audit.record(
+            subject,
+            "",
+            "garbage_collected",
+            Outcome::Ok,
+            &format!(
+                "{} chunks ({} bytes) deleted; {} examined, {} referenced again, {} kept within the {}s grace period",
+                out.deleted,
+                out.bytes,
+                out.examined,
+                out.referenced_again,
+                out.kept_recent,
+                self.grace.as_secs()
+            ),
+        );
+        Ok(out)
+    }
+
+    /// The scheduled run: prune every tenant, then collect garbage, every
+    /// `interval`, until `stop` changes.
+    pub(crate) async fn schedule(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let _one = self.running.lock().await;
+            let m = self.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let tenants = m.store.list_tenants().map_err(store_status)?;
+                let (_, removed) = m.prune(&tenants, false, "node (schedule)")?;
+                let gc = m.collect("node (schedule)")?;
+                Ok::<_, Status>((removed, gc))
+            })
+            .await;
+            match r {
+                Ok(Ok((removed, gc))) => {
+                    info!(
+                        removed,
+                        deleted = gc.deleted,
+                        bytes = gc.bytes,
+                        "scheduled retention run done"
+                    )
+                }
+                Ok(Err(s)) => self.access.audit.record(
+                    "node (schedule)",
+                    "",
+                    "retention_failed",
+                    Outcome::Failed,
+                    s.message(),
+                ),
+                Err(e) => tracing::error!(error = %e, "scheduled retention run panicked"),
+            }
+        }
+    }
+}
+
+fn policy_to(p: &Policy, tenant: &TenantId, is_default: bool) -> pb::RetentionPolicy {
+    pb::RetentionPolicy {
+        keep_last: p.keep_last,
+        keep_hourly: p.keep_hourly,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_monthly: p.keep_monthly,
+        keep_yearly: p.keep_yearly,
+        keep_within_secs: p.keep_within_secs,
+        tenant: tenant.to_string(),
+        is_default,
+    }
+}
+
+fn decision_to(p: &Planned) -> pb::PruneDecision {
+    pb::PruneDecision {
+        snapshot_id: p.rec.id.0.to_vec(),
+        tenant: p.rec.tenant.to_string(),
+        host: p.rec.host.to_string(),
+        source: p.rec.source.to_string(),
+        time_unix_micros: p.rec.time_micros,
+        seq: p.rec.seq,
+        keep: p.decision.keep,
+        reasons: p.decision.reasons.iter().map(|r| r.to_string()).collect(),
+        pinned: p.pinned,
+    }
+}
+
+fn tenant(s: &str) -> Result<TenantId, Status> {
+    TenantId::new(s).map_err(|e| Status::invalid_argument(format!("tenant: {e}")))
+}
+
+/// The admin service.
+pub struct AdminService {
+    m: Arc<Maintenance>,
+}
+
+impl AdminService {
+    pub(crate) fn new(m: Arc<Maintenance>) -> Self {
+        AdminService { m }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_retention(
+        &self,
+        req: Request<pb::GetRetentionRequest>,
+    ) -> Result<Response<pb::RetentionPolicy>, Status> {
+        self.m.access.admit(&req, "GetRetention", &[Role::Admin])?;
+        let t = tenant(&req.into_inner().tenant)?;
+        let m = self.m.clone();
+        let p = blocking(move || m.policy(&t).map(|(p, d)| policy_to(&p, &t, d))).await?;
+        Ok(Response::new(p))
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::RetentionPolicy>, Status> {
+        let who = self.m.access.admit(&req, "SetRetention", &[Role::Admin])?;
+        let r = req.into_inner();
+        let t = tenant(&r.tenant)?;
+        let new = if r.reset {
+            None
+        } else {
+            let p = r.policy.ok_or_else(|| {
+                Status::invalid_argument("give a policy, or reset to the node's default")
+            })?;
+            Some(Policy {
+                keep_last: p.keep_last,
+                keep_hourly: p.keep_hourly,
+                keep_daily: p.keep_daily,
+                keep_weekly: p.keep_weekly,
+                keep_monthly: p.keep_monthly,
+                keep_yearly: p.keep_yearly,
+                keep_within_secs: p.keep_within_secs,
+            })
+        };
+        let m = self.m.clone();
+        let t2 = t.clone();
+        let (old, (now, is_default)) = blocking(move || {
+            let old = m.policy(&t2)?.0;
+            m.store
+                .put_setting(&policy_key(&t2), new.map(|p| p.encode()).as_deref())
+                .map_err(store_status)?;
+            Ok((old, m.policy(&t2)?))
+        })
+        .await?;
+        self.m.access.audit.record(
+            &who.subject(),
+            t.as_str(),
+            "retention_changed",
+            Outcome::Ok,
+            &format!(
+                "{} -> {}{}",
+                old.describe(),
+                now.describe(),
+                if is_default { " (node default)" } else { "" }
+            ),
+        );
+        Ok(Response::new(policy_to(&now, &t, is_default)))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let who = self.m.access.admit(&req, "Prune", &[Role::Admin])?;
+        let r = req.into_inner();
+        let dry_run = r.dry_run;
+        let _one = self.m.running.lock().await;
+        let m = self.m.clone();
+        let subject = who.subject();
+        let (plan, removed) = blocking(move || {
+            let tenants = if r.tenant.is_empty() {
+                m.store.list_tenants().map_err(store_status)?
+            } else {
+                vec![tenant(&r.tenant)?]
+            };
+            m.prune(&tenants, r.dry_run, &subject)
+        })
+        .await?;
+        Ok(Response::new(pb::PruneResponse {
+            decisions: plan.iter().map(decision_to).collect(),
+            removed,
+            dry_run,
+        }))
+    }
+
+    async fn set_pinned(
+        &self,
+        req: Request<pb::SetPinnedRequest>,
+    ) -> Result<Response<pb::PruneDecision>, Status> {
+        let who = self.m.access.admit(&req, "SetPinned", &[Role::Admin])?;
+        let r = req.into_inner();
+        let t = tenant(&r.tenant)?;
+        let m = self.m.clone();
+        let t2 = t.clone();
+        let selector = r.snapshot.clone();
+        let rec = blocking(move || {
+            let snaps = m.store.list_snapshots(&t2).map_err(store_status)?;
+            let rec = resolve(
+                snaps,
+                &pb::ResolveSnapshotRequest {
+                    selector,
+                    ..Default::default()
+                },
+            )?;
+            let key = format!("{}{}", pin_prefix(&t2), rec.id.to_hex());
+            m.store
+                .put_setting(&key, r.pinned.then_some(&[][..]))
+                .map_err(store_status)?;
+            Ok(rec)
+        })
+        .await?;
+        self.m.access.audit.record(
+            &who.subject(),
+            t.as_str(),
+            if r.pinned {
+                "snapshot_pinned"
+            } else {
+                "snapshot_unpinned"
+            },
+            Outcome::Ok,
+            &format!("snapshot {} of {}/{}", rec.id, rec.host, rec.source),
+        );
+        Ok(Response::new(decision_to(&Planned {
+            decision: Decision {
+                seq: rec.seq,
+                keep: true,
+                reasons: Vec::new(),
+            },
+            rec,
+            pinned: r.pinned,
+        })))
+    }
+
+    async fn collect_garbage(
+        &self,
+        req: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let who = self
+            .m
+            .access
+            .admit(&req, "CollectGarbage", &[Role::Admin])?;
+        let _one = self.m.running.lock().await;
+        let m = self.m.clone();
+        let subject = who.subject();
+        let o = blocking(move || m.collect(&subject)).await?;
+        Ok(Response::new(pb::CollectGarbageResponse {
+            examined: o.examined,
+            deleted: o.deleted,
+            bytes: o.bytes,
+            referenced_again: o.referenced_again,
+            kept_recent: o.kept_recent,
+            grace_secs: self.m.grace.as_secs(),
+        }))
+    }
+}

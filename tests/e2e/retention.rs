@@ -1,0 +1,247 @@
+//! Retention, pins, pruning and garbage collection against a real node:
+//! dry runs change nothing, pins are kept, and prune and garbage collection
+//! running beside two backups and a restore lose nothing.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use refuge_tests::{Cluster, assert_same_tree, copy_tree, noise, run};
+
+fn refuge(c: &Cluster, cfg: &Path, args: &[&str]) -> refuge_tests::Run {
+    let mut all = vec!["-c", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run("refuge", c.path(), &all)
+}
+
+#[test]
+fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
+    let c = Cluster::start_with("[gc]\ngrace_secs = 4\n");
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    let auditor = c.client(&["--role", "auditor", "--name", "aud1"]);
+    let old = c.path().join("old");
+    let (a, b) = (c.path().join("a"), c.path().join("b"));
+    fs::create_dir_all(&old).unwrap();
+    for (dir, seed) in [(&a, 100), (&b, 200)] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("big.bin"), noise(12 << 20, seed)).unwrap();
+        fs::write(dir.join("small.txt"), format!("source {seed}")).unwrap();
+    }
+    let agent = c.default_agent(&[("old", &old, "tree"), ("a", &a, "tree"), ("b", &b, "tree")]);
+    let cfg = agent.to_str().unwrap();
+    // Four generations of "old", each with 2 MiB that no other has.
+    let mut generations = Vec::new();
+    for g in 0..4u64 {
+        fs::write(old.join("gen.bin"), noise(2 << 20, 1000 + g)).unwrap();
+        run(
+            "refuge-agent",
+            c.path(),
+            &["-c", cfg, "backup", "--source", "old"],
+        )
+        .ok();
+        let copy = c.path().join(format!("old-gen{g}"));
+        copy_tree(&old, &copy);
+        generations.push(copy);
+    }
+    let snaps = refuge(&c, &agent, &["snapshots", "--source", "old", "--json"])
+        .ok()
+        .json();
+    let ids: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 4);
+
+    // Keep the newest only, but pin the first.
+    refuge(
+        &c,
+        &admin,
+        &["admin", "pin", &ids[0][..10], "--tenant", "finance"],
+    )
+    .ok();
+    let p = refuge(
+        &c,
+        &admin,
+        &[
+            "admin",
+            "retention",
+            "set",
+            "--tenant",
+            "finance",
+            "--keep-last",
+            "1",
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(p["keep_last"], 1);
+    assert_eq!(p["is_default"], false);
+
+    // A dry run names what would go and changes nothing.
+    let dry = refuge(
+        &c,
+        &admin,
+        &[
+            "admin",
+            "prune",
+            "--tenant",
+            "finance",
+            "--dry-run",
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(dry["would_remove"], 2, "{dry:#}");
+    assert_eq!(dry["removed"], 0);
+    let going: Vec<&str> = dry["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(going, [ids[2].as_str(), ids[1].as_str()]);
+    let first = dry["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["snapshot"] == ids[0].as_str())
+        .unwrap();
+    assert_eq!(first["reasons"], serde_json::json!(["pinned"]));
+    assert_eq!(
+        refuge(&c, &agent, &["snapshots", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    refuge(&c, &admin, &["admin", "prune", "--tenant", "finance"]).ok();
+    let left = refuge(&c, &agent, &["snapshots", "--source", "old", "--json"])
+        .ok()
+        .json();
+    let left: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [ids[0].as_str(), ids[3].as_str()]);
+
+    // Let the pruned chunks age past the grace period, then run prune and
+    // garbage collection again and again while two backups and a restore
+    // run.
+    std::thread::sleep(Duration::from_secs(5));
+    let restore_target = c.path().join("restored-old");
+    let (c, agent, admin) = (&c, &agent, &admin);
+    let gc_deleted = std::thread::scope(|s| {
+        let backups: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|src| {
+                s.spawn(move || {
+                    run(
+                        "refuge-agent",
+                        c.path(),
+                        &["-c", cfg, "backup", "--source", src],
+                    )
+                })
+            })
+            .collect();
+        let restore = s.spawn(|| {
+            refuge(
+                c,
+                agent,
+                &[
+                    "restore",
+                    &ids[3],
+                    "--target",
+                    restore_target.to_str().unwrap(),
+                ],
+            )
+        });
+        let mut deleted = 0u64;
+        for _ in 0..4 {
+            refuge(c, admin, &["admin", "prune"]).ok();
+            let g = refuge(c, admin, &["admin", "gc", "--json"]).ok().json();
+            deleted += g["deleted"].as_u64().unwrap();
+        }
+        for b in backups {
+            b.join().unwrap().ok();
+        }
+        restore.join().unwrap().ok();
+        deleted
+    });
+    // The two pruned generations' unique chunks (2 MiB each) are gone.
+    assert!(
+        gc_deleted >= 2,
+        "garbage collection deleted {gc_deleted} chunks"
+    );
+    assert_same_tree(&generations[3], &restore_target);
+
+    // Every snapshot still listed restores byte for byte, the pinned one
+    // included.
+    refuge(c, admin, &["admin", "gc"]).ok();
+    for (id, want) in [(&ids[0], &generations[0]), (&ids[3], &generations[3])] {
+        let out = c.path().join(format!("check-{}", &id[..8]));
+        refuge(
+            c,
+            agent,
+            &["restore", id, "--target", out.to_str().unwrap()],
+        )
+        .ok();
+        assert_same_tree(want, &out);
+    }
+    for (src, want) in [("a", &a), ("b", &b)] {
+        let out = c.path().join(format!("check-{src}"));
+        refuge(
+            c,
+            agent,
+            &[
+                "restore",
+                "latest",
+                "--source",
+                src,
+                "--target",
+                out.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        assert_same_tree(want, &out);
+    }
+    // A pruned snapshot is gone for good.
+    refuge(
+        c,
+        agent,
+        &[
+            "restore",
+            &ids[1],
+            "--target",
+            c.path().join("gone").to_str().unwrap(),
+        ],
+    )
+    .fails(1, "no snapshot with id");
+
+    let log = c.audit(&auditor);
+    for event in [
+        "snapshot_pinned",
+        "retention_changed",
+        "snapshots_pruned",
+        "garbage_collected",
+    ] {
+        assert!(
+            log.iter()
+                .any(|r| r["event"] == event && r["outcome"] == "ok"),
+            "no {event} in the audit log"
+        );
+    }
+    let pruned = log
+        .iter()
+        .find(|r| r["event"] == "snapshots_pruned")
+        .unwrap();
+    assert!(pruned["detail"].as_str().unwrap().contains(&ids[1][..8]));
+}
