@@ -245,3 +245,100 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
         .unwrap();
     assert!(pruned["detail"].as_str().unwrap().contains(&ids[1][..8]));
 }
+
+#[test]
+fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
+    use refuge_client::{connect, load_config};
+    use refuge_proto::pb;
+    let c = Cluster::start_with("[quota]\nmax_snapshots_per_day = 20\n");
+    let auditor = c.client(&["--role", "auditor", "--name", "aud1"]);
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f.bin"), noise(1 << 20, 5)).unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let first = refuge(&c, &agent, &["snapshots", "--json"]).ok().json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The compromised agent replays its manifest as fast as it can.
+    let (ok, refused) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let node = connect(&load_config(&agent).unwrap().node).await.unwrap();
+        let snap = node
+            .restore
+            .clone()
+            .resolve_snapshot(pb::ResolveSnapshotRequest {
+                selector: "latest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..1000 {
+            let r = node
+                .ingest
+                .clone()
+                .commit_snapshot(pb::CommitSnapshotRequest {
+                    source: "data".into(),
+                    kind: pb::SourceKind::Tree as i32,
+                    manifest: snap.manifest.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(_) => ok += 1,
+                Err(s) => {
+                    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                    assert!(s.message().contains("max_snapshots_per_day = 20"), "{s:?}");
+                    refused += 1;
+                }
+            }
+        }
+        (ok, refused)
+    });
+    assert_eq!((ok, refused), (19, 981));
+    let listed = refuge(&c, &agent, &["snapshots", "--json"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 20);
+    // The first snapshot still restores; another tenant still backs up.
+    let out = c.path().join("out");
+    refuge(
+        &c,
+        &agent,
+        &["restore", &first, "--target", out.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+    c.client(&["--tenant", "hr", "--host", "web1"]);
+    let hr = c.agent_config(
+        "hr-src.toml",
+        "certs/hr-web1",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", hr.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    // And the agent's own next real backup gets the same clear refusal.
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "quota");
+    let log = c.audit(&auditor);
+    let n = log
+        .iter()
+        .filter(|r| r["event"] == "quota_exceeded" && r["tenant"] == "finance")
+        .count();
+    assert_eq!(n, 981 + 1);
+}

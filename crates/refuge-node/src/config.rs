@@ -29,6 +29,9 @@ pub struct NodeConfig {
     /// Garbage collection.
     #[serde(default)]
     pub gc: GcConfig,
+    /// Per-tenant quotas.
+    #[serde(default)]
+    pub quota: QuotaConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -101,6 +104,38 @@ pub struct RetentionConfig {
     /// The policy of tenants without one of their own (`refuge admin
     /// retention set`). All zeros keeps everything.
     pub default: refuge_core::retention::Policy,
+}
+
+/// Per-tenant quotas over a sliding 24 hours (0: unlimited).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Snapshots a tenant may commit per 24 hours.
+    pub max_snapshots_per_day: u64,
+    /// Bytes of new chunks (compressed) a tenant may upload per 24 hours.
+    pub max_upload_bytes_per_day: u64,
+    /// Overrides per tenant (`[quota.tenants.NAME]`).
+    pub tenants: std::collections::BTreeMap<String, TenantQuota>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            max_snapshots_per_day: 10_000,
+            max_upload_bytes_per_day: 0,
+            tenants: Default::default(),
+        }
+    }
+}
+
+/// One tenant's quota overrides.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantQuota {
+    /// Overrides `quota.max_snapshots_per_day`.
+    pub max_snapshots_per_day: Option<u64>,
+    /// Overrides `quota.max_upload_bytes_per_day`.
+    pub max_upload_bytes_per_day: Option<u64>,
 }
 
 /// Garbage collection.
@@ -203,6 +238,7 @@ mod tests {
         assert_eq!(cfg.rocksdb, RocksConfig::default());
         assert_eq!(cfg.retention, RetentionConfig::default());
         assert_eq!(cfg.gc, GcConfig::default());
+        assert_eq!(cfg.quota, QuotaConfig::default());
     }
 
     #[test]

@@ -19,10 +19,14 @@ mod access;
 mod audit;
 mod config;
 mod maintenance;
+mod quota;
 mod server;
 mod service;
 
-pub use config::{GcConfig, LimitsConfig, NodeConfig, RetentionConfig, RocksConfig, TlsFiles};
+pub use config::{
+    GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, RocksConfig, TenantQuota,
+    TlsFiles,
+};
 pub use server::{ServeOptions, run, serve};
 
 /// Re-exported so callers of [`serve`] can pass any store.

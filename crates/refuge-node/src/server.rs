@@ -28,8 +28,9 @@ use tracing::{info, warn};
 
 use crate::access::Access;
 use crate::audit::{AuditLog, Outcome};
-use crate::config::{GcConfig, LimitsConfig, NodeConfig, RetentionConfig};
+use crate::config::{GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig};
 use crate::maintenance::{AdminService, Maintenance};
+use crate::quota::Quotas;
 use crate::service::{AuditService, IngestService, RestoreService};
 
 /// What [`serve`] needs besides the store and listener.
@@ -47,6 +48,8 @@ pub struct ServeOptions {
     pub retention: RetentionConfig,
     /// Garbage collection.
     pub gc: GcConfig,
+    /// Per-tenant quotas.
+    pub quota: QuotaConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -93,6 +96,7 @@ pub async fn run(
             limits: cfg.limits,
             retention: cfg.retention,
             gc: cfg.gc,
+            quota: cfg.quota,
         },
         shutdown,
     )
@@ -204,6 +208,7 @@ pub async fn serve(
     let ingest = IngestServer::new(IngestService::new(
         store.clone(),
         access.clone(),
+        Arc::new(Quotas::new(opts.quota)),
         opts.limits.max_chunk_size,
         opts.limits.ingest_buffer_mib,
     ))

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{Access, Scope};
 use crate::audit::{AuditLog, Outcome};
+use crate::quota::Quotas;
 
 /// Largest batch of verified chunks written to the store at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
@@ -82,6 +83,7 @@ impl AgentCaller {
 pub struct IngestService {
     store: Arc<dyn Store>,
     access: Arc<Access>,
+    quotas: Arc<Quotas>,
     max_chunk: u32,
     /// Uploaded chunk data buffered across all streams, in KiB permits:
     /// node memory for ingest does not grow with the number of agents.
@@ -99,12 +101,14 @@ impl IngestService {
         let store = self.store.clone();
         let w = who.clone();
         let max = self.max_chunk;
-        blocking(move || verify_and_put(&*store, &w, batch, max)).await
+        let quotas = self.quotas.clone();
+        blocking(move || verify_and_put(&*store, &quotas, &w, batch, max)).await
     }
 
     pub(crate) fn new(
         store: Arc<dyn Store>,
         access: Arc<Access>,
+        quotas: Arc<Quotas>,
         max_chunk: u32,
         buffer_mib: u32,
     ) -> Self {
@@ -112,6 +116,7 @@ impl IngestService {
         IngestService {
             store,
             access,
+            quotas,
             max_chunk,
             buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
             buffer_kib,
@@ -123,6 +128,7 @@ impl IngestService {
 /// failure after storing what came before it.
 fn verify_and_put(
     store: &dyn Store,
+    quotas: &Quotas,
     who: &AgentCaller,
     batch: Vec<(ChunkId, StoredChunk)>,
     max_chunk: u32,
@@ -149,9 +155,28 @@ fn verify_and_put(
             }
         }
     }
+    let now = now_micros();
+    // Only a tenant with a byte quota pays for a second existence lookup.
+    if quotas.limits_uploads(&who.tenant) {
+        let ids: Vec<ChunkId> = good.iter().map(|(id, _)| *id).collect();
+        let lens = store
+            .chunk_lengths(&who.tenant, &ids)
+            .map_err(store_status)?;
+        let new_bytes: u64 = good
+            .iter()
+            .zip(lens)
+            .filter(|(_, l)| l.is_none())
+            .map(|((_, c), _)| c.data.len() as u64)
+            .sum();
+        if let Err(s) = quotas.check_upload(&who.tenant, now, new_bytes) {
+            who.record("quota_exceeded", Outcome::Refused, s.message());
+            return Err(s);
+        }
+    }
     let out = store
-        .put_chunks(&who.tenant, &good, now_micros())
+        .put_chunks(&who.tenant, &good, now)
         .map_err(store_status)?;
+    quotas.uploaded(&who.tenant, now, out.bytes);
     match failure {
         Some(f) => Err(f),
         None => Ok(out),
@@ -470,8 +495,17 @@ impl Ingest for IngestService {
             .map(refuge_proto::chunk_ref)
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
+        let quotas = self.quotas.clone();
         let rec = blocking(move || {
-            check_and_commit(
+            if let Err(s) = quotas.check_commit(&*store, &who.tenant, now_micros()) {
+                who.record(
+                    "quota_exceeded",
+                    Outcome::Refused,
+                    &format!("{}/{source}: {}", who.host, s.message()),
+                );
+                return Err(s);
+            }
+            let rec = check_and_commit(
                 &*store,
                 &who,
                 source,
@@ -479,7 +513,9 @@ impl Ingest for IngestService {
                 manifest,
                 req.bytes_uploaded,
                 req.warnings,
-            )
+            )?;
+            quotas.committed(&who.tenant, rec.time_micros);
+            Ok(rec)
         })
         .await?;
         Ok(Response::new(pb::CommitSnapshotResponse {
