@@ -298,3 +298,102 @@ pub async fn gc(cfg: &Path, json: bool) -> Outcome {
     );
     Ok(0)
 }
+
+#[derive(Serialize)]
+struct CorruptJson {
+    tenant: String,
+    chunk: String,
+    reason: String,
+    snapshots: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct VerifyJson {
+    checked: u64,
+    bytes: u64,
+    corrupt: Vec<CorruptJson>,
+    still_quarantined: u64,
+}
+
+/// `refuge admin verify [--tenant T] [--sample PERCENT]`: exit 0 when every
+/// checked chunk is intact and nothing is quarantined, 1 otherwise.
+pub async fn verify(cfg: &Path, tenant: Option<&str>, sample: u32, json: bool) -> Outcome {
+    if !(1..=100).contains(&sample) {
+        return Err(Failure::Usage(anyhow!(
+            "--sample is a percentage from 1 to 100"
+        )));
+    }
+    let n = node(cfg).await?;
+    let r = n
+        .admin
+        .clone()
+        .verify(pb::VerifyRequest {
+            tenant: tenant.unwrap_or_default().into(),
+            sample_percent: sample,
+        })
+        .await
+        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .into_inner();
+    let corrupt: Vec<CorruptJson> = r
+        .corrupt
+        .iter()
+        .map(|c| CorruptJson {
+            tenant: c.tenant.clone(),
+            chunk: hex(&c.chunk_id),
+            reason: c.reason.clone(),
+            snapshots: c.snapshots.iter().map(|s| hex(s)).collect(),
+        })
+        .collect();
+    let clean = corrupt.is_empty() && r.still_quarantined == 0;
+    if json {
+        print_json(&VerifyJson {
+            checked: r.checked,
+            bytes: r.bytes,
+            corrupt,
+            still_quarantined: r.still_quarantined,
+        })?;
+    } else {
+        println!(
+            "checked {} chunks ({}){}",
+            r.checked,
+            human_bytes(r.bytes),
+            if sample < 100 {
+                format!(", a {sample}% sample")
+            } else {
+                String::new()
+            }
+        );
+        for c in &corrupt {
+            let snaps: Vec<String> = c.snapshots.iter().map(|s| s[..8].to_string()).collect();
+            println!(
+                "CORRUPT chunk {} of tenant {}: {}; quarantined; used by snapshots: {}",
+                c.chunk,
+                c.tenant,
+                c.reason,
+                if snaps.is_empty() {
+                    "none".to_string()
+                } else {
+                    snaps.join(" ")
+                }
+            );
+        }
+        if r.still_quarantined > 0 {
+            println!(
+                "{} chunks quarantined by earlier runs are still waiting for a backup to heal them",
+                r.still_quarantined
+            );
+        }
+    }
+    if clean {
+        if !json {
+            println!("no damage found");
+        }
+        Ok(0)
+    } else {
+        Err(Failure::Failed(anyhow!(
+            "verification found {} corrupt chunks ({} more still quarantined); restores of the snapshots named fail until a backup uploads the chunks again",
+            r.corrupt.len(),
+            r.still_quarantined
+        )))
+    }
+}

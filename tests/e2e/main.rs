@@ -7,4 +7,5 @@
 mod backup_restore;
 mod rejections;
 mod retention;
+mod scrub;
 mod security;

@@ -73,17 +73,42 @@ impl Run {
     }
 }
 
-/// Runs a binary with arguments in `cwd`.
+/// How long one command of a test may run before it is killed and the
+/// test fails naming it (a hang must not hide behind the suite timeout).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a binary with arguments in `cwd`; panics, naming the command and
+/// showing what it printed, if it runs longer than two minutes.
 pub fn run(name: &str, cwd: &Path, args: &[&str]) -> Run {
-    let o = Command::new(bin(name))
+    let child = Command::new(bin(name))
         .args(args)
         .current_dir(cwd)
         .env_remove("REFUGE_CONFIG")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    Run::from(o)
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(o) => Run::from(o.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let o = rx.recv().unwrap().unwrap();
+            panic!(
+                "`{name} {}` did not finish within {}s and was killed\nstdout:\n{}\nstderr:\n{}",
+                args.join(" "),
+                COMMAND_TIMEOUT.as_secs(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
 }
 
 fn free_port() -> u16 {

@@ -132,6 +132,20 @@ enum AdminCmd {
         #[arg(long)]
         unpin: bool,
     },
+    /// Re-read stored chunks and check them against their ids; corrupt
+    /// ones are quarantined and named with the snapshots that use them
+    /// (exit 1), and healed by the next backup that contains them.
+    Verify {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Check a random share of the chunks, in percent.
+        #[arg(long, default_value_t = 100)]
+        sample: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete chunks that no snapshot references any more (after the
     /// node's grace period, gc.grace_secs).
     Gc {
@@ -393,5 +407,10 @@ async fn admin(cfg: &std::path::Path, cmd: AdminCmd) -> refuge_cli::Outcome {
             unpin,
         } => admin::pin(cfg, &tenant, &snapshot, !unpin).await,
         AdminCmd::Gc { json } => admin::gc(cfg, json).await,
+        AdminCmd::Verify {
+            tenant,
+            sample,
+            json,
+        } => admin::verify(cfg, tenant.as_deref(), sample, json).await,
     }
 }

@@ -317,6 +317,9 @@ impl Parent {
 struct Parents {
     snapshot: Option<Parent>,
     checkpoint: Option<Parent>,
+    /// Chunks the node quarantined: a file whose chunk list uses one is
+    /// read again, and its upload heals the chunk.
+    quarantined: std::collections::HashSet<ChunkId>,
     rt: Handle,
     node: Node,
 }
@@ -327,6 +330,9 @@ impl Parents {
     fn reuse(&mut self, e: &Entry) -> anyhow::Result<Option<(Vec<ChunkRef>, bool)>> {
         let from_snapshot = self.snapshot.as_mut().and_then(|p| p.unchanged(e));
         let from_checkpoint = self.checkpoint.as_mut().and_then(|p| p.unchanged(e));
+        let damaged = |refs: &Vec<ChunkRef>| refs.iter().any(|r| self.quarantined.contains(&r.id));
+        let from_snapshot = from_snapshot.filter(|r| !damaged(r));
+        let from_checkpoint = from_checkpoint.filter(|r| !damaged(r));
         if let Some(refs) = from_snapshot {
             return Ok(Some((refs, false)));
         }
@@ -501,6 +507,37 @@ pub struct BackupOptions {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
+/// The chunks of this tenant that the node quarantined, or `None` if
+/// there are too many to list.
+fn quarantined_chunks(
+    rt: &Handle,
+    node: &Node,
+) -> anyhow::Result<Option<std::collections::HashSet<ChunkId>>> {
+    let r = rt
+        .block_on(
+            node.ingest
+                .clone()
+                .list_quarantined(pb::ListQuarantinedRequest {}),
+        )
+        .map_err(|s| anyhow!("asking for quarantined chunks: {}", explain_status(&s)))?
+        .into_inner();
+    if r.truncated {
+        tracing::warn!("the node has quarantined many chunks of this tenant: reading every file");
+        return Ok(None);
+    }
+    if !r.ids.is_empty() {
+        tracing::warn!(
+            chunks = r.ids.len(),
+            "the node quarantined corrupt chunks; files that use them are read and uploaded again"
+        );
+    }
+    r.ids
+        .iter()
+        .map(|b| refuge_proto::chunk_id(b).map_err(|e| anyhow!("node's answer: {e}")))
+        .collect::<anyhow::Result<_>>()
+        .map(Some)
+}
+
 /// The newest snapshot of this host and source, ready to be merged with
 /// the walk; `None` for a first backup.
 fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<(String, Parent)>> {
@@ -529,8 +566,17 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
         Fetcher::new(rt.clone(), node.clone(), node.tenant.clone()),
         snap.manifest.clone(),
     );
-    let reader = ManifestReader::new(Box::new(stream) as Box<dyn Read + Send>)
-        .map_err(|e| anyhow!("parent snapshot manifest: {e}"))?;
+    let reader = match ManifestReader::new(Box::new(stream) as Box<dyn Read + Send>) {
+        Ok(r) => r,
+        Err(e) => {
+            // A damaged parent costs a full read, never the backup.
+            tracing::warn!(
+                "the parent snapshot {}'s manifest cannot be read ({e}); reading every file",
+                snap.id.short()
+            );
+            return Ok(None);
+        }
+    };
     Ok(Some((
         snap.id.to_hex(),
         Parent {
@@ -631,20 +677,27 @@ fn backup_blocking(
         source: source.name.clone(),
         ..Default::default()
     };
-    let parent = match (source.kind, opts.rehash) {
+    let quarantined = match (source.kind, opts.rehash) {
+        (SourceKind::Tree, false) => quarantined_chunks(&rt, &node)?,
+        _ => Some(Default::default()),
+    };
+    // Too many quarantined chunks to list: read every file.
+    let rehash = opts.rehash || quarantined.is_none();
+    let parent = match (source.kind, rehash) {
         (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name)?,
         _ => None,
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
     let bar = Progress::new(opts.progress, "backup", None);
     let (spool, paths) = open_spool(opts.state_dir.as_deref(), &source.name)?;
-    let checkpoint = match (&paths, source.kind, opts.rehash) {
+    let checkpoint = match (&paths, source.kind, rehash) {
         (Some((_, prev)), SourceKind::Tree, false) => open_checkpoint(prev),
         _ => None,
     };
     let mut parents = Parents {
         snapshot: parent.map(|(_, p)| p),
         checkpoint,
+        quarantined: quarantined.unwrap_or_default(),
         rt: rt.clone(),
         node: node.clone(),
     };

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     /// Per-tenant quotas.
     #[serde(default)]
     pub quota: QuotaConfig,
+    /// Scheduled verification (scrub).
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -138,6 +141,27 @@ pub struct TenantQuota {
     pub max_upload_bytes_per_day: Option<u64>,
 }
 
+/// Scheduled verification.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Seconds between scheduled runs; 0: only on demand (`refuge admin
+    /// verify`).
+    pub interval_secs: u64,
+    /// Share of chunks each scheduled run checks, 1 to 100 (a different
+    /// random share each time).
+    pub sample_percent: u32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            interval_secs: 0,
+            sample_percent: 100,
+        }
+    }
+}
+
 /// Garbage collection.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +242,12 @@ impl NodeConfig {
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs must be at least 1");
         }
+        if !(1..=100).contains(&cfg.verify.sample_percent) {
+            bail!(
+                "verify.sample_percent must be between 1 and 100, got {}",
+                cfg.verify.sample_percent
+            );
+        }
         for s in &cfg.tls.revoked_serials {
             refuge_tls::normalize_serial(s)
                 .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
@@ -239,6 +269,7 @@ mod tests {
         assert_eq!(cfg.retention, RetentionConfig::default());
         assert_eq!(cfg.gc, GcConfig::default());
         assert_eq!(cfg.quota, QuotaConfig::default());
+        assert_eq!(cfg.verify, VerifyConfig::default());
     }
 
     #[test]

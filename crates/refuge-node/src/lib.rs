@@ -25,7 +25,7 @@ mod service;
 
 pub use config::{
     GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, RocksConfig, TenantQuota,
-    TlsFiles,
+    TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
 

@@ -217,6 +217,166 @@ impl Maintenance {
         Ok(out)
     }
 
+    /// Verifies `tenants`' chunks (blocking): each one read and checked
+    /// against its id; a corrupt one is quarantined and reported with the
+    /// snapshots that reference it. `sample_percent` (1..=100) checks a
+    /// random share.
+    fn verify(
+        &self,
+        tenants: &[TenantId],
+        sample_percent: u32,
+        subject: &str,
+    ) -> Result<pb::VerifyResponse, Status> {
+        let sample = u64::from(sample_percent.clamp(1, 100));
+        // A fresh random salt per run, so that sampled runs cover
+        // different chunks.
+        let salt = blake3::hash(&now_micros().to_le_bytes());
+        let chosen = |id: &ChunkId| {
+            if sample == 100 {
+                return true;
+            }
+            let mut h = blake3::Hasher::new_keyed(salt.as_bytes());
+            h.update(&id.0);
+            let v = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+            v % 100 < sample
+        };
+        let mut resp = pb::VerifyResponse::default();
+        for t in tenants {
+            let mut bad: Vec<(ChunkId, String)> = Vec::new();
+            let mut after: Option<ChunkId> = None;
+            loop {
+                let ids = self
+                    .store
+                    .list_chunk_ids(t, after.as_ref(), refuge_store::GC_BATCH)
+                    .map_err(store_status)?;
+                let Some(last) = ids.last() else { break };
+                after = Some(*last);
+                for id in ids.iter().filter(|id| chosen(id)) {
+                    resp.checked += 1;
+                    let problem = match self.store.get_chunk(t, id) {
+                        Ok(None) => continue,
+                        Ok(Some(c)) => {
+                            resp.bytes += c.data.len() as u64;
+                            refuge_core::decode_chunk(id, &c, refuge_core::format::MAX_CHUNK_LEN)
+                                .err()
+                                .map(|e| e.to_string())
+                        }
+                        Err(refuge_store::StoreError::Corrupt(m)) => Some(m),
+                        Err(e) => return Err(store_status(e)),
+                    };
+                    if let Some(reason) = problem {
+                        self.store
+                            .quarantine_chunk(t, id, &reason, now_micros())
+                            .map_err(store_status)?;
+                        bad.push((*id, reason));
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                let users = self.snapshots_using(t, &bad)?;
+                for ((id, reason), snaps) in bad.into_iter().zip(users) {
+                    self.access.audit.record(
+                        subject,
+                        t.as_str(),
+                        "chunk_quarantined",
+                        Outcome::Failed,
+                        &format!(
+                            "chunk {id}: {reason}; used by snapshots {}",
+                            snaps
+                                .iter()
+                                .map(|s| s.short())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    );
+                    resp.corrupt.push(pb::CorruptChunk {
+                        tenant: t.to_string(),
+                        chunk_id: id.0.to_vec(),
+                        reason,
+                        snapshots: snaps.iter().map(|s| s.0.to_vec()).collect(),
+                    });
+                }
+            }
+            resp.still_quarantined +=
+                self.store.list_quarantine(t).map_err(store_status)?.len() as u64;
+        }
+        resp.still_quarantined -= resp.corrupt.len() as u64;
+        self.access.audit.record(
+            subject,
+            "",
+            "verification",
+            if resp.corrupt.is_empty() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
+            &format!(
+                "{} chunks ({} bytes, {sample}% sample) checked; {} corrupt and quarantined; {} still quarantined from earlier runs",
+                resp.checked,
+                resp.bytes,
+                resp.corrupt.len(),
+                resp.still_quarantined
+            ),
+        );
+        Ok(resp)
+    }
+
+    /// For each of `bad`, the snapshots of `t` that reference it (a
+    /// snapshot whose manifest cannot be read counts as using them all).
+    fn snapshots_using(
+        &self,
+        t: &TenantId,
+        bad: &[(ChunkId, String)],
+    ) -> Result<Vec<Vec<refuge_core::SnapshotId>>, Status> {
+        let mut out = vec![Vec::new(); bad.len()];
+        for rec in self.store.list_snapshots(t).map_err(store_status)? {
+            let refs: HashSet<ChunkId> = match self.snapshot_refs(&rec) {
+                Ok(r) => r.into_iter().collect(),
+                Err(_) => bad.iter().map(|(id, _)| *id).collect(),
+            };
+            for (i, (id, _)) in bad.iter().enumerate() {
+                if refs.contains(id) {
+                    out[i].push(rec.id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The scheduled verification, every `interval`.
+    pub(crate) async fn schedule_verify(
+        self: Arc<Self>,
+        interval: Duration,
+        sample_percent: u32,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let _one = self.running.lock().await;
+            let m = self.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let tenants = m.store.list_tenants().map_err(store_status)?;
+                m.verify(&tenants, sample_percent, "node (schedule)")
+            })
+            .await;
+            if let Ok(Err(s)) = r {
+                self.access.audit.record(
+                    "node (schedule)",
+                    "",
+                    "verification",
+                    Outcome::Failed,
+                    s.message(),
+                );
+            }
+        }
+    }
+
     /// The scheduled run: prune every tenant, then collect garbage, every
     /// `interval`, until `stop` changes.
     pub(crate) async fn schedule(
@@ -447,6 +607,37 @@ impl Admin for AdminService {
             rec,
             pinned: r.pinned,
         })))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let who = self.m.access.admit(&req, "Verify", &[Role::Admin])?;
+        let r = req.into_inner();
+        if r.sample_percent > 100 {
+            return Err(Status::invalid_argument(
+                "sample_percent is 1 to 100 (0 means 100)",
+            ));
+        }
+        let _one = self.m.running.lock().await;
+        let m = self.m.clone();
+        let subject = who.subject();
+        let resp = blocking(move || {
+            let tenants = if r.tenant.is_empty() {
+                m.store.list_tenants().map_err(store_status)?
+            } else {
+                vec![tenant(&r.tenant)?]
+            };
+            let pct = if r.sample_percent == 0 {
+                100
+            } else {
+                r.sample_percent
+            };
+            m.verify(&tenants, pct, &subject)
+        })
+        .await?;
+        Ok(Response::new(resp))
     }
 
     async fn collect_garbage(

@@ -28,7 +28,9 @@ use tracing::{info, warn};
 
 use crate::access::Access;
 use crate::audit::{AuditLog, Outcome};
-use crate::config::{GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig};
+use crate::config::{
+    GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, VerifyConfig,
+};
 use crate::maintenance::{AdminService, Maintenance};
 use crate::quota::Quotas;
 use crate::service::{AuditService, IngestService, RestoreService};
@@ -50,6 +52,8 @@ pub struct ServeOptions {
     pub gc: GcConfig,
     /// Per-tenant quotas.
     pub quota: QuotaConfig,
+    /// Scheduled verification.
+    pub verify: VerifyConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -97,6 +101,7 @@ pub async fn run(
             retention: cfg.retention,
             gc: cfg.gc,
             quota: cfg.quota,
+            verify: cfg.verify,
         },
         shutdown,
     )
@@ -143,6 +148,13 @@ pub async fn serve(
         opts.retention.default,
         Duration::from_secs(opts.gc.grace_secs),
     );
+    if opts.verify.interval_secs > 0 {
+        tokio::spawn(maintenance.clone().schedule_verify(
+            Duration::from_secs(opts.verify.interval_secs),
+            opts.verify.sample_percent,
+            stop_rx.clone(),
+        ));
+    }
     if opts.retention.interval_secs > 0 {
         tokio::spawn(maintenance.clone().schedule(
             Duration::from_secs(opts.retention.interval_secs),

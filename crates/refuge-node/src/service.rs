@@ -177,6 +177,16 @@ fn verify_and_put(
         .put_chunks(&who.tenant, &good, now)
         .map_err(store_status)?;
     quotas.uploaded(&who.tenant, now, out.bytes);
+    if out.healed > 0 {
+        who.record(
+            "chunk_healed",
+            Outcome::Ok,
+            &format!(
+                "{} quarantined chunks replaced by a verified upload",
+                out.healed
+            ),
+        );
+    }
     match failure {
         Some(f) => Err(f),
         None => Ok(out),
@@ -474,6 +484,20 @@ impl Ingest for IngestService {
         }
     }
 
+    async fn list_quarantined(
+        &self,
+        req: Request<pb::ListQuarantinedRequest>,
+    ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
+        const MAX: usize = 100_000;
+        let who = AgentCaller::admit(&self.access, &req, "ListQuarantined")?;
+        let store = self.store.clone();
+        let q = blocking(move || store.list_quarantine(&who.tenant).map_err(store_status)).await?;
+        Ok(Response::new(pb::ListQuarantinedResponse {
+            truncated: q.len() > MAX,
+            ids: q.iter().take(MAX).map(|c| c.id.0.to_vec()).collect(),
+        }))
+    }
+
     async fn commit_snapshot(
         &self,
         req: Request<pb::CommitSnapshotRequest>,
@@ -722,8 +746,15 @@ impl Restore for RestoreService {
                     Some(t) => store.get_chunk(t, &id),
                     None => Ok(None),
                 };
+                let quarantined = |t: &TenantId| store.is_quarantined(t, &id).unwrap_or(false);
                 let item = match found {
                     Ok(Some(c)) => Ok(refuge_proto::chunk_data_to(&id, c)),
+                    Ok(None) if tenant.as_ref().is_some_and(quarantined) => {
+                        Err(Status::data_loss(format!(
+                            "chunk {id} was found corrupt by verification and is quarantined; \
+                             the next backup that contains it heals it"
+                        )))
+                    }
                     Ok(None) => Err(Status::not_found(format!(
                         "chunk {id} not found on the node"
                     ))),

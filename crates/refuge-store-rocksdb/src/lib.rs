@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Eight column families (byte layouts in `docs/format.md`):
+//! Nine column families (byte layouts in `docs/format.md`):
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -12,6 +12,7 @@
 //! | `snapshot_ids` | tenant key, snapshot id | sequence (big-endian) |
 //! | `refcounts` | tenant key, chunk id | references from snapshots (u64, merge-added) |
 //! | `unreferenced` | tenant key, chunk id | since when no snapshot references it |
+//! | `quarantine` | tenant key, chunk id | when and why verification took it out of service |
 //! | `meta` | name | store format version, last sequence, last time, settings |
 //! | `audit` | sequence (big-endian) | hash-chained audit record |
 //!
@@ -47,8 +48,8 @@ use std::sync::{Mutex, RwLock};
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{
-    GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Result, Store, StoreError, build_record,
-    chain_audit, ref_counts,
+    GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Quarantined, Result, Store, StoreError,
+    build_record, chain_audit, ref_counts,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
@@ -63,7 +64,8 @@ const CF_META: &str = "meta";
 const CF_AUDIT: &str = "audit";
 const CF_REFCOUNTS: &str = "refcounts";
 const CF_UNREF: &str = "unreferenced";
-const ALL_CFS: [&str; 8] = [
+const CF_QUARANTINE: &str = "quarantine";
+const ALL_CFS: [&str; 9] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_SNAPSHOTS,
@@ -72,6 +74,7 @@ const ALL_CFS: [&str; 8] = [
     CF_AUDIT,
     CF_REFCOUNTS,
     CF_UNREF,
+    CF_QUARANTINE,
 ];
 const SETTING_PREFIX: &str = "setting/";
 
@@ -207,7 +210,8 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_META, small.clone()),
             ColumnFamilyDescriptor::new(CF_AUDIT, small.clone()),
             ColumnFamilyDescriptor::new(CF_REFCOUNTS, counts),
-            ColumnFamilyDescriptor::new(CF_UNREF, small),
+            ColumnFamilyDescriptor::new(CF_UNREF, small.clone()),
+            ColumnFamilyDescriptor::new(CF_QUARANTINE, small),
         ];
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(err)?;
         let store = RocksStore {
@@ -346,6 +350,23 @@ impl Store for RocksStore {
         let mut out = PutOutcome::default();
         let mut seen = std::collections::HashSet::new();
         let mut existing = Vec::new();
+        let new_keys: Vec<Vec<u8>> = chunks
+            .iter()
+            .zip(&lens)
+            .filter(|(_, l)| l.is_none())
+            .map(|((id, _), _)| key(tenant, &id.0))
+            .collect();
+        let quarantined: std::collections::HashSet<Vec<u8>> = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_QUARANTINE), new_keys.iter(), false)
+            .into_iter()
+            .zip(&new_keys)
+            .filter_map(|(v, k)| match v {
+                Ok(Some(_)) => Some(Ok(k.clone())),
+                Ok(None) => None,
+                Err(e) => Some(Err(err(e))),
+            })
+            .collect::<Result<_>>()?;
         for ((id, c), len) in chunks.iter().zip(lens) {
             if len.is_some() {
                 existing.push(*id);
@@ -355,6 +376,10 @@ impl Store for RocksStore {
                 continue;
             }
             let k = key(tenant, &id.0);
+            if quarantined.contains(&k) {
+                batch.delete_cf(self.cf(CF_QUARANTINE), &k);
+                out.healed += 1;
+            }
             let mut idx = [0u8; 8];
             idx[..4].copy_from_slice(&c.raw_len.to_le_bytes());
             idx[4..].copy_from_slice(&(c.data.len() as u32).to_le_bytes());
@@ -567,6 +592,104 @@ impl Store for RocksStore {
             progress(&out);
         }
         Ok(out)
+    }
+
+    fn list_chunk_ids(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>> {
+        let prefix = tenant_key(tenant);
+        let mut from = prefix.clone();
+        if let Some(a) = after {
+            from.extend_from_slice(&a.0);
+            from.push(0);
+        }
+        let it = self.db.iterator_cf(
+            self.cf(CF_CHUNK_INDEX),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id: [u8; 32] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("chunk index key of the wrong length".into()))?;
+            out.push(ChunkId(id));
+        }
+        Ok(out)
+    }
+
+    fn quarantine_chunk(
+        &self,
+        tenant: &TenantId,
+        id: &ChunkId,
+        reason: &str,
+        now_micros: i64,
+    ) -> Result<bool> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let k = key(tenant, &id.0);
+        if self
+            .db
+            .get_cf(self.cf(CF_CHUNK_INDEX), &k)
+            .map_err(err)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let mut v = now_micros.to_le_bytes().to_vec();
+        v.extend_from_slice(reason.as_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_QUARANTINE), &k, v);
+        batch.delete_cf(self.cf(CF_CHUNKS), &k);
+        batch.delete_cf(self.cf(CF_CHUNK_INDEX), &k);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(err)?;
+        Ok(true)
+    }
+
+    fn list_quarantine(&self, tenant: &TenantId) -> Result<Vec<Quarantined>> {
+        let prefix = tenant_key(tenant);
+        let it = self.db.iterator_cf(
+            self.cf(CF_QUARANTINE),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id: [u8; 32] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("quarantine key of the wrong length".into()))?;
+            let time = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, i64::from_le_bytes);
+            out.push(Quarantined {
+                id: ChunkId(id),
+                time_micros: time,
+                reason: String::from_utf8_lossy(v.get(8..).unwrap_or_default()).into_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn is_quarantined(&self, tenant: &TenantId, id: &ChunkId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_QUARANTINE), key(tenant, &id.0))
+            .map_err(err)?
+            .is_some())
     }
 
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -285,6 +285,44 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     assert_eq!(s.put_chunks(&a, &[(id, c)], 9_000).unwrap().stored, 1);
 }
 
+/// A quarantined chunk is no longer found, is listed with its reason,
+/// and the next upload of the same id heals it; ids are listed in order.
+pub fn quarantine_hides_and_an_upload_heals(s: &dyn Store) {
+    let a = tenant("alpha");
+    let chunks: Vec<_> = (0..5u8).map(|i| chunk(&[i; 100])).collect();
+    s.put_chunks(&a, &chunks, 1).unwrap();
+    s.put_chunks(&tenant("beta"), &chunks[..1], 1).unwrap();
+    let mut want: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    want.sort_unstable();
+    assert_eq!(s.list_chunk_ids(&a, None, 100).unwrap(), want);
+    assert_eq!(s.list_chunk_ids(&a, None, 2).unwrap(), want[..2]);
+    assert_eq!(
+        s.list_chunk_ids(&a, Some(&want[1]), 100).unwrap(),
+        want[2..]
+    );
+    let (bad, c) = chunks[0].clone();
+    assert!(s.quarantine_chunk(&a, &bad, "hash mismatch", 7).unwrap());
+    assert!(
+        !s.quarantine_chunk(&a, &ChunkId::of(b"absent"), "x", 7)
+            .unwrap()
+    );
+    assert_eq!(s.get_chunk(&a, &bad).unwrap(), None);
+    assert_eq!(s.missing_chunks(&a, &[bad]).unwrap(), vec![0]);
+    assert!(s.is_quarantined(&a, &bad).unwrap());
+    assert!(!s.is_quarantined(&tenant("beta"), &bad).unwrap());
+    assert!(s.get_chunk(&tenant("beta"), &bad).unwrap().is_some());
+    let q = s.list_quarantine(&a).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].id, q[0].time_micros, q[0].reason.as_str()),
+        (bad, 7, "hash mismatch")
+    );
+    let out = s.put_chunks(&a, &[(bad, c)], 9).unwrap();
+    assert_eq!((out.stored, out.healed), (1, 1));
+    assert!(s.list_quarantine(&a).unwrap().is_empty());
+    assert!(s.get_chunk(&a, &bad).unwrap().is_some());
+}
+
 /// Settings are stored, listed by prefix and removed.
 pub fn settings_round_trip(s: &dyn Store) {
     assert_eq!(s.get_setting("retention/alpha").unwrap(), None);
@@ -348,6 +386,11 @@ macro_rules! conformance_tests {
         fn conformance_gc_deletes_only_old_unreferenced_chunks() {
             let s = $make;
             $crate::conformance::gc_deletes_only_old_unreferenced_chunks(&*s);
+        }
+        #[test]
+        fn conformance_quarantine_hides_and_an_upload_heals() {
+            let s = $make;
+            $crate::conformance::quarantine_hides_and_an_upload_heals(&*s);
         }
         #[test]
         fn conformance_settings_round_trip() {

@@ -87,6 +87,19 @@ pub struct PutOutcome {
     pub stored: u64,
     /// Their stored (compressed) bytes.
     pub bytes: u64,
+    /// Of the new chunks, how many replaced a quarantined copy.
+    pub healed: u64,
+}
+
+/// A chunk taken out of service because it failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The chunk.
+    pub id: ChunkId,
+    /// When it was quarantined (node time, µs).
+    pub time_micros: i64,
+    /// What verification found.
+    pub reason: String,
 }
 
 /// A snapshot to commit; the store assigns id, sequence and time.
@@ -210,6 +223,32 @@ pub trait Store: Send + Sync + 'static {
         cutoff_micros: i64,
         progress: &mut dyn FnMut(&GcOutcome),
     ) -> Result<GcOutcome>;
+
+    /// Up to `limit` of `tenant`'s chunk ids after `after`, in id order.
+    fn list_chunk_ids(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>>;
+
+    /// Takes a chunk that failed verification out of service: it is no
+    /// longer found (so `FindMissing` asks for it again and the next
+    /// upload heals it) and is listed by [`Store::list_quarantine`].
+    /// Returns `false` if the chunk was not stored.
+    fn quarantine_chunk(
+        &self,
+        tenant: &TenantId,
+        id: &ChunkId,
+        reason: &str,
+        now_micros: i64,
+    ) -> Result<bool>;
+
+    /// `tenant`'s quarantined chunks, in id order.
+    fn list_quarantine(&self, tenant: &TenantId) -> Result<Vec<Quarantined>>;
+
+    /// Whether `tenant`'s chunk `id` is quarantined.
+    fn is_quarantined(&self, tenant: &TenantId, id: &ChunkId) -> Result<bool>;
 
     /// A node setting (retention policy, pin), or `None`.
     fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;

@@ -7,8 +7,8 @@ use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
 use crate::{
-    GcOutcome, NewSnapshot, PutOutcome, Result, Store, StoreError, build_record, chain_audit,
-    ref_counts,
+    GcOutcome, NewSnapshot, PutOutcome, Quarantined, Result, Store, StoreError, build_record,
+    chain_audit, ref_counts,
 };
 
 /// In-memory store; every method takes one mutex.
@@ -29,6 +29,7 @@ struct Inner {
     /// Unreferenced chunks and since when.
     unref: BTreeMap<(TenantId, ChunkId), i64>,
     settings: BTreeMap<String, Vec<u8>>,
+    quarantine: BTreeMap<(TenantId, ChunkId), (i64, String)>,
 }
 
 impl MemStore {
@@ -67,6 +68,9 @@ impl Store for MemStore {
                 out.stored += 1;
                 out.bytes += c.data.len() as u64;
                 v.insert(c.clone());
+                if g.quarantine.remove(&k).is_some() {
+                    out.healed += 1;
+                }
                 g.unref.insert(k, now_micros);
             } else if let Some(t) = g.unref.get_mut(&k) {
                 *t = now_micros;
@@ -180,6 +184,58 @@ impl Store for MemStore {
         }
         progress(&out);
         Ok(out)
+    }
+
+    fn list_chunk_ids(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>> {
+        let g = self.lock();
+        let mut ids: Vec<ChunkId> = g
+            .chunks
+            .keys()
+            .filter(|(t, id)| t == tenant && after.is_none_or(|a| id > a))
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    fn quarantine_chunk(
+        &self,
+        tenant: &TenantId,
+        id: &ChunkId,
+        reason: &str,
+        now_micros: i64,
+    ) -> Result<bool> {
+        let mut g = self.lock();
+        let k = (tenant.clone(), *id);
+        if g.chunks.remove(&k).is_none() {
+            return Ok(false);
+        }
+        g.quarantine.insert(k, (now_micros, reason.to_string()));
+        Ok(true)
+    }
+
+    fn list_quarantine(&self, tenant: &TenantId) -> Result<Vec<Quarantined>> {
+        Ok(self
+            .lock()
+            .quarantine
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, id), (time, reason))| Quarantined {
+                id: *id,
+                time_micros: *time,
+                reason: reason.clone(),
+            })
+            .collect())
+    }
+
+    fn is_quarantined(&self, tenant: &TenantId, id: &ChunkId) -> Result<bool> {
+        Ok(self.lock().quarantine.contains_key(&(tenant.clone(), *id)))
     }
 
     fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
