@@ -50,6 +50,53 @@ pub fn check_config(path: &Path) -> Outcome {
     Ok(0)
 }
 
+/// Backs up one source, trying again (with a fresh connection and the
+/// checkpoint of the failed try) after transient failures, up to
+/// `[limits] retries` times with doubling waits.
+async fn backup_with_retries(
+    cfg: &AgentConfig,
+    node: &mut Option<refuge_client::Node>,
+    source: &refuge_client::SourceConfig,
+    opts: refuge_client::BackupOptions,
+) -> anyhow::Result<refuge_client::BackupReport> {
+    let tries = cfg.limits.retries + 1;
+    let mut wait = std::time::Duration::from_secs(1);
+    for attempt in 1..=tries {
+        let result = match node.clone() {
+            Some(n) => refuge_client::backup_source(&n, cfg, source, opts.clone()).await,
+            None => match connect(&cfg.node).await {
+                Ok(n) => {
+                    *node = Some(n.clone());
+                    refuge_client::backup_source(&n, cfg, source, opts.clone()).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e) if refuge_client::is_transient(&e) && attempt < tries => {
+                tracing::warn!(
+                    "source {}: {e:#}; retrying in {}s (try {} of {tries})",
+                    source.name,
+                    wait.as_secs(),
+                    attempt + 1
+                );
+                *node = None;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+            Err(e) if refuge_client::is_transient(&e) && tries > 1 => {
+                return Err(e.context(format!(
+                    "giving up after {tries} tries ([limits] retries = {})",
+                    cfg.limits.retries
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last try returns")
+}
+
 /// `refuge-agent backup`.
 pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -> Outcome {
     let cfg = config(path)?;
@@ -63,7 +110,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             path.display()
         )));
     }
-    let node = connect(&cfg.node).await?;
+    let mut node = Some(connect(&cfg.node).await?);
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     let mut warned = false;
@@ -76,7 +123,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             memory_budget: cfg.limits.memory_mib << 20,
             state_dir: Some(cfg.state_dir.clone()),
         };
-        match refuge_client::backup_source(&node, &cfg, s, opts).await {
+        match backup_with_retries(&cfg, &mut node, s, opts).await {
             Ok(r) => {
                 warned |= r.warning_count > 0;
                 if !json {

@@ -741,3 +741,97 @@ fn a_tiny_node_ingest_buffer_slows_concurrent_uploads_but_loses_nothing() {
         assert_same_tree(dir, &out);
     }
 }
+
+/// A client config like `cfg` that reaches the node through `port`, with
+/// `[limits] retries = retries`.
+fn via_port(c: &Cluster, cfg: &Path, name: &str, port: u16, retries: u32) -> std::path::PathBuf {
+    let text = fs::read_to_string(cfg)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", c.port()),
+            &format!("127.0.0.1:{port}"),
+        )
+        .replace(
+            "[chunking]",
+            &format!("[limits]\nretries = {retries}\n\n[chunking]"),
+        );
+    let p = c.path().join(name);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_cut_connection_is_retried_and_the_backup_finishes_or_gives_up_clearly() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), noise(24 << 20, 31)).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    let base = c.default_agent(&[("data", &src, "tree")]);
+
+    // The first connection is cut after 6 MiB of upload: the agent
+    // reconnects, resumes and finishes.
+    let proxy = refuge_tests::CutProxy::start(c.port(), 6 << 20, 1);
+    let cfg = via_port(&c, &base, "cut-once.toml", proxy.port, 3);
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "backup", "--json"],
+    )
+    .ok();
+    assert_eq!(proxy.cuts_made(), 1);
+    assert!(r.stderr.contains("retrying in 1s"), "{}", r.stderr);
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            base.to_str().unwrap(),
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+
+    // Every connection is cut after 2 MiB: after its retry budget the
+    // agent exits 1 saying so, and no snapshot appears.
+    fs::write(src.join("big.bin"), noise(24 << 20, 32)).unwrap();
+    let proxy = refuge_tests::CutProxy::start(c.port(), 2 << 20, u32::MAX);
+    let cfg = via_port(&c, &base, "cut-always.toml", proxy.port, 2);
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "giving up after 3 tries");
+    assert!(proxy.cuts_made() >= 3, "{}", r.stderr);
+    let snaps = run(
+        "refuge",
+        c.path(),
+        &["-c", base.to_str().unwrap(), "snapshots", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    // A permanent error is not retried.
+    let missing = via_port(&c, &base, "missing.toml", proxy.port, 3);
+    fs::write(
+        &missing,
+        fs::read_to_string(&missing).unwrap().replace(
+            src.to_str().unwrap(),
+            c.path().join("gone").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", missing.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "No such file or directory");
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+}

@@ -423,3 +423,72 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// A TCP proxy on 127.0.0.1 in front of the node that cuts connections:
+/// each of the first `cuts` connections is cut (both directions shut
+/// down) once `cut_after` bytes have gone from the client to the node;
+/// later connections pass untouched.
+pub struct CutProxy {
+    pub port: u16,
+    made: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl CutProxy {
+    pub fn start(target: u16, cut_after: u64, cuts: u32) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let made = Arc::new(AtomicU32::new(0));
+        let cut_count = made.clone();
+        let conns = Arc::new(AtomicU32::new(0));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let cut_this = conns.fetch_add(1, Ordering::SeqCst) < cuts;
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let made = cut_count.clone();
+                // Client to node, counted.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client, server);
+                    let mut sent = 0u64;
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if cut_this && sent >= cut_after {
+                            made.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+                // Node to client.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CutProxy { port, made }
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts_made(&self) -> u32 {
+        self.made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

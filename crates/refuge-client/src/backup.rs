@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 use tracing::warn;
 
 use crate::config::{AgentConfig, SourceConfig};
-use crate::connect::{Node, explain_status};
+use crate::connect::{Node, rpc_error};
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::upload::{RateLimiter, Uploader};
@@ -519,7 +519,7 @@ fn quarantined_chunks(
                 .clone()
                 .list_quarantined(pb::ListQuarantinedRequest {}),
         )
-        .map_err(|s| anyhow!("asking for quarantined chunks: {}", explain_status(&s)))?
+        .map_err(|s| rpc_error("asking for quarantined chunks", &s))?
         .into_inner();
     if r.truncated {
         tracing::warn!("the node has quarantined many chunks of this tenant: reading every file");
@@ -551,12 +551,7 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
     let snap = match rt.block_on(node.restore.clone().resolve_snapshot(req)) {
         Ok(s) => s.into_inner(),
         Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-        Err(s) => {
-            return Err(anyhow!(
-                "looking up the parent snapshot: {}",
-                explain_status(&s)
-            ));
-        }
+        Err(s) => return Err(rpc_error("looking up the parent snapshot", &s)),
     };
     let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("parent snapshot: {e}"))?;
     if snap.kind != SourceKind::Tree {
@@ -749,7 +744,7 @@ fn backup_blocking(
     let mut ingest = node.ingest.clone();
     let snap = rt
         .block_on(ingest.commit_snapshot(req))
-        .map_err(|s| anyhow!("committing the snapshot: {}", explain_status(&s)))?
+        .map_err(|s| rpc_error("committing the snapshot", &s))?
         .into_inner()
         .snapshot
         .ok_or_else(|| anyhow!("node acknowledged the commit without a snapshot"))?;

@@ -114,6 +114,11 @@ pub struct LimitsConfig {
     pub nice: i32,
     /// IO priority of the agent.
     pub io_priority: IoPriority,
+    /// How often a backup of a source is tried again after the node was
+    /// unreachable or the connection was cut (waiting 1, 2, 4, ... up to
+    /// 60 seconds in between); 0 never retries. Each try resumes from the
+    /// last one's checkpoint.
+    pub retries: u32,
 }
 
 impl Default for LimitsConfig {
@@ -126,6 +131,7 @@ impl Default for LimitsConfig {
             memory_mib: 256,
             nice: 10,
             io_priority: IoPriority::Low,
+            retries: 5,
         }
     }
 }

@@ -67,12 +67,7 @@ impl Node {
             let resp = ingest
                 .find_missing(req)
                 .await
-                .map_err(|s| {
-                    anyhow!(
-                        "asking the node which chunks it lacks: {}",
-                        explain_status(&s)
-                    )
-                })?
+                .map_err(|s| rpc_error("asking the node which chunks it lacks", &s))?
                 .into_inner();
             for i in resp.missing {
                 let i = i as usize;
@@ -84,6 +79,50 @@ impl Node {
         }
         Ok(missing)
     }
+}
+
+/// An error that trying again later may cure: the node was unreachable,
+/// the connection was cut, or the node was shutting down. Found in an
+/// error's chain by [`is_transient`].
+#[derive(Debug)]
+pub struct Transient(pub String);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Transient {}
+
+/// A failed call as an error: `context: cause`, marked [`Transient`] when
+/// the status says the connection or the node, not the request, failed.
+pub fn rpc_error(context: &str, s: &tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let text = format!("{context}: {}", explain_status(s));
+    let transport = matches!(
+        s.code(),
+        Code::Unavailable | Code::Cancelled | Code::Aborted | Code::DeadlineExceeded
+    ) || (s.code() == Code::Unknown
+        && [
+            "transport",
+            "connection",
+            "broken pipe",
+            "reset",
+            "h2 protocol",
+        ]
+        .iter()
+        .any(|w| text.to_ascii_lowercase().contains(w)));
+    if transport {
+        anyhow::Error::new(Transient(text))
+    } else {
+        anyhow!(text)
+    }
+}
+
+/// Whether `e` (or anything in its chain) is [`Transient`].
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Transient>())
 }
 
 /// Turns a rustls handshake error into a sentence about the cause.
@@ -225,7 +264,16 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let channel = endpoint
         .connect_with_connector(connector_fn)
         .await
-        .map_err(|e| anyhow!("{}", deepest(&e)))?;
+        .map_err(|e| {
+            let text = deepest(&e);
+            // A refused or cut TCP connection may come back; a failed TLS
+            // handshake (wrong CA, expired) will not.
+            if text.contains("TLS handshake") {
+                anyhow!(text)
+            } else {
+                anyhow::Error::new(Transient(text))
+            }
+        })?;
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     let mut restore = RestoreClient::new(channel.clone())
         .max_decoding_message_size(max)

@@ -21,6 +21,6 @@ pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, IoPriority, LimitsConfig, SourceChunking,
     SourceConfig, load_config,
 };
-pub use connect::{Node, connect, explain_status};
+pub use connect::{Node, Transient, connect, explain_status, is_transient, rpc_error};
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

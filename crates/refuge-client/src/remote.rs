@@ -9,7 +9,7 @@ use refuge_core::{ChunkRef, decode_chunk};
 use refuge_proto::pb;
 use tokio::runtime::Handle;
 
-use crate::connect::{Node, explain_status};
+use crate::connect::{Node, rpc_error};
 
 /// Chunks fetched per request (bounded by count and bytes).
 const FETCH_CHUNKS: usize = 64;
@@ -61,7 +61,7 @@ impl Fetcher {
                     ids,
                     tenant: self.tenant.clone(),
                 }))
-                .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?
+                .map_err(|s| rpc_error("fetching chunks", &s))?
                 .into_inner();
             for r in group {
                 let msg = self
@@ -76,7 +76,7 @@ impl Fetcher {
                                 s.message()
                             )
                         }
-                        _ => anyhow!("fetching chunk {}: {}", r.id, explain_status(&s)),
+                        _ => rpc_error(&format!("fetching chunk {}", r.id), &s),
                     })?;
                 let msg =
                     msg.ok_or_else(|| anyhow!("node ended the stream before chunk {}", r.id))?;
@@ -103,7 +103,7 @@ impl Fetcher {
             let extra = self
                 .rt
                 .block_on(stream.message())
-                .map_err(|s| anyhow!("fetching chunks: {}", explain_status(&s)))?;
+                .map_err(|s| rpc_error("fetching chunks", &s))?;
             if extra.is_some() {
                 bail!("node sent more chunks than were asked for");
             }

@@ -22,7 +22,7 @@ use anyhow::anyhow;
 use refuge_core::{ChunkCompressor, ChunkId};
 use tokio::runtime::Handle;
 
-use crate::connect::{Node, explain_status};
+use crate::connect::{Node, rpc_error};
 
 /// Largest batch of chunk data handed to a worker.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -96,7 +96,8 @@ impl RateLimiter {
 pub(crate) struct Uploader {
     tx: Option<SyncSender<Batch>>,
     workers: Vec<JoinHandle<anyhow::Result<UploadStats>>>,
-    failed: Arc<Mutex<Option<String>>>,
+    /// The first worker failure, and whether it is transient.
+    failed: Arc<Mutex<Option<(String, bool)>>>,
     pending: Batch,
     pending_bytes: usize,
     batch_bytes: usize,
@@ -128,7 +129,7 @@ impl Uploader {
                     let r = worker(&rt, node, level, &rx, limiter.as_deref());
                     if let Err(e) = &r {
                         let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                        f.get_or_insert_with(|| format!("{e:#}"));
+                        f.get_or_insert_with(|| (format!("{e:#}"), crate::is_transient(e)));
                     }
                     r
                 })
@@ -149,7 +150,13 @@ impl Uploader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|m| anyhow!("{m}"))
+            .map(|(m, transient)| {
+                if *transient {
+                    anyhow::Error::new(crate::Transient(m.clone()))
+                } else {
+                    anyhow!("{m}")
+                }
+            })
     }
 
     /// Adds a chunk; hands a full batch to the workers (blocking while they
@@ -262,7 +269,7 @@ fn worker(
         }
         let n = uploads.len() as u64;
         rt.block_on(node.ingest.put_chunks(futures::stream::iter(uploads)))
-            .map_err(|s| anyhow!("uploading chunks: {}", explain_status(&s)))?;
+            .map_err(|s| rpc_error("uploading chunks", &s))?;
         stats.chunks_new += n;
         stats.bytes_sent += bytes;
         stats.bytes_new += raw;
