@@ -603,33 +603,43 @@ fn a_killed_first_backup_resumes_without_rereading_uploaded_files() {
     let c = Cluster::start();
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    for i in 0..200u64 {
-        fs::write(src.join(format!("f{i:03}")), noise(200_000, 1000 + i)).unwrap();
+    for i in 0..300u64 {
+        fs::write(src.join(format!("f{i:03}")), noise(200_000, 1001 + 2 * i)).unwrap();
     }
+    let total = 300 * 200_000u64;
     let cfg = c.default_agent(&[("data", &src, "tree")]);
-    // Slow uploads down so that the run can be killed half way.
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text = text.replace(
-        "[chunking]",
-        "[limits]\nmax_upload_rate = 4000000\n\n[chunking]",
-    );
-    let slow = c.path().join("slow.toml");
+    // Every try goes through a proxy that counts what is uploaded, slowed
+    // down so that it can be killed part way, three times.
+    let proxy = refuge_tests::CutProxy::start(c.port(), u64::MAX, 0);
+    let slow = via_port(&c, &cfg, "slow.toml", proxy.port, 0);
+    let text = fs::read_to_string(&slow)
+        .unwrap()
+        .replace("[limits]\n", "[limits]\nmax_upload_rate = 4000000\n");
     fs::write(&slow, text).unwrap();
-
-    let mut child = std::process::Command::new(refuge_tests::bin("refuge-agent"))
-        .args(["-c", slow.to_str().unwrap(), "backup"])
-        .current_dir(c.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "the backup finished before it could be interrupted"
-    );
+    let mut last = 0;
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(refuge_tests::bin("refuge-agent"))
+            .args(["-c", slow.to_str().unwrap(), "backup"])
+            .current_dir(c.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the backup finished before it could be interrupted"
+        );
+        // Each try made progress.
+        assert!(
+            proxy.forwarded() > last + (1 << 20),
+            "{}",
+            proxy.forwarded()
+        );
+        last = proxy.forwarded();
+    }
     let listed = run(
         "refuge",
         c.path(),
@@ -645,17 +655,23 @@ fn a_killed_first_backup_resumes_without_rereading_uploaded_files() {
     assert!(c.path().join("state/data.checkpoint").exists());
 
     // The next run reuses what was uploaded, reads the rest, commits.
+    let fast = via_port(&c, &cfg, "fast.toml", proxy.port, 0);
     let r = run(
         "refuge-agent",
         c.path(),
-        &["-c", cfg.to_str().unwrap(), "backup", "--json"],
+        &["-c", fast.to_str().unwrap(), "backup", "--json"],
     )
     .ok()
     .json();
-    let total = 200 * 200_000u64;
+    // All four tries together sent about one backup's worth.
+    let sent = proxy.forwarded();
+    assert!(
+        sent >= total && sent < total + total / 5,
+        "{sent} bytes uploaded over four tries for {total} bytes of incompressible data"
+    );
     assert!(r[0]["files_resumed"].as_u64().unwrap() > 0, "{r}");
     assert!(r[0]["bytes_read"].as_u64().unwrap() < total, "{r}");
-    assert_eq!(r[0]["files"], 200);
+    assert_eq!(r[0]["files"], 300);
     assert!(!c.path().join("state/data.checkpoint").exists());
     let out = c.path().join("out");
     run(

@@ -425,7 +425,18 @@ impl Ingest for IngestService {
             .min(self.buffer_kib as usize * 1024 / 4)
             .max(1);
         loop {
-            let next = stream.message().await?;
+            let next = match stream.message().await {
+                Ok(m) => m,
+                Err(e) => {
+                    // The client went away (or sent garbage) mid-stream:
+                    // keep the chunks that arrived whole and verified, so
+                    // that its next try does not send them again.
+                    if !batch.is_empty() {
+                        let _ = self.store_batch(&who, std::mem::take(&mut batch)).await;
+                    }
+                    return Err(e);
+                }
+            };
             let done = next.is_none();
             if let Some(msg) = next {
                 resp.chunks_received += 1;
