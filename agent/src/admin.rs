@@ -33,37 +33,18 @@ fn print_json(v: &impl Serialize) -> Outcome {
 struct PolicyJson<'a> {
     tenant: &'a str,
     is_default: bool,
-    keep_last: u32,
-    keep_hourly: u32,
-    keep_daily: u32,
-    keep_weekly: u32,
-    keep_monthly: u32,
-    keep_yearly: u32,
-    keep_within_secs: u64,
+    #[serde(flatten)]
+    policy: refuge_core::retention::Policy,
     description: String,
 }
 
 fn show_policy(p: &pb::RetentionPolicy, json: bool) -> Outcome {
-    let core = refuge_core::retention::Policy {
-        keep_last: p.keep_last,
-        keep_hourly: p.keep_hourly,
-        keep_daily: p.keep_daily,
-        keep_weekly: p.keep_weekly,
-        keep_monthly: p.keep_monthly,
-        keep_yearly: p.keep_yearly,
-        keep_within_secs: p.keep_within_secs,
-    };
+    let core = refuge_proto::policy(p);
     if json {
         return print_json(&PolicyJson {
             tenant: &p.tenant,
             is_default: p.is_default,
-            keep_last: p.keep_last,
-            keep_hourly: p.keep_hourly,
-            keep_daily: p.keep_daily,
-            keep_weekly: p.keep_weekly,
-            keep_monthly: p.keep_monthly,
-            keep_yearly: p.keep_yearly,
-            keep_within_secs: p.keep_within_secs,
+            policy: core,
             description: core.describe(),
         });
     }
@@ -106,16 +87,7 @@ pub async fn retention_set(
     let req = pb::SetRetentionRequest {
         tenant: tenant.into(),
         reset: p.is_none(),
-        policy: p.map(|p| pb::RetentionPolicy {
-            keep_last: p.keep_last,
-            keep_hourly: p.keep_hourly,
-            keep_daily: p.keep_daily,
-            keep_weekly: p.keep_weekly,
-            keep_monthly: p.keep_monthly,
-            keep_yearly: p.keep_yearly,
-            keep_within_secs: p.keep_within_secs,
-            ..Default::default()
-        }),
+        policy: p.as_ref().map(refuge_proto::policy_to),
     };
     let p = n
         .admin

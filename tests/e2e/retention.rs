@@ -342,3 +342,52 @@ fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
         .count();
     assert_eq!(n, 981 + 1);
 }
+
+#[test]
+fn the_node_prunes_collects_and_verifies_on_its_schedule() {
+    let c = Cluster::start_with(
+        "[retention]\ninterval_secs = 1\n[retention.default]\nkeep_last = 1\n[gc]\ngrace_secs = 2\n[verify]\ninterval_secs = 1\nsample_percent = 50\n",
+    );
+    let auditor = c.client(&["--role", "auditor", "--name", "aud1"]);
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    for g in 0..3u64 {
+        fs::write(src.join("f.bin"), noise(1 << 20, 50 + 2 * g)).unwrap();
+        run(
+            "refuge-agent",
+            c.path(),
+            &["-c", agent.to_str().unwrap(), "backup"],
+        )
+        .ok();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = c.audit(&auditor);
+        let by_schedule = |event: &str| {
+            log.iter()
+                .any(|r| r["event"] == event && r["subject"] == "node (schedule)")
+        };
+        let listed = refuge(&c, &agent, &["snapshots", "--json"]).ok().json();
+        if listed.as_array().unwrap().len() == 1
+            && by_schedule("snapshots_pruned")
+            && by_schedule("garbage_collected")
+            && by_schedule("verification")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule did not prune, collect and verify: {listed:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = c.path().join("out");
+    refuge(
+        &c,
+        &agent,
+        &["restore", "latest", "--target", out.to_str().unwrap()],
+    )
+    .ok();
+    assert_same_tree(&src, &out);
+}

@@ -37,6 +37,8 @@ pub(crate) struct Maintenance {
     access: Arc<Access>,
     default_policy: Policy,
     grace: Duration,
+    /// Share of chunks a scheduled verification checks.
+    verify_sample: u32,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -53,12 +55,14 @@ impl Maintenance {
         access: Arc<Access>,
         default_policy: Policy,
         grace: Duration,
+        verify_sample: u32,
     ) -> Arc<Self> {
         Arc::new(Maintenance {
             store,
             access,
             default_policy,
             grace,
+            verify_sample,
             running: tokio::sync::Mutex::new(()),
         })
     }
@@ -343,11 +347,14 @@ impl Maintenance {
         Ok(out)
     }
 
-    /// The scheduled verification, every `interval`.
-    pub(crate) async fn schedule_verify(
+    /// Runs `job` on the blocking pool every `interval` (the first run
+    /// one interval after the start), one maintenance job at a time, until
+    /// `stop` changes; a failure is audited as `event`.
+    pub(crate) async fn every(
         self: Arc<Self>,
         interval: Duration,
-        sample_percent: u32,
+        event: &'static str,
+        job: fn(&Maintenance) -> Result<(), Status>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(interval);
@@ -360,80 +367,49 @@ impl Maintenance {
             }
             let _one = self.running.lock().await;
             let m = self.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                let tenants = m.store.list_tenants().map_err(store_status)?;
-                m.verify(&tenants, sample_percent, "node (schedule)")
-            })
-            .await;
-            if let Ok(Err(s)) = r {
-                self.access.audit.record(
-                    "node (schedule)",
-                    "",
-                    "verification",
-                    Outcome::Failed,
-                    s.message(),
-                );
+            match tokio::task::spawn_blocking(move || job(&m)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(s)) => {
+                    self.access
+                        .audit
+                        .record(SCHEDULE, "", event, Outcome::Failed, s.message())
+                }
+                Err(e) => tracing::error!(error = %e, "scheduled {event} panicked"),
             }
         }
     }
 
-    /// The scheduled run: prune every tenant, then collect garbage, every
-    /// `interval`, until `stop` changes.
-    pub(crate) async fn schedule(
-        self: Arc<Self>,
-        interval: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let _one = self.running.lock().await;
-            let m = self.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                let tenants = m.store.list_tenants().map_err(store_status)?;
-                let (_, removed) = m.prune(&tenants, false, "node (schedule)")?;
-                let gc = m.collect("node (schedule)")?;
-                Ok::<_, Status>((removed, gc))
-            })
-            .await;
-            match r {
-                Ok(Ok((removed, gc))) => {
-                    info!(
-                        removed,
-                        deleted = gc.deleted,
-                        bytes = gc.bytes,
-                        "scheduled retention run done"
-                    )
-                }
-                Ok(Err(s)) => self.access.audit.record(
-                    "node (schedule)",
-                    "",
-                    "retention_failed",
-                    Outcome::Failed,
-                    s.message(),
-                ),
-                Err(e) => tracing::error!(error = %e, "scheduled retention run panicked"),
-            }
-        }
+    /// The scheduled retention run: prune every tenant, then collect
+    /// garbage.
+    pub(crate) fn scheduled_retention(&self) -> Result<(), Status> {
+        let tenants = self.store.list_tenants().map_err(store_status)?;
+        let (_, removed) = self.prune(&tenants, false, SCHEDULE)?;
+        let gc = self.collect(SCHEDULE)?;
+        info!(
+            removed,
+            deleted = gc.deleted,
+            bytes = gc.bytes,
+            "scheduled retention run done"
+        );
+        Ok(())
+    }
+
+    /// The scheduled verification of every tenant.
+    pub(crate) fn scheduled_verify(&self) -> Result<(), Status> {
+        let tenants = self.store.list_tenants().map_err(store_status)?;
+        self.verify(&tenants, self.verify_sample, SCHEDULE)
+            .map(|_| ())
     }
 }
 
+/// The subject of scheduled jobs in the audit log.
+const SCHEDULE: &str = "node (schedule)";
+
 fn policy_to(p: &Policy, tenant: &TenantId, is_default: bool) -> pb::RetentionPolicy {
     pb::RetentionPolicy {
-        keep_last: p.keep_last,
-        keep_hourly: p.keep_hourly,
-        keep_daily: p.keep_daily,
-        keep_weekly: p.keep_weekly,
-        keep_monthly: p.keep_monthly,
-        keep_yearly: p.keep_yearly,
-        keep_within_secs: p.keep_within_secs,
         tenant: tenant.to_string(),
         is_default,
+        ..refuge_proto::policy_to(p)
     }
 }
 
@@ -500,15 +476,7 @@ impl Admin for AdminService {
             let p = r.policy.ok_or_else(|| {
                 Status::invalid_argument("give a policy, or reset to the node's default")
             })?;
-            Some(Policy {
-                keep_last: p.keep_last,
-                keep_hourly: p.keep_hourly,
-                keep_daily: p.keep_daily,
-                keep_weekly: p.keep_weekly,
-                keep_monthly: p.keep_monthly,
-                keep_yearly: p.keep_yearly,
-                keep_within_secs: p.keep_within_secs,
-            })
+            Some(refuge_proto::policy(&p))
         };
         let m = self.m.clone();
         let t2 = t.clone();

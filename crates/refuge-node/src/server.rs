@@ -147,17 +147,21 @@ pub async fn serve(
         access.clone(),
         opts.retention.default,
         Duration::from_secs(opts.gc.grace_secs),
+        opts.verify.sample_percent,
     );
     if opts.verify.interval_secs > 0 {
-        tokio::spawn(maintenance.clone().schedule_verify(
+        tokio::spawn(maintenance.clone().every(
             Duration::from_secs(opts.verify.interval_secs),
-            opts.verify.sample_percent,
+            "verification",
+            Maintenance::scheduled_verify,
             stop_rx.clone(),
         ));
     }
     if opts.retention.interval_secs > 0 {
-        tokio::spawn(maintenance.clone().schedule(
+        tokio::spawn(maintenance.clone().every(
             Duration::from_secs(opts.retention.interval_secs),
+            "retention_failed",
+            Maintenance::scheduled_retention,
             stop_rx.clone(),
         ));
     }

@@ -186,6 +186,34 @@ pub fn snapshot(s: pb::Snapshot) -> Result<SnapshotRecord, WireError> {
     })
 }
 
+/// A retention policy on the wire (`tenant` and `is_default` are left for
+/// the caller).
+pub fn policy_to(p: &refuge_core::retention::Policy) -> pb::RetentionPolicy {
+    pb::RetentionPolicy {
+        keep_last: p.keep_last,
+        keep_hourly: p.keep_hourly,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_monthly: p.keep_monthly,
+        keep_yearly: p.keep_yearly,
+        keep_within_secs: p.keep_within_secs,
+        ..Default::default()
+    }
+}
+
+/// The rules of a wire retention policy.
+pub fn policy(p: &pb::RetentionPolicy) -> refuge_core::retention::Policy {
+    refuge_core::retention::Policy {
+        keep_last: p.keep_last,
+        keep_hourly: p.keep_hourly,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_monthly: p.keep_monthly,
+        keep_yearly: p.keep_yearly,
+        keep_within_secs: p.keep_within_secs,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -438,9 +438,7 @@ impl Store for RocksStore {
         let ids: Vec<ChunkId> = counts.iter().map(|(id, _)| *id).collect();
         let lens = self.chunk_lengths(&new.tenant, &ids)?;
         if let Some((id, _)) = ids.iter().zip(&lens).find(|(_, l)| l.is_none()) {
-            return Err(StoreError::MissingChunk(format!(
-                "chunk {id} is not stored (it may have been removed by garbage collection during this backup); upload it again"
-            )));
+            return Err(StoreError::missing_chunk(id));
         }
         let mut last = self.commit.lock().unwrap_or_else(|p| p.into_inner());
         // Chunks first: every put before this commit is durable after this.

@@ -68,6 +68,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The refusal of a commit that references chunk `id` the store lacks.
+    pub fn missing_chunk(id: &ChunkId) -> Self {
+        StoreError::MissingChunk(format!(
+            "chunk {id} is not stored (it may have been removed by garbage collection during this backup); upload it again"
+        ))
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -113,9 +113,7 @@ impl Store for MemStore {
             .iter()
             .find(|(id, _)| !g.chunks.contains_key(&(new.tenant.clone(), *id)))
         {
-            return Err(StoreError::MissingChunk(format!(
-                "chunk {id} is not stored (it may have been removed by garbage collection during this backup); upload it again"
-            )));
+            return Err(StoreError::missing_chunk(id));
         }
         for (id, n) in counts {
             *g.refs.entry((new.tenant.clone(), id)).or_insert(0) += n;
