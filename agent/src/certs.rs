@@ -13,7 +13,7 @@ use refuge_tls::{CertAuthority, ClientIdentity, Role, TenantScope, Validity, ide
 
 use crate::{Failure, Outcome};
 
-fn write_new(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod audit;
 pub mod certs;
 pub mod commands;
+pub mod keys;
 pub mod limits;
 
 use std::process::ExitCode;

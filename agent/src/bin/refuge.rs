@@ -31,6 +31,10 @@ enum Command {
     /// Create and issue certificates.
     #[command(subcommand)]
     Certs(Certs),
+    /// Tenant encryption keys (not used by backups yet: see
+    /// docs/security.md).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// List restore points (snapshots) of the tenants you act for.
     Snapshots {
         /// Only this tenant (one you act for; any other matches nothing).
@@ -197,6 +201,27 @@ enum RetentionCmd {
 }
 
 #[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a new random key for a tenant (never overwrites a file).
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a key file's tenant, creation time and fingerprint.
+    Show {
+        /// The key file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCmd {
     /// Check the audit log's hash chain: exit 0 if intact, 1 if a record
     /// was edited, inserted, removed or reordered.
@@ -297,6 +322,8 @@ fn main() -> ExitCode {
             out: out_dir,
         }),
         Command::Certs(Certs::Show { file, json }) => refuge_cli::certs::show(&file, json),
+        Command::Key(KeyCmd::Create { tenant, out }) => refuge_cli::keys::create(&tenant, &out),
+        Command::Key(KeyCmd::Show { file, json }) => refuge_cli::keys::show(&file, json),
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {
@@ -359,7 +386,7 @@ fn main() -> ExitCode {
                         json,
                     } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
                     Command::Admin(cmd) => admin(&cfg, cmd).await,
-                    Command::Certs(_) => unreachable!("handled above"),
+                    Command::Certs(_) | Command::Key(_) => unreachable!("handled above"),
                 }
             }),
         },

@@ -66,3 +66,23 @@ pub const AUDIT_RECORD_VERSION: u8 = 1;
 
 /// Retention policy format version (node setting `retention/TENANT`).
 pub const RETENTION_POLICY_VERSION: u8 = 1;
+
+/// Cipher id of sealed chunk bodies: XChaCha20-Poly1305, nonce derived from
+/// the chunk id, the id and uncompressed length as associated data
+/// (`crate::crypto`). 0 means not sealed.
+pub const CIPHER_XCHACHA20_POLY1305: u8 = 1;
+
+/// Hash id of keyed chunk ids: BLAKE3 keyed with the tenant's id key.
+pub const HASH_BLAKE3_KEYED: u8 = 2;
+
+/// First line of a tenant key file (version 1).
+pub const TENANT_KEY_MAGIC: &str = "refuge-tenant-key v1";
+
+/// BLAKE3 key-derivation contexts of a tenant key's sub-keys.
+pub const KEY_CONTEXT_ID: &str = "refuge 2026-11-22 chunk id key v1";
+/// See [`KEY_CONTEXT_ID`].
+pub const KEY_CONTEXT_ENCRYPT: &str = "refuge 2026-11-22 chunk encryption key v1";
+/// See [`KEY_CONTEXT_ID`].
+pub const KEY_CONTEXT_NONCE: &str = "refuge 2026-11-22 chunk nonce key v1";
+/// See [`KEY_CONTEXT_ID`].
+pub const KEY_CONTEXT_FINGERPRINT: &str = "refuge 2026-11-22 key fingerprint v1";

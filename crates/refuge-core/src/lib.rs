@@ -11,6 +11,7 @@
 pub mod audit;
 mod chunker;
 mod codec;
+pub mod crypto;
 pub mod format;
 mod frame;
 mod id;

@@ -1,0 +1,309 @@
+//! Client-side encryption primitives: a tenant's key, keyed chunk ids and
+//! sealed chunk bodies.
+//!
+//! A tenant key is 32 random bytes held by the tenant's agents and
+//! operators, never by the node. Sub-keys are derived from it with
+//! BLAKE3's key derivation, one per purpose:
+//!
+//! * chunk ids are `BLAKE3-keyed(id key, plaintext)`, so the node and other
+//!   tenants learn nothing from an id (not even whether two tenants hold
+//!   the same data), while deduplication within the tenant still works;
+//! * a chunk body (already compressed) is sealed with XChaCha20-Poly1305
+//!   under the encryption key. The nonce is derived from the chunk id
+//!   (`BLAKE3-keyed(nonce key, id)`, 24 bytes), so the same plaintext
+//!   always gives the same sealed bytes: equal ids mean equal content,
+//!   which the id already says, and nothing more. The id and the
+//!   uncompressed length are authenticated as associated data, so a sealed
+//!   body cannot be moved to another id.
+//!
+//! The algorithm ids are in [`crate::format`]: a national-standard cipher
+//! would be a new id beside `CIPHER_XCHACHA20_POLY1305`.
+//!
+//! Status: these primitives and `refuge key create|show` exist; the
+//! backup and restore paths do not use them yet (docs/security.md).
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::format::{
+    KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID, KEY_CONTEXT_NONCE,
+    TENANT_KEY_MAGIC,
+};
+use crate::{ChunkId, TenantId};
+
+/// Poly1305 tag bytes added by sealing.
+pub const SEAL_OVERHEAD: usize = 16;
+
+/// Why a key or a sealed chunk could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The key file does not parse.
+    #[error("not a refuge tenant key file: {0}")]
+    BadKeyFile(String),
+    /// The system's random source failed.
+    #[error("cannot get random bytes for a new key: {0}")]
+    Random(String),
+    /// A sealed chunk failed authentication: wrong key, or damaged bytes.
+    #[error("chunk {0} cannot be decrypted: wrong tenant key, or the stored bytes were altered")]
+    Open(ChunkId),
+}
+
+/// A tenant's encryption key and the sub-keys derived from it.
+pub struct TenantKey {
+    tenant: TenantId,
+    created: String,
+    master: [u8; 32],
+    id_key: [u8; 32],
+    enc_key: [u8; 32],
+    nonce_key: [u8; 32],
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKey")
+            .field("tenant", &self.tenant)
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TenantKey {
+    fn drop(&mut self) {
+        // Best effort: do not leave key bytes in freed memory.
+        for k in [
+            &mut self.master,
+            &mut self.id_key,
+            &mut self.enc_key,
+            &mut self.nonce_key,
+        ] {
+            for b in k.iter_mut() {
+                // black_box keeps the compiler from dropping the stores.
+                *b = std::hint::black_box(0);
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl TenantKey {
+    fn from_master(tenant: TenantId, created: String, master: [u8; 32]) -> Self {
+        TenantKey {
+            id_key: blake3::derive_key(KEY_CONTEXT_ID, &master),
+            enc_key: blake3::derive_key(KEY_CONTEXT_ENCRYPT, &master),
+            nonce_key: blake3::derive_key(KEY_CONTEXT_NONCE, &master),
+            tenant,
+            created,
+            master,
+        }
+    }
+
+    /// A new random key for `tenant`, created at `created` (RFC 3339).
+    pub fn generate(tenant: TenantId, created: String) -> Result<Self, CryptoError> {
+        let mut master = [0u8; 32];
+        getrandom::getrandom(&mut master).map_err(|e| CryptoError::Random(e.to_string()))?;
+        Ok(Self::from_master(tenant, created, master))
+    }
+
+    /// The tenant this key belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// When the key was created (RFC 3339, as written in the file).
+    pub fn created(&self) -> &str {
+        &self.created
+    }
+
+    /// 16 hex digits that name the key without revealing it (the same
+    /// key always has the same fingerprint).
+    pub fn fingerprint(&self) -> String {
+        hex(&blake3::derive_key(KEY_CONTEXT_FINGERPRINT, &self.master)[..8])
+    }
+
+    /// The key file's text. Whoever has it can read the tenant's backups.
+    pub fn to_text(&self) -> String {
+        format!(
+            "# refuge tenant key. Whoever holds this file can read the backups of tenant {t};\n\
+             # without it (or a copy), nobody can, not even the operators of the node.\n\
+             # Keep a copy offline, away from the hosts and the node.\n\
+             {TENANT_KEY_MAGIC}\n\
+             tenant {t}\n\
+             created {c}\n\
+             key {k}\n\
+             fingerprint {f}\n",
+            t = self.tenant,
+            c = self.created,
+            k = hex(&self.master),
+            f = self.fingerprint()
+        )
+    }
+
+    /// Parses a key file, checking its fingerprint line.
+    pub fn parse(text: &str) -> Result<Self, CryptoError> {
+        let bad = |m: &str| CryptoError::BadKeyFile(m.to_string());
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines.next() != Some(TENANT_KEY_MAGIC) {
+            return Err(bad(&format!("the first line is not {TENANT_KEY_MAGIC:?}")));
+        }
+        let (mut tenant, mut created, mut key, mut fp) = (None, None, None, None);
+        for l in lines {
+            let (k, v) = l
+                .split_once(' ')
+                .ok_or_else(|| bad(&format!("line {l:?} is not `name value`")))?;
+            let slot = match k {
+                "tenant" => &mut tenant,
+                "created" => &mut created,
+                "key" => &mut key,
+                "fingerprint" => &mut fp,
+                other => return Err(bad(&format!("unknown line {other:?}"))),
+            };
+            if slot.replace(v.trim().to_string()).is_some() {
+                return Err(bad(&format!("{k} appears twice")));
+            }
+        }
+        let tenant = TenantId::new(tenant.ok_or_else(|| bad("no tenant line"))?)
+            .map_err(|e| bad(&e.to_string()))?;
+        let key = key.ok_or_else(|| bad("no key line"))?;
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("the key is not 64 hex digits"));
+        }
+        let mut master = [0u8; 32];
+        for (i, b) in master.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&key[2 * i..2 * i + 2], 16).map_err(|_| bad("bad hex"))?;
+        }
+        let k = Self::from_master(tenant, created.unwrap_or_default(), master);
+        if let Some(fp) = fp
+            && fp != k.fingerprint()
+        {
+            return Err(bad(
+                "the fingerprint does not match the key: the file was damaged or edited",
+            ));
+        }
+        Ok(k)
+    }
+
+    /// The id of a chunk of this tenant: BLAKE3 keyed with the id key.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    fn nonce(&self, id: &ChunkId) -> XNonce {
+        let h = blake3::keyed_hash(&self.nonce_key, &id.0);
+        *XNonce::from_slice(&h.as_bytes()[..24])
+    }
+
+    fn aad(id: &ChunkId, raw_len: u32) -> [u8; 36] {
+        let mut a = [0u8; 36];
+        a[..32].copy_from_slice(&id.0);
+        a[32..].copy_from_slice(&raw_len.to_le_bytes());
+        a
+    }
+
+    /// Seals a chunk body (compressed bytes) for chunk `id` of `raw_len`
+    /// uncompressed bytes; the result is [`SEAL_OVERHEAD`] bytes longer.
+    pub fn seal(&self, id: &ChunkId, raw_len: u32, body: &[u8]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
+        let aad = Self::aad(id, raw_len);
+        cipher
+            .encrypt(
+                &self.nonce(id),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            // Encryption fails only for messages beyond 256 GiB.
+            .unwrap_or_default()
+    }
+
+    /// Opens a sealed body: the compressed bytes, or an error if the key is
+    /// wrong or the bytes (or id, or length) were altered.
+    pub fn open(&self, id: &ChunkId, raw_len: u32, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
+        let aad = Self::aad(id, raw_len);
+        cipher
+            .decrypt(
+                &self.nonce(id),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CryptoError::Open(*id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TenantKey {
+        TenantKey::generate(
+            TenantId::new("finance").unwrap(),
+            "2026-11-22T10:00:00Z".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_file_and_differ() {
+        let k = key();
+        let text = k.to_text();
+        assert!(text.contains("Keep a copy offline"));
+        let back = TenantKey::parse(&text).unwrap();
+        assert_eq!(back.fingerprint(), k.fingerprint());
+        assert_eq!(back.tenant().as_str(), "finance");
+        assert_eq!(back.created(), "2026-11-22T10:00:00Z");
+        assert_ne!(key().fingerprint(), k.fingerprint());
+        // The Debug form shows the fingerprint, never the key.
+        let dbg = format!("{k:?}");
+        assert!(dbg.contains(&k.fingerprint()) && !dbg.contains(&hex(&k.master)));
+    }
+
+    #[test]
+    fn damaged_key_files_are_refused_with_the_reason() {
+        let text = key().to_text();
+        let kline = text.lines().find(|l| l.starts_with("key ")).unwrap();
+        let mut chars: Vec<char> = kline.chars().collect();
+        chars[4] = if chars[4] == '0' { '1' } else { '0' };
+        let flipped: String = chars.into_iter().collect();
+        let e = TenantKey::parse(&text.replace(kline, &flipped)).unwrap_err();
+        assert!(e.to_string().contains("fingerprint"), "{e}");
+        assert!(TenantKey::parse("hello").is_err());
+        let e = TenantKey::parse(&text.replace("tenant finance", "tenant ../x")).unwrap_err();
+        assert!(matches!(e, CryptoError::BadKeyFile(_)));
+        let e = TenantKey::parse(&format!("{text}key 00\n")).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_keyed_and_sealing_binds_id_length_and_key() {
+        let (a, b) = (key(), key());
+        let data = b"the same plaintext in two tenants";
+        assert_ne!(a.chunk_id(data), b.chunk_id(data));
+        assert_ne!(a.chunk_id(data), ChunkId::of(data));
+        assert_eq!(a.chunk_id(data), a.chunk_id(data));
+
+        let id = a.chunk_id(data);
+        let sealed = a.seal(&id, 33, data);
+        assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+        assert!(!sealed.windows(9).any(|w| w == b"plaintext"));
+        // Deterministic: the same chunk seals to the same bytes.
+        assert_eq!(a.seal(&id, 33, data), sealed);
+        assert_eq!(a.open(&id, 33, &sealed).unwrap(), data);
+        // Wrong key, wrong id, wrong length, a flipped bit: refused.
+        assert_eq!(b.open(&id, 33, &sealed), Err(CryptoError::Open(id)));
+        let other = a.chunk_id(b"other");
+        assert!(a.open(&other, 33, &sealed).is_err());
+        assert!(a.open(&id, 34, &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[3] ^= 1;
+        assert!(a.open(&id, 33, &bad).is_err());
+    }
+}
