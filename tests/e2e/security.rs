@@ -749,3 +749,61 @@ fn an_edited_removed_or_truncated_audit_record_is_detected() {
     verify(&c, &[]).ok();
     verify(&c, &["--expect-head", &head]).fails(1, "was rewritten");
 }
+
+#[test]
+fn re_uploading_an_existing_chunk_id_with_other_bytes_is_rejected_and_changes_nothing() {
+    let c = Cluster::start();
+    let agent = c.default_agent(&[]);
+    rt().block_on(async {
+        let n = node(&agent).await;
+        let original = b"what the chunk id was computed from".to_vec();
+        let id = ChunkId::of(&original);
+        n.ingest
+            .clone()
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &id,
+                compress_chunk(&original, 1),
+            )]))
+            .await
+            .unwrap();
+        // The same id again, with other bytes (compressed or not).
+        for forged in [
+            compress_chunk(b"ransomware's version of the same chunk", 1),
+            refuge_core::StoredChunk {
+                compression: refuge_core::Compression::None,
+                raw_len: original.len() as u32,
+                data: vec![0x42; original.len()],
+            },
+        ] {
+            let err = n
+                .ingest
+                .clone()
+                .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                    &id, forged,
+                )]))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains(&id.to_hex()), "{}", err.message());
+        }
+        // The stored chunk is still the original.
+        let mut s = n
+            .restore
+            .clone()
+            .get_chunks(pb::GetChunksRequest {
+                ids: vec![id.0.to_vec()],
+                tenant: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got = s.message().await.unwrap().unwrap();
+        let (got_id, stored) = refuge_proto::chunk_data(got).unwrap();
+        assert_eq!(got_id, id);
+        assert_eq!(
+            refuge_core::decode_chunk(&id, &stored, 1 << 20).unwrap(),
+            original
+        );
+    });
+    assert!(c.node_log().contains("chunk_rejected"));
+}
