@@ -110,7 +110,9 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             path.display()
         )));
     }
-    let mut node = Some(connect(&cfg.node).await?);
+    // Connected on the first try of the first source (and again after a
+    // transient failure), so that an unreachable node is retried too.
+    let mut node = None;
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     let mut warned = false;

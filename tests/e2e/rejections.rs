@@ -141,10 +141,25 @@ fn wrong_ca_expired_certificate_node_down_and_unknown_snapshot_are_clear_errors(
     )
     .fails(1, "No such file or directory");
 
-    // Node down.
+    // Node down: the CLI says so at once; the agent tries again
+    // ([limits] retries, here 1) and then says so.
     c.stop_node();
     run("refuge", c.path(), &["-c", good, "snapshots"]).fails(1, "cannot reach the node");
-    run("refuge-agent", c.path(), &["-c", good, "backup"]).fails(1, "cannot reach the node");
+    let once = c.path().join("retry-once.toml");
+    fs::write(
+        &once,
+        fs::read_to_string(good)
+            .unwrap()
+            .replace("[chunking]", "[limits]\nretries = 1\n\n[chunking]"),
+    )
+    .unwrap();
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", once.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "cannot reach the node");
+    assert!(r.stderr.contains("giving up after 2 tries"), "{}", r.stderr);
 
     // None of that lost anything.
     c.start_node();
