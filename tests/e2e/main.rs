@@ -8,4 +8,5 @@ mod backup_restore;
 mod rejections;
 mod retention;
 mod scrub;
+mod sealed;
 mod security;

@@ -771,6 +771,7 @@ fn re_uploading_an_existing_chunk_id_with_other_bytes_is_rejected_and_changes_no
             compress_chunk(b"ransomware's version of the same chunk", 1),
             refuge_core::StoredChunk {
                 compression: refuge_core::Compression::None,
+                cipher: refuge_core::Cipher::None,
                 raw_len: original.len() as u32,
                 data: vec![0x42; original.len()],
             },

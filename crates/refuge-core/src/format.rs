@@ -67,6 +67,9 @@ pub const AUDIT_RECORD_VERSION: u8 = 1;
 /// Retention policy format version (node setting `retention/TENANT`).
 pub const RETENTION_POLICY_VERSION: u8 = 1;
 
+/// Cipher id of a chunk body that is not sealed (chunk record byte 3).
+pub const CIPHER_NONE: u8 = 0;
+
 /// Cipher id of sealed chunk bodies: XChaCha20-Poly1305, nonce derived from
 /// the chunk id, the id and uncompressed length as associated data
 /// (`crate::crypto`). 0 means not sealed.

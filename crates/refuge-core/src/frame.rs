@@ -7,9 +7,49 @@
 //! bytes that do not match their id.
 
 use crate::format::{
-    CHUNK_RECORD_VERSION, COMPRESSION_NONE, COMPRESSION_ZSTD, HASH_BLAKE3, MAX_CHUNK_LEN,
+    CHUNK_RECORD_VERSION, CIPHER_NONE, CIPHER_XCHACHA20_POLY1305, COMPRESSION_NONE,
+    COMPRESSION_ZSTD, HASH_BLAKE3, HASH_BLAKE3_KEYED, MAX_CHUNK_LEN,
 };
 use crate::id::ChunkId;
+
+/// Whether a chunk body is sealed (client-side encrypted), and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cipher {
+    /// Plain (compressed) bytes; the id is the unkeyed BLAKE3 of the
+    /// content and anyone can verify it.
+    #[default]
+    None,
+    /// XChaCha20-Poly1305 over the compressed bytes (`crate::crypto`); the
+    /// id is a keyed BLAKE3 that only the tenant's key holders can check.
+    XChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// The format id (chunk record byte 3, wire field `cipher`).
+    pub fn id(self) -> u8 {
+        match self {
+            Cipher::None => CIPHER_NONE,
+            Cipher::XChaCha20Poly1305 => CIPHER_XCHACHA20_POLY1305,
+        }
+    }
+
+    /// From a format id.
+    pub fn from_id(id: u8) -> Option<Self> {
+        match id {
+            CIPHER_NONE => Some(Cipher::None),
+            CIPHER_XCHACHA20_POLY1305 => Some(Cipher::XChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    /// The hash id of chunk ids under this cipher.
+    fn hash_id(self) -> u8 {
+        match self {
+            Cipher::None => HASH_BLAKE3,
+            Cipher::XChaCha20Poly1305 => HASH_BLAKE3_KEYED,
+        }
+    }
+}
 
 /// How a chunk body is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +79,14 @@ impl Compression {
     }
 }
 
-/// A chunk body as it travels and as the node stores it: compressed bytes
-/// plus the uncompressed length.
+/// A chunk body as it travels and as the node stores it: compressed (and
+/// possibly sealed) bytes plus the uncompressed length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChunk {
-    /// Compression of `data`.
+    /// Compression of `data` (before sealing).
     pub compression: Compression,
+    /// Whether `data` is sealed.
+    pub cipher: Cipher,
     /// Length of the chunk before compression.
     pub raw_len: u32,
     /// The (possibly compressed) body.
@@ -83,6 +125,15 @@ pub enum FrameError {
     /// A stored record could not be parsed.
     #[error("stored chunk record is malformed: {0}")]
     BadRecord(&'static str),
+    /// A sealed chunk failed authentication: the wrong tenant key, or its
+    /// bytes, id or length were altered.
+    #[error(
+        "the chunk cannot be decrypted: the wrong tenant key, or the stored bytes were altered"
+    )]
+    Unopenable,
+    /// The chunk is sealed: only its tenant's key can open and check it.
+    #[error("the chunk is encrypted (sealed); only its tenant's key can read it")]
+    Sealed,
 }
 
 /// Compresses a chunk with zstd at `level`, keeping it uncompressed when
@@ -119,11 +170,13 @@ impl ChunkCompressor {
         match compressed {
             Some(c) if c.len() < data.len() => StoredChunk {
                 compression: Compression::Zstd,
+                cipher: Cipher::None,
                 raw_len,
                 data: c,
             },
             _ => StoredChunk {
                 compression: Compression::None,
+                cipher: Cipher::None,
                 raw_len,
                 data: data.to_vec(),
             },
@@ -131,17 +184,10 @@ impl ChunkCompressor {
     }
 }
 
-/// Decodes a chunk body and proves it is the content named by `id`.
-///
-/// Checks, in order: declared length within the protocol maximum and
-/// `max_len`; body no larger than the declared length (zstd never needs to
-/// expand data that was worth compressing); decompression into a buffer of
-/// exactly the declared size; the recomputed BLAKE3 id.
-pub fn decode_chunk(
-    id: &ChunkId,
-    chunk: &StoredChunk,
-    max_len: u32,
-) -> Result<Vec<u8>, FrameError> {
+/// Checks sizes, then decompresses a plain (not sealed) body under a cap
+/// of its declared length. Shared by [`decode_chunk`] and the opening of
+/// sealed chunks (after decryption).
+pub(crate) fn decompress(chunk: &StoredChunk, max_len: u32) -> Result<Vec<u8>, FrameError> {
     let declared = chunk.raw_len;
     if declared > MAX_CHUNK_LEN || declared > max_len {
         return Err(FrameError::TooLarge(declared));
@@ -152,12 +198,12 @@ pub fn decode_chunk(
             declared,
         });
     }
-    let content = match chunk.compression {
+    match chunk.compression {
         Compression::None => {
             if chunk.data.len() != declared as usize {
                 return Err(FrameError::LengthMismatch { declared });
             }
-            chunk.data.clone()
+            Ok(chunk.data.clone())
         }
         Compression::Zstd => {
             let mut out = Vec::with_capacity(declared as usize);
@@ -175,14 +221,53 @@ pub fn decode_chunk(
             if out.len() != declared as usize {
                 return Err(FrameError::LengthMismatch { declared });
             }
-            out
+            Ok(out)
         }
-    };
+    }
+}
+
+/// Turns untrusted plain chunk bytes into content: sizes first, bounded
+/// decompression, then the BLAKE3 of the content must equal `id`. A sealed
+/// chunk is refused: only its tenant's key can open it
+/// (`crypto::TenantKey::decode_chunk`).
+pub fn decode_chunk(
+    id: &ChunkId,
+    chunk: &StoredChunk,
+    max_len: u32,
+) -> Result<Vec<u8>, FrameError> {
+    if chunk.cipher != Cipher::None {
+        return Err(FrameError::Sealed);
+    }
+    let content = decompress(chunk, max_len)?;
     let actual = ChunkId::of(&content);
     if &actual != id {
         return Err(FrameError::HashMismatch { actual });
     }
     Ok(content)
+}
+
+/// What the node can check of a chunk it is given, without any key: a
+/// plain chunk completely ([`decode_chunk`]); a sealed one by its sizes
+/// (declared length within the limit, body no longer than the declared
+/// length plus the seal's tag, and at least the tag).
+pub fn verify_stored(id: &ChunkId, chunk: &StoredChunk, max_len: u32) -> Result<(), FrameError> {
+    match chunk.cipher {
+        Cipher::None => decode_chunk(id, chunk, max_len).map(|_| ()),
+        Cipher::XChaCha20Poly1305 => {
+            let declared = chunk.raw_len;
+            if declared > MAX_CHUNK_LEN || declared > max_len {
+                return Err(FrameError::TooLarge(declared));
+            }
+            let tag = crate::crypto::SEAL_OVERHEAD;
+            if chunk.data.len() < tag || chunk.data.len() - tag > declared as usize {
+                return Err(FrameError::BodyTooLarge {
+                    body: chunk.data.len(),
+                    declared,
+                });
+            }
+            Ok(())
+        }
+    }
 }
 
 impl StoredChunk {
@@ -195,8 +280,8 @@ impl StoredChunk {
         let mut out = Vec::with_capacity(Self::HEADER_LEN + self.data.len());
         out.push(CHUNK_RECORD_VERSION);
         out.push(self.compression.id());
-        out.push(HASH_BLAKE3);
-        out.push(0);
+        out.push(self.cipher.hash_id());
+        out.push(self.cipher.id());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
         out.extend_from_slice(&self.data);
         out
@@ -213,12 +298,14 @@ impl StoredChunk {
         }
         let compression =
             Compression::from_id(rec[1]).ok_or(FrameError::BadRecord("unknown compression id"))?;
-        if rec[2] != HASH_BLAKE3 {
+        let cipher = Cipher::from_id(rec[3]).ok_or(FrameError::BadRecord("unknown cipher id"))?;
+        if rec[2] != cipher.hash_id() {
             return Err(FrameError::BadRecord("unknown hash algorithm id"));
         }
         let raw_len = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
         Ok(StoredChunk {
             compression,
+            cipher,
             raw_len,
             data: rec[Self::HEADER_LEN..].to_vec(),
         })
@@ -283,6 +370,7 @@ mod tests {
     fn declared_sizes_are_checked_before_anything_else() {
         let c = StoredChunk {
             compression: Compression::Zstd,
+            cipher: Cipher::None,
             raw_len: MAX_CHUNK_LEN + 1,
             data: vec![],
         };
@@ -292,6 +380,7 @@ mod tests {
         );
         let c = StoredChunk {
             compression: Compression::None,
+            cipher: Cipher::None,
             raw_len: 4,
             data: vec![0; 5],
         };
@@ -301,6 +390,7 @@ mod tests {
         ));
         let c = StoredChunk {
             compression: Compression::None,
+            cipher: Cipher::None,
             raw_len: 6,
             data: vec![0; 5],
         };
@@ -310,6 +400,7 @@ mod tests {
         ));
         let c = StoredChunk {
             compression: Compression::Zstd,
+            cipher: Cipher::None,
             raw_len: 10,
             data: b"not zstd".to_vec(),
         };

@@ -22,7 +22,8 @@ mod snapshot;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};
 pub use frame::{
-    ChunkCompressor, Compression, FrameError, StoredChunk, compress_chunk, decode_chunk,
+    ChunkCompressor, Cipher, Compression, FrameError, StoredChunk, compress_chunk, decode_chunk,
+    verify_stored,
 };
 pub use id::{ChunkId, ParseIdError};
 pub use manifest::{

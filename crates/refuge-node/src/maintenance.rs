@@ -261,9 +261,7 @@ impl Maintenance {
                         Ok(None) => continue,
                         Ok(Some(c)) => {
                             resp.bytes += c.data.len() as u64;
-                            refuge_core::decode_chunk(id, &c, refuge_core::format::MAX_CHUNK_LEN)
-                                .err()
-                                .map(|e| e.to_string())
+                            self.check_chunk(t, id, &c)?
                         }
                         Err(refuge_store::StoreError::Corrupt(m)) => Some(m),
                         Err(e) => return Err(store_status(e)),
@@ -323,6 +321,29 @@ impl Maintenance {
             ),
         );
         Ok(resp)
+    }
+
+    /// What is wrong with a stored chunk, if anything: its bytes must
+    /// match the checksum recorded when they were stored, and a plain
+    /// chunk must also decode to content with its id. (A sealed chunk's
+    /// content only its tenant's key can check.)
+    fn check_chunk(
+        &self,
+        t: &TenantId,
+        id: &ChunkId,
+        c: &refuge_core::StoredChunk,
+    ) -> Result<Option<String>, Status> {
+        let max = refuge_core::format::MAX_CHUNK_LEN;
+        if let Some(sum) = self.store.chunk_checksum(t, id).map_err(store_status)?
+            && *blake3::hash(&c.data).as_bytes() != sum
+        {
+            return Ok(Some(
+                "the stored bytes do not match the checksum recorded when they were stored".into(),
+            ));
+        }
+        Ok(refuge_core::verify_stored(id, c, max)
+            .err()
+            .map(|e| e.to_string()))
     }
 
     /// For each of `bad`, the snapshots of `t` that reference it (a

@@ -136,8 +136,10 @@ fn verify_and_put(
     let mut good = Vec::with_capacity(batch.len());
     let mut failure = None;
     for (id, c) in batch {
-        match decode_chunk(&id, &c, max_chunk) {
-            Ok(_) => good.push((id, c)),
+        // Plain chunks are verified against their id; sealed ones (which
+        // only the tenant's key opens) by their sizes.
+        match refuge_core::verify_stored(&id, &c, max_chunk) {
+            Ok(()) => good.push((id, c)),
             Err(e) => {
                 who.record(
                     "chunk_rejected",
@@ -177,6 +179,14 @@ fn verify_and_put(
         .put_chunks(&who.tenant, &good, now)
         .map_err(store_status)?;
     quotas.uploaded(&who.tenant, now, out.bytes);
+    if let Some(id) = out.conflict {
+        let msg = format!(
+            "chunk {id} is already stored with other bytes: an id names exactly one content, \
+             and stored chunks are never replaced; nothing was stored for it"
+        );
+        who.record("chunk_rejected", Outcome::Refused, &msg);
+        return Err(Status::invalid_argument(msg));
+    }
     if out.healed > 0 {
         who.record(
             "chunk_healed",

@@ -53,6 +53,14 @@ pub fn compression(v: i32) -> Result<Compression, WireError> {
     }
 }
 
+/// A cipher from its wire value.
+pub fn cipher(v: u32) -> Result<refuge_core::Cipher, WireError> {
+    u8::try_from(v)
+        .ok()
+        .and_then(refuge_core::Cipher::from_id)
+        .ok_or_else(|| WireError(format!("unknown cipher id {v}")))
+}
+
 /// Compression to its wire enum value.
 pub fn compression_to(c: Compression) -> i32 {
     match c {
@@ -100,6 +108,7 @@ pub fn upload(u: pb::ChunkUpload) -> Result<(ChunkId, StoredChunk), WireError> {
         chunk_id(&u.id)?,
         StoredChunk {
             compression: compression(u.compression)?,
+            cipher: cipher(u.cipher)?,
             raw_len: u.raw_len,
             data: u.data,
         },
@@ -113,6 +122,7 @@ pub fn upload_to(id: &ChunkId, c: StoredChunk) -> pb::ChunkUpload {
         raw_len: c.raw_len,
         compression: compression_to(c.compression),
         data: c.data,
+        cipher: u32::from(c.cipher.id()),
     }
 }
 
@@ -122,6 +132,7 @@ pub fn chunk_data(d: pb::ChunkData) -> Result<(ChunkId, StoredChunk), WireError>
         chunk_id(&d.id)?,
         StoredChunk {
             compression: compression(d.compression)?,
+            cipher: cipher(d.cipher)?,
             raw_len: d.raw_len,
             data: d.data,
         },
@@ -135,6 +146,7 @@ pub fn chunk_data_to(id: &ChunkId, c: StoredChunk) -> pb::ChunkData {
         raw_len: c.raw_len,
         compression: compression_to(c.compression),
         data: c.data,
+        cipher: u32::from(c.cipher.id()),
     }
 }
 

@@ -134,6 +134,12 @@ fn count_of(v: Option<&[u8]>) -> i64 {
         .unwrap_or(0)
 }
 
+/// What `chunk_index` says of a chunk.
+struct IndexEntry {
+    raw_len: u32,
+    checksum: Option<[u8; 32]>,
+}
+
 fn err(e: rocksdb::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("No space left on device") || text.contains("ENOSPC") {
@@ -260,6 +266,56 @@ impl RocksStore {
         Ok(store)
     }
 
+    /// The `chunk_index` entries of `ids` (8 bytes without a checksum, as
+    /// written before checksums, or 40 with one).
+    fn index_entries(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<IndexEntry>>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(tenant, &id.0)).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), keys.iter(), false)
+            .into_iter()
+            .map(|r| match r.map_err(err)? {
+                None => Ok(None),
+                Some(v) if v.len() == 8 || v.len() == 40 => Ok(Some(IndexEntry {
+                    raw_len: u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+                    checksum: v.get(8..40).and_then(|s| s.try_into().ok()),
+                })),
+                Some(_) => Err(StoreError::Corrupt(
+                    "chunk index entry is neither 8 nor 40 bytes".into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// The tenants that have keys in `cf` (whose keys start with a tenant
+    /// key). Tenant keys are length-prefixed: after one tenant's range,
+    /// seek past it rather than reading it all, so this costs one seek per
+    /// tenant.
+    fn tenants_in(&self, cf: &str) -> Result<Vec<TenantId>> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut it = self
+                .db
+                .iterator_cf(self.cf(cf), IteratorMode::From(&from, Direction::Forward));
+            let Some(item) = it.next() else { break };
+            let (k, _) = item.map_err(err)?;
+            let n = *k
+                .first()
+                .ok_or_else(|| StoreError::Corrupt(format!("empty key in {cf}")))?
+                as usize;
+            let name = k
+                .get(1..1 + n)
+                .ok_or_else(|| StoreError::Corrupt(format!("short key in {cf}")))?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| StoreError::Corrupt("tenant name is not UTF-8".into()))?;
+            out.push(TenantId::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            // Longer than any key's remainder (8-byte seq, 32-byte id).
+            from = k[..1 + n].to_vec();
+            from.extend_from_slice(&[0xff; 40]);
+        }
+        Ok(out)
+    }
+
     /// Renews the unreferenced time of those of `ids` that have one
     /// (the caller holds the read side of `gc_lock`).
     fn touch_unlocked(
@@ -322,19 +378,18 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
-        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(tenant, &id.0)).collect();
-        let got = self
-            .db
-            .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), keys.iter(), false);
-        got.into_iter()
-            .map(|r| match r.map_err(err)? {
-                None => Ok(None),
-                Some(v) if v.len() == 8 => Ok(Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))),
-                Some(_) => Err(StoreError::Corrupt(
-                    "chunk index entry is not 8 bytes".into(),
-                )),
-            })
-            .collect()
+        Ok(self
+            .index_entries(tenant, ids)?
+            .into_iter()
+            .map(|e| e.map(|e| e.raw_len))
+            .collect())
+    }
+
+    fn chunk_checksum(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .index_entries(tenant, std::slice::from_ref(id))?
+            .remove(0)
+            .and_then(|e| e.checksum))
     }
 
     fn put_chunks(
@@ -345,7 +400,7 @@ impl Store for RocksStore {
     ) -> Result<PutOutcome> {
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
-        let lens = self.chunk_lengths(tenant, &ids)?;
+        let lens = self.index_entries(tenant, &ids)?;
         let mut batch = WriteBatch::default();
         let mut out = PutOutcome::default();
         let mut seen = std::collections::HashSet::new();
@@ -368,7 +423,11 @@ impl Store for RocksStore {
             })
             .collect::<Result<_>>()?;
         for ((id, c), len) in chunks.iter().zip(lens) {
-            if len.is_some() {
+            let sum = *blake3::hash(&c.data).as_bytes();
+            if let Some(e) = len {
+                if c.cipher != refuge_core::Cipher::None && e.checksum.is_some_and(|s| s != sum) {
+                    out.conflict.get_or_insert(*id);
+                }
                 existing.push(*id);
                 continue;
             }
@@ -380,9 +439,10 @@ impl Store for RocksStore {
                 batch.delete_cf(self.cf(CF_QUARANTINE), &k);
                 out.healed += 1;
             }
-            let mut idx = [0u8; 8];
+            let mut idx = [0u8; 40];
             idx[..4].copy_from_slice(&c.raw_len.to_le_bytes());
-            idx[4..].copy_from_slice(&(c.data.len() as u32).to_le_bytes());
+            idx[4..8].copy_from_slice(&(c.data.len() as u32).to_le_bytes());
+            idx[8..].copy_from_slice(&sum);
             batch.put_cf(self.cf(CF_CHUNKS), &k, c.encode_record());
             batch.put_cf(self.cf(CF_CHUNK_INDEX), &k, idx);
             batch.put_cf(self.cf(CF_UNREF), &k, now_micros.to_le_bytes());
@@ -766,31 +826,11 @@ impl Store for RocksStore {
     }
 
     fn list_tenants(&self) -> Result<Vec<TenantId>> {
-        // Tenant keys are length-prefixed: after one tenant's range, seek
-        // past it (its prefix followed by 0xff) rather than reading it all.
-        let mut out = Vec::new();
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            let mut it = self.db.iterator_cf(
-                self.cf(CF_SNAPSHOTS),
-                IteratorMode::From(&from, Direction::Forward),
-            );
-            let Some(item) = it.next() else { break };
-            let (k, _) = item.map_err(err)?;
-            let n = *k
-                .first()
-                .ok_or_else(|| StoreError::Corrupt("empty snapshot key".into()))?
-                as usize;
-            let name = k
-                .get(1..1 + n)
-                .ok_or_else(|| StoreError::Corrupt("short snapshot key".into()))?;
-            let name = std::str::from_utf8(name)
-                .map_err(|_| StoreError::Corrupt("tenant name is not UTF-8".into()))?;
-            out.push(TenantId::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            from = k[..1 + n].to_vec();
-            from.extend_from_slice(&[0xff; 9]);
-        }
-        Ok(out)
+        let mut all = self.tenants_in(CF_SNAPSHOTS)?;
+        all.extend(self.tenants_in(CF_CHUNK_INDEX)?);
+        all.sort();
+        all.dedup();
+        Ok(all)
     }
 
     fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>> {

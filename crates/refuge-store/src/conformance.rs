@@ -123,8 +123,8 @@ pub fn commits_are_ordered_and_tenant_scoped(s: &dyn Store) {
     assert_eq!(s.get_snapshot(&a, &SnapshotId([9; 32])).unwrap(), None);
 }
 
-/// Tenants with snapshots are listed once each, in name order, including
-/// names that are prefixes of one another.
+/// Tenants with snapshots or chunks are listed once each, including names
+/// that are prefixes of one another.
 pub fn tenants_are_listed_once(s: &dyn Store) {
     assert!(s.list_tenants().unwrap().is_empty());
     let m = ChunkId::of(b"manifest");
@@ -140,7 +140,21 @@ pub fn tenants_are_listed_once(s: &dyn Store) {
         .iter()
         .map(|t| t.to_string())
         .collect();
-    let mut want = vec!["a", "alpha", "alphabet", "beta"];
+    assert_eq!(names.len(), 4, "{names:?}");
+    // A tenant with chunks but no snapshot yet is listed too (its chunks
+    // are verified), including one whose chunk id is all 0xff bytes.
+    s.put_chunks(&tenant("gamma"), &[chunk(b"only a chunk")], 1)
+        .unwrap();
+    let (_, c) = chunk(b"x");
+    s.put_chunks(&tenant("alpha"), &[(ChunkId([0xff; 32]), c)], 1)
+        .unwrap();
+    let names: Vec<String> = s
+        .list_tenants()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let mut want = vec!["a", "alpha", "alphabet", "beta", "gamma"];
     // Implementations may order by key bytes (length-prefixed) or by
     // name; both list each tenant once.
     let mut got = names.clone();
@@ -323,6 +337,45 @@ pub fn quarantine_hides_and_an_upload_heals(s: &dyn Store) {
     assert!(s.get_chunk(&a, &bad).unwrap().is_some());
 }
 
+/// The checksum of stored bytes is kept; a sealed chunk's id re-uploaded
+/// with other bytes is a conflict and changes nothing; plain chunks never
+/// conflict (their content was verified, only the compression differs).
+pub fn sealed_chunks_keep_their_first_bytes(s: &dyn Store) {
+    let a = tenant("alpha");
+    let id = ChunkId([7; 32]);
+    let sealed = |body: &[u8]| StoredChunk {
+        compression: refuge_core::Compression::Zstd,
+        cipher: refuge_core::Cipher::XChaCha20Poly1305,
+        raw_len: 100,
+        data: body.to_vec(),
+    };
+    let first = sealed(b"first sealed bytes");
+    let out = s.put_chunks(&a, &[(id, first.clone())], 1).unwrap();
+    assert_eq!((out.stored, out.conflict), (1, None));
+    assert_eq!(
+        s.chunk_checksum(&a, &id).unwrap(),
+        Some(*blake3::hash(&first.data).as_bytes())
+    );
+    let out = s
+        .put_chunks(&a, &[(id, sealed(b"other bytes"))], 2)
+        .unwrap();
+    assert_eq!((out.stored, out.conflict), (0, Some(id)));
+    assert_eq!(s.get_chunk(&a, &id).unwrap(), Some(first.clone()));
+    let out = s.put_chunks(&a, &[(id, first)], 3).unwrap();
+    assert_eq!(out.conflict, None);
+    // Plain: the same content compressed differently is no conflict.
+    let (pid, pc) = chunk(b"plain content plain content plain content");
+    s.put_chunks(&a, &[(pid, pc.clone())], 1).unwrap();
+    let raw = StoredChunk {
+        compression: refuge_core::Compression::None,
+        cipher: refuge_core::Cipher::None,
+        raw_len: pc.raw_len,
+        data: b"plain content plain content plain content".to_vec(),
+    };
+    assert_eq!(s.put_chunks(&a, &[(pid, raw)], 2).unwrap().conflict, None);
+    assert_eq!(s.chunk_checksum(&tenant("beta"), &id).unwrap(), None);
+}
+
 /// Settings are stored, listed by prefix and removed.
 pub fn settings_round_trip(s: &dyn Store) {
     assert_eq!(s.get_setting("retention/alpha").unwrap(), None);
@@ -391,6 +444,11 @@ macro_rules! conformance_tests {
         fn conformance_quarantine_hides_and_an_upload_heals() {
             let s = $make;
             $crate::conformance::quarantine_hides_and_an_upload_heals(&*s);
+        }
+        #[test]
+        fn conformance_sealed_chunks_keep_their_first_bytes() {
+            let s = $make;
+            $crate::conformance::sealed_chunks_keep_their_first_bytes(&*s);
         }
         #[test]
         fn conformance_settings_round_trip() {

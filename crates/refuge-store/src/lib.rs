@@ -96,6 +96,10 @@ pub struct PutOutcome {
     pub bytes: u64,
     /// Of the new chunks, how many replaced a quarantined copy.
     pub healed: u64,
+    /// A sealed chunk whose id is already stored with other bytes (the
+    /// first one found); it was not stored. Plain chunks cannot conflict:
+    /// their content is verified against their id.
+    pub conflict: Option<ChunkId>,
 }
 
 /// A chunk taken out of service because it failed verification.
@@ -194,6 +198,11 @@ pub trait Store: Send + Sync + 'static {
     /// was told exist, which its next commit may reference.
     fn touch_chunks(&self, tenant: &TenantId, ids: &[ChunkId], now_micros: i64) -> Result<()>;
 
+    /// The BLAKE3 of the bytes stored for `tenant`'s chunk, recorded when
+    /// it was stored (`None` if absent): how the node checks sealed chunks
+    /// it cannot open.
+    fn chunk_checksum(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<[u8; 32]>>;
+
     /// How many references `tenant`'s chunk has (0 if none or absent).
     fn chunk_refcount(&self, tenant: &TenantId, id: &ChunkId) -> Result<u64>;
 
@@ -272,7 +281,8 @@ pub trait Store: Send + Sync + 'static {
     /// One snapshot of `tenant` by id.
     fn get_snapshot(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<SnapshotRecord>>;
 
-    /// Every tenant that has at least one snapshot, in name order.
+    /// Every tenant that has at least one snapshot or stored chunk, in
+    /// name order.
     fn list_tenants(&self) -> Result<Vec<TenantId>>;
 
     /// Appends events to the audit log, chained after the last record, and

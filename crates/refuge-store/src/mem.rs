@@ -30,6 +30,7 @@ struct Inner {
     unref: BTreeMap<(TenantId, ChunkId), i64>,
     settings: BTreeMap<String, Vec<u8>>,
     quarantine: BTreeMap<(TenantId, ChunkId), (i64, String)>,
+    checksums: HashMap<(TenantId, ChunkId), [u8; 32]>,
 }
 
 impl MemStore {
@@ -64,16 +65,25 @@ impl Store for MemStore {
         let mut out = PutOutcome::default();
         for (id, c) in chunks {
             let k = (tenant.clone(), *id);
+            let sum = *blake3::hash(&c.data).as_bytes();
             if let std::collections::hash_map::Entry::Vacant(v) = g.chunks.entry(k.clone()) {
                 out.stored += 1;
                 out.bytes += c.data.len() as u64;
                 v.insert(c.clone());
+                g.checksums.insert(k.clone(), sum);
                 if g.quarantine.remove(&k).is_some() {
                     out.healed += 1;
                 }
                 g.unref.insert(k, now_micros);
-            } else if let Some(t) = g.unref.get_mut(&k) {
-                *t = now_micros;
+            } else {
+                if c.cipher != refuge_core::Cipher::None
+                    && g.checksums.get(&k).is_some_and(|s| *s != sum)
+                {
+                    out.conflict.get_or_insert(*id);
+                }
+                if let Some(t) = g.unref.get_mut(&k) {
+                    *t = now_micros;
+                }
             }
         }
         Ok(out)
@@ -87,6 +97,10 @@ impl Store for MemStore {
             }
         }
         Ok(())
+    }
+
+    fn chunk_checksum(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<[u8; 32]>> {
+        Ok(self.lock().checksums.get(&(tenant.clone(), *id)).copied())
     }
 
     fn chunk_refcount(&self, tenant: &TenantId, id: &ChunkId) -> Result<u64> {
@@ -278,7 +292,13 @@ impl Store for MemStore {
 
     fn list_tenants(&self) -> Result<Vec<TenantId>> {
         let g = self.lock();
-        let mut t: Vec<TenantId> = g.snapshots.keys().map(|(t, _)| t.clone()).collect();
+        let mut t: Vec<TenantId> = g
+            .snapshots
+            .keys()
+            .map(|(t, _)| t.clone())
+            .chain(g.chunks.keys().map(|(t, _)| t.clone()))
+            .collect();
+        t.sort();
         t.dedup();
         Ok(t)
     }

@@ -1,0 +1,128 @@
+//! Sealed (client-side encrypted) chunks at the node: it stores them
+//! without any key, keeps no plaintext, hands them back as stored, refuses
+//! other bytes under an existing id, and its verification catches damage
+//! by checksum. (The agent's backup path does not seal chunks yet.)
+
+use std::fs;
+use std::path::Path;
+
+use refuge_client::{connect, load_config};
+use refuge_core::crypto::TenantKey;
+use refuge_core::{ChunkCompressor, ChunkId, TenantId};
+use refuge_proto::pb;
+use refuge_tests::{Cluster, run};
+use tonic::Code;
+
+/// Whether any file under `dir` contains `needle`.
+fn contains(dir: &Path, needle: &[u8]) -> bool {
+    fs::read_dir(dir).unwrap().any(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            contains(&p, needle)
+        } else {
+            fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
+#[test]
+fn sealed_chunks_leave_no_plaintext_on_the_node_and_are_checked_by_checksum() {
+    let mut c = Cluster::start();
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    let agent = c.default_agent(&[]);
+    let key = TenantKey::generate(TenantId::new("finance").unwrap(), "now".into()).unwrap();
+    let marker = b"REFUGE-MARKER-7f3a: salaries of the finance department ";
+    // The marker, then incompressible bytes (so that chunks go to RocksDB's
+    // blob files, where the damage below is made).
+    let plain: Vec<Vec<u8>> = (0..4u64)
+        .map(|i| {
+            let mut v = marker.repeat(4);
+            v.extend(refuge_tests::noise(64 << 10, 2 * i + 1));
+            v
+        })
+        .collect();
+    let mut comp = ChunkCompressor::new(1);
+    let chunks: Vec<(ChunkId, refuge_core::StoredChunk)> = plain
+        .iter()
+        .map(|p| key.encode_chunk(&mut comp, p))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let n = connect(&load_config(&agent).unwrap().node).await.unwrap();
+        let ups: Vec<_> = chunks
+            .iter()
+            .map(|(id, c)| refuge_proto::upload_to(id, c.clone()))
+            .collect();
+        let r = n
+            .ingest
+            .clone()
+            .put_chunks(futures::stream::iter(ups))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.chunks_stored, 4);
+        // Other bytes under an existing sealed id: refused.
+        let (id, mut forged) = chunks[0].clone();
+        forged.data[5] ^= 0xff;
+        let e = n
+            .ingest
+            .clone()
+            .put_chunks(futures::stream::iter(vec![refuge_proto::upload_to(
+                &id, forged,
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("already stored with other bytes"),
+            "{}",
+            e.message()
+        );
+        // Handed back exactly as stored; only the key opens them.
+        let mut s = n
+            .restore
+            .clone()
+            .get_chunks(pb::GetChunksRequest {
+                ids: chunks.iter().map(|(id, _)| id.0.to_vec()).collect(),
+                tenant: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let other = TenantKey::generate(TenantId::new("finance").unwrap(), "now".into()).unwrap();
+        for ((id, _), want) in chunks.iter().zip(&plain) {
+            let (got_id, stored) =
+                refuge_proto::chunk_data(s.message().await.unwrap().unwrap()).unwrap();
+            assert_eq!(&got_id, id);
+            assert_eq!(&key.decode_chunk(id, &stored, 1 << 24).unwrap(), want);
+            assert!(other.decode_chunk(id, &stored, 1 << 24).is_err());
+        }
+    });
+    // Nothing of the plaintext reaches the node's disk.
+    c.stop_node();
+    assert!(!contains(&c.path().join("store"), &marker[..24]));
+    // Damage on disk is found by checksum, without the key.
+    let mut flipped = 0;
+    for e in fs::read_dir(c.path().join("store")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "blob") {
+            let mut b = fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+            fs::write(&p, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    c.start_node();
+    let r = run(
+        "refuge",
+        c.path(),
+        &["-c", admin.to_str().unwrap(), "admin", "verify", "--json"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert!(!v["corrupt"].as_array().unwrap().is_empty(), "{v:#}");
+}
