@@ -248,6 +248,9 @@ impl Parent {
             match self.reader.next_record()? {
                 Some(ManifestRecord::Entry(e)) => return Ok(Some(e)),
                 Some(ManifestRecord::Chunks(_)) => continue,
+                Some(ManifestRecord::Sealed { .. }) => {
+                    bail!("the previous snapshot is encrypted and this agent has no tenant key")
+                }
                 None => return Ok(None),
             }
         }
@@ -276,6 +279,11 @@ impl Parent {
                             Some(ManifestRecord::Entry(e)) => {
                                 self.peeked = Some(e);
                                 break;
+                            }
+                            Some(ManifestRecord::Sealed { .. }) => {
+                                bail!(
+                                    "the previous snapshot is encrypted and this agent has no tenant key"
+                                )
                             }
                             None => break,
                         }

@@ -622,6 +622,10 @@ fn open_work_file(
     Ok((tmp, f, false))
 }
 
+/// Why a restore of an encrypted snapshot without its key stops.
+const ENCRYPTED: &str =
+    "the snapshot is encrypted: restoring it needs its tenant's key (this client has none)";
+
 fn restore_blocking(
     rt: Handle,
     node: Node,
@@ -697,6 +701,7 @@ fn restore_tree<R: Read>(
         .context("reading the snapshot's manifest")?
     {
         match rec {
+            ManifestRecord::Sealed { .. } => bail!(ENCRYPTED),
             ManifestRecord::Entry(e) => {
                 // The previous file has all its chunk runs.
                 w.seal();
@@ -792,6 +797,7 @@ fn restore_image<R: Read>(
         .context("reading the snapshot's manifest")?
     {
         match rec {
+            ManifestRecord::Sealed { .. } => bail!(ENCRYPTED),
             ManifestRecord::Entry(e) => {
                 if current.is_some() {
                     bail!("image manifest has more than one entry");

@@ -27,8 +27,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::format::{
-    KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID, KEY_CONTEXT_NONCE,
-    TENANT_KEY_MAGIC,
+    KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_ENTRY, KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID,
+    KEY_CONTEXT_NONCE, TENANT_KEY_MAGIC,
 };
 use crate::{ChunkId, TenantId};
 
@@ -57,6 +57,7 @@ pub struct TenantKey {
     id_key: [u8; 32],
     enc_key: [u8; 32],
     nonce_key: [u8; 32],
+    entry_key: [u8; 32],
 }
 
 impl std::fmt::Debug for TenantKey {
@@ -76,6 +77,7 @@ impl Drop for TenantKey {
             &mut self.id_key,
             &mut self.enc_key,
             &mut self.nonce_key,
+            &mut self.entry_key,
         ] {
             for b in k.iter_mut() {
                 // black_box keeps the compiler from dropping the stores.
@@ -95,6 +97,7 @@ impl TenantKey {
             id_key: blake3::derive_key(KEY_CONTEXT_ID, &master),
             enc_key: blake3::derive_key(KEY_CONTEXT_ENCRYPT, &master),
             nonce_key: blake3::derive_key(KEY_CONTEXT_NONCE, &master),
+            entry_key: blake3::derive_key(KEY_CONTEXT_ENTRY, &master),
             tenant,
             created,
             master,
@@ -241,6 +244,50 @@ impl TenantKey {
 }
 
 impl TenantKey {
+    /// Seals an encoded manifest entry: a 24-byte nonce (derived from the
+    /// entry, so an unchanged entry seals to the same bytes and unchanged
+    /// manifests still deduplicate) followed by the ciphertext and tag.
+    /// `clear` (the entry's kind and size, which stay readable) is
+    /// authenticated with it.
+    pub fn seal_entry(&self, clear: &[u8], entry: &[u8]) -> Vec<u8> {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+        h.update(b"entry");
+        h.update(clear);
+        h.update(entry);
+        let nonce = *XNonce::from_slice(&h.finalize().as_bytes()[..24]);
+        let cipher = XChaCha20Poly1305::new((&self.entry_key).into());
+        let ct = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: entry,
+                    aad: clear,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Opens what [`Self::seal_entry`] made, or `None` (wrong key, or the
+    /// record was altered).
+    pub fn open_entry(&self, clear: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 24 + SEAL_OVERHEAD {
+            return None;
+        }
+        let cipher = XChaCha20Poly1305::new((&self.entry_key).into());
+        cipher
+            .decrypt(
+                XNonce::from_slice(&sealed[..24]),
+                Payload {
+                    msg: &sealed[24..],
+                    aad: clear,
+                },
+            )
+            .ok()
+    }
+
     /// A plain chunk of this tenant made ready to store: keyed id,
     /// compressed with `compressor`, sealed.
     pub fn encode_chunk(

@@ -19,6 +19,10 @@ pub const SNAPSHOT_RECORD_VERSION: u8 = 1;
 pub const MANIFEST_TAG_ENTRY: u8 = 1;
 /// Manifest record tag: a run of chunk references of the current file.
 pub const MANIFEST_TAG_CHUNKS: u8 = 2;
+/// Manifest record tag: an entry sealed with the tenant key (encrypted
+/// manifests, header hash id [`HASH_BLAKE3_KEYED`]): kind and size in
+/// clear, the rest sealed.
+pub const MANIFEST_TAG_SEALED_ENTRY: u8 = 3;
 /// Manifest record tag: the trailer with totals.
 pub const MANIFEST_TAG_END: u8 = 255;
 
@@ -87,5 +91,7 @@ pub const KEY_CONTEXT_ID: &str = "refuge 2026-11-22 chunk id key v1";
 pub const KEY_CONTEXT_ENCRYPT: &str = "refuge 2026-11-22 chunk encryption key v1";
 /// See [`KEY_CONTEXT_ID`].
 pub const KEY_CONTEXT_NONCE: &str = "refuge 2026-11-22 chunk nonce key v1";
+/// See [`KEY_CONTEXT_ID`].
+pub const KEY_CONTEXT_ENTRY: &str = "refuge 2026-11-22 manifest entry key v1";
 /// See [`KEY_CONTEXT_ID`].
 pub const KEY_CONTEXT_FINGERPRINT: &str = "refuge 2026-11-22 key fingerprint v1";

@@ -12,11 +12,14 @@
 //! manifest.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use crate::crypto::TenantKey;
 
 use crate::codec::{Dec, Enc};
 use crate::format::{
-    HASH_BLAKE3, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_CHUNK_LEN, MAX_MANIFEST_RECORD,
-    MAX_PATH_LEN, MAX_REFS_PER_RUN,
+    HASH_BLAKE3, HASH_BLAKE3_KEYED, MANIFEST_MAGIC, MANIFEST_TAG_SEALED_ENTRY as TAG_SEALED,
+    MANIFEST_VERSION, MAX_CHUNK_LEN, MAX_MANIFEST_RECORD, MAX_PATH_LEN, MAX_REFS_PER_RUN,
 };
 use crate::id::ChunkId;
 use crate::snapshot::SourceKind;
@@ -122,6 +125,14 @@ pub enum ManifestRecord {
     Entry(Entry),
     /// The next run of chunks of the most recent file entry.
     Chunks(Vec<ChunkRef>),
+    /// A sealed entry read without the tenant key (what the node sees):
+    /// its kind and size only.
+    Sealed {
+        /// File, directory or symlink.
+        kind: EntryKind,
+        /// Its size (files).
+        size: u64,
+    },
 }
 
 /// Totals of a manifest, written in its trailer and checked by readers.
@@ -255,6 +266,27 @@ impl Rules {
         Ok(())
     }
 
+    /// A sealed entry seen without the key: its path and metadata cannot
+    /// be checked, its kind and size can.
+    fn sealed_entry(&mut self, kind: EntryKind, size: u64) -> Result<(), ManifestError> {
+        self.close_file()?;
+        self.summary.entries += 1;
+        match kind {
+            EntryKind::File => {
+                self.summary.files += 1;
+                self.summary.logical_bytes = self
+                    .summary
+                    .logical_bytes
+                    .checked_add(size)
+                    .ok_or_else(|| malformed("total size overflows"))?;
+                self.open_file = Some((b"(encrypted entry)".to_vec(), size));
+            }
+            EntryKind::Dir => self.summary.dirs += 1,
+            EntryKind::Symlink => {}
+        }
+        Ok(())
+    }
+
     fn chunks(&mut self, refs: &[ChunkRef]) -> Result<(), ManifestError> {
         let Some((_, left)) = self.open_file.as_mut() else {
             return Err(malformed("chunk run without a file entry before it"));
@@ -277,21 +309,40 @@ pub struct ManifestWriter<W: Write> {
     out: W,
     rules: Rules,
     rec: Enc,
+    /// Seals entries when set.
+    key: Option<Arc<TenantKey>>,
 }
 
 impl<W: Write> ManifestWriter<W> {
     /// Starts a manifest for a source of `kind`, writing the header.
-    pub fn new(mut out: W, kind: SourceKind) -> io::Result<Self> {
+    pub fn new(out: W, kind: SourceKind) -> io::Result<Self> {
+        Self::start(out, kind, None)
+    }
+
+    /// Starts an encrypted manifest: entries are sealed with `key` (their
+    /// kind and size stay readable), chunk runs stay in clear (their ids
+    /// are keyed), so the node can check and count references without
+    /// the key.
+    pub fn new_sealed(out: W, kind: SourceKind, key: Arc<TenantKey>) -> io::Result<Self> {
+        Self::start(out, kind, Some(key))
+    }
+
+    fn start(mut out: W, kind: SourceKind, key: Option<Arc<TenantKey>>) -> io::Result<Self> {
         let mut h = Enc::default();
         h.raw(MANIFEST_MAGIC)
             .u8(MANIFEST_VERSION)
-            .u8(HASH_BLAKE3)
+            .u8(if key.is_some() {
+                HASH_BLAKE3_KEYED
+            } else {
+                HASH_BLAKE3
+            })
             .u8(kind.id());
         out.write_all(&h.buf)?;
         Ok(ManifestWriter {
             out,
             rules: Rules::default(),
             rec: Enc::default(),
+            key,
         })
     }
 
@@ -324,7 +375,18 @@ impl<W: Write> ManifestWriter<W> {
             .u64(e.size)
             .bytes16(&e.path)
             .bytes16(&e.target);
-        self.emit(TAG_ENTRY)?;
+        match &self.key {
+            None => self.emit(TAG_ENTRY)?,
+            Some(key) => {
+                let plain = std::mem::take(&mut self.rec.buf);
+                let mut clear = Enc::default();
+                clear.u8(e.kind.id()).u64(e.size);
+                let sealed = key.seal_entry(&clear.buf, &plain);
+                self.rec.buf = clear.buf;
+                self.rec.raw(&sealed);
+                self.emit(TAG_SEALED)?;
+            }
+        }
         Ok(())
     }
 
@@ -369,11 +431,26 @@ pub struct ManifestReader<R: Read> {
     rules: Rules,
     done: bool,
     buf: Vec<u8>,
+    /// The header says entries are sealed.
+    sealed: bool,
+    /// Opens sealed entries when set.
+    key: Option<Arc<TenantKey>>,
 }
 
 impl<R: Read> ManifestReader<R> {
-    /// Reads the header.
-    pub fn new(mut input: R) -> Result<Self, ManifestError> {
+    /// Reads the header. Sealed entries of an encrypted manifest come out
+    /// as [`ManifestRecord::Sealed`].
+    pub fn new(input: R) -> Result<Self, ManifestError> {
+        Self::open(input, None)
+    }
+
+    /// Reads the header; sealed entries are opened with `key` (an error if
+    /// they do not open). A plain manifest reads as with [`Self::new`].
+    pub fn with_key(input: R, key: Arc<TenantKey>) -> Result<Self, ManifestError> {
+        Self::open(input, Some(key))
+    }
+
+    fn open(mut input: R, key: Option<Arc<TenantKey>>) -> Result<Self, ManifestError> {
         let mut h = [0u8; 9];
         read_exact_or(&mut input, &mut h, "header")?;
         if &h[..6] != MANIFEST_MAGIC {
@@ -382,7 +459,7 @@ impl<R: Read> ManifestReader<R> {
         if h[6] != MANIFEST_VERSION {
             return Err(malformed(format!("unsupported manifest version {}", h[6])));
         }
-        if h[7] != HASH_BLAKE3 {
+        if h[7] != HASH_BLAKE3 && h[7] != HASH_BLAKE3_KEYED {
             return Err(malformed(format!("unknown hash algorithm id {}", h[7])));
         }
         let kind = SourceKind::from_id(h[8])
@@ -393,7 +470,14 @@ impl<R: Read> ManifestReader<R> {
             rules: Rules::default(),
             done: false,
             buf: Vec::new(),
+            sealed: h[7] == HASH_BLAKE3_KEYED,
+            key,
         })
+    }
+
+    /// Whether entries are sealed (an encrypted tenant's manifest).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
     }
 
     /// The source kind from the header.
@@ -424,33 +508,37 @@ impl<R: Read> ManifestReader<R> {
         let mut d = Dec::new(&self.buf);
         let t = |_| malformed("record shorter than its fields");
         match head[0] {
-            TAG_ENTRY => {
+            TAG_ENTRY if !self.sealed => {
+                let e = decode_entry(&self.buf)?;
+                self.rules.entry(&e)?;
+                Ok(Some(ManifestRecord::Entry(e)))
+            }
+            TAG_SEALED if self.sealed => {
                 let kind_id = d.u8().map_err(t)?;
                 let kind = EntryKind::from_id(kind_id)
                     .ok_or_else(|| malformed(format!("unknown entry kind {kind_id}")))?;
-                let e = Entry {
-                    kind,
-                    mode: d.u32().map_err(t)?,
-                    uid: d.u32().map_err(t)?,
-                    gid: d.u32().map_err(t)?,
-                    mtime_secs: d.i64().map_err(t)?,
-                    mtime_nanos: d.u32().map_err(t)?,
-                    ctime_secs: d.i64().map_err(t)?,
-                    ctime_nanos: d.u32().map_err(t)?,
-                    inode: d.u64().map_err(t)?,
-                    size: d.u64().map_err(t)?,
-                    path: d.bytes16().map_err(t)?.to_vec(),
-                    target: d.bytes16().map_err(t)?.to_vec(),
+                let size = d.u64().map_err(t)?;
+                let Some(key) = &self.key else {
+                    self.rules.sealed_entry(kind, size)?;
+                    return Ok(Some(ManifestRecord::Sealed { kind, size }));
                 };
-                if d.remaining() != 0 {
-                    return Err(malformed("trailing bytes in entry record"));
-                }
-                if e.mtime_nanos >= 1_000_000_000 || e.ctime_nanos >= 1_000_000_000 {
-                    return Err(malformed("mtime nanoseconds out of range"));
+                let plain = key.open_entry(&self.buf[..9], &self.buf[9..]).ok_or_else(|| {
+                    malformed("an encrypted entry cannot be opened: the wrong tenant key, or the manifest was altered")
+                })?;
+                let e = decode_entry(&plain)?;
+                if e.kind != kind || e.size != size {
+                    return Err(malformed(
+                        "an encrypted entry's kind or size differs from its clear copy",
+                    ));
                 }
                 self.rules.entry(&e)?;
                 Ok(Some(ManifestRecord::Entry(e)))
             }
+            TAG_ENTRY | TAG_SEALED => Err(malformed(if self.sealed {
+                "a plain entry in an encrypted manifest"
+            } else {
+                "an encrypted entry in a plain manifest"
+            })),
             TAG_CHUNKS => {
                 let n = d.u32().map_err(t)?;
                 if n == 0 || n > MAX_REFS_PER_RUN {
@@ -496,6 +584,36 @@ impl<R: Read> ManifestReader<R> {
     }
 }
 
+/// Decodes an entry record's body.
+fn decode_entry(body: &[u8]) -> Result<Entry, ManifestError> {
+    let mut d = Dec::new(body);
+    let t = |_| malformed("record shorter than its fields");
+    let kind_id = d.u8().map_err(t)?;
+    let kind = EntryKind::from_id(kind_id)
+        .ok_or_else(|| malformed(format!("unknown entry kind {kind_id}")))?;
+    let e = Entry {
+        kind,
+        mode: d.u32().map_err(t)?,
+        uid: d.u32().map_err(t)?,
+        gid: d.u32().map_err(t)?,
+        mtime_secs: d.i64().map_err(t)?,
+        mtime_nanos: d.u32().map_err(t)?,
+        ctime_secs: d.i64().map_err(t)?,
+        ctime_nanos: d.u32().map_err(t)?,
+        inode: d.u64().map_err(t)?,
+        size: d.u64().map_err(t)?,
+        path: d.bytes16().map_err(t)?.to_vec(),
+        target: d.bytes16().map_err(t)?.to_vec(),
+    };
+    if d.remaining() != 0 {
+        return Err(malformed("trailing bytes in entry record"));
+    }
+    if e.mtime_nanos >= 1_000_000_000 || e.ctime_nanos >= 1_000_000_000 {
+        return Err(malformed("mtime nanoseconds out of range"));
+    }
+    Ok(e)
+}
+
 fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), ManifestError> {
     r.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -509,6 +627,84 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), Ma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tenant_key() -> Arc<TenantKey> {
+        Arc::new(TenantKey::generate(crate::TenantId::new("finance").unwrap(), "t".into()).unwrap())
+    }
+
+    fn sealed_sample(key: &Arc<TenantKey>) -> Vec<u8> {
+        let mut w = ManifestWriter::new_sealed(Vec::new(), SourceKind::Tree, key.clone()).unwrap();
+        w.add_entry(&Entry {
+            kind: EntryKind::Dir,
+            size: 0,
+            ..file(".", 0)
+        })
+        .unwrap();
+        w.add_entry(&file("payroll-secret.xlsx", 10)).unwrap();
+        w.add_chunks(&[ChunkRef {
+            id: key.chunk_id(b"x"),
+            len: 10,
+        }])
+        .unwrap();
+        w.finish().unwrap().0
+    }
+
+    fn all(mut r: ManifestReader<&[u8]>) -> Result<Vec<ManifestRecord>, ManifestError> {
+        let mut v = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            v.push(rec);
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn sealed_entries_hide_paths_keep_refs_readable_and_need_the_key() {
+        let key = tenant_key();
+        let buf = sealed_sample(&key);
+        assert!(!buf.windows(7).any(|w| w == b"payroll"));
+        // Deterministic: an unchanged manifest seals to the same bytes.
+        assert_eq!(sealed_sample(&key), buf);
+        // With the key: the entries as written.
+        let r = ManifestReader::with_key(&buf[..], key.clone()).unwrap();
+        assert!(r.is_sealed());
+        let recs = all(r).unwrap();
+        assert!(matches!(&recs[1], ManifestRecord::Entry(e) if e.path == b"payroll-secret.xlsx"));
+        // Without it (the node): kinds, sizes and refs, and the same totals.
+        let mut r = ManifestReader::new(&buf[..]).unwrap();
+        let mut recs = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            recs.push(rec);
+        }
+        assert_eq!(
+            recs[1],
+            ManifestRecord::Sealed {
+                kind: EntryKind::File,
+                size: 10
+            }
+        );
+        assert!(matches!(&recs[2], ManifestRecord::Chunks(c) if c.len() == 1));
+        assert_eq!(r.summary().files, 1);
+        assert_eq!(r.summary().logical_bytes, 10);
+        // Another key cannot open it.
+        let e = all(ManifestReader::with_key(&buf[..], tenant_key()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("wrong tenant key"), "{e}");
+        // The clear size is bound to the sealed entry.
+        let mut bad = buf.clone();
+        let at = bad
+            .windows(1)
+            .position(|w| w[0] == crate::format::MANIFEST_TAG_SEALED_ENTRY)
+            .unwrap();
+        // Second sealed record: the file; its clear size starts 6 bytes in.
+        let at2 = at + 5 + u32::from_le_bytes(bad[at + 1..at + 5].try_into().unwrap()) as usize;
+        bad[at2 + 6] ^= 1;
+        assert!(all(ManifestReader::with_key(&bad[..], key.clone()).unwrap()).is_err());
+        // A plain manifest reads the same with or without a key.
+        let plain = sample();
+        assert_eq!(
+            all(ManifestReader::with_key(&plain[..], key).unwrap()).unwrap(),
+            all(ManifestReader::new(&plain[..]).unwrap()).unwrap()
+        );
+    }
 
     fn file(path: &str, size: u64) -> Entry {
         Entry {

@@ -140,7 +140,7 @@ impl Maintenance {
         loop {
             match reader.next_record() {
                 Ok(None) => break,
-                Ok(Some(ManifestRecord::Entry(_))) => {}
+                Ok(Some(ManifestRecord::Entry(_) | ManifestRecord::Sealed { .. })) => {}
                 Ok(Some(ManifestRecord::Chunks(rs))) => {
                     refs.extend(rs.iter().filter(|r| !r.is_hole()).map(|r| r.id))
                 }

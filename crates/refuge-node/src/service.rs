@@ -321,6 +321,7 @@ fn check_and_commit(
         match reader.next_record() {
             Ok(None) => break,
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
+            Ok(Some(ManifestRecord::Sealed { .. })) => current = b"(encrypted entry)".to_vec(),
             Ok(Some(ManifestRecord::Chunks(refs))) => {
                 all_refs.extend(refs.iter().filter(|r| !r.is_hole()).map(|r| r.id));
                 if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &refs)? {
