@@ -19,6 +19,9 @@ step "certificates: a CA, the node, and a client for tenant 'finance', host 'db1
 "$BIN/refuge" certs init certs
 "$BIN/refuge" certs issue --dir certs --tenant finance --host db1
 
+step "the tenant's encryption key (the node never sees it; keep a copy offline)"
+"$BIN/refuge" key create --tenant finance --out certs/finance.key
+
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 17443)
 cat > node.toml <<TOML
 listen = "127.0.0.1:$PORT"
@@ -36,6 +39,9 @@ address = "127.0.0.1:$PORT"
 ca = "certs/ca.pem"
 cert = "certs/finance-db1.pem"
 key = "certs/finance-db1.key"
+
+[encryption]
+key_file = "certs/finance.key"
 
 [[source]]
 name = "data"

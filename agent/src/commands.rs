@@ -41,12 +41,26 @@ pub fn check_config(path: &Path) -> Outcome {
             )));
         }
     }
+    let key = cfg.tenant_key().map_err(Failure::Usage)?;
     for s in &cfg.sources {
         if let Err(e) = std::fs::metadata(&s.path) {
             eprintln!("warning: source {}: {}: {e}", s.name, s.path.display());
         }
     }
-    println!("{}: ok ({} sources)", path.display(), cfg.sources.len());
+    match &key {
+        Some(k) => println!(
+            "{}: ok ({} sources; encrypted with the key of tenant {}, fingerprint {})",
+            path.display(),
+            cfg.sources.len(),
+            k.tenant(),
+            k.fingerprint()
+        ),
+        None => println!(
+            "{}: ok ({} sources; NOT encrypted: no [encryption] key_file)",
+            path.display(),
+            cfg.sources.len()
+        ),
+    }
     Ok(0)
 }
 
@@ -110,6 +124,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             path.display()
         )));
     }
+    let key = cfg.tenant_key().map_err(Failure::Usage)?;
     // Connected on the first try of the first source (and again after a
     // transient failure), so that an unreachable node is retried too.
     let mut node = None;
@@ -124,6 +139,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             max_upload_rate: cfg.limits.max_upload_rate,
             memory_budget: cfg.limits.memory_mib << 20,
             state_dir: Some(cfg.state_dir.clone()),
+            key: key.clone(),
         };
         match backup_with_retries(&cfg, &mut node, s, opts).await {
             Ok(r) => {
@@ -335,6 +351,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             progress: show_progress(a.json),
             resume: a.resume,
             threads: cfg.limits.restore_threads(),
+            key: cfg.tenant_key().map_err(Failure::Usage)?,
         },
     )
     .await

@@ -57,6 +57,36 @@ fn bad_configuration_is_exit_2_with_the_cause() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no source named"));
+
+    // A key file that is missing or damaged is named by check-config.
+    for f in ["ca.pem", "c", "k"] {
+        std::fs::write(d.path().join(f), "x").unwrap();
+    }
+    std::fs::write(
+        d.path().join("e.toml"),
+        "[node]\naddress = \"x:1\"\nca = \"ca.pem\"\ncert = \"c\"\nkey = \"k\"\n\
+         [encryption]\nkey_file = \"t.key\"\n",
+    )
+    .unwrap();
+    let o = cmd(AGENT, &["-c", "e.toml", "check-config"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("t.key"));
+    std::fs::write(d.path().join("t.key"), "not a key").unwrap();
+    let o = cmd(AGENT, &["-c", "e.toml", "check-config"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a refuge tenant key"));
+    let o = cmd(
+        CLI,
+        &["key", "create", "--tenant", "finance", "--out", "t2.key"],
+        d.path(),
+    );
+    assert!(o.status.success());
+    std::fs::rename(d.path().join("t2.key"), d.path().join("t.key")).unwrap();
+    let o = cmd(AGENT, &["-c", "e.toml", "check-config"], d.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("encrypted with the key of tenant finance")
+    );
 }
 
 #[test]

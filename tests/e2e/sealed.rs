@@ -126,3 +126,102 @@ fn sealed_chunks_leave_no_plaintext_on_the_node_and_are_checked_by_checksum() {
     let v = r.json();
     assert!(!v["corrupt"].as_array().unwrap().is_empty(), "{v:#}");
 }
+
+#[test]
+fn an_encrypted_tenant_backs_up_and_restores_and_the_node_never_sees_its_plaintext() {
+    let mut c = Cluster::start();
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            "finance",
+            "--out",
+            "certs/finance.key",
+        ],
+    )
+    .ok();
+    let src = c.path().join("src");
+    fs::create_dir_all(src.join("hr")).unwrap();
+    let marker = b"REFUGE-MARKER-c41d: the board's merger plan ";
+    let mut secret = marker.repeat(50);
+    secret.extend(refuge_tests::noise(300 << 10, 9));
+    fs::write(src.join("hr/merger-plan-REFUGENAME.txt"), &secret).unwrap();
+    fs::write(src.join("big.bin"), refuge_tests::noise(3 << 20, 11)).unwrap();
+    fs::write(src.join("note.txt"), marker).unwrap();
+    let plain_cfg = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = c.path().join("encrypted.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "{}\n[encryption]\nkey_file = \"certs/finance.key\"\n",
+            fs::read_to_string(&plain_cfg).unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
+    // An incremental backup opens the previous (encrypted) manifest and
+    // reuses unchanged files.
+    fs::write(src.join("note.txt"), b"changed").unwrap();
+    let r = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+        .ok()
+        .json();
+    assert!(r[0]["files_unchanged"].as_u64().unwrap() >= 2, "{r}");
+
+    let out = c.path().join("out");
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    refuge_tests::assert_same_tree(&src, &out);
+    // Without the key: a clear refusal, nothing written.
+    let r = run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            plain_cfg.to_str().unwrap(),
+            "restore",
+            "latest",
+            "--target",
+            c.path().join("nokey").to_str().unwrap(),
+        ],
+    )
+    .fails(1, "encrypted");
+    assert!(r.stderr.contains("key"), "{}", r.stderr);
+    // The node verifies what it stores without the key.
+    let v = run(
+        "refuge",
+        c.path(),
+        &["-c", admin.to_str().unwrap(), "admin", "verify", "--json"],
+    )
+    .ok()
+    .json();
+    assert!(v["checked"].as_u64().unwrap() > 0, "{v:#}");
+
+    // Neither the marker's content nor the file name reaches the node.
+    c.stop_node();
+    let store = c.path().join("store");
+    assert!(
+        !contains(&store, &marker[..24]),
+        "plaintext found in the store"
+    );
+    assert!(
+        !contains(&store, b"REFUGENAME"),
+        "a file name found in the store"
+    );
+    c.start_node();
+}

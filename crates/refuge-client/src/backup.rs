@@ -12,11 +12,13 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use std::cmp::Ordering;
 
+use refuge_core::crypto::TenantKey;
 use refuge_core::{
     ChunkId, ChunkRef, Chunker, ChunkerParams, Entry, EntryKind, ManifestReader, ManifestRecord,
     ManifestWriter, SourceKind, walk_order,
@@ -208,7 +210,7 @@ fn chunk_file(
             rep.hole_bytes += u64::from(len);
             continue;
         }
-        let id = ChunkId::of(&chunk.data);
+        let id = up.id_of(&chunk.data);
         refs.push(ChunkRef { id, len })?;
         rep.chunks += 1;
         up.add(id, chunk.data)?;
@@ -551,6 +553,8 @@ pub struct BackupOptions {
     /// Where the checkpoint of a running backup is kept (`None`: no
     /// checkpoint, an interrupted backup starts over).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The tenant key: chunks and manifest entries are sealed, ids keyed.
+    pub key: Option<Arc<TenantKey>>,
 }
 
 /// The chunks of this tenant that the node quarantined, or `None` if
@@ -586,7 +590,12 @@ fn quarantined_chunks(
 
 /// The newest snapshot of this host and source, ready to be merged with
 /// the walk; `None` for a first backup.
-fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<(String, Parent)>> {
+fn open_parent(
+    rt: &Handle,
+    node: &Node,
+    source: &str,
+    key: &Option<Arc<TenantKey>>,
+) -> anyhow::Result<Option<(String, Parent)>> {
     let req = pb::ResolveSnapshotRequest {
         selector: "latest".into(),
         at_unix_micros: 0,
@@ -604,10 +613,10 @@ fn open_parent(rt: &Handle, node: &Node, source: &str) -> anyhow::Result<Option<
         return Ok(None);
     }
     let stream = RemoteStream::new(
-        Fetcher::new(rt.clone(), node.clone(), node.tenant.clone()),
+        Fetcher::new(rt.clone(), node.clone(), node.tenant.clone(), key.clone()),
         snap.manifest.clone(),
     );
-    let reader = match ManifestReader::new(Box::new(stream) as Box<dyn Read + Send>) {
+    let reader = match manifest_reader(Box::new(stream) as Box<dyn Read + Send>, key) {
         Ok(r) => r,
         Err(e) => {
             // A damaged parent costs a full read, never the backup.
@@ -666,9 +675,20 @@ fn open_spool(
 }
 
 /// The checkpoint an interrupted run left, if it is readable.
-fn open_checkpoint(path: &Path) -> Option<Parent> {
+/// A manifest reader that opens sealed entries when there is a key.
+fn manifest_reader<R: Read>(
+    input: R,
+    key: &Option<Arc<TenantKey>>,
+) -> Result<ManifestReader<R>, refuge_core::ManifestError> {
+    match key {
+        Some(k) => ManifestReader::with_key(input, k.clone()),
+        None => ManifestReader::new(input),
+    }
+}
+
+fn open_checkpoint(path: &Path, key: &Option<Arc<TenantKey>>) -> Option<Parent> {
     let f = File::open(path).ok()?;
-    match ManifestReader::new(Box::new(BufReader::new(f)) as Box<dyn Read + Send>) {
+    match manifest_reader(Box::new(BufReader::new(f)) as Box<dyn Read + Send>, key) {
         Ok(reader) => {
             tracing::info!(
                 "resuming from the checkpoint of an interrupted backup ({})",
@@ -718,6 +738,15 @@ fn backup_blocking(
         source: source.name.clone(),
         ..Default::default()
     };
+    if let Some(k) = &opts.key
+        && k.tenant().as_str() != node.tenant
+    {
+        bail!(
+            "the tenant key ([encryption] key_file) is for tenant {}, but this agent's certificate is for tenant {}",
+            k.tenant(),
+            node.tenant
+        );
+    }
     let quarantined = match (source.kind, opts.rehash) {
         (SourceKind::Tree, false) => quarantined_chunks(&rt, &node)?,
         _ => Some(Default::default()),
@@ -725,14 +754,14 @@ fn backup_blocking(
     // Too many quarantined chunks to list: read every file.
     let rehash = opts.rehash || quarantined.is_none();
     let parent = match (source.kind, rehash) {
-        (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name)?,
+        (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name, &opts.key)?,
         _ => None,
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
     let bar = Progress::new(opts.progress, "backup", None);
     let (spool, paths) = open_spool(opts.state_dir.as_deref(), &source.name)?;
     let checkpoint = match (&paths, source.kind, rehash) {
-        (Some((_, prev)), SourceKind::Tree, false) => open_checkpoint(prev),
+        (Some((_, prev)), SourceKind::Tree, false) => open_checkpoint(prev, &opts.key),
         _ => None,
     };
     let checkpoint_missing = match (&checkpoint, &paths) {
@@ -745,11 +774,23 @@ fn backup_blocking(
         checkpoint_missing,
         quarantined: quarantined.unwrap_or_default(),
     };
-    let mut w = ManifestWriter::new(BufWriter::with_capacity(64 << 10, spool), source.kind)?;
+    let out = BufWriter::with_capacity(64 << 10, spool);
+    let mut w = match &opts.key {
+        Some(k) => ManifestWriter::new_sealed(out, source.kind, k.clone())?,
+        None => ManifestWriter::new(out, source.kind)?,
+    };
     let limiter = RateLimiter::new(opts.max_upload_rate);
     let (threads, batch) =
         crate::upload::plan(opts.memory_budget, opts.threads, params.max_size as usize);
-    let mut up = Uploader::new(rt.clone(), node.clone(), level, threads, batch, limiter);
+    let mut up = Uploader::new(
+        rt.clone(),
+        node.clone(),
+        level,
+        threads,
+        batch,
+        limiter,
+        opts.key.clone(),
+    );
     match source.kind {
         SourceKind::Tree => walk_tree(
             &source.path,
@@ -770,12 +811,14 @@ fn backup_blocking(
     let mut manifest = Vec::new();
     for chunk in Chunker::new(BufReader::new(spool), ChunkerParams::manifest()) {
         let chunk = chunk.context("reading back the manifest")?;
+        // Manifest chunks stay plain (the node reads manifests; an
+        // encrypted manifest seals its entries itself).
         let id = ChunkId::of(&chunk.data);
         manifest.push(ChunkRef {
             id,
             len: chunk.data.len() as u32,
         });
-        up.add(id, chunk.data)?;
+        up.add_plain(id, chunk.data)?;
     }
     // Every chunk is on the node before the commit is sent.
     let stats = up.finish()?;

@@ -26,6 +26,40 @@ pub struct AgentConfig {
     /// What to back up.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// Client-side encryption.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// Client-side encryption (`[encryption]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// The tenant's key file (`refuge key create`). With it, chunks and
+    /// manifest entries are sealed before they leave the host and chunk
+    /// ids are keyed; restores need it. Without it, data is stored as
+    /// compressed plaintext.
+    pub key_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Reads the tenant key named by `[encryption] key_file`, if any.
+    pub fn tenant_key(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<refuge_core::crypto::TenantKey>>> {
+        let Some(p) = &self.encryption.key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(p).with_context(|| {
+            format!(
+                "cannot read the tenant key [encryption] key_file = {}",
+                p.display()
+            )
+        })?;
+        let key = refuge_core::crypto::TenantKey::parse(&text)
+            .with_context(|| format!("[encryption] key_file = {}", p.display()))?;
+        Ok(Some(std::sync::Arc::new(key)))
+    }
 }
 
 /// Connection settings.
@@ -260,6 +294,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
     fix(&mut cfg.node.cert);
     fix(&mut cfg.node.key);
     fix(&mut cfg.state_dir);
+    if let Some(k) = &mut cfg.encryption.key_file {
+        fix(k);
+    }
     for s in &mut cfg.sources {
         fix(&mut s.path);
     }
@@ -321,6 +358,8 @@ mod tests {
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());
+        // New deployments copied from the template are encrypted.
+        assert!(cfg.encryption.key_file.is_some());
     }
 
     #[test]

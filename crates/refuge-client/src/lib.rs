@@ -18,8 +18,8 @@ mod upload;
 
 pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{
-    AgentConfig, ChunkingConfig, ConnectionConfig, IoPriority, LimitsConfig, SourceChunking,
-    SourceConfig, load_config,
+    AgentConfig, ChunkingConfig, ConnectionConfig, EncryptionConfig, IoPriority, LimitsConfig,
+    SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{Node, Transient, connect, explain_status, is_transient, rpc_error};
 pub use progress::ProgressMode;

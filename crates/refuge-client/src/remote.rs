@@ -5,7 +5,10 @@
 use std::io::Read;
 
 use anyhow::{anyhow, bail};
-use refuge_core::{ChunkRef, decode_chunk};
+use std::sync::Arc;
+
+use refuge_core::crypto::TenantKey;
+use refuge_core::{ChunkId, ChunkRef, decode_chunk};
 use refuge_proto::pb;
 use tokio::runtime::Handle;
 
@@ -20,12 +23,44 @@ pub(crate) struct Fetcher {
     rt: Handle,
     node: Node,
     tenant: String,
+    /// Opens sealed chunks (an encrypted tenant).
+    key: Option<Arc<TenantKey>>,
 }
 
 impl Fetcher {
-    /// Fetches `tenant`'s chunks.
-    pub(crate) fn new(rt: Handle, node: Node, tenant: String) -> Self {
-        Fetcher { rt, node, tenant }
+    /// Fetches `tenant`'s chunks; `key` opens sealed ones.
+    pub(crate) fn new(rt: Handle, node: Node, tenant: String, key: Option<Arc<TenantKey>>) -> Self {
+        Fetcher {
+            rt,
+            node,
+            tenant,
+            key,
+        }
+    }
+
+    /// The id a data chunk of this tenant has (keyed with the tenant key).
+    pub(crate) fn id_of(&self, data: &[u8]) -> ChunkId {
+        match &self.key {
+            Some(k) => k.chunk_id(data),
+            None => ChunkId::of(data),
+        }
+    }
+
+    /// Verified content of a fetched chunk: plain chunks by their BLAKE3,
+    /// sealed ones opened and checked with the tenant key.
+    fn decode(&self, id: &ChunkId, c: &refuge_core::StoredChunk) -> anyhow::Result<Vec<u8>> {
+        let max = refuge_core::format::MAX_CHUNK_LEN;
+        match (&c.cipher, &self.key) {
+            (refuge_core::Cipher::None, _) => {
+                decode_chunk(id, c, max).map_err(|e| anyhow!("chunk {id} is corrupt: {e}"))
+            }
+            (_, Some(k)) => k
+                .decode_chunk(id, c, max)
+                .map_err(|e| anyhow!("chunk {id}: {e}")),
+            (_, None) => bail!(
+                "chunk {id} is encrypted and this client has no tenant key ([encryption] key_file)"
+            ),
+        }
     }
 
     /// Fetches `refs` in order and hands each verified chunk (or hole) to
@@ -93,8 +128,7 @@ impl Fetcher {
                         r.len
                     );
                 }
-                let data = decode_chunk(&r.id, &c, refuge_core::format::MAX_CHUNK_LEN)
-                    .map_err(|e| anyhow!("chunk {} is corrupt: {e}", r.id))?;
+                let data = self.decode(&r.id, &c)?;
                 sink(Piece::Data(&data))?;
             }
             // Read the stream to its end: a response dropped early resets

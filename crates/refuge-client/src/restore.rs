@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use filetime::FileTime;
 use refuge_core::{
-    ChunkId, ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
+    ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
 };
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -69,6 +69,8 @@ pub struct RestoreOptions {
     pub resume: bool,
     /// Fetch workers; at least 1.
     pub threads: usize,
+    /// The tenant key, for encrypted snapshots.
+    pub key: Option<std::sync::Arc<refuge_core::crypto::TenantKey>>,
 }
 
 /// What a restore did.
@@ -248,9 +250,9 @@ impl Shared {
 }
 
 /// Does the file already hold exactly this chunk at `off`?
-fn local_matches(f: &File, off: u64, r: &ChunkRef, buf: &mut Vec<u8>) -> bool {
+fn local_matches(f: &File, off: u64, r: &ChunkRef, buf: &mut Vec<u8>, fetcher: &Fetcher) -> bool {
     buf.resize(r.len as usize, 0);
-    f.read_exact_at(buf, off).is_ok() && ChunkId::of(buf) == r.id
+    f.read_exact_at(buf, off).is_ok() && fetcher.id_of(buf) == r.id
 }
 
 /// Makes `len` bytes at `off` zero (checking first when content may exist).
@@ -284,7 +286,7 @@ fn run_group(
             }
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
-        } else if job.verify_local && local_matches(&job.file, it.off, r, buf) {
+        } else if job.verify_local && local_matches(&job.file, it.off, r, buf, fetcher) {
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             sh.kept.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
@@ -348,7 +350,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(rt: &Handle, node: &Node, tenant: &str, threads: usize, bar: &Progress) -> Self {
+    fn new(
+        rt: &Handle,
+        node: &Node,
+        tenant: &str,
+        key: &Option<std::sync::Arc<refuge_core::crypto::TenantKey>>,
+        threads: usize,
+        bar: &Progress,
+    ) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = sync_channel::<Group>(threads);
         let rx = Arc::new(Mutex::new(rx));
@@ -363,7 +372,8 @@ impl Writer {
         let workers = (0..threads)
             .map(|_| {
                 let (rx, sh, bar) = (rx.clone(), shared.clone(), bar.clone());
-                let fetcher = Fetcher::new(rt.clone(), node.clone(), tenant.to_string());
+                let fetcher =
+                    Fetcher::new(rt.clone(), node.clone(), tenant.to_string(), key.clone());
                 std::thread::spawn(move || worker(&rx, fetcher, &sh, &bar))
             })
             .collect();
@@ -641,11 +651,15 @@ fn restore_blocking(
     let bar = Progress::new(opts.progress, "restore", Some(snap.logical_bytes));
     let tenant = snap.tenant.to_string();
     let stream = RemoteStream::new(
-        Fetcher::new(rt.clone(), node.clone(), tenant.clone()),
+        Fetcher::new(rt.clone(), node.clone(), tenant.clone(), opts.key.clone()),
         snap.manifest.clone(),
     );
-    let mut reader = ManifestReader::new(stream).context("reading the snapshot's manifest")?;
-    let mut writer = Writer::new(&rt, &node, &tenant, opts.threads, &bar);
+    let mut reader = match &opts.key {
+        Some(k) => ManifestReader::with_key(stream, k.clone()),
+        None => ManifestReader::new(stream),
+    }
+    .context("reading the snapshot's manifest")?;
+    let mut writer = Writer::new(&rt, &node, &tenant, &opts.key, opts.threads, &bar);
     let result = match snap.kind {
         SourceKind::Tree => restore_tree(&mut reader, &mut writer, &opts, &mut rep),
         SourceKind::Image => {

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use refuge_core::crypto::TenantKey;
 use refuge_core::{ChunkCompressor, ChunkId};
 use tokio::runtime::Handle;
 
@@ -44,7 +45,9 @@ pub(crate) fn plan(budget_bytes: u64, threads: usize, max_chunk: usize) -> (usiz
     }
 }
 
-type Batch = Vec<(ChunkId, Vec<u8>)>;
+/// Chunks with their ids and whether to seal them (data chunks of an
+/// encrypted tenant; manifest chunks stay plain for the node to read).
+type Batch = Vec<(ChunkId, Vec<u8>, bool)>;
 
 /// What the workers did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -101,6 +104,8 @@ pub(crate) struct Uploader {
     pending: Batch,
     pending_bytes: usize,
     batch_bytes: usize,
+    /// The tenant key: data chunks get keyed ids and are sealed.
+    key: Option<Arc<TenantKey>>,
 }
 
 impl Uploader {
@@ -111,6 +116,7 @@ impl Uploader {
         threads: usize,
         batch_bytes: usize,
         limiter: Option<Arc<RateLimiter>>,
+        key: Option<Arc<TenantKey>>,
     ) -> Self {
         let threads = threads.max(1);
         let (tx, rx) = sync_channel::<Batch>(threads);
@@ -118,15 +124,16 @@ impl Uploader {
         let failed = Arc::new(Mutex::new(None));
         let workers = (0..threads)
             .map(|_| {
-                let (rt, node, rx, failed, limiter) = (
+                let (rt, node, rx, failed, limiter, key) = (
                     rt.clone(),
                     node.clone(),
                     rx.clone(),
                     failed.clone(),
                     limiter.clone(),
+                    key.clone(),
                 );
                 std::thread::spawn(move || {
-                    let r = worker(&rt, node, level, &rx, limiter.as_deref());
+                    let r = worker(&rt, node, level, &rx, limiter.as_deref(), key.as_deref());
                     if let Err(e) = &r {
                         let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
                         f.get_or_insert_with(|| (format!("{e:#}"), crate::is_transient(e)));
@@ -142,6 +149,16 @@ impl Uploader {
             pending: Vec::new(),
             pending_bytes: 0,
             batch_bytes,
+            key,
+        }
+    }
+
+    /// The id of a data chunk: keyed BLAKE3 for an encrypted tenant,
+    /// BLAKE3 otherwise.
+    pub(crate) fn id_of(&self, data: &[u8]) -> ChunkId {
+        match &self.key {
+            Some(k) => k.chunk_id(data),
+            None => ChunkId::of(data),
         }
     }
 
@@ -162,8 +179,18 @@ impl Uploader {
     /// Adds a chunk; hands a full batch to the workers (blocking while they
     /// are all busy and the channel is full).
     pub(crate) fn add(&mut self, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
+        self.push(id, data, true)
+    }
+
+    /// Adds a chunk that is never sealed (a manifest chunk: the node reads
+    /// manifests).
+    pub(crate) fn add_plain(&mut self, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
+        self.push(id, data, false)
+    }
+
+    fn push(&mut self, id: ChunkId, data: Vec<u8>, seal: bool) -> anyhow::Result<()> {
         self.pending_bytes += data.len();
-        self.pending.push((id, data));
+        self.pending.push((id, data, seal));
         if self.pending_bytes >= self.batch_bytes || self.pending.len() >= BATCH_CHUNKS {
             self.send()?;
         }
@@ -177,7 +204,7 @@ impl Uploader {
         let mut seen = HashSet::new();
         let batch: Batch = std::mem::take(&mut self.pending)
             .into_iter()
-            .filter(|(id, _)| seen.insert(*id))
+            .filter(|(id, _, _)| seen.insert(*id))
             .collect();
         self.pending_bytes = 0;
         if batch.is_empty() {
@@ -237,6 +264,7 @@ fn worker(
     level: i32,
     rx: &Mutex<Receiver<Batch>>,
     limiter: Option<&RateLimiter>,
+    key: Option<&TenantKey>,
 ) -> anyhow::Result<UploadStats> {
     let mut stats = UploadStats::default();
     let mut zstd = ChunkCompressor::new(level);
@@ -248,7 +276,7 @@ fn worker(
                 Err(_) => return Ok(stats),
             }
         };
-        let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<ChunkId> = batch.iter().map(|(id, _, _)| *id).collect();
         let missing = rt.block_on(node.find_missing(&ids))?;
         if missing.is_empty() {
             continue;
@@ -257,9 +285,13 @@ fn worker(
         let mut bytes = 0u64;
         let mut raw = 0u64;
         for i in missing {
-            let (id, data) = &batch[i];
+            let (id, data, seal) = &batch[i];
             raw += data.len() as u64;
-            let c = zstd.compress(data);
+            let mut c = zstd.compress(data);
+            if let (true, Some(k)) = (seal, key) {
+                c.data = k.seal(id, c.raw_len, &c.data);
+                c.cipher = refuge_core::Cipher::XChaCha20Poly1305;
+            }
             bytes += c.data.len() as u64;
             uploads.push(refuge_proto::upload_to(id, c));
         }
