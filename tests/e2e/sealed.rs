@@ -202,6 +202,90 @@ fn an_encrypted_tenant_backs_up_and_restores_and_the_node_never_sees_its_plainte
     )
     .fails(1, "encrypted");
     assert!(r.stderr.contains("key"), "{}", r.stderr);
+    // Rotation: a new key file that still reads the old snapshots.
+    let first_id = run("refuge", c.path(), &["-c", cfg, "snapshots", "--json"])
+        .ok()
+        .json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = run(
+        "refuge",
+        c.path(),
+        &[
+            "key",
+            "rotate",
+            "--in",
+            "certs/finance.key",
+            "--out",
+            "certs/finance-2.key",
+        ],
+    )
+    .ok();
+    assert!(r.stdout.contains("--rehash"), "{}", r.stdout);
+    let rotated = c.path().join("rotated.toml");
+    fs::write(
+        &rotated,
+        fs::read_to_string(cfg)
+            .unwrap()
+            .replace("certs/finance.key", "certs/finance-2.key"),
+    )
+    .unwrap();
+    let rotated = rotated.to_str().unwrap();
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", rotated, "backup", "--json"],
+    )
+    .ok()
+    .json();
+    // Unchanged files keep their chunks (under the old key); --rehash
+    // re-encrypts everything under the new one.
+    assert_eq!(r[0]["files_unchanged"], 3, "{r}");
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", rotated, "backup", "--rehash", "--json"],
+    )
+    .ok()
+    .json();
+    assert!(r[0]["chunks_new"].as_u64().unwrap() >= 3, "{r}");
+    for (sel, dir) in [(first_id.as_str(), "rot-old"), ("latest", "rot-new")] {
+        let out = c.path().join(dir);
+        run(
+            "refuge",
+            c.path(),
+            &[
+                "-c",
+                rotated,
+                "restore",
+                sel,
+                "--target",
+                out.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        if sel == "latest" {
+            refuge_tests::assert_same_tree(&src, &out);
+        } else {
+            assert_eq!(fs::read(out.join("note.txt")).unwrap(), marker);
+        }
+    }
+    // The old key file cannot read what the new key wrote.
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--target",
+            c.path().join("old-key").to_str().unwrap(),
+        ],
+    )
+    .fails(1, "wrong tenant key");
+
     // The node verifies what it stores without the key.
     let v = run(
         "refuge",

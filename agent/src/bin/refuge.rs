@@ -31,8 +31,7 @@ enum Command {
     /// Create and issue certificates.
     #[command(subcommand)]
     Certs(Certs),
-    /// Tenant encryption keys (not used by backups yet: see
-    /// docs/security.md).
+    /// Tenant encryption keys: create, show, rotate (docs/security.md).
     #[command(subcommand)]
     Key(KeyCmd),
     /// List restore points (snapshots) of the tenants you act for.
@@ -211,6 +210,17 @@ enum KeyCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make a new key file that replaces a tenant's key: new data is
+    /// encrypted with the new key, and the file still reads everything
+    /// the old one encrypted.
+    Rotate {
+        /// The current key file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Where to write the new one (mode 0600, never overwrites).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show a key file's tenant, creation time and fingerprint.
     Show {
         /// The key file.
@@ -324,6 +334,7 @@ fn main() -> ExitCode {
         Command::Certs(Certs::Show { file, json }) => refuge_cli::certs::show(&file, json),
         Command::Key(KeyCmd::Create { tenant, out }) => refuge_cli::keys::create(&tenant, &out),
         Command::Key(KeyCmd::Show { file, json }) => refuge_cli::keys::show(&file, json),
+        Command::Key(KeyCmd::Rotate { input, out }) => refuge_cli::keys::rotate(&input, &out),
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {

@@ -58,6 +58,9 @@ pub struct TenantKey {
     enc_key: [u8; 32],
     nonce_key: [u8; 32],
     entry_key: [u8; 32],
+    /// Keys this one replaced (newest first): they still open what they
+    /// sealed, and are never used to seal.
+    previous: Vec<TenantKey>,
 }
 
 impl std::fmt::Debug for TenantKey {
@@ -91,6 +94,18 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A 32-byte key from 64 hex digits.
+fn master_of(hexkey: &str) -> Result<[u8; 32], String> {
+    if hexkey.len() != 64 || !hexkey.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("a key is not 64 hex digits".into());
+    }
+    let mut m = [0u8; 32];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hexkey[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(m)
+}
+
 impl TenantKey {
     fn from_master(tenant: TenantId, created: String, master: [u8; 32]) -> Self {
         TenantKey {
@@ -101,7 +116,31 @@ impl TenantKey {
             tenant,
             created,
             master,
+            previous: Vec::new(),
         }
+    }
+
+    /// This key and the ones it replaced, newest first.
+    fn ring(&self) -> impl Iterator<Item = &TenantKey> {
+        std::iter::once(self).chain(self.previous.iter())
+    }
+
+    /// A new random key that replaces this one: new data is sealed and
+    /// named with it; this key and its predecessors stay in the ring to
+    /// read what they sealed. The first backup after a rotation uploads
+    /// everything again (ids change with the key).
+    pub fn rotate(&self, created: String) -> Result<Self, CryptoError> {
+        let mut k = Self::generate(self.tenant.clone(), created)?;
+        k.previous = self
+            .ring()
+            .map(|o| Self::from_master(o.tenant.clone(), o.created.clone(), o.master))
+            .collect();
+        Ok(k)
+    }
+
+    /// Fingerprints of the keys this one replaced, newest first.
+    pub fn previous_fingerprints(&self) -> Vec<String> {
+        self.previous.iter().map(|k| k.fingerprint()).collect()
     }
 
     /// A new random key for `tenant`, created at `created` (RFC 3339).
@@ -137,11 +176,16 @@ impl TenantKey {
              tenant {t}\n\
              created {c}\n\
              key {k}\n\
-             fingerprint {f}\n",
+             fingerprint {f}\n{p}",
             t = self.tenant,
             c = self.created,
             k = hex(&self.master),
-            f = self.fingerprint()
+            f = self.fingerprint(),
+            p = self
+                .previous
+                .iter()
+                .map(|o| format!("previous {} {}\n", hex(&o.master), o.created))
+                .collect::<String>()
         )
     }
 
@@ -156,10 +200,16 @@ impl TenantKey {
             return Err(bad(&format!("the first line is not {TENANT_KEY_MAGIC:?}")));
         }
         let (mut tenant, mut created, mut key, mut fp) = (None, None, None, None);
+        let mut previous: Vec<([u8; 32], String)> = Vec::new();
         for l in lines {
             let (k, v) = l
                 .split_once(' ')
                 .ok_or_else(|| bad(&format!("line {l:?} is not `name value`")))?;
+            if k == "previous" {
+                let (hexkey, when) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
+                previous.push((master_of(hexkey).map_err(|m| bad(&m))?, when.to_string()));
+                continue;
+            }
             let slot = match k {
                 "tenant" => &mut tenant,
                 "created" => &mut created,
@@ -174,14 +224,12 @@ impl TenantKey {
         let tenant = TenantId::new(tenant.ok_or_else(|| bad("no tenant line"))?)
             .map_err(|e| bad(&e.to_string()))?;
         let key = key.ok_or_else(|| bad("no key line"))?;
-        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("the key is not 64 hex digits"));
-        }
-        let mut master = [0u8; 32];
-        for (i, b) in master.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&key[2 * i..2 * i + 2], 16).map_err(|_| bad("bad hex"))?;
-        }
-        let k = Self::from_master(tenant, created.unwrap_or_default(), master);
+        let master = master_of(&key).map_err(|m| bad(&m))?;
+        let mut k = Self::from_master(tenant.clone(), created.unwrap_or_default(), master);
+        k.previous = previous
+            .into_iter()
+            .map(|(m, when)| Self::from_master(tenant.clone(), when, m))
+            .collect();
         if let Some(fp) = fp
             && fp != k.fingerprint()
         {
@@ -226,9 +274,16 @@ impl TenantKey {
             .unwrap_or_default()
     }
 
-    /// Opens a sealed body: the compressed bytes, or an error if the key is
-    /// wrong or the bytes (or id, or length) were altered.
+    /// Opens a sealed body with this key or, failing that, a previous one:
+    /// the compressed bytes, or an error if no key of the ring opens it
+    /// (wrong key, or the bytes, id or length were altered).
     pub fn open(&self, id: &ChunkId, raw_len: u32, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.ring()
+            .find_map(|k| k.open_one(id, raw_len, sealed).ok())
+            .ok_or(CryptoError::Open(*id))
+    }
+
+    fn open_one(&self, id: &ChunkId, raw_len: u32, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
         let aad = Self::aad(id, raw_len);
         cipher
@@ -270,9 +325,13 @@ impl TenantKey {
         out
     }
 
-    /// Opens what [`Self::seal_entry`] made, or `None` (wrong key, or the
-    /// record was altered).
+    /// Opens what [`Self::seal_entry`] made (with this key or a previous
+    /// one), or `None` (wrong key, or the record was altered).
     pub fn open_entry(&self, clear: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        self.ring().find_map(|k| k.open_entry_one(clear, sealed))
+    }
+
+    fn open_entry_one(&self, clear: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < 24 + SEAL_OVERHEAD {
             return None;
         }
@@ -315,9 +374,15 @@ impl TenantKey {
             return crate::decode_chunk(id, chunk, max_len);
         }
         crate::frame::verify_stored(id, chunk, max_len)?;
-        let opened = self
-            .open(id, chunk.raw_len, &chunk.data)
-            .map_err(|_| crate::FrameError::Unopenable)?;
+        // The key of the ring that sealed it also named it.
+        let (k, opened) = self
+            .ring()
+            .find_map(|k| {
+                k.open_one(id, chunk.raw_len, &chunk.data)
+                    .ok()
+                    .map(|o| (k, o))
+            })
+            .ok_or(crate::FrameError::Unopenable)?;
         let plain = crate::StoredChunk {
             compression: chunk.compression,
             cipher: crate::Cipher::None,
@@ -325,7 +390,7 @@ impl TenantKey {
             data: opened,
         };
         let content = crate::frame::decompress(&plain, max_len)?;
-        let actual = self.chunk_id(&content);
+        let actual = k.chunk_id(&content);
         if &actual != id {
             return Err(crate::FrameError::HashMismatch { actual });
         }
@@ -409,6 +474,38 @@ mod tests {
         let mut huge = c.clone();
         huge.raw_len = 4;
         assert!(crate::frame::verify_stored(&id, &huge, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_rotated_key_seals_with_the_new_key_and_opens_old_data() {
+        let old = key();
+        let mut comp = crate::ChunkCompressor::new(1);
+        let data = b"written before the rotation".to_vec();
+        let (old_id, old_chunk) = old.encode_chunk(&mut comp, &data);
+        let entry = old.seal_entry(b"clear", b"entry");
+        let new = old.rotate("later".into()).unwrap();
+        assert_ne!(new.fingerprint(), old.fingerprint());
+        assert_eq!(new.previous_fingerprints(), [old.fingerprint()]);
+        // New data: new ids, new seals.
+        assert_ne!(new.chunk_id(&data), old_id);
+        // Old data still opens, through the file too.
+        let back = TenantKey::parse(&new.to_text()).unwrap();
+        assert_eq!(back.previous_fingerprints(), [old.fingerprint()]);
+        assert_eq!(
+            back.decode_chunk(&old_id, &old_chunk, 1 << 20).unwrap(),
+            data
+        );
+        assert_eq!(back.open_entry(b"clear", &entry).unwrap(), b"entry");
+        // The old key cannot read what the new one sealed.
+        let (nid, nc) = back.encode_chunk(&mut comp, &data);
+        assert!(old.decode_chunk(&nid, &nc, 1 << 20).is_err());
+        // Two rotations keep both predecessors.
+        let third = back.rotate("later still".into()).unwrap();
+        assert_eq!(third.previous_fingerprints().len(), 2);
+        assert_eq!(
+            third.decode_chunk(&old_id, &old_chunk, 1 << 20).unwrap(),
+            data
+        );
     }
 
     #[test]
