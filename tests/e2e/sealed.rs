@@ -309,3 +309,68 @@ fn an_encrypted_tenant_backs_up_and_restores_and_the_node_never_sees_its_plainte
     );
     c.start_node();
 }
+
+#[test]
+fn a_tenant_that_must_encrypt_cannot_commit_a_plain_backup() {
+    let c = Cluster::start_with("[encryption]\ntenants = [\"finance\"]\n");
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f.txt"), b"data").unwrap();
+    let plain = c.default_agent(&[("data", &src, "tree")]);
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", plain.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "must back up encrypted");
+    let none = run(
+        "refuge",
+        c.path(),
+        &["-c", plain.to_str().unwrap(), "snapshots", "--json"],
+    )
+    .ok()
+    .json();
+    assert!(none.as_array().unwrap().is_empty());
+    // With the key it commits; another tenant is not bound by the rule.
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            "finance",
+            "--out",
+            "certs/finance.key",
+        ],
+    )
+    .ok();
+    let enc = c.path().join("enc.toml");
+    fs::write(
+        &enc,
+        format!(
+            "{}\n[encryption]\nkey_file = \"certs/finance.key\"\n",
+            fs::read_to_string(&plain).unwrap()
+        ),
+    )
+    .unwrap();
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", enc.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    c.client(&["--tenant", "hr", "--host", "web1"]);
+    let hr = c.agent_config(
+        "hr-plain.toml",
+        "certs/hr-web1",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", hr.to_str().unwrap(), "backup"],
+    )
+    .ok();
+}

@@ -35,6 +35,9 @@ pub struct NodeConfig {
     /// Scheduled verification (scrub).
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// Which tenants must back up encrypted.
+    #[serde(default)]
+    pub encryption: EncryptionPolicy,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -139,6 +142,25 @@ pub struct TenantQuota {
     pub max_snapshots_per_day: Option<u64>,
     /// Overrides `quota.max_upload_bytes_per_day`.
     pub max_upload_bytes_per_day: Option<u64>,
+}
+
+/// Which tenants must send encrypted snapshots: a commit whose manifest
+/// is not encrypted is refused for them (the node cannot and does not
+/// need to read the data to tell).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionPolicy {
+    /// Every tenant.
+    pub required: bool,
+    /// These tenants (when `required` is false).
+    pub tenants: Vec<String>,
+}
+
+impl EncryptionPolicy {
+    /// Whether `tenant` must back up encrypted.
+    pub fn requires(&self, tenant: &str) -> bool {
+        self.required || self.tenants.iter().any(|t| t == tenant)
+    }
 }
 
 /// Scheduled verification.
@@ -270,6 +292,7 @@ mod tests {
         assert_eq!(cfg.gc, GcConfig::default());
         assert_eq!(cfg.quota, QuotaConfig::default());
         assert_eq!(cfg.verify, VerifyConfig::default());
+        assert_eq!(cfg.encryption, EncryptionPolicy::default());
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod server;
 mod service;
 
 pub use config::{
-    GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, RocksConfig, TenantQuota,
-    TlsFiles, VerifyConfig,
+    EncryptionPolicy, GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig,
+    RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
 

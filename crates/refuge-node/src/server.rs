@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub quota: QuotaConfig,
     /// Scheduled verification.
     pub verify: VerifyConfig,
+    /// Which tenants must back up encrypted.
+    pub encryption: crate::config::EncryptionPolicy,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -102,6 +104,7 @@ pub async fn run(
             gc: cfg.gc,
             quota: cfg.quota,
             verify: cfg.verify,
+            encryption: cfg.encryption,
         },
         shutdown,
     )
@@ -225,6 +228,7 @@ pub async fn serve(
         store.clone(),
         access.clone(),
         Arc::new(Quotas::new(opts.quota)),
+        opts.encryption,
         opts.limits.max_chunk_size,
         opts.limits.ingest_buffer_mib,
     ))

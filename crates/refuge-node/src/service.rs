@@ -56,6 +56,8 @@ struct AgentCaller {
     host: refuge_core::HostName,
     subject: String,
     audit: AuditLog,
+    /// The node requires this tenant's snapshots to be encrypted.
+    must_encrypt: bool,
 }
 
 impl AgentCaller {
@@ -69,6 +71,7 @@ impl AgentCaller {
             host,
             subject: who.subject(),
             audit: access.audit.clone(),
+            must_encrypt: false,
         })
     }
 
@@ -84,6 +87,7 @@ pub struct IngestService {
     store: Arc<dyn Store>,
     access: Arc<Access>,
     quotas: Arc<Quotas>,
+    encryption: crate::config::EncryptionPolicy,
     max_chunk: u32,
     /// Uploaded chunk data buffered across all streams, in KiB permits:
     /// node memory for ingest does not grow with the number of agents.
@@ -109,6 +113,7 @@ impl IngestService {
         store: Arc<dyn Store>,
         access: Arc<Access>,
         quotas: Arc<Quotas>,
+        encryption: crate::config::EncryptionPolicy,
         max_chunk: u32,
         buffer_mib: u32,
     ) -> Self {
@@ -117,6 +122,7 @@ impl IngestService {
             store,
             access,
             quotas,
+            encryption,
             max_chunk,
             buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
             buffer_kib,
@@ -312,6 +318,12 @@ fn check_and_commit(
             "manifest is for a {} source but the commit says {}",
             reader.kind().as_str(),
             kind.as_str()
+        )));
+    }
+    if who.must_encrypt && !reader.is_sealed() {
+        return Err(reject(format!(
+            "tenant {} must back up encrypted (node.toml [encryption]); set [encryption] key_file on this agent",
+            who.tenant
         )));
     }
     let mut current = Vec::new();
@@ -524,7 +536,8 @@ impl Ingest for IngestService {
         &self,
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
-        let who = AgentCaller::admit(&self.access, &req, "CommitSnapshot")?;
+        let mut who = AgentCaller::admit(&self.access, &req, "CommitSnapshot")?;
+        who.must_encrypt = self.encryption.requires(who.tenant.as_str());
         let req = req.into_inner();
         let source =
             SourceName::new(req.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
