@@ -337,6 +337,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             host: a.filter.host.unwrap_or_default(),
             source: a.filter.source.unwrap_or_default(),
             tenant: a.filter.tenant.unwrap_or_default(),
+            purpose: "restore".into(),
         })
         .await
         .map_err(|s| anyhow!("{}", explain_status(&s)))?

@@ -250,7 +250,10 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
 fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
     use refuge_client::{connect, load_config};
     use refuge_proto::pb;
-    let c = Cluster::start_with("[quota]\nmax_snapshots_per_day = 20\n");
+    let metrics_port = refuge_tests::free_local_port();
+    let c = Cluster::start_with(&format!(
+        "[quota]\nmax_snapshots_per_day = 20\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    ));
     let auditor = c.client(&["--role", "auditor", "--name", "aud1"]);
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -341,6 +344,16 @@ fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
         .filter(|r| r["event"] == "quota_exceeded" && r["tenant"] == "finance")
         .count();
     assert_eq!(n, 981 + 1);
+    // The alert metric.
+    let text = refuge_tests::http_get(metrics_port, "/metrics");
+    assert!(
+        text.contains("refuge_quota_exceeded_total{tenant=\"finance\"} 982"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refuge_audit_events_total{event=\"snapshot_committed\",outcome=\"ok\"} 21"),
+        "{text}"
+    );
 }
 
 #[test]

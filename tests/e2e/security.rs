@@ -568,6 +568,14 @@ fn another_tenants_snapshots_and_chunks_look_exactly_like_missing_ones() {
     .ok()
     .json();
     assert_eq!(all.as_array().unwrap().len(), 2);
+    // Restores are audited as restores, with who did them.
+    let log = c.audit(&w.auditor);
+    assert!(
+        log.iter().any(|r| r["event"] == "snapshot_restore_started"
+            && r["subject"].as_str().unwrap().starts_with("operator:ops1")
+            && r["tenant"] == "finance"),
+        "{log:#?}"
+    );
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {

@@ -511,3 +511,24 @@ impl CutProxy {
         self.made.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A free TCP port on 127.0.0.1 (for a node's metrics endpoint).
+pub fn free_local_port() -> u16 {
+    free_port()
+}
+
+/// `GET path` over plain HTTP/1.1 on 127.0.0.1:`port`: the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}

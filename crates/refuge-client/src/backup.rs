@@ -602,6 +602,7 @@ fn open_parent(
         host: node.host.clone(),
         source: source.into(),
         tenant: node.tenant.clone(),
+        purpose: "parent".into(),
     };
     let snap = match rt.block_on(node.restore.clone().resolve_snapshot(req)) {
         Ok(s) => s.into_inner(),

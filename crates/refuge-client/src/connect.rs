@@ -136,7 +136,10 @@ fn explain_tls(text: &str, server_name: &str) -> String {
     } else if text.contains("Expired") {
         "the node's certificate has expired or is not yet valid (check the clocks and renew it)"
             .into()
-    } else if text.contains("handshake eof") {
+    } else if text.contains("handshake eof")
+        || text.contains("reset by peer")
+        || text.contains("Connection reset")
+    {
         "the node closed the connection before the TLS handshake finished (it may be at its connection limit, limits.max_connections, or shutting down; its log says which)".into()
     } else {
         text.to_string()

@@ -51,15 +51,20 @@ impl Outcome {
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AuditLog {
     /// Starts the writer task on the current runtime.
-    pub(crate) fn start(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(writer(store, rx, dropped.clone()));
-        AuditLog { tx, dropped }
+        AuditLog {
+            tx,
+            dropped,
+            metrics,
+        }
     }
 
     /// Records an event (node time now) and logs it.
@@ -71,6 +76,7 @@ impl AuditLog {
         outcome: Outcome,
         detail: &str,
     ) {
+        self.metrics.event(event, outcome.as_str(), tenant);
         if outcome == Outcome::Ok {
             info!(target: "audit", event, subject, tenant, outcome = outcome.as_str(), "{detail}");
         } else {

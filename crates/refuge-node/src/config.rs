@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// Which tenants must back up encrypted.
     #[serde(default)]
     pub encryption: EncryptionPolicy,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -161,6 +164,15 @@ impl EncryptionPolicy {
     pub fn requires(&self, tenant: &str) -> bool {
         self.required || self.tenants.iter().any(|t| t == tenant)
     }
+}
+
+/// Prometheus metrics (`GET /metrics`, plain HTTP: bind it to a loopback
+/// or management address).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve metrics on; none: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Scheduled verification.
@@ -293,6 +305,7 @@ mod tests {
         assert_eq!(cfg.quota, QuotaConfig::default());
         assert_eq!(cfg.verify, VerifyConfig::default());
         assert_eq!(cfg.encryption, EncryptionPolicy::default());
+        assert_eq!(cfg.metrics, MetricsConfig::default());
     }
 
     #[test]

@@ -19,13 +19,14 @@ mod access;
 mod audit;
 mod config;
 mod maintenance;
+mod metrics;
 mod quota;
 mod server;
 mod service;
 
 pub use config::{
-    EncryptionPolicy, GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig,
-    RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
+    EncryptionPolicy, GcConfig, LimitsConfig, MetricsConfig, NodeConfig, QuotaConfig,
+    RetentionConfig, RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
 

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub verify: VerifyConfig,
     /// Which tenants must back up encrypted.
     pub encryption: crate::config::EncryptionPolicy,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -105,6 +107,7 @@ pub async fn run(
             quota: cfg.quota,
             verify: cfg.verify,
             encryption: cfg.encryption,
+            metrics_listen: cfg.metrics.listen,
         },
         shutdown,
     )
@@ -124,7 +127,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let audit = AuditLog::start(store.clone());
+    let metrics = crate::metrics::Metrics::new();
+    let audit = AuditLog::start(store.clone(), metrics.clone());
     let access = Arc::new(Access::new(audit.clone(), opts.revoked));
     audit.record(
         "node",
@@ -142,6 +146,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    if let Some(at) = opts.metrics_listen {
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(at, metrics, stop).await {
+                tracing::error!("metrics endpoint failed: {e:#}");
+            }
+        });
+    }
     if let Some(path) = opts.reload_from {
         tokio::spawn(watch_config(path, access.clone(), stop_rx.clone()));
     }

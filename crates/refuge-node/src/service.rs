@@ -720,6 +720,7 @@ impl Restore for RestoreService {
             .access
             .admit(&req, "ResolveSnapshot", &[Role::Agent, Role::Operator])?;
         let r = req.into_inner();
+        let purpose = r.purpose.clone();
         let tenants = match Access::one_tenant(&who, &r.tenant)? {
             Scope::One(t) => vec![t],
             Scope::Nothing => vec![],
@@ -730,10 +731,15 @@ impl Restore for RestoreService {
             resolve(snaps, &r)
         })
         .await?;
+        let event = match purpose.as_str() {
+            "restore" => "snapshot_restore_started",
+            "parent" => "snapshot_parent_read",
+            _ => "snapshot_opened",
+        };
         self.access.audit.record(
             &who.subject(),
             rec.tenant.as_str(),
-            "snapshot_opened",
+            event,
             Outcome::Ok,
             &format!(
                 "snapshot {} of {}/{} at {}",
