@@ -14,6 +14,9 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# The tests run the node under libfaketime to move its clock (retention
+# over days, clock trouble).
+dpkg -s libfaketime >/dev/null 2>&1 || need+=(libfaketime)
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]} with apt-get" >&2
     SUDO=""

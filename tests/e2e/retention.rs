@@ -404,3 +404,108 @@ fn the_node_prunes_collects_and_verifies_on_its_schedule() {
     .ok();
     assert_same_tree(&src, &out);
 }
+
+#[test]
+fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
+    use refuge_client::{connect, load_config};
+    use refuge_proto::pb;
+    let mut c = Cluster::start_with("[quota]\nmax_snapshots_per_day = 40\n");
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    let cfg = agent.to_str().unwrap();
+    // Three days of ordinary backups: the node's clock moves a day ahead
+    // between them (it assigns every snapshot's time).
+    let mut daily = Vec::new();
+    for day in 0..3u64 {
+        if day > 0 {
+            c.stop_node();
+            c.start_node_at(&format!("+{day}d"));
+        }
+        fs::write(src.join("f.txt"), format!("day {day}")).unwrap();
+        let r = run("refuge-agent", c.path(), &["-c", cfg, "backup", "--json"])
+            .ok()
+            .json();
+        daily.push(r[0]["snapshot"].as_str().unwrap().to_string());
+    }
+    // Day 10: the host is compromised and floods its source.
+    c.stop_node();
+    c.start_node_at("+10d");
+    let accepted = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let node = connect(&load_config(&agent).unwrap().node).await.unwrap();
+        let snap = node
+            .restore
+            .clone()
+            .resolve_snapshot(pb::ResolveSnapshotRequest {
+                selector: "latest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ok = 0;
+        for _ in 0..200 {
+            let r = node
+                .ingest
+                .clone()
+                .commit_snapshot(pb::CommitSnapshotRequest {
+                    source: "data".into(),
+                    kind: pb::SourceKind::Tree as i32,
+                    manifest: snap.manifest.clone(),
+                    ..Default::default()
+                })
+                .await;
+            if r.is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(accepted, 40, "the quota stops the flood");
+    // The tenant's policy keeps 3 snapshots and one a day for a week.
+    refuge(
+        &c,
+        &admin,
+        &[
+            "admin",
+            "retention",
+            "set",
+            "--tenant",
+            "finance",
+            "--keep-last",
+            "3",
+            "--keep-daily",
+            "7",
+        ],
+    )
+    .ok();
+    let pruned = refuge(&c, &admin, &["admin", "prune", "--json"])
+        .ok()
+        .json();
+    assert_eq!(pruned["removed"], 40 - 3, "{pruned:#}");
+    let left: Vec<String> = refuge(&c, &agent, &["snapshots", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 3 + 3, "{left:?}");
+    for id in &daily {
+        assert!(
+            left.contains(id),
+            "the day's snapshot {id} was pushed out: {left:?}"
+        );
+    }
+    // And they restore.
+    let out = c.path().join("day0");
+    refuge(
+        &c,
+        &agent,
+        &["restore", &daily[0], "--target", out.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(fs::read(out.join("f.txt")).unwrap(), b"day 0");
+}

@@ -172,6 +172,26 @@ impl Cluster {
 
     /// Starts `refuged` and waits until it accepts connections.
     pub fn start_node(&mut self) {
+        self.start_node_env(&[]);
+    }
+
+    /// Starts `refuged` with its clock moved by `offset` (libfaketime
+    /// syntax: `+3d`, `-2h`); monotonic time is left alone, so timers
+    /// work. libfaketime is installed by `scripts/setup.sh`.
+    pub fn start_node_at(&mut self, offset: &str) {
+        let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+        assert!(
+            Path::new(lib).exists(),
+            "{lib} is missing: install libfaketime (scripts/setup.sh does)"
+        );
+        self.start_node_env(&[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]);
+    }
+
+    fn start_node_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.node.is_none());
         let log = fs::OpenOptions::new()
             .create(true)
@@ -181,6 +201,7 @@ impl Cluster {
         let mut child = Command::new(bin("refuged"))
             .args(["--config", "node.toml"])
             .current_dir(self.path())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
