@@ -66,6 +66,9 @@ struct E2eArgs {
     /// repeatable. Minimum and maximum follow at 1/4 and 4x.
     #[arg(long, value_parser = parse_source_avg)]
     source_avg_size: Vec<(String, u32)>,
+    /// Encrypt on the agent (a fresh tenant key, `[encryption] key_file`).
+    #[arg(long)]
+    encrypt: bool,
 }
 
 fn parse_source_avg(s: &str) -> Result<(String, u32), String> {
@@ -132,6 +135,7 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
         agent: e2e::cluster::AgentSettings {
             zstd_level: a.zstd_level,
             source_avg_size: a.source_avg_size,
+            encrypt: a.encrypt,
         },
     };
     let r = e2e::run(&o)?;

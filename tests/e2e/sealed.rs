@@ -1,7 +1,8 @@
-//! Sealed (client-side encrypted) chunks at the node: it stores them
-//! without any key, keeps no plaintext, hands them back as stored, refuses
-//! other bytes under an existing id, and its verification catches damage
-//! by checksum. (The agent's backup path does not seal chunks yet.)
+//! Client-side encryption: sealed chunks at the node (stored without any
+//! key, no plaintext on disk, other bytes under an existing id refused,
+//! damage found by checksum), an encrypted tenant end to end (backup,
+//! incremental, restore, rotation, no marker content or file name in the
+//! store), and a node that requires encryption.
 
 use std::fs;
 use std::path::Path;

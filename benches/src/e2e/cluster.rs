@@ -125,6 +125,8 @@ pub struct AgentSettings {
     pub zstd_level: Option<i32>,
     /// Per-source `[source.chunking] avg_size`, by source name.
     pub source_avg_size: Vec<(String, u32)>,
+    /// Client-side encryption with a fresh tenant key.
+    pub encrypt: bool,
 }
 
 impl AgentSettings {
@@ -136,6 +138,9 @@ impl AgentSettings {
         }
         for (name, avg) in &self.source_avg_size {
             f.push_str(&format!(" --source-avg-size {name}={avg}"));
+        }
+        if self.encrypt {
+            f.push_str(" --encrypt");
         }
         f
     }
@@ -158,6 +163,9 @@ impl AgentSettings {
                 kib(*avg),
                 kib(avg * 4)
             ));
+        }
+        if self.encrypt {
+            s.push_str("; encrypted (keyed BLAKE3 ids, XChaCha20-Poly1305)");
         }
         s
     }
@@ -183,6 +191,21 @@ pub fn write_configs(
     );
     if let Some(l) = settings.zstd_level {
         agent.push_str(&format!("\n[chunking]\nzstd_level = {l}\n"));
+    }
+    if settings.encrypt {
+        if !dir.join("certs/tenant.key").exists() {
+            let mut key = command("refuge", dir)?;
+            key.args([
+                "key",
+                "create",
+                "--tenant",
+                TENANT,
+                "--out",
+                "certs/tenant.key",
+            ]);
+            run_ok(key, "refuge key create")?;
+        }
+        agent.push_str("\n[encryption]\nkey_file = \"certs/tenant.key\"\n");
     }
     for s in sources {
         agent.push_str(&format!(

@@ -19,9 +19,8 @@
 //! The algorithm ids are in [`crate::format`]: a national-standard cipher
 //! would be a new id beside `CIPHER_XCHACHA20_POLY1305`.
 //!
-//! Status: these primitives, sealed chunks on the wire and in the node's
-//! store, and `refuge key create|show` exist; the agent's backup and
-//! restore paths do not use them yet (docs/security.md).
+//! The agent uses these with `[encryption] key_file`; the node never holds
+//! a key (docs/security.md, "Client-side encryption").
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
