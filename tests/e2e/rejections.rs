@@ -437,20 +437,7 @@ fn a_chunk_corrupted_on_the_node_disk_fails_the_restore_naming_file_and_chunk() 
     c.stop_node();
 
     // Flip bytes in the middle of every blob file (chunk bodies live there).
-    let mut flipped = 0;
-    for e in fs::read_dir(c.path().join("store")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "blob") {
-            let mut b = fs::read(&p).unwrap();
-            let mid = b.len() / 2;
-            for x in &mut b[mid..mid + 64] {
-                *x ^= 0xff;
-            }
-            fs::write(&p, b).unwrap();
-            flipped += 1;
-        }
-    }
-    assert!(flipped > 0, "no blob files found in the store");
+    c.flip_blob_bytes(64);
     c.start_node();
 
     let out = c.path().join("out");
@@ -548,4 +535,20 @@ fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     run("refuge", c.path(), &["-c", cfg, "whoami"]).ok();
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_node_at_start_naming_the_setting() {
+    let mut c = Cluster::start();
+    c.stop_node();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let toml = c.path().join("node.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    fs::write(
+        &toml,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    run("refuged", c.path(), &["--config", "node.toml"]).fails(1, "[metrics] listen");
 }

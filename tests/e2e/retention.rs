@@ -248,8 +248,6 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
 
 #[test]
 fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
-    use refuge_client::{connect, load_config};
-    use refuge_proto::pb;
     let metrics_port = refuge_tests::free_local_port();
     let c = Cluster::start_with(&format!(
         "[quota]\nmax_snapshots_per_day = 20\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
@@ -271,41 +269,14 @@ fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
         .to_string();
 
     // The compromised agent replays its manifest as fast as it can.
-    let (ok, refused) = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let node = connect(&load_config(&agent).unwrap().node).await.unwrap();
-        let snap = node
-            .restore
-            .clone()
-            .resolve_snapshot(pb::ResolveSnapshotRequest {
-                selector: "latest".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let (mut ok, mut refused) = (0, 0);
-        for _ in 0..1000 {
-            let r = node
-                .ingest
-                .clone()
-                .commit_snapshot(pb::CommitSnapshotRequest {
-                    source: "data".into(),
-                    kind: pb::SourceKind::Tree as i32,
-                    manifest: snap.manifest.clone(),
-                    ..Default::default()
-                })
-                .await;
-            match r {
-                Ok(_) => ok += 1,
-                Err(s) => {
-                    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
-                    assert!(s.message().contains("max_snapshots_per_day = 20"), "{s:?}");
-                    refused += 1;
-                }
-            }
-        }
-        (ok, refused)
-    });
+    let results = refuge_tests::replay_latest(&agent, 1000);
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let mut refused = 0;
+    for s in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("max_snapshots_per_day = 20"), "{s:?}");
+        refused += 1;
+    }
     assert_eq!((ok, refused), (19, 981));
     let listed = refuge(&c, &agent, &["snapshots", "--json"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), 20);
@@ -407,8 +378,6 @@ fn the_node_prunes_collects_and_verifies_on_its_schedule() {
 
 #[test]
 fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
-    use refuge_client::{connect, load_config};
-    use refuge_proto::pb;
     let mut c = Cluster::start_with("[quota]\nmax_snapshots_per_day = 40\n");
     let admin = c.client(&["--role", "admin", "--name", "root1"]);
     let src = c.path().join("src");
@@ -432,36 +401,10 @@ fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
     // Day 10: the host is compromised and floods its source.
     c.stop_node();
     c.start_node_at("+10d");
-    let accepted = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let node = connect(&load_config(&agent).unwrap().node).await.unwrap();
-        let snap = node
-            .restore
-            .clone()
-            .resolve_snapshot(pb::ResolveSnapshotRequest {
-                selector: "latest".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut ok = 0;
-        for _ in 0..200 {
-            let r = node
-                .ingest
-                .clone()
-                .commit_snapshot(pb::CommitSnapshotRequest {
-                    source: "data".into(),
-                    kind: pb::SourceKind::Tree as i32,
-                    manifest: snap.manifest.clone(),
-                    ..Default::default()
-                })
-                .await;
-            if r.is_ok() {
-                ok += 1;
-            }
-        }
-        ok
-    });
+    let accepted = refuge_tests::replay_latest(&agent, 200)
+        .iter()
+        .filter(|r| r.is_ok())
+        .count();
     assert_eq!(accepted, 40, "the quota stops the flood");
     // The tenant's policy keeps 3 snapshots and one a day for a week.
     refuge(

@@ -34,20 +34,7 @@ fn a_damaged_chunk_is_named_with_its_snapshots_fails_restores_and_is_healed_by_t
 
     // Flip bytes in the middle of every blob file, with the node stopped.
     c.stop_node();
-    let mut flipped = 0;
-    for e in fs::read_dir(c.path().join("store")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "blob") {
-            let mut b = fs::read(&p).unwrap();
-            let mid = b.len() / 2;
-            for x in &mut b[mid..mid + 64] {
-                *x ^= 0xff;
-            }
-            fs::write(&p, b).unwrap();
-            flipped += 1;
-        }
-    }
-    assert!(flipped > 0);
+    c.flip_blob_bytes(64);
     c.start_node();
 
     let r = run(

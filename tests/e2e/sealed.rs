@@ -105,18 +105,7 @@ fn sealed_chunks_leave_no_plaintext_on_the_node_and_are_checked_by_checksum() {
     c.stop_node();
     assert!(!contains(&c.path().join("store"), &marker[..24]));
     // Damage on disk is found by checksum, without the key.
-    let mut flipped = 0;
-    for e in fs::read_dir(c.path().join("store")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "blob") {
-            let mut b = fs::read(&p).unwrap();
-            let mid = b.len() / 2;
-            b[mid] ^= 0x01;
-            fs::write(&p, b).unwrap();
-            flipped += 1;
-        }
-    }
-    assert!(flipped > 0);
+    c.flip_blob_bytes(1);
     c.start_node();
     let r = run(
         "refuge",
@@ -164,6 +153,27 @@ fn an_encrypted_tenant_backs_up_and_restores_and_the_node_never_sees_its_plainte
     )
     .unwrap();
     let cfg = cfg.to_str().unwrap();
+    // Another tenant's key is refused before anything is sent.
+    run(
+        "refuge",
+        c.path(),
+        &["key", "create", "--tenant", "hr", "--out", "certs/hr.key"],
+    )
+    .ok();
+    let wrong = c.path().join("wrong-key.toml");
+    fs::write(
+        &wrong,
+        fs::read_to_string(cfg)
+            .unwrap()
+            .replace("certs/finance.key", "certs/hr.key"),
+    )
+    .unwrap();
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", wrong.to_str().unwrap(), "backup"],
+    )
+    .fails(1, "is for tenant hr");
     run("refuge-agent", c.path(), &["-c", cfg, "backup"]).ok();
     // An incremental backup opens the previous (encrypted) manifest and
     // reuses unchanged files.

@@ -553,3 +553,63 @@ pub fn http_get(port: u16, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
 }
+
+impl Cluster {
+    /// Damages every RocksDB blob file of the stopped node (where chunk
+    /// bodies live): `len` bytes in the middle of each are inverted.
+    /// Returns how many files were damaged (at least one, or it panics).
+    pub fn flip_blob_bytes(&self, len: usize) -> usize {
+        assert!(self.node.is_none(), "stop the node first");
+        let mut flipped = 0;
+        for e in fs::read_dir(self.path().join("store")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "blob") {
+                let mut b = fs::read(&p).unwrap();
+                let mid = b.len() / 2;
+                for x in &mut b[mid..mid + len] {
+                    *x ^= 0xff;
+                }
+                fs::write(&p, b).unwrap();
+                flipped += 1;
+            }
+        }
+        assert!(flipped > 0, "no blob files found in the store");
+        flipped
+    }
+}
+
+/// What a compromised agent can do with its own certificate: commit its
+/// latest snapshot's manifest again, `n` times, as fast as it can. The
+/// outcome of each commit.
+pub fn replay_latest(agent_cfg: &Path, n: usize) -> Vec<Result<(), tonic::Status>> {
+    use refuge_proto::pb;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let cfg = refuge_client::load_config(agent_cfg).unwrap();
+        let node = refuge_client::connect(&cfg.node).await.unwrap();
+        let snap = node
+            .restore
+            .clone()
+            .resolve_snapshot(pb::ResolveSnapshotRequest {
+                selector: "latest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = node
+                .ingest
+                .clone()
+                .commit_snapshot(pb::CommitSnapshotRequest {
+                    source: snap.source.clone(),
+                    kind: snap.kind,
+                    manifest: snap.manifest.clone(),
+                    ..Default::default()
+                })
+                .await;
+            out.push(r.map(|_| ()));
+        }
+        out
+    })
+}

@@ -40,10 +40,7 @@ impl Fetcher {
 
     /// The id a data chunk of this tenant has (keyed with the tenant key).
     pub(crate) fn id_of(&self, data: &[u8]) -> ChunkId {
-        match &self.key {
-            Some(k) => k.chunk_id(data),
-            None => ChunkId::of(data),
-        }
+        refuge_core::crypto::chunk_id_with(self.key.as_deref(), data)
     }
 
     /// Verified content of a fetched chunk: plain chunks by their BLAKE3,

@@ -156,10 +156,7 @@ impl Uploader {
     /// The id of a data chunk: keyed BLAKE3 for an encrypted tenant,
     /// BLAKE3 otherwise.
     pub(crate) fn id_of(&self, data: &[u8]) -> ChunkId {
-        match &self.key {
-            Some(k) => k.chunk_id(data),
-            None => ChunkId::of(data),
-        }
+        refuge_core::crypto::chunk_id_with(self.key.as_deref(), data)
     }
 
     fn failure(&self) -> Option<anyhow::Error> {

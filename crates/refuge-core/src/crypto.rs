@@ -89,6 +89,15 @@ impl Drop for TenantKey {
     }
 }
 
+/// The id of a data chunk: keyed with the tenant key when there is one
+/// (an encrypted tenant), plain BLAKE3 otherwise.
+pub fn chunk_id_with(key: Option<&TenantKey>, data: &[u8]) -> ChunkId {
+    match key {
+        Some(k) => k.chunk_id(data),
+        None => ChunkId::of(data),
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -72,15 +72,13 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `stop` changes.
+/// Serves `GET /metrics` on `listener` until `stop` changes.
 pub(crate) async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -127,6 +127,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    // A metrics address that cannot be bound is a configuration error,
+    // reported before anything is served.
+    let metrics_listener =
+        match opts.metrics_listen {
+            Some(at) => Some(TcpListener::bind(at).await.with_context(|| {
+                format!("cannot listen for metrics on {at} ([metrics] listen)")
+            })?),
+            None => None,
+        };
     let metrics = crate::metrics::Metrics::new();
     let audit = AuditLog::start(store.clone(), metrics.clone());
     let access = Arc::new(Access::new(audit.clone(), opts.revoked));
@@ -146,10 +155,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    if let Some(at) = opts.metrics_listen {
+    if let Some(l) = metrics_listener {
         let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(at, metrics, stop).await {
+            if let Err(e) = crate::metrics::serve(l, metrics, stop).await {
                 tracing::error!("metrics endpoint failed: {e:#}");
             }
         });
