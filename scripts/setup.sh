@@ -25,6 +25,15 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The health tests probe the node with a gRPC health client refuge did not
+# write (Python's grpcio-health-checking), and parse its metrics with
+# the Prometheus project's own parser (prometheus-client).
+if ! python3 -c "import grpc_health.v1, prometheus_client.openmetrics.parser" >/dev/null 2>&1; then
+    echo "setup: installing grpcio and grpcio-health-checking with pip" >&2
+    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-health-checking prometheus-client >&2 \
+        || { echo "setup: pip install grpcio-health-checking failed" >&2; exit 1; }
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
     exit 1

@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use crate::{Failure, Outcome, human_bytes};
 
-fn config(path: &Path) -> Result<AgentConfig, Failure> {
+pub(crate) fn config(path: &Path) -> Result<AgentConfig, Failure> {
     load_config(path).map_err(Failure::Usage)
 }
 
-fn show_progress(json: bool) -> refuge_client::ProgressMode {
+pub(crate) fn show_progress(json: bool) -> refuge_client::ProgressMode {
     use refuge_client::ProgressMode;
     if json {
         ProgressMode::Hidden
@@ -67,7 +67,7 @@ pub fn check_config(path: &Path) -> Outcome {
 /// Backs up one source, trying again (with a fresh connection and the
 /// checkpoint of the failed try) after transient failures, up to
 /// `[limits] retries` times with doubling waits.
-async fn backup_with_retries(
+pub(crate) async fn backup_with_retries(
     cfg: &AgentConfig,
     node: &mut Option<refuge_client::Node>,
     source: &refuge_client::SourceConfig,
@@ -109,6 +109,25 @@ async fn backup_with_retries(
         }
     }
     unreachable!("the last try returns")
+}
+
+/// Tells the node (if it can be reached) that a source's backup failed,
+/// so that its status shows the failure; best effort.
+pub(crate) async fn report_failure(node: Option<&refuge_client::Node>, source: &str, error: &str) {
+    let Some(n) = node else { return };
+    let mut ingest = n.ingest.clone();
+    let call = ingest.report_backup_failure(pb::ReportBackupFailureRequest {
+        source: source.to_string(),
+        error: error.to_string(),
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) => tracing::warn!(
+            "cannot report the failure to the node: {}",
+            explain_status(&s)
+        ),
+        Err(_) => tracing::warn!("cannot report the failure to the node: timed out"),
+    }
 }
 
 /// `refuge-agent backup`.
@@ -167,6 +186,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             }
             Err(e) => {
                 eprintln!("refuge-agent: source {}: {e:#}", s.name);
+                report_failure(node.as_ref(), &s.name, &format!("{e:#}")).await;
                 failed.push(s.name.clone());
             }
         }

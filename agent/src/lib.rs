@@ -12,11 +12,16 @@
 //! | 3 | backup committed, but some files could not be read (listed) |
 
 pub mod admin;
+pub mod agent_metrics;
 pub mod audit;
 pub mod certs;
 pub mod commands;
+pub mod drill;
+pub mod health;
 pub mod keys;
 pub mod limits;
+pub mod service;
+pub mod status;
 
 use std::process::ExitCode;
 

@@ -5,8 +5,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod backup_restore;
+mod drill;
+mod health;
 mod rejections;
 mod retention;
 mod scrub;
 mod sealed;
 mod security;
+mod service;
+mod status;

@@ -88,10 +88,14 @@ enum Call {
     Prune,
     SetRetention,
     Gc,
+    RecordDrill,
+    ListDrills,
+    Status,
+    ReportFailure,
 }
 
 impl Call {
-    const ALL: [Call; 10] = [
+    const ALL: [Call; 14] = [
         Call::FindMissing,
         Call::PutChunks,
         Call::Commit,
@@ -102,6 +106,10 @@ impl Call {
         Call::Prune,
         Call::SetRetention,
         Call::Gc,
+        Call::RecordDrill,
+        Call::ListDrills,
+        Call::Status,
+        Call::ReportFailure,
     ];
 
     fn rpc(self) -> &'static str {
@@ -116,6 +124,10 @@ impl Call {
             Call::Prune => "Prune",
             Call::SetRetention => "SetRetention",
             Call::Gc => "CollectGarbage",
+            Call::RecordDrill => "RecordDrill",
+            Call::ListDrills => "ListDrills",
+            Call::Status => "Status",
+            Call::ReportFailure => "ReportBackupFailure",
         }
     }
 
@@ -221,6 +233,41 @@ impl Call {
                     .collect_garbage(pb::CollectGarbageRequest {})
                     .await?;
             }
+            // A forged drill record of a snapshot that does not exist.
+            Call::RecordDrill => {
+                n.supervision
+                    .clone()
+                    .record_drill(pb::RecordDrillRequest {
+                        result: Some(pb::DrillResult {
+                            tenant: "finance".into(),
+                            snapshot_id: vec![7; 32],
+                            passed: true,
+                            ..Default::default()
+                        }),
+                    })
+                    .await?;
+            }
+            Call::ListDrills => {
+                n.supervision
+                    .clone()
+                    .list_drills(pb::ListDrillsRequest::default())
+                    .await?;
+            }
+            Call::Status => {
+                n.supervision
+                    .clone()
+                    .status(pb::StatusRequest::default())
+                    .await?;
+            }
+            Call::ReportFailure => {
+                n.ingest
+                    .clone()
+                    .report_backup_failure(pb::ReportBackupFailureRequest {
+                        source: "data".into(),
+                        error: "forged".into(),
+                    })
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -234,15 +281,33 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
         (
             "agent",
             w.finance.as_path(),
-            &[FindMissing, PutChunks, Commit, List, Resolve, GetChunks],
+            &[
+                FindMissing,
+                PutChunks,
+                Commit,
+                List,
+                Resolve,
+                GetChunks,
+                RecordDrill,
+                ListDrills,
+                ReportFailure,
+            ],
         ),
         (
             "operator",
             w.operator.as_path(),
-            &[List, Resolve, GetChunks],
+            &[List, Resolve, GetChunks, RecordDrill, ListDrills, Status],
         ),
-        ("admin", w.admin.as_path(), &[List, Prune, SetRetention, Gc]),
-        ("auditor", w.auditor.as_path(), &[ReadAudit]),
+        (
+            "admin",
+            w.admin.as_path(),
+            &[List, Prune, SetRetention, Gc, ListDrills, Status],
+        ),
+        (
+            "auditor",
+            w.auditor.as_path(),
+            &[ReadAudit, ListDrills, Status],
+        ),
     ];
     let probe = b"bytes a denied caller tries to store".to_vec();
     let mut denials = Vec::new();
@@ -318,7 +383,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             .missing;
         assert_eq!(missing, vec![0]);
     });
-    assert_eq!(denials.len(), 4 + 7 + 6 + 9);
+    assert_eq!(denials.len(), 5 + 8 + 8 + 11);
     let log = w.c.audit(&w.auditor);
     for (role, rpc) in &denials {
         assert!(

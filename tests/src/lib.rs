@@ -134,6 +134,13 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` appended to `node.toml`.
     pub fn start_with(extra: &str) -> Self {
+        let mut c = Self::configured(extra);
+        c.start_node();
+        c
+    }
+
+    /// Certificates and `node.toml` (with `extra`), the node not started.
+    pub fn configured(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         run("refuge", dir.path(), &["certs", "init", "certs"]).ok();
         run(
@@ -152,13 +159,11 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let mut c = Cluster {
+        Cluster {
             dir,
             port,
             node: None,
-        };
-        c.start_node();
-        c
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -191,7 +196,8 @@ impl Cluster {
         ]);
     }
 
-    fn start_node_env(&mut self, env: &[(&str, &str)]) {
+    /// Starts `refuged` with these environment variables.
+    pub fn start_node_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.node.is_none());
         let log = fs::OpenOptions::new()
             .create(true)

@@ -41,14 +41,24 @@ enum Command {
         #[arg(long)]
         rehash: bool,
     },
+    /// Run as a service: back up each source on its schedule and, with
+    /// on_change, within seconds of a change; retry while the node is
+    /// unreachable; stop on SIGTERM (a running backup resumes from its
+    /// checkpoint at the next start). Speaks systemd's notify protocol.
+    Run,
     /// Check the configuration file and exit.
     CheckConfig,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    refuge_cli::init_logging("warn,refuge_client::progress=info");
-    if matches!(args.command, Command::Backup { .. })
+    // The service logs each backup (info); one-off commands only problems.
+    refuge_cli::init_logging(if matches!(args.command, Command::Run) {
+        "info"
+    } else {
+        "warn,refuge_client::progress=info"
+    });
+    if matches!(args.command, Command::Backup { .. } | Command::Run)
         && let Ok(cfg) = refuge_client::load_config(&args.config)
         && let Some(problem) = refuge_cli::limits::apply(&cfg.limits)
     {
@@ -56,6 +66,16 @@ fn main() -> ExitCode {
     }
     let r = match args.command {
         Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
+        Command::Run => match tokio::runtime::Runtime::new() {
+            Ok(rt) => {
+                let r = rt.block_on(refuge_cli::service::run(&args.config));
+                // A backup abandoned at SIGTERM still holds a blocking
+                // thread; do not wait for it (its checkpoint is on disk).
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                r
+            }
+            Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
+        },
         Command::Backup {
             source,
             json,

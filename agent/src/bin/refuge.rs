@@ -104,6 +104,103 @@ enum Command {
     /// certificates only).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Run a recovery drill: restore the chosen snapshot of each matching
+    /// source into scratch space, re-read every file against the
+    /// manifest, run --check on the restored data, measure RTO and RPO,
+    /// record the result on the node, write a JSON and a Markdown report,
+    /// and clean up. Exit 0 when every source passed, 1 otherwise.
+    Drill {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Drill the newest snapshot at or before this RFC 3339 time
+        /// (default: the newest snapshot).
+        #[arg(long, conflicts_with = "random_point")]
+        at: Option<String>,
+        /// Drill a snapshot chosen at random from each source's history.
+        #[arg(long)]
+        random_point: bool,
+        /// Seed for --random-point (repeats the same choice).
+        #[arg(long, requires = "random_point")]
+        seed: Option<u64>,
+        /// Shell command run in the restored data (sh -c, working directory
+        /// the restored tree; REFUGE_DRILL_DIR, REFUGE_DRILL_IMAGE,
+        /// REFUGE_DRILL_SOURCE ... in its environment); a non-zero exit
+        /// fails the drill.
+        #[arg(long)]
+        check: Option<String>,
+        /// Kill the check command after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        check_timeout: u64,
+        /// Where to make scratch space (default: the system's temporary
+        /// directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Keep the restored data instead of removing it.
+        #[arg(long)]
+        keep: bool,
+        /// Where to write the report (refuge-drill-TIME-ID.json and .md).
+        #[arg(long, default_value = ".")]
+        report_dir: PathBuf,
+        /// Do not record the result on the node.
+        #[arg(long)]
+        no_record: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the node's grpc.health.v1 service about the node ("") and each
+    /// refuge service: exit 0 when all are SERVING, 1 otherwise.
+    Health {
+        /// Only this service (repeatable; "" is the whole node), for
+        /// example refuge.v1.Ingest.
+        #[arg(long)]
+        service: Vec<String>,
+        /// Ask the node's loopback plaintext health port (ADDRESS:PORT,
+        /// [health] plaintext_listen) instead of the TLS port.
+        #[arg(long)]
+        plaintext: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the supervision platform sees: per tenant and source the
+    /// newest snapshot, recovery point now, last backup and last drill;
+    /// stored bytes and dedup; the node's disk, store, certificate expiry
+    /// and failed authentications. Exit 1 when a last backup or drill
+    /// failed or ingest is refusing.
+    Status {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the drills recorded on the node, newest first.
+    Drills {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -397,6 +494,72 @@ fn main() -> ExitCode {
                         json,
                     } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
                     Command::Admin(cmd) => admin(&cfg, cmd).await,
+                    Command::Drill {
+                        tenant,
+                        host,
+                        source,
+                        at,
+                        random_point,
+                        seed,
+                        check,
+                        check_timeout,
+                        scratch,
+                        keep,
+                        report_dir,
+                        no_record,
+                        json,
+                    } => {
+                        refuge_cli::drill::drill(
+                            &cfg,
+                            refuge_cli::drill::DrillArgs {
+                                filter: Filter {
+                                    tenant,
+                                    host,
+                                    source,
+                                },
+                                at,
+                                random_point,
+                                seed,
+                                check,
+                                check_timeout_secs: check_timeout,
+                                scratch,
+                                keep,
+                                report_dir,
+                                no_record,
+                                json,
+                            },
+                        )
+                        .await
+                    }
+                    Command::Status { tenant, json } => {
+                        refuge_cli::status::status(&cfg, tenant, json).await
+                    }
+                    Command::Health {
+                        service,
+                        plaintext,
+                        json,
+                    } => {
+                        refuge_cli::health::health(&cfg, &service, plaintext.as_deref(), json).await
+                    }
+                    Command::Drills {
+                        tenant,
+                        host,
+                        source,
+                        limit,
+                        json,
+                    } => {
+                        refuge_cli::drill::drills(
+                            &cfg,
+                            Filter {
+                                tenant,
+                                host,
+                                source,
+                            },
+                            limit,
+                            json,
+                        )
+                        .await
+                    }
                     Command::Certs(_) | Command::Key(_) => unreachable!("handled above"),
                 }
             }),

@@ -29,6 +29,31 @@ pub struct AgentConfig {
     /// Client-side encryption.
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// `refuge-agent run`: change detection and metrics.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// The resident agent (`[service]`, used by `refuge-agent run`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// After a change in an `on_change` source, wait until it has been
+    /// quiet this many seconds (at most 10 times as long under constant
+    /// change) before backing it up.
+    pub debounce_secs: u64,
+    /// Serve Prometheus metrics on this address (`GET /metrics`, plain
+    /// HTTP: use loopback); none: no endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            debounce_secs: 2,
+            metrics_listen: None,
+        }
+    }
 }
 
 /// Client-side encryption (`[encryption]`).
@@ -223,6 +248,18 @@ pub struct SourceConfig {
     /// smaller chunks for a database whose pages change in place).
     #[serde(default)]
     pub chunking: SourceChunking,
+    /// When `refuge-agent run` backs it up: an interval ("15m", "1h",
+    /// "1d") or a cron expression in local time ("0 2 * * *").
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// `refuge-agent run` also backs it up within seconds of a change
+    /// (inotify; tree sources only).
+    #[serde(default)]
+    pub on_change: bool,
+}
+
+fn default_schedule() -> String {
+    "1h".into()
 }
 
 /// Per-source overrides of `[chunking]`. Giving only `avg_size` sets
@@ -328,6 +365,14 @@ impl AgentConfig {
             }
             s.chunking(&cfg.chunking)
                 .check(&format!("[[source]] {:?} chunking", s.name))?;
+            crate::Schedule::parse(&s.schedule)
+                .map_err(|e| anyhow::anyhow!("[[source]] {:?} schedule: {e}", s.name))?;
+            if s.on_change && s.kind != SourceKind::Tree {
+                bail!(
+                    "[[source]] {:?}: on_change watches directories; it applies to kind = \"tree\" only",
+                    s.name
+                );
+            }
         }
         Ok(cfg)
     }
@@ -358,6 +403,13 @@ mod tests {
         assert_eq!(cfg.node.server_name, default_server_name());
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());
+        assert_eq!(cfg.service, ServiceConfig::default());
+        // Sources without their own say follow the default schedule.
+        assert!(
+            cfg.sources
+                .iter()
+                .any(|s| s.schedule == default_schedule() && !s.on_change)
+        );
         // New deployments copied from the template are encrypted.
         assert!(cfg.encryption.key_file.is_some());
     }

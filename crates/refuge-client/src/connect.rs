@@ -16,6 +16,7 @@ use refuge_proto::pb::admin_client::AdminClient;
 use refuge_proto::pb::audit_client::AuditClient;
 use refuge_proto::pb::ingest_client::IngestClient;
 use refuge_proto::pb::restore_client::RestoreClient;
+use refuge_proto::pb::supervision_client::SupervisionClient;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -34,6 +35,8 @@ pub struct Node {
     pub audit: AuditClient<Channel>,
     /// Admin service client.
     pub admin: AdminClient<Channel>,
+    /// Supervision service client (drills, status).
+    pub supervision: SupervisionClient<Channel>,
     /// Role the node read from our certificate (`agent`, `operator`,
     /// `admin`, `auditor`).
     pub role: String,
@@ -216,6 +219,14 @@ fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 /// Connects, completes the TLS handshake and asks the node who we are, so
 /// that a rejected certificate is reported here, not in the middle of work.
 pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
+    let channel = channel(cfg).await?;
+    let address = cfg.address.clone();
+    node_on(channel, address).await
+}
+
+/// The mutual-TLS channel to the node, without asking it anything (health
+/// probes use this: they must work while the node's store is opening).
+pub async fn channel(cfg: &ConnectionConfig) -> anyhow::Result<Channel> {
     let ca = read(&cfg.ca, "CA certificate")?;
     let pair = refuge_tls::CertPair {
         cert_pem: read(&cfg.cert, "client certificate")?,
@@ -277,6 +288,10 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
                 anyhow::Error::new(Transient(text))
             }
         })?;
+    Ok(channel)
+}
+
+async fn node_on(channel: Channel, address: String) -> anyhow::Result<Node> {
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     let mut restore = RestoreClient::new(channel.clone())
         .max_decoding_message_size(max)
@@ -287,7 +302,10 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let audit = AuditClient::new(channel.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let admin = AdminClient::new(channel)
+    let admin = AdminClient::new(channel.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let supervision = SupervisionClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let who = restore
@@ -305,7 +323,9 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
                      in [node] and the node's audit log"
                 )
             } else {
-                anyhow!("{text}")
+                // UNAVAILABLE (a node still opening its store, or going
+                // away) is worth trying again.
+                rpc_error("asking the node who this client is", &s)
             }
         })?
         .into_inner();
@@ -315,6 +335,7 @@ pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
         restore,
         audit,
         admin,
+        supervision,
         role: who.role,
         name: who.name,
         tenants: who.tenants,

@@ -11,16 +11,22 @@
 mod backup;
 mod config;
 mod connect;
+mod drill;
 mod progress;
 mod remote;
 mod restore;
+mod schedule;
 mod upload;
 
 pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, EncryptionConfig, IoPriority, LimitsConfig,
-    SourceChunking, SourceConfig, load_config,
+    ServiceConfig, SourceChunking, SourceConfig, load_config,
 };
-pub use connect::{Node, Transient, connect, explain_status, is_transient, rpc_error};
+pub use connect::{Node, Transient, channel, connect, explain_status, is_transient, rpc_error};
+pub use drill::{
+    CheckOutcome, DrillFailure, DrillOptions, SourceDrill, drill_snapshot, now_micros,
+};
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};
+pub use schedule::Schedule;

@@ -67,6 +67,11 @@ impl AuditLog {
         }
     }
 
+    /// The node's metrics (fed by every service through this handle).
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// Records an event (node time now) and logs it.
     pub(crate) fn record(
         &self,

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Health reporting (`grpc.health.v1`) and the disk-space reserve.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -175,6 +178,32 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Health reporting and the free-space reserve of the store's disk.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Below this much free space on the store's file system (MiB), ingest
+    /// refuses uploads and commits with RESOURCE_EXHAUSTED and reports
+    /// NOT_SERVING; restores go on. Re-read on SIGHUP and when the file
+    /// changes.
+    pub min_free_mib: u64,
+    /// Seconds between checks of the free space.
+    pub check_interval_secs: u64,
+    /// Also serve `grpc.health.v1` without TLS on this loopback address,
+    /// for local probes; none: only over mutual TLS on `listen`.
+    pub plaintext_listen: Option<SocketAddr>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            min_free_mib: 1024,
+            check_interval_secs: 10,
+            plaintext_listen: None,
+        }
+    }
+}
+
 /// Scheduled verification.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +311,17 @@ impl NodeConfig {
                 cfg.verify.sample_percent
             );
         }
+        if cfg.health.check_interval_secs == 0 {
+            bail!("health.check_interval_secs must be at least 1");
+        }
+        if let Some(a) = cfg.health.plaintext_listen
+            && !a.ip().is_loopback()
+        {
+            bail!(
+                "health.plaintext_listen must be a loopback address (127.0.0.0/8 or ::1), got {a}: \
+                 anything else is served over mutual TLS on `listen`"
+            );
+        }
         for s in &cfg.tls.revoked_serials {
             refuge_tls::normalize_serial(s)
                 .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
@@ -306,6 +346,7 @@ mod tests {
         assert_eq!(cfg.verify, VerifyConfig::default());
         assert_eq!(cfg.encryption, EncryptionPolicy::default());
         assert_eq!(cfg.metrics, MetricsConfig::default());
+        assert_eq!(cfg.health, HealthConfig::default());
     }
 
     #[test]
@@ -322,6 +363,18 @@ mod tests {
         assert!(e.to_string().contains("ingest_buffer_mib"), "{e}");
         let e = NodeConfig::parse(&format!("{base}revoked_serials = [\"zz\"]\n")).unwrap_err();
         assert!(e.to_string().contains("revoked_serials"), "{e}");
+        let e = NodeConfig::parse(&format!(
+            "{base}[health]\nplaintext_listen = \"0.0.0.0:9000\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e =
+            NodeConfig::parse(&format!("{base}[health]\ncheck_interval_secs = 0\n")).unwrap_err();
+        assert!(e.to_string().contains("check_interval_secs"), "{e}");
+        NodeConfig::parse(&format!(
+            "{base}[health]\nplaintext_listen = \"127.0.0.1:9000\"\n"
+        ))
+        .unwrap();
         let ok = NodeConfig::parse(&format!(
             "{base}revoked_serials = [\"0x0A:bc\", \"00ff\"]\n"
         ))

@@ -18,17 +18,20 @@
 mod access;
 mod audit;
 mod config;
+mod health;
 mod maintenance;
 mod metrics;
 mod quota;
 mod server;
 mod service;
+mod supervision;
 
 pub use config::{
-    EncryptionPolicy, GcConfig, LimitsConfig, MetricsConfig, NodeConfig, QuotaConfig,
+    EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, MetricsConfig, NodeConfig, QuotaConfig,
     RetentionConfig, RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
+pub use supervision::NodeFacts;
 
 /// Re-exported so callers of [`serve`] can pass any store.
 pub use refuge_store::Store;

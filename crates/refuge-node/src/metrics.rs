@@ -1,69 +1,344 @@
 //! Prometheus metrics of the node, served as text on `[metrics] listen`
-//! (`GET /metrics`). Counters follow Prometheus naming (`_total`).
+//! (`GET /metrics`), following Prometheus naming: units in names,
+//! `_total` counters.
 //!
-//! What exists: a counter per audit event and outcome (so every
-//! authentication failure, denial, rejected chunk, commit, prune, garbage
-//! collection, verification and quarantine is counted), and the alert
-//! counter for quotas per tenant. The full set (bytes, durations, lag,
-//! drills) belongs to issue 5.
+//! Counters are fed where things happen (ingest, restore, commits, the
+//! audit log: authentication failures, quarantined chunks, quota
+//! refusals). Per-source gauges (last backup time, replication lag, last
+//! drill) and the disk gauges are computed from the catalog at each scrape
+//! (a scan of every tenant's snapshot records and drill records, not of
+//! chunks).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use refuge_store::Store;
 use tracing::{info, warn};
 
 type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// The node's metrics.
 pub(crate) struct Metrics {
     registry: Registry,
     events: Family<Labels, Counter>,
     quota: Family<Labels, Counter>,
+    auth_failures: Counter,
+    corrupt_chunks: Counter,
+    chunks: Family<Labels, Counter>,
+    ingest_bytes: Family<Labels, Counter>,
+    restore_bytes: Family<Labels, Counter>,
+    commits: Family<Labels, Counter>,
+    commit_seconds: Histogram,
+    last_backup: Family<Labels, FGauge>,
+    lag: Family<Labels, FGauge>,
+    drill_ok: Family<Labels, FGauge>,
+    drill_seconds: Family<Labels, FGauge>,
+    drill_time: Family<Labels, FGauge>,
+    disk_free: FGauge,
+    disk_total: FGauge,
+    disk_reserve: FGauge,
+    store_bytes: FGauge,
+    /// Authentication failures of the last hour (for `Status`).
+    recent_auth: Mutex<VecDeque<Instant>>,
+    /// Where the per-scrape gauges come from, once the store is open.
+    source: OnceLock<(Arc<dyn Store>, Arc<crate::health::Disk>)>,
 }
+
+/// Most authentication failures remembered for the last-hour count.
+const RECENT_AUTH: usize = 100_000;
 
 impl Metrics {
     pub(crate) fn new() -> Arc<Self> {
-        let mut registry = Registry::default();
+        let mut r = Registry::default();
         let events = Family::<Labels, Counter>::default();
         let quota = Family::<Labels, Counter>::default();
-        registry.register(
+        let auth_failures = Counter::default();
+        let corrupt_chunks = Counter::default();
+        let chunks = Family::<Labels, Counter>::default();
+        let ingest_bytes = Family::<Labels, Counter>::default();
+        let restore_bytes = Family::<Labels, Counter>::default();
+        let commits = Family::<Labels, Counter>::default();
+        let commit_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let last_backup = Family::<Labels, FGauge>::default();
+        let lag = Family::<Labels, FGauge>::default();
+        let drill_ok = Family::<Labels, FGauge>::default();
+        let drill_seconds = Family::<Labels, FGauge>::default();
+        let drill_time = Family::<Labels, FGauge>::default();
+        let (disk_free, disk_total, disk_reserve, store_bytes) = Default::default();
+        r.register(
             "refuge_audit_events",
             "Audit events recorded, by event and outcome",
             events.clone(),
         );
-        registry.register(
+        r.register(
             "refuge_quota_exceeded",
             "Commits and uploads refused by a tenant's quota (alert on any increase)",
             quota.clone(),
         );
+        r.register(
+            "refuge_auth_failures",
+            "Refused handshakes and calls without a valid, unrevoked client certificate",
+            auth_failures.clone(),
+        );
+        r.register(
+            "refuge_verify_corrupt_chunks",
+            "Chunks that verification found corrupt and quarantined",
+            corrupt_chunks.clone(),
+        );
+        r.register(
+            "refuge_ingest_chunks",
+            "Chunks offered by agents: new (stored) or deduplicated (already stored)",
+            chunks.clone(),
+        );
+        r.register(
+            "refuge_ingest_bytes",
+            "Bytes of new chunks stored (compressed)",
+            ingest_bytes.clone(),
+        );
+        r.register(
+            "refuge_restore_bytes",
+            "Bytes of chunks sent to restores and drills (as stored)",
+            restore_bytes.clone(),
+        );
+        r.register(
+            "refuge_snapshots_committed",
+            "Snapshots committed",
+            commits.clone(),
+        );
+        r.register(
+            "refuge_commit_duration_seconds",
+            "Time to check and durably commit a snapshot",
+            commit_seconds.clone(),
+        );
+        r.register(
+            "refuge_last_backup_timestamp_seconds",
+            "Node time of the newest snapshot of each source",
+            last_backup.clone(),
+        );
+        r.register(
+            "refuge_replication_lag_seconds",
+            "Recovery point now: seconds since the newest snapshot of each source",
+            lag.clone(),
+        );
+        r.register(
+            "refuge_drill_last_success",
+            "1 if the last drill of the source passed, 0 if it failed",
+            drill_ok.clone(),
+        );
+        r.register(
+            "refuge_drill_last_duration_seconds",
+            "Restore time (RTO) measured by the last drill of the source",
+            drill_seconds.clone(),
+        );
+        r.register(
+            "refuge_drill_last_timestamp_seconds",
+            "When the last drill of the source was recorded",
+            drill_time.clone(),
+        );
+        r.register(
+            "refuge_disk_free_bytes",
+            "Free bytes on the store's file system",
+            FGauge::clone(&disk_free),
+        );
+        r.register(
+            "refuge_disk_size_bytes",
+            "Size of the store's file system",
+            FGauge::clone(&disk_total),
+        );
+        r.register(
+            "refuge_disk_reserve_bytes",
+            "Free space below which ingest refuses ([health] min_free_mib)",
+            FGauge::clone(&disk_reserve),
+        );
+        r.register(
+            "refuge_store_size_bytes",
+            "Bytes of the store's files (data_dir)",
+            FGauge::clone(&store_bytes),
+        );
         Arc::new(Metrics {
-            registry,
+            registry: r,
             events,
             quota,
+            auth_failures,
+            corrupt_chunks,
+            chunks,
+            ingest_bytes,
+            restore_bytes,
+            commits,
+            commit_seconds,
+            last_backup,
+            lag,
+            drill_ok,
+            drill_seconds,
+            drill_time,
+            disk_free,
+            disk_total,
+            disk_reserve,
+            store_bytes,
+            recent_auth: Mutex::new(VecDeque::new()),
+            source: OnceLock::new(),
         })
     }
 
-    /// Counts an audit event.
+    /// From now on, scrapes read per-source gauges from `store`.
+    pub(crate) fn attach(&self, store: Arc<dyn Store>, disk: Arc<crate::health::Disk>) {
+        let _ = self.source.set((store, disk));
+    }
+
+    /// Counts an audit event (and the counters derived from events).
     pub(crate) fn event(&self, event: &str, outcome: &str, tenant: &str) {
         self.events
-            .get_or_create(&vec![
-                ("event".to_string(), event.to_string()),
-                ("outcome".to_string(), outcome.to_string()),
-            ])
+            .get_or_create(&labels(&[("event", event), ("outcome", outcome)]))
             .inc();
-        if event == "quota_exceeded" {
-            self.quota
-                .get_or_create(&vec![("tenant".to_string(), tenant.to_string())])
-                .inc();
+        match event {
+            "quota_exceeded" => {
+                self.quota
+                    .get_or_create(&labels(&[("tenant", tenant)]))
+                    .inc();
+            }
+            "auth_failed" => {
+                self.auth_failures.inc();
+                let mut q = self.recent_auth.lock().unwrap_or_else(|p| p.into_inner());
+                if q.len() >= RECENT_AUTH {
+                    q.pop_front();
+                }
+                q.push_back(Instant::now());
+            }
+            "chunk_quarantined" => {
+                self.corrupt_chunks.inc();
+            }
+            _ => {}
         }
     }
 
-    /// The text exposition.
+    /// Authentication failures in the last hour.
+    pub(crate) fn auth_failures_last_hour(&self) -> u64 {
+        let mut q = self.recent_auth.lock().unwrap_or_else(|p| p.into_inner());
+        let hour = Duration::from_secs(3600);
+        while q.front().is_some_and(|t| t.elapsed() > hour) {
+            q.pop_front();
+        }
+        q.len() as u64
+    }
+
+    /// A finished `PutChunks`: chunks received, of which new, and the new
+    /// chunks' stored bytes.
+    pub(crate) fn ingested(&self, tenant: &str, received: u64, new: u64, bytes: u64) {
+        self.chunks
+            .get_or_create(&labels(&[("tenant", tenant), ("outcome", "new")]))
+            .inc_by(new);
+        self.chunks
+            .get_or_create(&labels(&[("tenant", tenant), ("outcome", "deduplicated")]))
+            .inc_by(received.saturating_sub(new));
+        self.ingest_bytes
+            .get_or_create(&labels(&[("tenant", tenant)]))
+            .inc_by(bytes);
+    }
+
+    /// Chunks a `FindMissing` found already stored (not sent again).
+    pub(crate) fn deduplicated(&self, tenant: &str, present: u64) {
+        self.chunks
+            .get_or_create(&labels(&[("tenant", tenant), ("outcome", "deduplicated")]))
+            .inc_by(present);
+    }
+
+    /// Bytes sent by `GetChunks`.
+    pub(crate) fn restored(&self, tenant: &str, bytes: u64) {
+        self.restore_bytes
+            .get_or_create(&labels(&[("tenant", tenant)]))
+            .inc_by(bytes);
+    }
+
+    /// A committed snapshot and how long the commit took.
+    pub(crate) fn committed(&self, tenant: &str, took: Duration) {
+        self.commits
+            .get_or_create(&labels(&[("tenant", tenant)]))
+            .inc();
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Recomputes the per-source and disk gauges from the store.
+    fn refresh(&self) {
+        let Some((store, disk)) = self.source.get() else {
+            return;
+        };
+        self.disk_free.set(disk.free.load(Ordering::Relaxed) as f64);
+        self.disk_total
+            .set(disk.total.load(Ordering::Relaxed) as f64);
+        self.disk_reserve
+            .set(disk.min_free.load(Ordering::Relaxed) as f64);
+        self.store_bytes
+            .set(disk.store_bytes.load(Ordering::Relaxed) as f64);
+        let tenants = match store.list_tenants() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "metrics: cannot list tenants");
+                return;
+            }
+        };
+        let now = crate::service::now_micros();
+        let sources = match crate::supervision::sources_of(&**store, &tenants, now) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e.message(), "metrics: cannot read the catalog");
+                return;
+            }
+        };
+        for f in [
+            &self.last_backup,
+            &self.lag,
+            &self.drill_ok,
+            &self.drill_seconds,
+            &self.drill_time,
+        ] {
+            f.clear();
+        }
+        for s in sources {
+            let l = labels(&[
+                ("tenant", &s.tenant),
+                ("host", &s.host),
+                ("source", &s.source),
+            ]);
+            if s.snapshots > 0 {
+                self.last_backup
+                    .get_or_create(&l)
+                    .set(s.newest_snapshot_unix_micros as f64 / 1e6);
+                self.lag.get_or_create(&l).set(s.rpo_micros as f64 / 1e6);
+            }
+            if s.drilled {
+                self.drill_ok
+                    .get_or_create(&l)
+                    .set(if s.last_drill_passed { 1.0 } else { 0.0 });
+                self.drill_seconds
+                    .get_or_create(&l)
+                    .set(s.last_drill_rto_secs);
+                self.drill_time
+                    .get_or_create(&l)
+                    .set(s.last_drill_unix_micros as f64 / 1e6);
+            }
+        }
+    }
+
+    /// The text exposition (after refreshing the gauges).
     pub(crate) fn text(&self) -> String {
+        self.refresh();
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             warn!(error = %e, "cannot encode metrics");
@@ -84,12 +359,15 @@ pub(crate) async fn serve(
         axum::routing::get(move || {
             let m = metrics.clone();
             async move {
+                let text = tokio::task::spawn_blocking(move || m.text())
+                    .await
+                    .unwrap_or_default();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    m.text(),
+                    text,
                 )
             }
         }),

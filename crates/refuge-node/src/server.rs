@@ -31,9 +31,13 @@ use crate::audit::{AuditLog, Outcome};
 use crate::config::{
     GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, VerifyConfig,
 };
+use crate::health::Gate;
 use crate::maintenance::{AdminService, Maintenance};
 use crate::quota::Quotas;
 use crate::service::{AuditService, IngestService, RestoreService};
+use crate::supervision::SupervisionService;
+use refuge_proto::pb::supervision_server::SupervisionServer;
+use tonic_health::ServingStatus;
 
 /// What [`serve`] needs besides the store and listener.
 pub struct ServeOptions {
@@ -58,6 +62,12 @@ pub struct ServeOptions {
     pub encryption: crate::config::EncryptionPolicy,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Health reporting and the free-space reserve.
+    pub health: crate::config::HealthConfig,
+    /// The store's directory (its free space is watched).
+    pub data_dir: std::path::PathBuf,
+    /// Certificate expiry dates, for `Status`.
+    pub facts: crate::supervision::NodeFacts,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -65,8 +75,9 @@ pub mod rustls_config {
     pub use tokio_rustls::rustls::ServerConfig;
 }
 
-/// Runs the node from its configuration until `shutdown` completes: opens
-/// the RocksDB store, serves, then flushes the store.
+/// Runs the node from its configuration until `shutdown` completes: serves
+/// health (NOT_SERVING) at once, opens the RocksDB store, serves
+/// everything, then flushes the store.
 pub async fn run(
     cfg: NodeConfig,
     listener: TcpListener,
@@ -81,6 +92,15 @@ pub async fn run(
         key_pem: read(&cfg.tls.key, "node key")?,
     };
     let tls = refuge_tls::server_config(&ca, &pair).context("building the TLS configuration")?;
+    let expiry = |pem: &str| {
+        refuge_tls::not_after(pem)
+            .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+            .unwrap_or(0)
+    };
+    let facts = crate::supervision::NodeFacts {
+        node_cert_not_after: expiry(&pair.cert_pem),
+        ca_cert_not_after: expiry(&ca),
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let opts = RocksOptions {
@@ -89,13 +109,27 @@ pub async fn run(
         ..RocksOptions::default()
     };
     let dir = cfg.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir, &opts))
-        .await?
-        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
-    let store = Arc::new(store);
-    info!(data_dir = %cfg.data_dir.display(), "store open");
-    serve(
-        store.clone(),
+    let opened: Arc<std::sync::Mutex<Option<Arc<RocksStore>>>> = Arc::default();
+    let slot = opened.clone();
+    let open = async move {
+        // Tests use this to watch the node before its store is open.
+        if let Some(ms) = std::env::var("REFUGED_TEST_OPEN_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let d = dir.clone();
+        let store = tokio::task::spawn_blocking(move || RocksStore::open(&d, &opts))
+            .await?
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        let store = Arc::new(store);
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
+        info!(data_dir = %dir.display(), "store open");
+        Ok::<Arc<dyn Store>, anyhow::Error>(store)
+    };
+    let served = serve(
+        open,
         listener,
         ServeOptions {
             tls,
@@ -108,27 +142,35 @@ pub async fn run(
             verify: cfg.verify,
             encryption: cfg.encryption,
             metrics_listen: cfg.metrics.listen,
+            health: cfg.health,
+            data_dir: cfg.data_dir.clone(),
+            facts,
         },
         shutdown,
     )
-    .await?;
-    tokio::task::spawn_blocking(move || store.flush())
-        .await?
-        .context("flushing the store at shutdown")?;
-    info!("store flushed; stopped");
-    Ok(())
+    .await;
+    let store = opened.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(store) = store {
+        tokio::task::spawn_blocking(move || store.flush())
+            .await?
+            .context("flushing the store at shutdown")?;
+        info!("store flushed; stopped");
+    }
+    served
 }
 
-/// Serves the refuge services on `listener` with `store` until `shutdown`.
+/// Serves the refuge services on `listener` until `shutdown`: health (and
+/// UNAVAILABLE from every refuge service) at once, everything once `store`
+/// has opened.
 pub async fn serve(
-    store: Arc<dyn Store>,
+    store: impl Future<Output = anyhow::Result<Arc<dyn Store>>> + Send,
     listener: TcpListener,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    // A metrics address that cannot be bound is a configuration error,
-    // reported before anything is served.
+    // A metrics or health address that cannot be bound is a configuration
+    // error, reported before anything is served.
     let metrics_listener =
         match opts.metrics_listen {
             Some(at) => Some(TcpListener::bind(at).await.with_context(|| {
@@ -136,66 +178,38 @@ pub async fn serve(
             })?),
             None => None,
         };
-    let metrics = crate::metrics::Metrics::new();
-    let audit = AuditLog::start(store.clone(), metrics.clone());
-    let access = Arc::new(Access::new(audit.clone(), opts.revoked));
-    audit.record(
-        "node",
-        "",
-        "node_started",
-        Outcome::Ok,
-        &format!(
-            "listening on {addr}; {} revoked serials",
-            access.revoked_count()
-        ),
-    );
-    let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
+    let plain_health = match opts.health.plaintext_listen {
+        Some(at) => Some(TcpListener::bind(at).await.with_context(|| {
+            format!("cannot listen for plaintext health checks on {at} ([health] plaintext_listen)")
+        })?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    if let Some(l) = metrics_listener {
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(l, metrics, stop).await {
-                tracing::error!("metrics endpoint failed: {e:#}");
-            }
-        });
-    }
-    if let Some(path) = opts.reload_from {
-        tokio::spawn(watch_config(path, access.clone(), stop_rx.clone()));
-    }
-    let maintenance = Maintenance::new(
-        store.clone(),
-        access.clone(),
-        opts.retention.default,
-        Duration::from_secs(opts.gc.grace_secs),
-        opts.verify.sample_percent,
-    );
-    if opts.verify.interval_secs > 0 {
-        tokio::spawn(maintenance.clone().every(
-            Duration::from_secs(opts.verify.interval_secs),
-            "verification",
-            Maintenance::scheduled_verify,
-            stop_rx.clone(),
-        ));
-    }
-    if opts.retention.interval_secs > 0 {
-        tokio::spawn(maintenance.clone().every(
-            Duration::from_secs(opts.retention.interval_secs),
-            "retention_failed",
-            Maintenance::scheduled_retention,
-            stop_rx.clone(),
-        ));
-    }
+
+    // Health first: everything NOT_SERVING until the store is open.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    crate::health::set_all(&health, ServingStatus::NotServing).await;
+    let ingest_gate = Gate::new();
+    let restore_gate = Gate::new();
+    let audit_gate = Gate::new();
+    let admin_gate = Gate::new();
+    let supervision_gate = Gate::new();
+
+    // The accept loop runs from the start; refusals are audited once the
+    // audit log exists (before that, only logged).
+    let audit_slot: Arc<std::sync::OnceLock<AuditLog>> = Arc::default();
     let (conn_tx, conn_rx) = mpsc::channel(64);
     let handshake_timeout = Duration::from_secs(opts.limits.handshake_timeout_secs);
     // Each connection (from accept to close, handshake included) holds a
     // permit: the node's connection buffers do not grow past the limit.
     let slots = Arc::new(Semaphore::new(opts.limits.max_connections as usize));
     let mut accept_stop = stop_rx.clone();
-    let refused_log = audit.clone();
+    let refused_log = audit_slot.clone();
+    let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -238,46 +252,213 @@ pub async fn serve(
         }
     });
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IngestServer<IngestService>>().await;
-    health.set_serving::<RestoreServer<RestoreService>>().await;
-    health.set_serving::<AuditServer<AuditService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
+    // On stop: NOT_SERVING everywhere, a moment for watchers to hear it,
+    // then the statuses are removed, which ends their Watch streams.
+    let drained = {
+        let mut stop = stop_rx.clone();
+        let mut h = health.clone();
+        async move {
+            let _ = stop.changed().await;
+            crate::health::set_all(&h, ServingStatus::NotServing).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            crate::health::clear_all(&mut h).await;
+        }
+    };
+    let (drained_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    {
+        let tx = drained_tx.clone();
+        tokio::spawn(async move {
+            drained.await;
+            let _ = tx.send(());
+        });
+    }
+    if let Some(l) = plain_health {
+        let at = l.local_addr()?;
+        let mut done = drained_tx.subscribe();
+        let svc = health_service.clone();
+        tokio::spawn(async move {
+            info!(%at, "plaintext health checks (grpc.health.v1 only) on {at}");
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    async move {
+                        let _ = done.recv().await;
+                    },
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!("plaintext health endpoint failed: {e:#}");
+            }
+        });
+    }
+    let mut done = drained_tx.subscribe();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(opts.limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(ingest_gate.clone())
+            .add_service(restore_gate.clone())
+            .add_service(audit_gate.clone())
+            .add_service(admin_gate.clone())
+            .add_service(supervision_gate.clone())
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+                let _ = done.recv().await;
+            }),
+    );
+    info!(%addr, "refuged listening (gRPC over TLS 1.3, client certificates required); opening the store");
 
-    let max = refuge_proto::MAX_MESSAGE_BYTES;
-    let ingest = IngestServer::new(IngestService::new(
+    // Now the store; a node stopped while it opens stops cleanly.
+    let mut early_stop = stop_rx.clone();
+    let store = tokio::select! {
+        s = store => s?,
+        _ = early_stop.changed() => {
+            let _ = server.await;
+            return Ok(());
+        }
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let audit = AuditLog::start(store.clone(), metrics.clone());
+    let _ = audit_slot.set(audit.clone());
+    let access = Arc::new(Access::new(audit.clone(), opts.revoked));
+    audit.record(
+        "node",
+        "",
+        "node_started",
+        Outcome::Ok,
+        &format!(
+            "listening on {addr}; {} revoked serials",
+            access.revoked_count()
+        ),
+    );
+    let disk = crate::health::Disk::new(opts.health.min_free_mib);
+    metrics.attach(store.clone(), disk.clone());
+    if let Some(l) = metrics_listener {
+        let stop = stop_rx.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(l, metrics, stop).await {
+                tracing::error!("metrics endpoint failed: {e:#}");
+            }
+        });
+    }
+    if let Some(path) = opts.reload_from {
+        tokio::spawn(watch_config(
+            path,
+            access.clone(),
+            disk.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let maintenance = Maintenance::new(
         store.clone(),
         access.clone(),
-        Arc::new(Quotas::new(opts.quota)),
-        opts.encryption,
-        opts.limits.max_chunk_size,
-        opts.limits.ingest_buffer_mib,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
-    let restore = RestoreServer::new(RestoreService::new(store.clone(), access.clone()))
+        opts.retention.default,
+        Duration::from_secs(opts.gc.grace_secs),
+        opts.verify.sample_percent,
+    );
+    if opts.verify.interval_secs > 0 {
+        tokio::spawn(maintenance.clone().every(
+            Duration::from_secs(opts.verify.interval_secs),
+            "verification",
+            Maintenance::scheduled_verify,
+            stop_rx.clone(),
+        ));
+    }
+    if opts.retention.interval_secs > 0 {
+        tokio::spawn(maintenance.clone().every(
+            Duration::from_secs(opts.retention.interval_secs),
+            "retention_failed",
+            Maintenance::scheduled_retention,
+            stop_rx.clone(),
+        ));
+    }
+
+    let max = refuge_proto::MAX_MESSAGE_BYTES;
+    ingest_gate.open(
+        IngestServer::new(IngestService::new(
+            store.clone(),
+            access.clone(),
+            Arc::new(Quotas::new(opts.quota)),
+            opts.encryption,
+            opts.limits.max_chunk_size,
+            opts.limits.ingest_buffer_mib,
+            disk.clone(),
+        ))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let audit_svc = AuditServer::new(AuditService::new(store, access))
+        .max_encoding_message_size(max),
+    );
+    restore_gate.open(
+        RestoreServer::new(RestoreService::new(store.clone(), access.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    supervision_gate.open(
+        SupervisionServer::new(SupervisionService::new(
+            store.clone(),
+            access.clone(),
+            disk.clone(),
+            metrics.clone(),
+            opts.facts.clone(),
+        ))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let admin_svc = AdminServer::new(AdminService::new(maintenance))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    info!(%addr, "refuged listening (gRPC over TLS 1.3, client certificates required)");
-    let mut stop = stop_rx;
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(opts.limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
-        .add_service(ingest)
-        .add_service(restore)
-        .add_service(audit_svc)
-        .add_service(admin_svc)
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
-            let _ = stop.changed().await;
-        })
+        .max_encoding_message_size(max),
+    );
+    audit_gate.open(
+        AuditServer::new(AuditService::new(store, access))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    admin_gate.open(
+        AdminServer::new(AdminService::new(maintenance))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    // The first disk check decides whether ingest starts SERVING.
+    let min = disk.min_free.load(std::sync::atomic::Ordering::Relaxed);
+    if let Ok(s) = rustix::fs::statvfs(&opts.data_dir) {
+        let free = s.f_bavail.saturating_mul(s.f_frsize);
+        disk.free.store(free, std::sync::atomic::Ordering::Relaxed);
+        disk.total.store(
+            s.f_blocks.saturating_mul(s.f_frsize),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        disk.low
+            .store(free < min, std::sync::atomic::Ordering::Relaxed);
+    }
+    if !*stop_rx.borrow() {
+        crate::health::set_all(&health, ServingStatus::Serving).await;
+        if disk.low.load(std::sync::atomic::Ordering::Relaxed) {
+            health
+                .set_service_status(crate::health::INGEST, ServingStatus::NotServing)
+                .await;
+            audit.record(
+                "node",
+                "",
+                "disk_low",
+                Outcome::Failed,
+                &format!(
+                    "{} MiB free in {} (reserve {} MiB): ingest refuses uploads and commits",
+                    disk.free.load(std::sync::atomic::Ordering::Relaxed) >> 20,
+                    opts.data_dir.display(),
+                    min >> 20
+                ),
+            );
+        }
+    }
+    tokio::spawn(crate::health::monitor_disk(
+        opts.data_dir.clone(),
+        disk,
+        health.clone(),
+        audit.clone(),
+        Duration::from_secs(opts.health.check_interval_secs),
+        stop_rx.clone(),
+    ));
+    info!(%addr, "store open: serving");
+    server
         .await
+        .context("gRPC server task failed")?
         .context("gRPC server failed")?;
     audit.record("node", "", "node_stopped", Outcome::Ok, "shut down");
     if tokio::time::timeout(Duration::from_secs(10), audit.flush())
@@ -340,7 +521,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
     }
 }
 
-fn audit_refused(log: &AuditLog, peer: SocketAddr, why: &str) {
+fn audit_refused(log: &std::sync::OnceLock<AuditLog>, peer: SocketAddr, why: &str) {
+    let Some(log) = log.get() else {
+        warn!(%peer, "connection refused before the store was open: {why}");
+        return;
+    };
     log.record(
         &peer.to_string(),
         "",
@@ -353,12 +538,14 @@ fn audit_refused(log: &AuditLog, peer: SocketAddr, why: &str) {
 /// How often the config file's modification time is checked.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
-/// Re-reads the revocation list from `path` on SIGHUP and whenever the
-/// file's modification time or size changes; a file that no longer parses
-/// keeps the previous list (and says so in the audit log).
+/// Re-reads the revocation list and the disk reserve (`[health]
+/// min_free_mib`) from `path` on SIGHUP and whenever the file's
+/// modification time or size changes; a file that no longer parses keeps
+/// the previous values (and says so in the audit log).
 async fn watch_config(
     path: std::path::PathBuf,
     access: Arc<Access>,
+    disk: Arc<crate::health::Disk>,
     mut stop: watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -394,14 +581,19 @@ async fn watch_config(
                 let revoked = cfg.tls.revoked();
                 let n = revoked.len();
                 access.set_revoked(revoked);
+                disk.min_free.store(
+                    cfg.health.min_free_mib << 20,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 access.audit.record(
                     "node",
                     "",
                     "config_reloaded",
                     Outcome::Ok,
                     &format!(
-                        "{} ({why}): {n} revoked serials in effect; other settings apply at the next restart",
-                        path.display()
+                        "{} ({why}): {n} revoked serials and a disk reserve of {} MiB in effect; other settings apply at the next restart",
+                        path.display(),
+                        cfg.health.min_free_mib
                     ),
                 );
             }

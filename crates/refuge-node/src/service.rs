@@ -93,6 +93,8 @@ pub struct IngestService {
     /// node memory for ingest does not grow with the number of agents.
     buffer: Arc<tokio::sync::Semaphore>,
     buffer_kib: u32,
+    /// Free space of the store's disk: below the reserve, ingest refuses.
+    disk: Arc<crate::health::Disk>,
 }
 
 impl IngestService {
@@ -102,6 +104,9 @@ impl IngestService {
         who: &AgentCaller,
         batch: Vec<(ChunkId, StoredChunk)>,
     ) -> Result<refuge_store::PutOutcome, Status> {
+        if let Some(s) = self.disk.refusal() {
+            return Err(s);
+        }
         let store = self.store.clone();
         let w = who.clone();
         let max = self.max_chunk;
@@ -116,6 +121,7 @@ impl IngestService {
         encryption: crate::config::EncryptionPolicy,
         max_chunk: u32,
         buffer_mib: u32,
+        disk: Arc<crate::health::Disk>,
     ) -> Self {
         let buffer_kib = buffer_mib.saturating_mul(1024).max(1);
         IngestService {
@@ -126,6 +132,7 @@ impl IngestService {
             max_chunk,
             buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
             buffer_kib,
+            disk,
         }
     }
 }
@@ -425,6 +432,9 @@ impl Ingest for IngestService {
             store
                 .touch_chunks(&who.tenant, &present, now_micros())
                 .map_err(store_status)?;
+            who.audit
+                .metrics()
+                .deduplicated(who.tenant.as_str(), present.len() as u64);
             Ok(missing)
         })
         .await?;
@@ -438,6 +448,9 @@ impl Ingest for IngestService {
         req: Request<Streaming<pb::ChunkUpload>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
         let who = AgentCaller::admit(&self.access, &req, "PutChunks")?;
+        if let Some(s) = self.disk.refusal() {
+            return Err(s);
+        }
         let mut stream = req.into_inner();
         let mut resp = pb::PutChunksResponse::default();
         let mut batch = Vec::new();
@@ -513,9 +526,45 @@ impl Ingest for IngestService {
                 resp.bytes_stored += out.bytes;
             }
             if done {
+                who.audit.metrics().ingested(
+                    who.tenant.as_str(),
+                    resp.chunks_received,
+                    resp.chunks_stored,
+                    resp.bytes_stored,
+                );
                 return Ok(Response::new(resp));
             }
         }
+    }
+
+    async fn report_backup_failure(
+        &self,
+        req: Request<pb::ReportBackupFailureRequest>,
+    ) -> Result<Response<pb::ReportBackupFailureResponse>, Status> {
+        let who = AgentCaller::admit(&self.access, &req, "ReportBackupFailure")?;
+        let r = req.into_inner();
+        let source =
+            SourceName::new(r.source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let store = self.store.clone();
+        let w = who.clone();
+        let (src, error) = (source.clone(), r.error.clone());
+        blocking(move || {
+            crate::supervision::put_failure(
+                &*store,
+                &w.tenant,
+                w.host.as_str(),
+                src.as_str(),
+                now_micros(),
+                &error,
+            )
+        })
+        .await?;
+        who.record(
+            "backup_failed",
+            Outcome::Failed,
+            &format!("{}/{source}: {}", who.host, r.error),
+        );
+        Ok(Response::new(pb::ReportBackupFailureResponse {}))
     }
 
     async fn list_quarantined(
@@ -537,6 +586,9 @@ impl Ingest for IngestService {
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
         let mut who = AgentCaller::admit(&self.access, &req, "CommitSnapshot")?;
+        if let Some(s) = self.disk.refusal() {
+            return Err(s);
+        }
         who.must_encrypt = self.encryption.requires(who.tenant.as_str());
         let req = req.into_inner();
         let source =
@@ -555,6 +607,7 @@ impl Ingest for IngestService {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
         let quotas = self.quotas.clone();
+        let started = std::time::Instant::now();
         let rec = blocking(move || {
             if let Err(s) = quotas.check_commit(&*store, &who.tenant, now_micros()) {
                 who.record(
@@ -574,6 +627,9 @@ impl Ingest for IngestService {
                 req.warnings,
             )?;
             quotas.committed(&who.tenant, rec.time_micros);
+            who.audit
+                .metrics()
+                .committed(who.tenant.as_str(), started.elapsed());
             Ok(rec)
         })
         .await?;
@@ -597,7 +653,7 @@ impl RestoreService {
 }
 
 /// Snapshots of `tenants` matching the optional filters.
-fn filtered(
+pub(crate) fn filtered(
     store: &dyn Store,
     tenants: &[TenantId],
     host: &str,
@@ -734,6 +790,7 @@ impl Restore for RestoreService {
         let event = match purpose.as_str() {
             "restore" => "snapshot_restore_started",
             "parent" => "snapshot_parent_read",
+            "drill" => "drill_started",
             _ => "snapshot_opened",
         };
         self.access.audit.record(
@@ -789,7 +846,12 @@ impl Restore for RestoreService {
                 };
                 let quarantined = |t: &TenantId| store.is_quarantined(t, &id).unwrap_or(false);
                 let item = match found {
-                    Ok(Some(c)) => Ok(refuge_proto::chunk_data_to(&id, c)),
+                    Ok(Some(c)) => {
+                        if let Some(t) = &tenant {
+                            audit.metrics().restored(t.as_str(), c.data.len() as u64);
+                        }
+                        Ok(refuge_proto::chunk_data_to(&id, c))
+                    }
                     Ok(None) if tenant.as_ref().is_some_and(quarantined) => {
                         Err(Status::data_loss(format!(
                             "chunk {id} was found corrupt by verification and is quarantined; \

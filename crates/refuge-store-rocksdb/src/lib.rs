@@ -652,6 +652,30 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn chunk_usage(&self, tenant: &TenantId) -> Result<refuge_store::ChunkUsage> {
+        let prefix = tenant_key(tenant);
+        let it = self.db.iterator_cf(
+            self.cf(CF_CHUNK_INDEX),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut u = refuge_store::ChunkUsage::default();
+        for item in it {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if v.len() < 8 {
+                return Err(StoreError::Corrupt(
+                    "chunk index entry shorter than 8 bytes".into(),
+                ));
+            }
+            u.chunks += 1;
+            u.raw_bytes += u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+            u.stored_bytes += u64::from(u32::from_le_bytes([v[4], v[5], v[6], v[7]]));
+        }
+        Ok(u)
+    }
+
     fn list_chunk_ids(
         &self,
         tenant: &TenantId,

@@ -69,6 +69,16 @@ pub fn chunks_are_found_only_by_their_tenant(s: &dyn Store) {
         vec![Some(b"first chunk".len() as u32), None]
     );
     assert_eq!(s.chunk_lengths(&b, &[id1]).unwrap(), vec![None]);
+    // Usage counts each tenant's own chunks only.
+    let ua = s.chunk_usage(&a).unwrap();
+    assert_eq!(ua.chunks, 1);
+    assert_eq!(ua.raw_bytes, b"first chunk".len() as u64);
+    assert_eq!(ua.stored_bytes, out.bytes);
+    assert_eq!(s.chunk_usage(&b).unwrap().chunks, 1);
+    assert_eq!(
+        s.chunk_usage(&tenant("gamma")).unwrap(),
+        crate::ChunkUsage::default()
+    );
 }
 
 /// Putting an existing id again stores nothing and never overwrites.

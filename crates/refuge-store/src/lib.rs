@@ -102,6 +102,17 @@ pub struct PutOutcome {
     pub conflict: Option<ChunkId>,
 }
 
+/// What a tenant's chunks take up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkUsage {
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Their bytes as stored (compressed, sealed).
+    pub stored_bytes: u64,
+}
+
 /// A chunk taken out of service because it failed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined {
@@ -170,6 +181,11 @@ pub trait Store: Send + Sync + 'static {
     /// For each of `ids`: the uncompressed length of `tenant`'s stored
     /// chunk, or `None` if `tenant` does not have it.
     fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>>;
+
+    /// How many chunks `tenant` has and what they take up. Reads the
+    /// tenant's whole chunk index (never a chunk body): the cost grows with
+    /// its number of chunks.
+    fn chunk_usage(&self, tenant: &TenantId) -> Result<ChunkUsage>;
 
     /// Indexes of `ids` that `tenant` does not have, ascending.
     fn missing_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<usize>> {

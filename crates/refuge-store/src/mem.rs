@@ -198,6 +198,19 @@ impl Store for MemStore {
         Ok(out)
     }
 
+    fn chunk_usage(&self, tenant: &TenantId) -> Result<crate::ChunkUsage> {
+        let g = self.lock();
+        let mut u = crate::ChunkUsage::default();
+        for ((t, _), c) in &g.chunks {
+            if t == tenant {
+                u.chunks += 1;
+                u.raw_bytes += u64::from(c.raw_len);
+                u.stored_bytes += c.data.len() as u64;
+            }
+        }
+        Ok(u)
+    }
+
     fn list_chunk_ids(
         &self,
         tenant: &TenantId,

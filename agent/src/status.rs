@@ -1,0 +1,247 @@
+//! `refuge status`: what the supervision platform needs to know, per
+//! tenant and source (newest snapshot, recovery point now, last backup,
+//! last drill), per tenant (stored bytes, dedup) and of the node
+//! (disk, store size, certificate expiry, failed authentications).
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use refuge_client::{connect, explain_status};
+use refuge_core::format_time_micros;
+use refuge_proto::pb;
+use serde::Serialize;
+
+use crate::commands::config;
+use crate::{Outcome, human_bytes};
+
+#[derive(Serialize)]
+struct SourceJson {
+    tenant: String,
+    host: String,
+    source: String,
+    snapshots: u64,
+    newest_snapshot: String,
+    newest_snapshot_time: String,
+    rpo_secs: f64,
+    newest_logical_bytes: u64,
+    last_backup_ok: bool,
+    last_backup_time: String,
+    last_backup_error: String,
+    last_drill: Option<DrillJson>,
+}
+
+#[derive(Serialize)]
+struct DrillJson {
+    passed: bool,
+    time: String,
+    rto_secs: f64,
+    failure: String,
+}
+
+#[derive(Serialize)]
+struct TenantJson {
+    tenant: String,
+    snapshots: u64,
+    logical_bytes: u64,
+    chunks: u64,
+    stored_bytes: u64,
+    dedup_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct NodeJson {
+    version: String,
+    time: String,
+    disk_free_bytes: u64,
+    disk_total_bytes: u64,
+    disk_reserve_bytes: u64,
+    store_bytes: u64,
+    ingest_serving: bool,
+    node_cert_expires: String,
+    ca_cert_expires: String,
+    auth_failures_last_hour: u64,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    node: NodeJson,
+    tenants: Vec<TenantJson>,
+    sources: Vec<SourceJson>,
+}
+
+fn age(micros: i64) -> String {
+    let s = micros.max(0) / 1_000_000;
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}min", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `refuge status`: exit 0, or 1 when a source's last backup or drill
+/// failed or ingest is refusing (so a check can alert on it).
+pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome {
+    let cfg = config(path)?;
+    let node = connect(&cfg.node).await?;
+    let r = node
+        .supervision
+        .clone()
+        .status(pb::StatusRequest {
+            tenant: tenant.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", explain_status(&s)))?
+        .into_inner();
+    let out = StatusJson {
+        node: NodeJson {
+            version: r.node_version.clone(),
+            time: format_time_micros(r.now_unix_micros),
+            disk_free_bytes: r.disk_free_bytes,
+            disk_total_bytes: r.disk_total_bytes,
+            disk_reserve_bytes: r.disk_reserve_bytes,
+            store_bytes: r.store_bytes,
+            ingest_serving: r.ingest_serving,
+            node_cert_expires: format_time_micros(r.node_cert_not_after_unix_micros),
+            ca_cert_expires: format_time_micros(r.ca_cert_not_after_unix_micros),
+            auth_failures_last_hour: r.auth_failures_last_hour,
+        },
+        tenants: r
+            .tenants
+            .iter()
+            .map(|t| TenantJson {
+                tenant: t.tenant.clone(),
+                snapshots: t.snapshots,
+                logical_bytes: t.logical_bytes,
+                chunks: t.chunks,
+                stored_bytes: t.stored_bytes,
+                dedup_ratio: t.dedup_ratio,
+            })
+            .collect(),
+        sources: r
+            .sources
+            .iter()
+            .map(|s| SourceJson {
+                tenant: s.tenant.clone(),
+                host: s.host.clone(),
+                source: s.source.clone(),
+                snapshots: s.snapshots,
+                newest_snapshot: hex::encode(&s.newest_snapshot_id),
+                newest_snapshot_time: format_time_micros(s.newest_snapshot_unix_micros),
+                rpo_secs: s.rpo_micros as f64 / 1e6,
+                newest_logical_bytes: s.newest_logical_bytes,
+                last_backup_ok: s.last_backup_ok,
+                last_backup_time: format_time_micros(s.last_backup_unix_micros),
+                last_backup_error: s.last_backup_error.clone(),
+                last_drill: s.drilled.then(|| DrillJson {
+                    passed: s.last_drill_passed,
+                    time: format_time_micros(s.last_drill_unix_micros),
+                    rto_secs: s.last_drill_rto_secs,
+                    failure: s.last_drill_failure.clone(),
+                }),
+            })
+            .collect(),
+    };
+    let healthy = out.node.ingest_serving
+        && out
+            .sources
+            .iter()
+            .all(|s| s.last_backup_ok && s.last_drill.as_ref().is_none_or(|d| d.passed));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?
+        );
+        return Ok(if healthy { 0 } else { 1 });
+    }
+    let n = &out.node;
+    println!(
+        "node {} at {}: disk {} free of {} (reserve {}), store {}, ingest {}",
+        n.version,
+        n.time,
+        human_bytes(n.disk_free_bytes),
+        human_bytes(n.disk_total_bytes),
+        human_bytes(n.disk_reserve_bytes),
+        human_bytes(n.store_bytes),
+        if n.ingest_serving {
+            "serving"
+        } else {
+            "REFUSING (disk below its reserve)"
+        }
+    );
+    println!(
+        "certificates: node until {}, CA until {}; {} failed authentications in the last hour",
+        n.node_cert_expires, n.ca_cert_expires, n.auth_failures_last_hour
+    );
+    if !out.tenants.is_empty() {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING);
+        t.set_header(["Tenant", "Snapshots", "Logical", "Stored", "Dedup"]);
+        for x in &out.tenants {
+            t.add_row([
+                x.tenant.clone(),
+                x.snapshots.to_string(),
+                human_bytes(x.logical_bytes),
+                human_bytes(x.stored_bytes),
+                format!("{:.1}x", x.dedup_ratio),
+            ]);
+        }
+        println!("\n{t}");
+    }
+    if out.sources.is_empty() {
+        println!("\nno snapshots yet");
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING);
+        t.set_header([
+            "Tenant",
+            "Host",
+            "Source",
+            "Newest",
+            "RPO",
+            "Last backup",
+            "Last drill",
+        ]);
+        for (s, raw) in out.sources.iter().zip(&r.sources) {
+            t.add_row([
+                s.tenant.clone(),
+                s.host.clone(),
+                s.source.clone(),
+                if s.snapshots == 0 {
+                    "never".to_string()
+                } else {
+                    s.newest_snapshot_time.clone()
+                },
+                if s.snapshots == 0 {
+                    "-".to_string()
+                } else {
+                    age(raw.rpo_micros)
+                },
+                if s.last_backup_ok {
+                    "ok".to_string()
+                } else {
+                    format!("FAILED {}: {}", s.last_backup_time, s.last_backup_error)
+                },
+                match &s.last_drill {
+                    None => "never".to_string(),
+                    Some(d) if d.passed => format!("passed {} (RTO {:.1}s)", d.time, d.rto_secs),
+                    Some(d) => format!("FAILED {}: {}", d.time, d.failure),
+                },
+            ]);
+        }
+        println!("\n{t}");
+    }
+    Ok(if healthy { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(super::age(5_000_000), "5s");
+        assert_eq!(super::age(600_000_000), "10min");
+        assert_eq!(super::age(3 * 3600 * 1_000_000), "3h");
+        assert_eq!(super::age(3 * 86400 * 1_000_000), "3d");
+        assert_eq!(super::age(-5), "0s");
+    }
+}
