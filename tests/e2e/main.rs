@@ -14,3 +14,4 @@ mod sealed;
 mod security;
 mod service;
 mod status;
+mod systemd;

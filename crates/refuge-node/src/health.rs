@@ -103,6 +103,38 @@ where
     }
 }
 
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) how we are.
+pub(crate) fn systemd(states: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// Pings systemd's watchdog (when `WATCHDOG_USEC` is set) at half its
+/// interval, each time only after a read of the store on the blocking
+/// pool came back in time: a hung store or runtime stops the pings.
+pub(crate) async fn watchdog(
+    store: Arc<dyn refuge_store::Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(every) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = every / 2;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        let probe = tokio::task::spawn_blocking(move || s.get_setting("drill_seq"));
+        match tokio::time::timeout(every, probe).await {
+            Ok(Ok(Ok(_))) => systemd(&[sd_notify::NotifyState::Watchdog]),
+            Ok(Ok(Err(e))) => warn!(error = %e, "watchdog: the store did not answer; not pinging"),
+            _ => warn!("watchdog: the store did not answer in time; not pinging"),
+        }
+    }
+}
+
 /// Sets every service (and `""`) to `status`.
 pub(crate) async fn set_all(h: &HealthReporter, status: ServingStatus) {
     h.set_service_status("", status).await;
@@ -218,6 +250,11 @@ pub(crate) async fn monitor_disk(
                 (ServingStatus::Serving, "disk_ok", Outcome::Ok)
             };
             health.set_service_status(INGEST, status).await;
+            systemd(&[sd_notify::NotifyState::Status(if low {
+                "serving; ingest refusing: free space below [health] min_free_mib"
+            } else {
+                "serving"
+            })]);
             audit.record(
                 "node",
                 "",

@@ -190,6 +190,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
+    crate::health::systemd(&[sd_notify::NotifyState::Status("opening the store")]);
     // Health first: everything NOT_SERVING until the store is open.
     let (health, health_service) = tonic_health::server::health_reporter();
     crate::health::set_all(&health, ServingStatus::NotServing).await;
@@ -259,6 +260,10 @@ pub async fn serve(
         let mut h = health.clone();
         async move {
             let _ = stop.changed().await;
+            crate::health::systemd(&[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("stopping"),
+            ]);
             crate::health::set_all(&h, ServingStatus::NotServing).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             crate::health::clear_all(&mut h).await;
@@ -406,7 +411,7 @@ pub async fn serve(
         .max_encoding_message_size(max),
     );
     audit_gate.open(
-        AuditServer::new(AuditService::new(store, access))
+        AuditServer::new(AuditService::new(store.clone(), access))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
@@ -447,6 +452,18 @@ pub async fn serve(
             );
         }
     }
+    if !*stop_rx.borrow() {
+        let low = disk.low.load(std::sync::atomic::Ordering::Relaxed);
+        crate::health::systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(if low {
+                "serving; ingest refusing: free space below [health] min_free_mib"
+            } else {
+                "serving"
+            }),
+        ]);
+    }
+    tokio::spawn(crate::health::watchdog(store.clone(), stop_rx.clone()));
     tokio::spawn(crate::health::monitor_disk(
         opts.data_dir.clone(),
         disk,
