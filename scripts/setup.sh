@@ -17,6 +17,8 @@ command -v make >/dev/null 2>&1 || need+=(make)
 # The tests run the node under libfaketime to move its clock (retention
 # over days, clock trouble).
 dpkg -s libfaketime >/dev/null 2>&1 || need+=(libfaketime)
+# The tests check the systemd unit files with systemd-analyze verify.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]} with apt-get" >&2
     SUDO=""

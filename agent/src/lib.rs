@@ -71,21 +71,7 @@ pub fn init_logging(default: &str) {
         .init();
 }
 
-/// Bytes in binary units, for tables.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use refuge_client::human_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -310,3 +310,126 @@ fn a_drill_with_nothing_to_restore_or_bad_arguments_says_so() {
     let r = run("refuge", c.path(), &["-c", a, "drills"]).ok();
     assert!(r.stdout.contains("no drills recorded"));
 }
+
+#[test]
+fn the_node_runs_drills_on_request_and_unannounced_in_its_daily_window() {
+    let mut c = Cluster::configured("");
+    let ops = c.client(&[
+        "--role",
+        "operator",
+        "--all-tenants",
+        "--name",
+        "node-drill",
+    ]);
+    // A window that opens in a few seconds (the node runs on UTC here).
+    let hms =
+        |t: time::OffsetDateTime| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
+    let now = time::OffsetDateTime::now_utc();
+    let window = format!(
+        "{}-{}",
+        hms(now + time::Duration::seconds(6)),
+        hms(now + time::Duration::seconds(9))
+    );
+    let mut toml = fs::read_to_string(c.path().join("node.toml")).unwrap();
+    toml.push_str(&format!(
+        "[drill]\nclient_config = \"{}\"\nscratch_dir = \"node-scratch\"\nwindow = \"{window}\"\n",
+        ops.file_name().unwrap().to_string_lossy()
+    ));
+    fs::write(c.path().join("node.toml"), toml).unwrap();
+    c.start_node_env(&[("TZ", "UTC")]);
+    let src = tree(&c);
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .ok();
+
+    let auditor = c.client(&["--role", "auditor", "--name", "supervision"]);
+    let au = auditor.to_str().unwrap();
+    let r = run(
+        "refuge",
+        c.path(),
+        &["-c", au, "node-drill", "start", "--wait", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(r["state"], "passed", "{r:#}");
+    assert_eq!(r["report"]["sources"][0]["files_checked"], 8, "{r:#}");
+    assert_eq!(r["report"]["run_by"], "operator:node-drill");
+    let id = r["drill_id"].as_str().unwrap();
+    let md = run(
+        "refuge",
+        c.path(),
+        &["-c", au, "node-drill", "report", id, "--markdown"],
+    )
+    .ok();
+    assert!(md.stdout.contains("**Result: PASSED**"), "{}", md.stdout);
+    // The scratch space is the configured one, and it is empty again.
+    let left: Vec<_> = fs::read_dir(c.path().join("node-scratch"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The unannounced one comes by itself inside the window.
+    let t = Instant::now();
+    loop {
+        let hist = run("refuge", c.path(), &["-c", au, "drills", "--json"])
+            .ok()
+            .json();
+        if hist.as_array().unwrap().len() >= 2 {
+            assert!(
+                hist.as_array().unwrap().iter().all(|d| d["passed"] == true),
+                "{hist:#}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 40,
+            "no scheduled drill:\n{}",
+            c.node_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let log = c.audit(&auditor);
+    assert!(log.iter().any(|e| {
+        e["event"] == "drill_requested"
+            && e["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("node (schedule)")
+    }));
+    assert!(log.iter().any(|e| {
+        e["event"] == "drill_requested"
+            && e["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("auditor:supervision")
+    }));
+    // An unknown id, and a caller that may not start drills.
+    run(
+        "refuge",
+        c.path(),
+        &["-c", au, "node-drill", "report", "00ff"],
+    )
+    .fails(1, "no node drill");
+    run(
+        "refuge",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "node-drill", "start"],
+    )
+    .fails(1, "permission denied");
+}
+
+#[test]
+fn a_node_without_a_drill_identity_refuses_to_drill_and_says_why() {
+    let c = Cluster::start();
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    run(
+        "refuge",
+        c.path(),
+        &["-c", admin.to_str().unwrap(), "node-drill", "start"],
+    )
+    .fails(1, "[drill] client_config");
+}

@@ -92,10 +92,12 @@ enum Call {
     ListDrills,
     Status,
     ReportFailure,
+    StartDrill,
+    DrillReport,
 }
 
 impl Call {
-    const ALL: [Call; 14] = [
+    const ALL: [Call; 16] = [
         Call::FindMissing,
         Call::PutChunks,
         Call::Commit,
@@ -110,6 +112,8 @@ impl Call {
         Call::ListDrills,
         Call::Status,
         Call::ReportFailure,
+        Call::StartDrill,
+        Call::DrillReport,
     ];
 
     fn rpc(self) -> &'static str {
@@ -128,6 +132,8 @@ impl Call {
             Call::ListDrills => "ListDrills",
             Call::Status => "Status",
             Call::ReportFailure => "ReportBackupFailure",
+            Call::StartDrill => "StartDrill",
+            Call::DrillReport => "GetDrillReport",
         }
     }
 
@@ -259,6 +265,21 @@ impl Call {
                     .status(pb::StatusRequest::default())
                     .await?;
             }
+            // This node has no [drill] identity: allowed callers are told so.
+            Call::StartDrill => {
+                n.supervision
+                    .clone()
+                    .start_drill(pb::StartDrillRequest::default())
+                    .await?;
+            }
+            Call::DrillReport => {
+                n.supervision
+                    .clone()
+                    .get_drill_report(pb::GetDrillReportRequest {
+                        drill_id: "00".into(),
+                    })
+                    .await?;
+            }
             Call::ReportFailure => {
                 n.ingest
                     .clone()
@@ -301,12 +322,21 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
         (
             "admin",
             w.admin.as_path(),
-            &[List, Prune, SetRetention, Gc, ListDrills, Status],
+            &[
+                List,
+                Prune,
+                SetRetention,
+                Gc,
+                ListDrills,
+                Status,
+                StartDrill,
+                DrillReport,
+            ],
         ),
         (
             "auditor",
             w.auditor.as_path(),
-            &[ReadAudit, ListDrills, Status],
+            &[ReadAudit, ListDrills, Status, StartDrill, DrillReport],
         ),
     ];
     let probe = b"bytes a denied caller tries to store".to_vec();
@@ -383,7 +413,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             .missing;
         assert_eq!(missing, vec![0]);
     });
-    assert_eq!(denials.len(), 5 + 8 + 8 + 11);
+    assert_eq!(denials.len(), 7 + 10 + 8 + 11);
     let log = w.c.audit(&w.auditor);
     for (role, rpc) in &denials {
         assert!(

@@ -183,6 +183,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drills run by the node itself, with its [drill] client_config
+    /// (admin or auditor certificates): start one, read its report.
+    #[command(subcommand)]
+    NodeDrill(NodeDrillCmd),
     /// List the drills recorded on the node, newest first.
     Drills {
         /// Only this tenant.
@@ -290,6 +294,42 @@ enum RetentionCmd {
         /// Remove the tenant's policy: the node's default applies.
         #[arg(long, conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within_secs"])]
         reset: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeDrillCmd {
+    /// Ask the node to run a drill now (in the background).
+    Start {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// A random snapshot of each source instead of the newest.
+        #[arg(long)]
+        random_point: bool,
+        /// Wait for it and print its outcome (exit 1 unless it passed).
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The state and report of a node drill.
+    Report {
+        /// The drill id `start` printed.
+        id: String,
+        /// Print the Markdown report.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -530,6 +570,30 @@ fn main() -> ExitCode {
                             },
                         )
                         .await
+                    }
+                    Command::NodeDrill(NodeDrillCmd::Start {
+                        tenant,
+                        host,
+                        source,
+                        random_point,
+                        wait,
+                        json,
+                    }) => {
+                        refuge_cli::drill::node_drill_start(
+                            &cfg,
+                            Filter {
+                                tenant,
+                                host,
+                                source,
+                            },
+                            random_point,
+                            wait,
+                            json,
+                        )
+                        .await
+                    }
+                    Command::NodeDrill(NodeDrillCmd::Report { id, markdown, json }) => {
+                        refuge_cli::drill::node_drill_report(&cfg, &id, json, markdown).await
                     }
                     Command::Status { tenant, json } => {
                         refuge_cli::status::status(&cfg, tenant, json).await

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use refuge_core::crypto::TenantKey;
 use refuge_core::{
     ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
@@ -26,10 +26,13 @@ use refuge_core::{
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use crate::connect::Node;
+use crate::connect::{Node, rpc_error};
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::restore::{RestoreOptions, restore_snapshot};
+use refuge_proto::pb;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// Failures listed in a report (all are counted).
 const MAX_LISTED_FAILURES: usize = 100;
@@ -622,6 +625,423 @@ fn check_range(
     }
 }
 
+/// Which point of each source a drill restores.
+#[derive(Debug, Clone)]
+pub enum Point {
+    /// The newest snapshot.
+    Latest,
+    /// The newest snapshot at or before this time (microseconds).
+    At(i64),
+    /// A snapshot chosen at random (seeded, so it can be repeated).
+    Random(u64),
+}
+
+impl Point {
+    /// `latest`, `at TIME` or `random (seed N)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Point::Latest => "latest".into(),
+            Point::At(t) => format!("at {}", format_time_micros(*t)),
+            Point::Random(seed) => format!("random (seed {seed})"),
+        }
+    }
+}
+
+/// A source that could not be drilled at the chosen point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unavailable {
+    /// Tenant, host and source.
+    pub tenant: String,
+    /// Host.
+    pub host: String,
+    /// Source.
+    pub source: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The whole report of one drill run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    /// Random id of this run (also in each node record).
+    pub id: String,
+    /// The node's address.
+    pub node: String,
+    /// Who ran it (the certificate's role and name).
+    pub run_by: String,
+    /// `latest`, `at TIME` or `random (seed N)`.
+    pub point: String,
+    /// Start and end, RFC 3339.
+    pub started: String,
+    /// End.
+    pub finished: String,
+    /// Every source passed and none was unavailable.
+    pub passed: bool,
+    /// Per source.
+    pub sources: Vec<SourceDrill>,
+    /// Sources without a snapshot at the chosen point.
+    pub unavailable: Vec<Unavailable>,
+    /// Node sequence numbers of the recorded results (empty with
+    /// `--no-record`).
+    pub recorded: Vec<u64>,
+    /// Results that could not be recorded on the node, and why.
+    pub record_errors: Vec<String>,
+    /// The check command given.
+    pub check: Option<String>,
+}
+
+pub(crate) fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A random number (for drill ids and random points).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // Not security-relevant: only which snapshot is tested.
+        return now_micros() as u64;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Picks the snapshot of one source's history (oldest first) to drill.
+pub fn pick<'a>(
+    snaps: &'a [SnapshotRecord],
+    point: &Point,
+    rng: &mut u64,
+) -> Option<&'a SnapshotRecord> {
+    match point {
+        Point::Latest => snaps.last(),
+        Point::At(t) => snaps.iter().rev().find(|s| s.time_micros <= *t),
+        Point::Random(_) => {
+            if snaps.is_empty() {
+                None
+            } else {
+                snaps.get((splitmix(rng) % snaps.len() as u64) as usize)
+            }
+        }
+    }
+}
+
+/// Seconds as `1.2s`, `10.0min`, `2.0h`, `3.0d`.
+pub fn secs_text(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.1}s")
+    } else if s < 7200.0 {
+        format!("{:.1}min", s / 60.0)
+    } else if s < 172_800.0 {
+        format!("{:.1}h", s / 3600.0)
+    } else {
+        format!("{:.1}d", s / 86400.0)
+    }
+}
+
+/// Which tenants, hosts and sources a drill covers (empty: all in scope).
+#[derive(Debug, Clone, Default)]
+pub struct DrillSelection {
+    /// Tenant.
+    pub tenant: String,
+    /// Host.
+    pub host: String,
+    /// Source.
+    pub source: String,
+}
+
+/// Runs a whole drill (named `id`): for each matching tenant, host and
+/// source, picks the snapshot of `point`, drills it and (with `record`)
+/// records the result on the node. `announce` is told each snapshot before its drill
+/// starts. Fails only when the node cannot be asked or nothing matches.
+pub async fn run_drill(
+    node: &Node,
+    sel: &DrillSelection,
+    point: &Point,
+    opts: &DrillOptions,
+    record: bool,
+    id: &str,
+    mut announce: impl FnMut(&SnapshotRecord),
+) -> anyhow::Result<DrillReport> {
+    let started = now_micros();
+    let listed = node
+        .restore
+        .clone()
+        .list_snapshots(pb::ListSnapshotsRequest {
+            tenant: sel.tenant.clone(),
+            host: sel.host.clone(),
+            source: sel.source.clone(),
+        })
+        .await
+        .map_err(|s| rpc_error("listing snapshots", &s))?
+        .into_inner()
+        .snapshots
+        .into_iter()
+        .map(refuge_proto::snapshot)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("node's answer: {e}"))?;
+    if listed.is_empty() {
+        bail!("nothing to drill: no snapshots match (check the tenant, host and source)");
+    }
+    let mut groups: BTreeMap<(String, String, String), Vec<SnapshotRecord>> = BTreeMap::new();
+    for s in listed {
+        groups
+            .entry((
+                s.tenant.to_string(),
+                s.host.to_string(),
+                s.source.to_string(),
+            ))
+            .or_default()
+            .push(s);
+    }
+    let mut rng = match point {
+        Point::Random(seed) => *seed,
+        _ => 0,
+    };
+    let mut report = DrillReport {
+        id: id.to_string(),
+        node: node.address.clone(),
+        run_by: format!("{}:{}", node.role, node.name),
+        point: point.describe(),
+        started: format_time_micros(started),
+        finished: String::new(),
+        passed: false,
+        sources: Vec::new(),
+        unavailable: Vec::new(),
+        recorded: Vec::new(),
+        record_errors: Vec::new(),
+        check: opts.check.clone(),
+    };
+    for ((tenant, host, source), mut snaps) in groups {
+        snaps.sort_by_key(|s| (s.time_micros, s.seq));
+        let newest = snaps.last().map(|s| s.time_micros).unwrap_or(0);
+        let Some(snap) = pick(&snaps, point, &mut rng) else {
+            report.unavailable.push(Unavailable {
+                tenant,
+                host,
+                source,
+                reason: format!(
+                    "no snapshot at or before the drill's point ({})",
+                    report.point
+                ),
+            });
+            continue;
+        };
+        // Resolving it by id records the drill's restore in the audit log.
+        node.restore
+            .clone()
+            .resolve_snapshot(pb::ResolveSnapshotRequest {
+                selector: snap.id.to_hex(),
+                host: host.clone(),
+                source: source.clone(),
+                tenant: tenant.clone(),
+                purpose: "drill".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| rpc_error("resolving the snapshot to drill", &s))?;
+        announce(snap);
+        let d = drill_snapshot(node, snap, newest, opts).await;
+        tracing::info!(
+            target: "refuge::drill",
+            tenant = %d.tenant, host = %d.host, source = %d.source,
+            snapshot = %d.snapshot, passed = d.passed, rto_secs = d.rto_secs,
+            rpo_age_secs = d.rpo_age_secs, files = d.files_checked, failures = d.failure_count,
+            "drill finished"
+        );
+        if record {
+            match record_result(node, &d, id).await {
+                Ok(seq) => report.recorded.push(seq),
+                Err(e) => report
+                    .record_errors
+                    .push(format!("{tenant}/{host}/{source}: {e:#}")),
+            }
+        }
+        report.sources.push(d);
+    }
+    report.finished = format_time_micros(now_micros());
+    report.passed = report.unavailable.is_empty() && report.sources.iter().all(|s| s.passed);
+    Ok(report)
+}
+
+async fn record_result(node: &Node, d: &SourceDrill, drill_id: &str) -> anyhow::Result<u64> {
+    let snapshot_id = hex::decode(&d.snapshot).context("snapshot id")?;
+    let check = d.check.as_ref();
+    let rec = node
+        .supervision
+        .clone()
+        .record_drill(pb::RecordDrillRequest {
+            result: Some(pb::DrillResult {
+                tenant: d.tenant.clone(),
+                snapshot_id,
+                started_unix_micros: d.started_unix_micros,
+                passed: d.passed,
+                restore_secs: d.rto_secs,
+                verify_secs: d.verify_secs,
+                check_secs: check.map(|c| c.duration_secs).unwrap_or(0.0),
+                age_micros: d.started_unix_micros - d.snapshot_time_unix_micros,
+                files_checked: d.files_checked,
+                bytes_verified: d.bytes_verified,
+                failures: d.failure_count,
+                first_failure: d.first_failure(),
+                check_command: check.map(|c| c.command.clone()).unwrap_or_default(),
+                check_exit_code: check.map(|c| c.exit_code).unwrap_or(0),
+                check_ran: check.is_some(),
+                drill_id: drill_id.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", crate::connect::explain_status(&s)))?
+        .into_inner();
+    Ok(rec.seq)
+}
+
+/// The report as a Markdown page an assessor can read.
+pub fn drill_markdown(r: &DrillReport) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "# Recovery drill {}\n", r.id);
+    let _ = writeln!(
+        m,
+        "**Result: {}**\n",
+        if r.passed { "PASSED" } else { "FAILED" }
+    );
+    let _ = writeln!(m, "| | |\n|---|---|");
+    let _ = writeln!(m, "| Node | {} |", r.node);
+    let _ = writeln!(m, "| Run by | {} |", r.run_by);
+    let _ = writeln!(m, "| Point in time | {} |", r.point);
+    let _ = writeln!(m, "| Started | {} |", r.started);
+    let _ = writeln!(m, "| Finished | {} |", r.finished);
+    let _ = writeln!(
+        m,
+        "| Check command | {} |",
+        r.check
+            .as_deref()
+            .map(|c| format!("`{c}`"))
+            .unwrap_or("none".into())
+    );
+    let _ = writeln!(
+        m,
+        "| Recorded on the node | {} |\n",
+        if r.recorded.is_empty() {
+            "no".to_string()
+        } else {
+            r.recorded
+                .iter()
+                .map(|s| format!("#{s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let _ = writeln!(
+        m,
+        "| Tenant | Host | Source | Snapshot | Snapshot time | Size | Files checked | Bytes verified | Failures | RTO (restore) | RPO (age) | RPO (behind newest) | Check | Result |"
+    );
+    let _ = writeln!(
+        m,
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    );
+    for s in &r.sources {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | **{}** |",
+            s.tenant,
+            s.host,
+            s.source,
+            &s.snapshot[..16],
+            s.snapshot_time,
+            crate::human_bytes(s.logical_bytes),
+            s.files_checked,
+            crate::human_bytes(s.bytes_verified),
+            s.failure_count,
+            secs_text(s.rto_secs),
+            secs_text(s.rpo_age_secs),
+            secs_text(s.rpo_behind_newest_secs),
+            match &s.check {
+                None => "none".to_string(),
+                Some(c) if c.passed => "passed".to_string(),
+                Some(c) => format!("failed (exit {})", c.exit_code),
+            },
+            if s.passed { "PASSED" } else { "FAILED" }
+        );
+    }
+    for u in &r.unavailable {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | none | | | | | | | | | | **FAILED** |",
+            u.tenant, u.host, u.source
+        );
+    }
+    for s in &r.sources {
+        let _ = writeln!(m, "\n## {}/{}/{}\n", s.tenant, s.host, s.source);
+        let _ = writeln!(
+            m,
+            "- Snapshot: `{}` ({}, {})",
+            s.snapshot, s.kind, s.snapshot_time
+        );
+        let _ = writeln!(m, "- Newest snapshot of this source: {}", s.newest_time);
+        let _ = writeln!(m, "- Drill started: {}", s.started);
+        let _ = writeln!(
+            m,
+            "- Restore (RTO): {:.2} s; verification: {:.2} s",
+            s.rto_secs, s.verify_secs
+        );
+        let _ = writeln!(
+            m,
+            "- Restored to: `{}` ({})",
+            s.restored_to,
+            if s.kept {
+                "kept"
+            } else {
+                "removed after the drill"
+            }
+        );
+        if s.failures.is_empty() {
+            let _ = writeln!(
+                m,
+                "- Every file, directory and symlink matched the manifest ({} entries, {}).",
+                s.files_checked,
+                crate::human_bytes(s.bytes_verified)
+            );
+        } else {
+            let _ = writeln!(m, "- Failures ({}):", s.failure_count);
+            for f in &s.failures {
+                if f.path.is_empty() {
+                    let _ = writeln!(m, "  - {}", f.reason);
+                } else {
+                    let _ = writeln!(m, "  - `{}`: {}", f.path, f.reason);
+                }
+            }
+        }
+        if let Some(c) = &s.check {
+            let _ = writeln!(
+                m,
+                "- Check `{}`: {} (exit {}, {:.2} s)",
+                c.command,
+                if c.passed { "passed" } else { "FAILED" },
+                c.exit_code,
+                c.duration_secs
+            );
+            if !c.output.is_empty() {
+                let _ = writeln!(
+                    m,
+                    "\n```text\n{}\n```",
+                    c.output.trim_end().replace("```", "'''")
+                );
+            }
+        }
+    }
+    for u in &r.unavailable {
+        let _ = writeln!(
+            m,
+            "\n## {}/{}/{}\n\n- {}",
+            u.tenant, u.host, u.source, u.reason
+        );
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,5 +1105,29 @@ mod tests {
         let e = check_range(&f, 1, &good, None, &mut buf).unwrap_err();
         assert!(e.contains("offset 1"), "{e}");
         assert!(check_range(&f, 0, &hole, None, &mut buf).is_err());
+    }
+
+    #[test]
+    fn random_points_are_repeatable_and_cover_the_history() {
+        let snaps: Vec<SnapshotRecord> = Vec::new();
+        let mut rng = 1;
+        assert!(pick(&snaps, &Point::Random(1), &mut rng).is_none());
+        assert!(pick(&snaps, &Point::Latest, &mut rng).is_none());
+        let mut a = 42;
+        let mut b = 42;
+        let xs: Vec<u64> = (0..50).map(|_| splitmix(&mut a) % 5).collect();
+        let ys: Vec<u64> = (0..50).map(|_| splitmix(&mut b) % 5).collect();
+        assert_eq!(xs, ys);
+        for k in 0..5 {
+            assert!(xs.contains(&k), "{k} never picked in {xs:?}");
+        }
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(secs_text(1.25), "1.2s");
+        assert_eq!(secs_text(600.0), "10.0min");
+        assert_eq!(secs_text(7200.0), "2.0h");
+        assert_eq!(secs_text(3.0 * 86400.0), "3.0d");
     }
 }

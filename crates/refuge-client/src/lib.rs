@@ -18,6 +18,22 @@ mod restore;
 mod schedule;
 mod upload;
 
+/// Bytes in binary units, for tables and reports.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, EncryptionConfig, IoPriority, LimitsConfig,
@@ -25,7 +41,8 @@ pub use config::{
 };
 pub use connect::{Node, Transient, channel, connect, explain_status, is_transient, rpc_error};
 pub use drill::{
-    CheckOutcome, DrillFailure, DrillOptions, SourceDrill, drill_snapshot, now_micros,
+    CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,
+    Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, secs_text,
 };
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

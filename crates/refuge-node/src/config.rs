@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// Health reporting (`grpc.health.v1`) and the disk-space reserve.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Drills run by the node itself.
+    #[serde(default)]
+    pub drill: DrillConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -178,6 +181,52 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Drills the node runs itself (`StartDrill`, and unannounced ones in a
+/// daily window), as a DR operator would: through its own gRPC port with
+/// the client configuration `client_config`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// A client configuration (`agent.toml` format; only `[node]`,
+    /// `[limits]` and `[encryption]` are used) with an operator
+    /// certificate for the tenants to drill. None: the node runs no
+    /// drills.
+    pub client_config: Option<PathBuf>,
+    /// Where restores go (a temporary directory per drill, removed after
+    /// it); default: the system's temporary directory.
+    pub scratch_dir: Option<PathBuf>,
+    /// Unannounced drills: every day at a random time inside this local
+    /// time window, "HH:MM-HH:MM" (or with seconds); empty: none.
+    pub window: String,
+    /// A random snapshot of each source (true) or the newest (false), for
+    /// scheduled drills.
+    pub random_point: bool,
+}
+
+/// A daily window of local time, seconds after midnight: `[start, end)`;
+/// `end < start` crosses midnight.
+pub fn parse_window(text: &str) -> anyhow::Result<(u32, u32)> {
+    let secs = |t: &str| -> Option<u32> {
+        let mut it = t.trim().split(':');
+        let h: u32 = it.next()?.parse().ok()?;
+        let m: u32 = it.next()?.parse().ok()?;
+        let s: u32 = match it.next() {
+            Some(s) => s.parse().ok()?,
+            None => 0,
+        };
+        (it.next().is_none() && h < 24 && m < 60 && s < 60).then_some(h * 3600 + m * 60 + s)
+    };
+    let (a, b) = text.split_once('-').ok_or_else(|| {
+        anyhow::anyhow!("drill.window {text:?}: give a window like \"02:00-05:00\"")
+    })?;
+    match (secs(a), secs(b)) {
+        (Some(a), Some(b)) if a != b => Ok((a, b)),
+        _ => bail!(
+            "drill.window {text:?}: give a window like \"02:00-05:00\" (HH:MM or HH:MM:SS, start and end differ)"
+        ),
+    }
+}
+
 /// Health reporting and the free-space reserve of the store's disk.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -275,7 +324,11 @@ impl NodeConfig {
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
-        ] {
+        ]
+        .into_iter()
+        .chain(cfg.drill.client_config.as_mut())
+        .chain(cfg.drill.scratch_dir.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -322,6 +375,12 @@ impl NodeConfig {
                  anything else is served over mutual TLS on `listen`"
             );
         }
+        if !cfg.drill.window.is_empty() {
+            parse_window(&cfg.drill.window)?;
+            if cfg.drill.client_config.is_none() {
+                bail!("drill.window needs drill.client_config (the identity the node drills with)");
+            }
+        }
         for s in &cfg.tls.revoked_serials {
             refuge_tls::normalize_serial(s)
                 .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
@@ -347,6 +406,7 @@ mod tests {
         assert_eq!(cfg.encryption, EncryptionPolicy::default());
         assert_eq!(cfg.metrics, MetricsConfig::default());
         assert_eq!(cfg.health, HealthConfig::default());
+        assert_eq!(cfg.drill, DrillConfig::default());
     }
 
     #[test]
@@ -375,6 +435,18 @@ mod tests {
             "{base}[health]\nplaintext_listen = \"127.0.0.1:9000\"\n"
         ))
         .unwrap();
+        for bad in ["2-5", "02:00", "25:00-03:00", "02:00-02:00", "02:61-03:00"] {
+            let e = NodeConfig::parse(&format!(
+                "{base}[drill]\nclient_config = \"d.toml\"\nwindow = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("drill.window"), "{bad}: {e}");
+        }
+        let e =
+            NodeConfig::parse(&format!("{base}[drill]\nwindow = \"02:00-05:00\"\n")).unwrap_err();
+        assert!(e.to_string().contains("client_config"), "{e}");
+        assert_eq!(parse_window("23:30-01:00").unwrap(), (84_600, 3600));
+        assert_eq!(parse_window("02:00:05-02:00:09").unwrap(), (7205, 7209));
         let ok = NodeConfig::parse(&format!(
             "{base}revoked_serials = [\"0x0A:bc\", \"00ff\"]\n"
         ))

@@ -18,6 +18,7 @@
 mod access;
 mod audit;
 mod config;
+mod drills;
 mod health;
 mod maintenance;
 mod metrics;
@@ -27,8 +28,8 @@ mod service;
 mod supervision;
 
 pub use config::{
-    EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, MetricsConfig, NodeConfig, QuotaConfig,
-    RetentionConfig, RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
+    DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, MetricsConfig, NodeConfig,
+    QuotaConfig, RetentionConfig, RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
 pub use supervision::NodeFacts;

@@ -68,6 +68,8 @@ pub struct ServeOptions {
     pub data_dir: std::path::PathBuf,
     /// Certificate expiry dates, for `Status`.
     pub facts: crate::supervision::NodeFacts,
+    /// Drills the node runs itself.
+    pub drill: crate::config::DrillConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -145,6 +147,7 @@ pub async fn run(
             health: cfg.health,
             data_dir: cfg.data_dir.clone(),
             facts,
+            drill: cfg.drill,
         },
         shutdown,
     )
@@ -380,6 +383,12 @@ pub async fn serve(
         ));
     }
 
+    let node_drills =
+        crate::drills::NodeDrills::new(opts.drill.clone(), store.clone(), audit.clone());
+    if !opts.drill.window.is_empty() {
+        let w = crate::config::parse_window(&opts.drill.window)?;
+        tokio::spawn(node_drills.clone().scheduled(w, stop_rx.clone()));
+    }
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     ingest_gate.open(
         IngestServer::new(IngestService::new(
@@ -406,6 +415,7 @@ pub async fn serve(
             disk.clone(),
             metrics.clone(),
             opts.facts.clone(),
+            node_drills.clone(),
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),

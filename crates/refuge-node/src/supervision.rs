@@ -117,6 +117,7 @@ pub struct SupervisionService {
     disk: Arc<crate::health::Disk>,
     metrics: Arc<crate::metrics::Metrics>,
     facts: NodeFacts,
+    drills: Arc<crate::drills::NodeDrills>,
 }
 
 impl SupervisionService {
@@ -126,6 +127,7 @@ impl SupervisionService {
         disk: Arc<crate::health::Disk>,
         metrics: Arc<crate::metrics::Metrics>,
         facts: NodeFacts,
+        drills: Arc<crate::drills::NodeDrills>,
     ) -> Self {
         SupervisionService {
             store,
@@ -134,6 +136,7 @@ impl SupervisionService {
             disk,
             metrics,
             facts,
+            drills,
         }
     }
 }
@@ -502,6 +505,62 @@ impl Supervision for SupervisionService {
             auth_failures_last_hour: self.metrics.auth_failures_last_hour(),
             node_version: env!("CARGO_PKG_VERSION").to_string(),
         }))
+    }
+
+    async fn start_drill(
+        &self,
+        req: Request<pb::StartDrillRequest>,
+    ) -> Result<Response<pb::StartDrillResponse>, Status> {
+        let who = self
+            .access
+            .admit(&req, "StartDrill", &[Role::Admin, Role::Auditor])?;
+        let r = req.into_inner();
+        for (what, v) in [
+            ("tenant", &r.tenant),
+            ("host", &r.host),
+            ("source", &r.source),
+        ] {
+            if v.len() > 64 || v.contains('/') {
+                return Err(Status::invalid_argument(format!(
+                    "{what} {v:?} is not a name"
+                )));
+            }
+        }
+        let sel = refuge_client::DrillSelection {
+            tenant: r.tenant,
+            host: r.host,
+            source: r.source,
+        };
+        let point = if r.random_point {
+            refuge_client::Point::Random(refuge_client::random_u64())
+        } else {
+            refuge_client::Point::Latest
+        };
+        let drills = self.drills.clone();
+        let by = who.subject();
+        let drill_id = tokio::task::spawn_blocking(move || drills.start(sel, point, &by))
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))??;
+        Ok(Response::new(pb::StartDrillResponse { drill_id }))
+    }
+
+    async fn get_drill_report(
+        &self,
+        req: Request<pb::GetDrillReportRequest>,
+    ) -> Result<Response<pb::GetDrillReportResponse>, Status> {
+        self.access
+            .admit(&req, "GetDrillReport", &[Role::Admin, Role::Auditor])?;
+        let id = req.into_inner().drill_id;
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a drill id"
+            )));
+        }
+        let drills = self.drills.clone();
+        let r = tokio::task::spawn_blocking(move || drills.report(&id))
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))??;
+        Ok(Response::new(r))
     }
 }
 
