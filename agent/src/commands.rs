@@ -46,6 +46,25 @@ pub fn check_config(path: &Path) -> Outcome {
         if let Err(e) = std::fs::metadata(&s.path) {
             eprintln!("warning: source {}: {}: {e}", s.name, s.path.display());
         }
+        println!(
+            "source {}: {} {}, schedule {}{}{}",
+            s.name,
+            s.kind.as_str(),
+            s.path.display(),
+            s.schedule,
+            if s.on_change { ", and on change" } else { "" },
+            match cfg.drill.checks.get(&s.name) {
+                Some(_) => ", drill check configured",
+                None => "",
+            }
+        );
+    }
+    for name in cfg.drill.checks.keys() {
+        if !cfg.sources.iter().any(|s| &s.name == name) {
+            eprintln!(
+                "note: [drill.checks] {name}: not a source of this host (used when drilling another host's source of that name)"
+            );
+        }
     }
     match &key {
         Some(k) => println!(

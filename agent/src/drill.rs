@@ -33,8 +33,8 @@ pub struct DrillArgs {
     pub seed: Option<u64>,
     /// `--check CMD`.
     pub check: Option<String>,
-    /// `--check-timeout` seconds.
-    pub check_timeout_secs: u64,
+    /// `--check-timeout` seconds (default: `[drill] check_timeout_secs`).
+    pub check_timeout_secs: Option<u64>,
     /// `--scratch DIR`.
     pub scratch: Option<PathBuf>,
     /// `--keep`.
@@ -61,7 +61,7 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
         (None, true) => Point::Random(a.seed.unwrap_or_else(random_u64)),
         (None, false) => Point::Latest,
     };
-    if a.check_timeout_secs == 0 {
+    if a.check_timeout_secs == Some(0) {
         return Err(Failure::Usage(anyhow!(
             "--check-timeout must be at least 1 second"
         )));
@@ -72,7 +72,10 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
     let opts = DrillOptions {
         scratch: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         check: a.check.clone(),
-        check_timeout: Duration::from_secs(a.check_timeout_secs),
+        checks: cfg.drill.checks.clone(),
+        check_timeout: Duration::from_secs(
+            a.check_timeout_secs.unwrap_or(cfg.drill.check_timeout_secs),
+        ),
         keep: a.keep,
         threads: cfg.limits.restore_threads(),
         key,

@@ -58,17 +58,22 @@ pub fn finish(prog: &str, r: Outcome) -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides `default`.
+/// Logs to stderr (journald under systemd); `RUST_LOG` overrides
+/// `default`; `REFUGE_LOG_FORMAT=json` writes one JSON object per line.
 pub fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if std::env::var("REFUGE_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        b.json().init();
+    } else {
+        b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 pub use refuge_client::human_bytes;

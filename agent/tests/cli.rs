@@ -213,3 +213,51 @@ fn tenant_keys_are_created_private_never_overwritten_and_checked() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("fingerprint"));
 }
+
+#[test]
+fn schedules_and_the_service_are_checked_with_clear_messages() {
+    let d = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "c", "k"] {
+        std::fs::write(d.path().join(f), "x").unwrap();
+    }
+    std::fs::create_dir(d.path().join("src")).unwrap();
+    let base = "[node]\naddress = \"x:1\"\nca = \"ca.pem\"\ncert = \"c\"\nkey = \"k\"\n";
+    let write = |name: &str, extra: &str| {
+        std::fs::write(d.path().join(name), format!("{base}{extra}")).unwrap();
+    };
+    for (extra, needle) in [
+        (
+            "[[source]]\nname = \"s\"\npath = \"src\"\nschedule = \"every day\"\n",
+            "not a cron expression",
+        ),
+        (
+            "[[source]]\nname = \"s\"\npath = \"src\"\nschedule = \"10x\"\n",
+            "unit of an interval",
+        ),
+        (
+            "[[source]]\nname = \"s\"\npath = \"src\"\nkind = \"image\"\non_change = true\n",
+            "on_change watches directories",
+        ),
+        ("[drill]\ncheck_timeout_secs = 0\n", "check_timeout_secs"),
+    ] {
+        write("bad.toml", extra);
+        let o = cmd(AGENT, &["-c", "bad.toml", "check-config"], d.path());
+        assert_eq!(o.status.code(), Some(2), "{extra}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{extra}: {err}");
+    }
+    // `run` without sources has nothing to do.
+    write("empty.toml", "");
+    let o = cmd(AGENT, &["-c", "empty.toml", "run"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to run"));
+    // check-config shows each source's schedule.
+    write(
+        "ok.toml",
+        "[[source]]\nname = \"s\"\npath = \"src\"\nschedule = \"0 2 * * *\"\non_change = true\n",
+    );
+    let o = cmd(AGENT, &["-c", "ok.toml", "check-config"], d.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("schedule 0 2 * * *, and on change"), "{out}");
+}

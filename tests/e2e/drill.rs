@@ -236,6 +236,23 @@ fn a_check_command_decides_and_a_corrupt_chunk_fails_the_drill_naming_the_file()
             .unwrap()
             .contains("database did not start")
     );
+    // A check per source in the config wins over --check.
+    let mut text = fs::read_to_string(&agent).unwrap();
+    text.push_str("\n[drill.checks]\ndata = \"test -L link && exit 5\"\n");
+    let with_checks = c.path().join("with-checks.toml");
+    fs::write(&with_checks, text).unwrap();
+    let (r, _) = drill(
+        &c,
+        with_checks.to_str().unwrap(),
+        &["--check", "true", "--no-record"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let rep = r.json();
+    assert_eq!(rep["sources"][0]["check"]["exit_code"], 5, "{rep:#}");
+    assert_eq!(
+        rep["sources"][0]["check"]["command"],
+        "test -L link && exit 5"
+    );
     // A check that hangs is killed after its timeout.
     let (r, _) = drill(
         &c,
@@ -321,6 +338,10 @@ fn the_node_runs_drills_on_request_and_unannounced_in_its_daily_window() {
         "--name",
         "node-drill",
     ]);
+    // The node's drills run the per-source check of its client config.
+    let mut text = fs::read_to_string(&ops).unwrap();
+    text.push_str("\n[drill.checks]\ndata = 'test \"$(cat small.txt)\" = first'\n");
+    fs::write(&ops, text).unwrap();
     // A window that opens in a few seconds (the node runs on UTC here).
     let hms =
         |t: time::OffsetDateTime| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
@@ -358,6 +379,7 @@ fn the_node_runs_drills_on_request_and_unannounced_in_its_daily_window() {
     assert_eq!(r["state"], "passed", "{r:#}");
     assert_eq!(r["report"]["sources"][0]["files_checked"], 8, "{r:#}");
     assert_eq!(r["report"]["run_by"], "operator:node-drill");
+    assert_eq!(r["report"]["sources"][0]["check"]["passed"], true, "{r:#}");
     let id = r["drill_id"].as_str().unwrap();
     let md = run(
         "refuge",

@@ -18,12 +18,17 @@ struct Agent {
 
 impl Agent {
     fn start(c: &Cluster, cfg: &Path, name: &str) -> Self {
+        Self::start_env(c, cfg, name, &[])
+    }
+
+    fn start_env(c: &Cluster, cfg: &Path, name: &str, env: &[(&str, &str)]) -> Self {
         let log = c.path().join(format!("{name}.log"));
         let f = fs::File::create(&log).unwrap();
         let child = Command::new(bin("refuge-agent"))
             .args(["-c", cfg.to_str().unwrap(), "run"])
             .current_dir(c.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -128,7 +133,7 @@ fn a_change_is_backed_up_within_seconds_and_a_restart_does_not_repeat_a_fresh_ba
         &["-c", cfg.to_str().unwrap(), "check-config"],
     )
     .ok();
-    let mut a = Agent::start(&c, &cfg, "agent");
+    let mut a = Agent::start_env(&c, &cfg, "agent", &[("REFUGE_LOG_FORMAT", "json")]);
     // The first run catches up at once (no backup yet).
     wait_for_snapshots(&c, &cfg, 1, Duration::from_secs(60), &a);
     std::thread::sleep(Duration::from_millis(500));
@@ -152,10 +157,22 @@ fn a_change_is_backed_up_within_seconds_and_a_restart_does_not_repeat_a_fresh_ba
     .ok();
     assert_eq!(fs::read(out.join("docs/report.txt")).unwrap(), b"version 2");
     assert_eq!(fs::read(out.join("docs/new.txt")).unwrap(), b"added");
-    // One log line per backup, with its figures.
+    // One log line per backup, with its figures, as JSON.
     let log = a.log();
-    assert_eq!(log.matches("backup committed").count(), 2, "{log}");
-    assert!(log.contains("bytes_sent="), "{log}");
+    let committed: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter(|v| v["fields"]["message"] == "backup committed")
+        .collect();
+    assert_eq!(committed.len(), 2, "{log}");
+    assert_eq!(committed[1]["fields"]["source"], "data");
+    assert!(
+        committed[1]["fields"]["bytes_sent"].as_u64().unwrap() > 0,
+        "{log}"
+    );
+    assert!(committed[1]["fields"]["snapshot"].is_string(), "{log}");
     // The agent's metrics.
     let m = http_get(mport, "/metrics");
     assert!(

@@ -132,12 +132,14 @@ enum Command {
         /// Shell command run in the restored data (sh -c, working directory
         /// the restored tree; REFUGE_DRILL_DIR, REFUGE_DRILL_IMAGE,
         /// REFUGE_DRILL_SOURCE ... in its environment); a non-zero exit
-        /// fails the drill.
+        /// fails the drill. Sources with a command in [drill.checks] of the
+        /// config run that one instead.
         #[arg(long)]
         check: Option<String>,
-        /// Kill the check command after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        check_timeout: u64,
+        /// Kill the check command after this many seconds (default:
+        /// [drill] check_timeout_secs, 600).
+        #[arg(long)]
+        check_timeout: Option<u64>,
         /// Where to make scratch space (default: the system's temporary
         /// directory).
         #[arg(long)]

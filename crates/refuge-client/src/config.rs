@@ -32,6 +32,32 @@ pub struct AgentConfig {
     /// `refuge-agent run`: change detection and metrics.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// Recovery drills run with this configuration (`refuge drill`, and
+    /// the node's own drills when this is its `[drill] client_config`).
+    #[serde(default)]
+    pub drill: DrillClientConfig,
+}
+
+/// `[drill]`: how drills check restored data.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillClientConfig {
+    /// A check command per source name, run (`sh -c`) in the restored data
+    /// of that source: for example start PostgreSQL on a restored data
+    /// directory and run a query. Its exit code decides. `--check`
+    /// applies to sources without one.
+    pub checks: std::collections::BTreeMap<String, String>,
+    /// Seconds a check may run before it is killed (and fails).
+    pub check_timeout_secs: u64,
+}
+
+impl Default for DrillClientConfig {
+    fn default() -> Self {
+        DrillClientConfig {
+            checks: Default::default(),
+            check_timeout_secs: 600,
+        }
+    }
 }
 
 /// The resident agent (`[service]`, used by `refuge-agent run`).
@@ -357,6 +383,9 @@ impl AgentConfig {
         if cfg.limits.threads > 256 || cfg.limits.restore_threads > 256 {
             bail!("[limits] threads and restore_threads must be 0 (automatic) to 256");
         }
+        if cfg.drill.check_timeout_secs == 0 {
+            bail!("[drill] check_timeout_secs must be at least 1");
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &cfg.sources {
             SourceName::new(s.name.clone()).map_err(|e| anyhow::anyhow!("[[source]]: {e}"))?;
@@ -404,6 +433,11 @@ mod tests {
         assert_eq!(cfg.node.connect_timeout_secs, default_connect_timeout());
         assert!(!cfg.sources.is_empty());
         assert_eq!(cfg.service, ServiceConfig::default());
+        assert_eq!(
+            cfg.drill.check_timeout_secs,
+            DrillClientConfig::default().check_timeout_secs
+        );
+        assert!(cfg.drill.checks.contains_key("pgdata"));
         // Sources without their own say follow the default schedule.
         assert!(
             cfg.sources

@@ -49,6 +49,9 @@ pub struct DrillOptions {
     /// directory), `REFUGE_DRILL_IMAGE` (an image's file), and
     /// `REFUGE_DRILL_TENANT`, `_HOST`, `_SOURCE`, `_SNAPSHOT`.
     pub check: Option<String>,
+    /// Check commands per source name (`[drill.checks]` in the client
+    /// configuration); a source without one gets `check`.
+    pub checks: BTreeMap<String, String>,
     /// The check command is killed after this long (and fails).
     pub check_timeout: Duration,
     /// Keep the restored data (the report names where).
@@ -271,7 +274,10 @@ pub async fn drill_snapshot(
         }
     }
     if d.failure_count == 0
-        && let Some(cmd) = &opts.check
+        && let Some(cmd) = opts
+            .checks
+            .get(snap.source.as_str())
+            .or(opts.check.as_ref())
     {
         let dir = match snap.kind {
             SourceKind::Tree => target.clone(),

@@ -36,8 +36,8 @@ pub fn human_bytes(n: u64) -> String {
 
 pub use backup::{BackupOptions, BackupReport, backup_source};
 pub use config::{
-    AgentConfig, ChunkingConfig, ConnectionConfig, EncryptionConfig, IoPriority, LimitsConfig,
-    ServiceConfig, SourceChunking, SourceConfig, load_config,
+    AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
+    LimitsConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{Node, Transient, channel, connect, explain_status, is_transient, rpc_error};
 pub use drill::{

@@ -145,7 +145,8 @@ impl NodeDrills {
                 .clone()
                 .unwrap_or_else(std::env::temp_dir),
             check: None,
-            check_timeout: Duration::from_secs(600),
+            checks: cfg.drill.checks.clone(),
+            check_timeout: Duration::from_secs(cfg.drill.check_timeout_secs),
             keep: false,
             threads: cfg.limits.restore_threads(),
             key,
