@@ -342,22 +342,8 @@ fn the_node_runs_drills_on_request_and_unannounced_in_its_daily_window() {
     let mut text = fs::read_to_string(&ops).unwrap();
     text.push_str("\n[drill.checks]\ndata = 'test \"$(cat small.txt)\" = first'\n");
     fs::write(&ops, text).unwrap();
-    // A window that opens in a few seconds (the node runs on UTC here).
-    let hms =
-        |t: time::OffsetDateTime| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
-    let now = time::OffsetDateTime::now_utc();
-    let window = format!(
-        "{}-{}",
-        hms(now + time::Duration::seconds(6)),
-        hms(now + time::Duration::seconds(9))
-    );
-    let mut toml = fs::read_to_string(c.path().join("node.toml")).unwrap();
-    toml.push_str(&format!(
-        "[drill]\nclient_config = \"{}\"\nscratch_dir = \"node-scratch\"\nwindow = \"{window}\"\n",
-        ops.file_name().unwrap().to_string_lossy()
-    ));
-    fs::write(c.path().join("node.toml"), toml).unwrap();
-    c.start_node_env(&[("TZ", "UTC")]);
+    // Something to drill, backed up before the node gets its window.
+    c.start_node();
     let src = tree(&c);
     let agent = c.default_agent(&[("data", &src, "tree")]);
     run(
@@ -366,6 +352,23 @@ fn the_node_runs_drills_on_request_and_unannounced_in_its_daily_window() {
         &["-c", agent.to_str().unwrap(), "backup"],
     )
     .ok();
+    c.stop_node();
+    // A window that opens in a few seconds (the node runs on UTC here).
+    let hms =
+        |t: time::OffsetDateTime| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
+    let now = time::OffsetDateTime::now_utc();
+    let window = format!(
+        "{}-{}",
+        hms(now + time::Duration::seconds(4)),
+        hms(now + time::Duration::seconds(8))
+    );
+    let mut toml = fs::read_to_string(c.path().join("node.toml")).unwrap();
+    toml.push_str(&format!(
+        "[drill]\nclient_config = \"{}\"\nscratch_dir = \"node-scratch\"\nwindow = \"{window}\"\n",
+        ops.file_name().unwrap().to_string_lossy()
+    ));
+    fs::write(c.path().join("node.toml"), toml).unwrap();
+    c.start_node_env(&[("TZ", "UTC")]);
 
     let auditor = c.client(&["--role", "auditor", "--name", "supervision"]);
     let au = auditor.to_str().unwrap();
