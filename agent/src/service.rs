@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, anyhow};
 use notify::Watcher as _;
 use refuge_client::{AgentConfig, Schedule, SourceConfig};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::agent_metrics::AgentMetrics;
@@ -90,19 +92,35 @@ fn instant_of(t: SystemTime) -> Instant {
     Instant::now() + t.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
-/// Watches the `on_change` sources; sends the index of the source that
-/// changed. Events under the agent's own state directory and mere reads
-/// are ignored.
+/// Which sources changed since the loop last looked: one flag per source
+/// and a wake-up, so that a flood of file events costs no memory while a
+/// backup runs.
+struct Changes {
+    dirty: Vec<AtomicBool>,
+    wake: Notify,
+}
+
+impl Changes {
+    /// The sources that changed, clearing their flags.
+    fn take(&self) -> Vec<usize> {
+        (0..self.dirty.len())
+            .filter(|&i| self.dirty[i].swap(false, Ordering::SeqCst))
+            .collect()
+    }
+}
+
+/// Watches the `on_change` sources and flags the one that changed. Events
+/// under the agent's own state directory and mere reads are ignored.
 fn watch(
     cfg: &AgentConfig,
-    tx: mpsc::UnboundedSender<usize>,
+    changes: &Arc<Changes>,
 ) -> anyhow::Result<Vec<notify::RecommendedWatcher>> {
     let mut out = Vec::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         if !s.on_change {
             continue;
         }
-        let tx = tx.clone();
+        let changes = changes.clone();
         let state = cfg.state_dir.clone();
         let mut w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
             let Ok(ev) = r else { return };
@@ -112,7 +130,8 @@ fn watch(
             if !ev.paths.is_empty() && ev.paths.iter().all(|p| p.starts_with(&state)) {
                 return;
             }
-            let _ = tx.send(i);
+            changes.dirty[i].store(true, Ordering::SeqCst);
+            changes.wake.notify_one();
         })
         .with_context(|| format!("source {}: cannot watch for changes", s.name))?;
         w.watch(&s.path, notify::RecursiveMode::Recursive)
@@ -171,8 +190,11 @@ pub async fn run(path: &Path) -> Outcome {
             }
         });
     }
-    let (tx, mut changes) = mpsc::unbounded_channel();
-    let _watchers = watch(&cfg, tx).map_err(Failure::Usage)?;
+    let changes = Arc::new(Changes {
+        dirty: cfg.sources.iter().map(|_| AtomicBool::new(false)).collect(),
+        wake: Notify::new(),
+    });
+    let _watchers = watch(&cfg, &changes).map_err(Failure::Usage)?;
     let now = SystemTime::now();
     let mut slots: Vec<Slot> = Vec::new();
     for s in &cfg.sources {
@@ -234,11 +256,13 @@ pub async fn run(path: &Path) -> Outcome {
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 continue;
             }
-            Some(j) = changes.recv() => {
-                let s = &mut slots[j];
+            _ = changes.wake.notified() => {
                 let now = Instant::now();
-                s.quiet_until = Some(now + debounce);
-                s.change_deadline.get_or_insert(now + debounce * 10);
+                for j in changes.take() {
+                    let s = &mut slots[j];
+                    s.quiet_until = Some(now + debounce);
+                    s.change_deadline.get_or_insert(now + debounce * 10);
+                }
                 continue;
             }
             _ = tokio::time::sleep_until(at.into()) => {}

@@ -458,3 +458,30 @@ fn a_node_without_a_drill_identity_refuses_to_drill_and_says_why() {
     )
     .fails(1, "[drill] client_config");
 }
+
+#[test]
+fn an_image_drill_checks_every_byte_and_its_holes() {
+    let c = Cluster::start();
+    let img = c.path().join("disk.img");
+    let mut data = noise(3 << 20, 21);
+    data.extend(vec![0u8; 2 << 20]);
+    data.extend(noise(1 << 20, 22));
+    fs::write(&img, &data).unwrap();
+    let agent = c.default_agent(&[("disk", &img, "image")]);
+    let a = agent.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    let (r, _) = drill(
+        &c,
+        a,
+        &[
+            "--check",
+            "test \"$(stat -c %s \"$REFUGE_DRILL_IMAGE\")\" = 6291456",
+        ],
+    );
+    let rep = r.ok().json();
+    let s = &rep["sources"][0];
+    assert_eq!(s["kind"], "image");
+    assert_eq!(s["files_checked"], 1);
+    assert_eq!(s["bytes_verified"], data.len() as u64);
+    assert_eq!(s["check"]["passed"], true, "{s:#}");
+}

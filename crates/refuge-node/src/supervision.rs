@@ -38,6 +38,38 @@ fn key(tenant: &TenantId, seq: u64) -> String {
     format!("drill/{tenant}/{seq:020}")
 }
 
+/// Setting with the sequence number (u64 LE) of a source's newest drill
+/// record, so that status and metrics find it without a scan.
+fn last_key(tenant: &TenantId, host: &str, source: &str) -> String {
+    format!("drill_last/{tenant}/{host}/{source}")
+}
+
+/// The newest drill record of a source, if any.
+fn last_drill(
+    store: &dyn Store,
+    tenant: &TenantId,
+    host: &str,
+    source: &str,
+) -> Result<Option<pb::DrillRecord>, Status> {
+    let Some(v) = store
+        .get_setting(&last_key(tenant, host, source))
+        .map_err(store_status)?
+    else {
+        return Ok(None);
+    };
+    let seq = u64::from_le_bytes(
+        v.as_slice()
+            .try_into()
+            .map_err(|_| Status::data_loss("stored drill_last is not 8 bytes"))?,
+    );
+    match store.get_setting(&key(tenant, seq)).map_err(store_status)? {
+        Some(r) => decode_record(&r)
+            .map(Some)
+            .map_err(|e| Status::data_loss(format!("drill record {seq}: {e}"))),
+        None => Ok(None),
+    }
+}
+
 /// Encodes a drill record for the store.
 pub(crate) fn encode_record(r: &pb::DrillRecord) -> Vec<u8> {
     let mut out = vec![DRILL_RECORD_VERSION];
@@ -243,14 +275,6 @@ pub(crate) fn sources_of(
                 }
             }
         }
-        // The newest drill record of each source (the list is newest first).
-        let mut drills: BTreeMap<(String, String), (i64, pb::DrillResult)> = BTreeMap::new();
-        for d in list_drills(store, std::slice::from_ref(t), "", "", usize::MAX)? {
-            if let Some(r) = d.result {
-                let k = (r.host.clone(), r.source.clone());
-                drills.entry(k).or_insert((d.recorded_unix_micros, r));
-            }
-        }
         // Sources that only ever failed have no snapshot, but a status.
         let prefix = format!("backup_failure/{t}/");
         for (name, _) in store.list_settings(&prefix).map_err(store_status)? {
@@ -277,7 +301,10 @@ pub(crate) fn sources_of(
                 Some((ft, e)) if ft > s.time_micros => (false, ft, e),
                 _ => (true, s.time_micros, String::new()),
             };
-            let drill = drills.get(&(host.clone(), source.clone()));
+            let last = last_drill(store, t, &host, &source)?;
+            let drill = last
+                .as_ref()
+                .and_then(|d| d.result.as_ref().map(|r| (d.recorded_unix_micros, r)));
             sources.push(pb::SourceStatus {
                 tenant: t.to_string(),
                 host,
@@ -292,7 +319,7 @@ pub(crate) fn sources_of(
                 last_backup_error: error,
                 drilled: drill.is_some(),
                 last_drill_passed: drill.is_some_and(|(_, d)| d.passed),
-                last_drill_unix_micros: drill.map(|(at, _)| *at).unwrap_or(0),
+                last_drill_unix_micros: drill.map(|(at, _)| at).unwrap_or(0),
                 last_drill_rto_secs: drill.map(|(_, d)| d.restore_secs).unwrap_or(0.0),
                 last_drill_failure: drill
                     .map(|(_, d)| d.first_failure.clone())
@@ -379,6 +406,13 @@ fn record(
     };
     store
         .put_setting(&key(tenant, seq), Some(&encode_record(&rec)))
+        .map_err(store_status)?;
+    let r = rec.result.as_ref().expect("set above");
+    store
+        .put_setting(
+            &last_key(tenant, &r.host, &r.source),
+            Some(&seq.to_le_bytes()),
+        )
         .map_err(store_status)?;
     Ok(rec)
 }
