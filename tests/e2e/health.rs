@@ -293,7 +293,7 @@ fn probes_during_startup_get_not_serving_and_refuge_services_answer_unavailable(
     let mut c = Cluster::configured("");
     let probe = c.client(&["--role", "auditor", "--name", "supervision"]);
     let p = probe.to_str().unwrap();
-    c.start_node_env(&[("REFUGED_TEST_OPEN_DELAY_MS", "4000")]);
+    c.start_node_listening(&[("REFUGED_TEST_OPEN_DELAY_MS", "4000")]);
     let (code, m) = health_json(&c, p, &[]);
     assert_eq!(code, 1);
     assert!(m.values().all(|s| s == "NOT_SERVING"), "{m:?}");

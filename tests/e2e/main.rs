@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod backup_restore;
+mod clock;
 mod drill;
 mod health;
+mod hostile;
 mod rejections;
 mod retention;
 mod scrub;

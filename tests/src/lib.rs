@@ -80,11 +80,17 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs a binary with arguments in `cwd`; panics, naming the command and
 /// showing what it printed, if it runs longer than two minutes.
 pub fn run(name: &str, cwd: &Path, args: &[&str]) -> Run {
+    run_env(name, cwd, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_env(name: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let child = Command::new(bin(name))
         .args(args)
         .current_dir(cwd)
         .env_remove("REFUGE_CONFIG")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -184,21 +190,28 @@ impl Cluster {
     /// syntax: `+3d`, `-2h`); monotonic time is left alone, so timers
     /// work. libfaketime is installed by `scripts/setup.sh`.
     pub fn start_node_at(&mut self, offset: &str) {
-        let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-        assert!(
-            Path::new(lib).exists(),
-            "{lib} is missing: install libfaketime (scripts/setup.sh does)"
-        );
-        self.start_node_env(&[
-            ("LD_PRELOAD", lib),
-            ("FAKETIME", offset),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ]);
+        self.start_node_env(&faketime(offset));
     }
 
-    /// Starts `refuged` with these environment variables.
+    /// Starts `refuged` with these environment variables and waits until
+    /// it serves (its store is open: the listener accepts connections
+    /// before that, and refuge RPCs answer UNAVAILABLE until then).
     pub fn start_node_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_node(env, true);
+    }
+
+    /// Starts `refuged` and returns as soon as it accepts connections,
+    /// possibly before its store is open (for tests of that phase).
+    pub fn start_node_listening(&mut self, env: &[(&str, &str)]) {
+        self.spawn_node(env, false);
+    }
+
+    fn spawn_node(&mut self, env: &[(&str, &str)], until_serving: bool) {
         assert!(self.node.is_none());
+        // node.log is appended to across restarts: count the lines of
+        // earlier starts.
+        const SERVING: &str = "store open: serving";
+        let served_before = self.node_log().matches(SERVING).count();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -219,7 +232,9 @@ impl Cluster {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("refuged exited early ({status}):\n{}", self.node_log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && (!until_serving || self.node_log().matches(SERVING).count() > served_before)
+            {
                 break;
             }
             assert!(
@@ -537,6 +552,22 @@ impl CutProxy {
     pub fn cuts_made(&self) -> u32 {
         self.made.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The environment that runs a program with its clock moved by `offset`
+/// (libfaketime syntax: `+3d`, `-2h`; monotonic time untouched).
+/// libfaketime is installed by `scripts/setup.sh`.
+pub fn faketime(offset: &str) -> [(&'static str, &str); 3] {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "{lib} is missing: install libfaketime (scripts/setup.sh does)"
+    );
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
 }
 
 /// A free TCP port on 127.0.0.1 (for a node's metrics endpoint).

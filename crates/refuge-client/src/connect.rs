@@ -136,9 +136,17 @@ fn explain_tls(text: &str, server_name: &str) -> String {
         format!(
             "the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node])"
         )
-    } else if text.contains("Expired") {
-        "the node's certificate has expired or is not yet valid (check the clocks and renew it)"
-            .into()
+    } else if text.contains("Expired")
+        || text.contains("NotValidYet")
+        || text.contains("certificate expired")
+        || text.contains("not valid before")
+        || text.contains("not valid yet")
+    {
+        // rustls says which bound and by how much: keep that for the clocks.
+        format!(
+            "the node's certificate has expired or is not yet valid as this host's clock sees it \
+             (check the clocks of both hosts, and renew it): {text}"
+        )
     } else if text.contains("handshake eof")
         || text.contains("reset by peer")
         || text.contains("Connection reset")

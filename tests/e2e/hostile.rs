@@ -1,0 +1,205 @@
+//! Restore safety against a hostile manifest (issue 6, item 6): a snapshot
+//! committed by a compromised agent that puts a symlink in the tree and
+//! then a file "under" it, and a target that already holds symlinks where
+//! restored files go. Restores never write outside their target.
+
+use std::fs;
+use std::path::Path;
+
+use refuge_client::{connect, load_config};
+use refuge_core::{
+    ChunkId, ChunkRef, Entry, EntryKind, ManifestWriter, SourceKind, compress_chunk,
+};
+use refuge_proto::pb;
+use refuge_tests::{Cluster, run};
+
+fn entry(path: &str, kind: EntryKind, size: u64, target: &[u8]) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: match kind {
+            EntryKind::Dir => 0o40755,
+            EntryKind::File => 0o100644,
+            EntryKind::Symlink => 0o120777,
+        },
+        uid: 0,
+        gid: 0,
+        mtime_secs: 1_700_000_000,
+        mtime_nanos: 0,
+        ctime_secs: 0,
+        ctime_nanos: 0,
+        inode: 0,
+        size,
+        target: target.to_vec(),
+    }
+}
+
+/// Commits, as the agent of `cfg`, a tree snapshot of `entries` (each
+/// file's content given), uploading every chunk first.
+fn commit_forged(cfg: &Path, entries: &[(Entry, Option<&[u8]>)]) {
+    let cfg = load_config(cfg).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let node = connect(&cfg.node).await.unwrap();
+        let mut ingest = node.ingest.clone();
+        let put = |data: Vec<u8>| {
+            let id = ChunkId::of(&data);
+            refuge_proto::upload_to(&id, compress_chunk(&data, 3))
+        };
+        let mut w = ManifestWriter::new(Vec::new(), SourceKind::Tree).unwrap();
+        let mut uploads = Vec::new();
+        for (e, content) in entries {
+            w.add_entry(e).unwrap();
+            if let Some(c) = content {
+                w.add_chunks(&[ChunkRef {
+                    id: ChunkId::of(c),
+                    len: c.len() as u32,
+                }])
+                .unwrap();
+                uploads.push(put(c.to_vec()));
+            }
+        }
+        let (manifest, _) = w.finish().unwrap();
+        let mid = ChunkId::of(&manifest);
+        uploads.push(put(manifest.clone()));
+        ingest
+            .put_chunks(futures::stream::iter(uploads))
+            .await
+            .unwrap();
+        ingest
+            .commit_snapshot(pb::CommitSnapshotRequest {
+                source: "data".into(),
+                kind: refuge_proto::source_kind_to(SourceKind::Tree),
+                manifest: vec![pb::ChunkRef {
+                    id: mid.0.to_vec(),
+                    len: manifest.len() as u32,
+                }],
+                bytes_uploaded: 0,
+                warnings: 0,
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_file_under_a_symlink_of_the_snapshot_is_refused_and_nothing_is_written_outside() {
+    let c = Cluster::start();
+    let agent = c.default_agent(&[]);
+    let outside = c.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let abs = outside.to_str().unwrap().as_bytes().to_vec();
+    for (link, target) in [("abs", abs.as_slice()), ("up", b"../..".as_slice())] {
+        let evil = format!("{link}/evil");
+        commit_forged(
+            &agent,
+            &[
+                (entry(".", EntryKind::Dir, 0, b""), None),
+                (
+                    entry(link, EntryKind::Symlink, target.len() as u64, target),
+                    None,
+                ),
+                (
+                    entry(&evil, EntryKind::File, 5, b""),
+                    Some(b"pwned".as_slice()),
+                ),
+            ],
+        );
+        let out = c.path().join(format!("restore-{link}"));
+        let r = run(
+            "refuge",
+            c.path(),
+            &[
+                "-c",
+                agent.to_str().unwrap(),
+                "restore",
+                "latest",
+                "--target",
+                out.to_str().unwrap(),
+            ],
+        )
+        .fails(1, "refusing to restore through the symlink");
+        assert!(r.stderr.contains(&evil), "{}", r.stderr);
+        assert!(!outside.join("evil").exists(), "wrote through {link}");
+        assert!(!c.path().join("evil").exists(), "wrote through {link}");
+        // A drill of it fails the same way, naming the file.
+        let d = run(
+            "refuge",
+            c.path(),
+            &[
+                "-c",
+                agent.to_str().unwrap(),
+                "drill",
+                "--json",
+                "--no-record",
+                "--report-dir",
+                c.path().join("reports").to_str().unwrap(),
+            ],
+        );
+        assert_eq!(d.code, 1, "{}", d.stderr);
+        let rep = d.json();
+        assert_eq!(
+            rep["sources"][0]["failures"][0]["path"],
+            evil.as_str(),
+            "{rep:#}"
+        );
+        assert!(!outside.join("evil").exists());
+    }
+}
+
+#[test]
+fn symlinks_already_in_the_target_are_replaced_never_followed() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("small.txt"), b"restored content").unwrap();
+    fs::write(src.join("sub/a.txt"), b"alpha").unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    let outside = c.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"must stay").unwrap();
+    let out = c.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    // Where a file will be restored, a symlink to a file outside.
+    std::os::unix::fs::symlink(outside.join("victim"), out.join("small.txt")).unwrap();
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            a,
+            "restore",
+            "latest",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"must stay");
+    let m = fs::symlink_metadata(out.join("small.txt")).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(
+        fs::read(out.join("small.txt")).unwrap(),
+        b"restored content"
+    );
+    // Where a directory will be restored, a symlink to a directory
+    // outside: refused, nothing written through it.
+    let out2 = c.path().join("out2");
+    fs::create_dir_all(&out2).unwrap();
+    std::os::unix::fs::symlink(&outside, out2.join("sub")).unwrap();
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            a,
+            "restore",
+            "latest",
+            "--target",
+            out2.to_str().unwrap(),
+        ],
+    )
+    .fails(1, "symlink");
+    assert!(!outside.join("a.txt").exists());
+}
