@@ -7,6 +7,7 @@
 mod backup_restore;
 mod clock;
 mod drill;
+mod full_disk;
 mod health;
 mod hostile;
 mod rejections;

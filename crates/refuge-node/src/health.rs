@@ -166,13 +166,36 @@ pub(crate) struct Disk {
     pub(crate) store_bytes: AtomicU64,
     /// Free space is below the reserve: ingest refuses.
     pub(crate) low: AtomicBool,
+    /// The store's directory (empty: not checked, as in unit tests).
+    dir: PathBuf,
 }
 
 impl Disk {
-    pub(crate) fn new(min_free_mib: u64) -> Arc<Self> {
-        let d = Disk::default();
+    pub(crate) fn new(min_free_mib: u64, dir: PathBuf) -> Arc<Self> {
+        let d = Disk {
+            dir,
+            ..Disk::default()
+        };
         d.min_free.store(min_free_mib << 20, Ordering::Relaxed);
         Arc::new(d)
+    }
+
+    /// Reads the free space now (one statvfs), so that a batch about to be
+    /// stored is refused at once when the reserve is reached, not at the
+    /// monitor's next check. Health follows at that check.
+    pub(crate) fn check_now(&self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
+        if let Ok(s) = rustix::fs::statvfs(&self.dir) {
+            let free = s.f_bavail.saturating_mul(s.f_frsize);
+            self.free.store(free, Ordering::Relaxed);
+            let low = free < self.min_free.load(Ordering::Relaxed);
+            // Only ever set here: the monitor clears it (and tells health).
+            if low {
+                self.low.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Why ingest refuses now, if it does.
@@ -211,6 +234,9 @@ pub(crate) async fn monitor_disk(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
+    // What health says of ingest now (the batch check may set `low`
+    // between two runs of this loop).
+    let mut ingest_low = disk.low.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -240,7 +266,9 @@ pub(crate) async fn monitor_disk(
         disk.store_bytes.store(store, Ordering::Relaxed);
         let min = disk.min_free.load(Ordering::Relaxed);
         let low = free < min;
-        if disk.low.swap(low, Ordering::Relaxed) != low {
+        disk.low.store(low, Ordering::Relaxed);
+        if low != ingest_low {
+            ingest_low = low;
             if *stop.borrow() {
                 return;
             }

@@ -340,7 +340,7 @@ pub async fn serve(
             access.revoked_count()
         ),
     );
-    let disk = crate::health::Disk::new(opts.health.min_free_mib);
+    let disk = crate::health::Disk::new(opts.health.min_free_mib, opts.data_dir.clone());
     metrics.attach(store.clone(), disk.clone());
     if let Some(l) = metrics_listener {
         let stop = stop_rx.clone();

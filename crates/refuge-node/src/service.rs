@@ -104,6 +104,7 @@ impl IngestService {
         who: &AgentCaller,
         batch: Vec<(ChunkId, StoredChunk)>,
     ) -> Result<refuge_store::PutOutcome, Status> {
+        self.disk.check_now();
         if let Some(s) = self.disk.refusal() {
             return Err(s);
         }
