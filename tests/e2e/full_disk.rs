@@ -94,19 +94,7 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
         .json();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            a,
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&agent, &out).ok();
     assert_eq!(
         fs::read(out.join("first.txt")).unwrap(),
         b"backed up before the disk filled"
@@ -133,19 +121,7 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
     }
     run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
     let out2 = c.path().join("out2");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            a,
-            "restore",
-            "latest",
-            "--target",
-            out2.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&agent, &out2).ok();
     refuge_tests::assert_same_tree(&src, &out2);
     c.stop_node();
     drop(disk);

@@ -228,19 +228,7 @@ fn health_goes_from_starting_to_serving_to_disk_low_and_back_to_stopping_as_a_th
     fs::write(src.join("b.txt"), b"new data").unwrap();
     run("refuge-agent", c.path(), &["-c", a, "backup"]).fails(1, "nearly full");
     let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            a,
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&agent, &out).ok();
     assert_eq!(
         fs::read(out.join("a.txt")).unwrap(),
         b"kept through a full disk"

@@ -105,19 +105,9 @@ fn a_file_under_a_symlink_of_the_snapshot_is_refused_and_nothing_is_written_outs
             ],
         );
         let out = c.path().join(format!("restore-{link}"));
-        let r = run(
-            "refuge",
-            c.path(),
-            &[
-                "-c",
-                agent.to_str().unwrap(),
-                "restore",
-                "latest",
-                "--target",
-                out.to_str().unwrap(),
-            ],
-        )
-        .fails(1, "refusing to restore through the symlink");
+        let r = c
+            .restore_latest(&agent, &out)
+            .fails(1, "refusing to restore through the symlink");
         assert!(r.stderr.contains(&evil), "{}", r.stderr);
         assert!(!outside.join("evil").exists(), "wrote through {link}");
         assert!(!c.path().join("evil").exists(), "wrote through {link}");
@@ -163,19 +153,7 @@ fn symlinks_already_in_the_target_are_replaced_never_followed() {
     fs::create_dir_all(&out).unwrap();
     // Where a file will be restored, a symlink to a file outside.
     std::os::unix::fs::symlink(outside.join("victim"), out.join("small.txt")).unwrap();
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            a,
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&agent, &out).ok();
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"must stay");
     let m = fs::symlink_metadata(out.join("small.txt")).unwrap();
     assert!(m.file_type().is_file());
@@ -188,18 +166,6 @@ fn symlinks_already_in_the_target_are_replaced_never_followed() {
     let out2 = c.path().join("out2");
     fs::create_dir_all(&out2).unwrap();
     std::os::unix::fs::symlink(&outside, out2.join("sub")).unwrap();
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            a,
-            "restore",
-            "latest",
-            "--target",
-            out2.to_str().unwrap(),
-        ],
-    )
-    .fails(1, "symlink");
+    c.restore_latest(&agent, &out2).fails(1, "symlink");
     assert!(!outside.join("a.txt").exists());
 }

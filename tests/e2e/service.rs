@@ -142,19 +142,7 @@ fn a_change_is_backed_up_within_seconds_and_a_restart_does_not_repeat_a_fresh_ba
     let took = wait_for_snapshots(&c, &cfg, 2, Duration::from_secs(30), &a);
     assert!(took < Duration::from_secs(30));
     let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&cfg, &out).ok();
     assert_eq!(fs::read(out.join("docs/report.txt")).unwrap(), b"version 2");
     assert_eq!(fs::read(out.join("docs/new.txt")).unwrap(), b"added");
     // One log line per backup, with its figures, as JSON.
@@ -266,18 +254,6 @@ fn sigterm_during_a_backup_stops_at_once_and_the_next_run_resumes() {
     assert!(rep["files_resumed"].as_u64().unwrap() >= 1, "{rep:#}");
     assert!(rep["bytes_sent"].as_u64().unwrap() < 15 << 20, "{rep:#}");
     let out = c.path().join("out");
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_latest(&cfg, &out).ok();
     refuge_tests::assert_same_tree(&src, &out);
 }

@@ -368,6 +368,23 @@ impl Cluster {
         assert_same_tree(src, &target);
     }
 
+    /// `refuge -c CFG restore latest --target TARGET`, as a [`Run`] (the
+    /// caller checks the outcome).
+    pub fn restore_latest(&self, cfg: &Path, target: &Path) -> Run {
+        run(
+            "refuge",
+            self.path(),
+            &[
+                "-c",
+                cfg.to_str().unwrap(),
+                "restore",
+                "latest",
+                "--target",
+                target.to_str().unwrap(),
+            ],
+        )
+    }
+
     /// The default client (finance/db1) config with these sources.
     pub fn default_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
         self.agent_config("agent.toml", "certs/finance-db1", "certs/ca.pem", sources)
