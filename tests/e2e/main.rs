@@ -6,6 +6,7 @@
 
 mod backup_restore;
 mod clock;
+mod crash;
 mod drill;
 mod full_disk;
 mod health;

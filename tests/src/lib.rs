@@ -267,6 +267,14 @@ impl Cluster {
         }
     }
 
+    /// Kills the node with SIGKILL (no flush, no shutdown) and reaps it.
+    pub fn kill_node(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) to the running node.
     pub fn signal_node(&self, sig: &str) {
         let pid = self.node.as_ref().expect("node running").id();
