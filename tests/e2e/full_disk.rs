@@ -52,12 +52,14 @@ fn health(c: &Cluster, cfg: &str, service: &str) -> String {
 #[test]
 fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers() {
     let mut c = Cluster::configured("");
-    let disk = Tmpfs::mount(c.path().join("disk"), "160m");
-    // The store on the small file system; a reserve of 24 MiB.
+    let disk = Tmpfs::mount(c.path().join("disk"), "200m");
+    // The store on the small file system; a reserve of 40 MiB, more than
+    // what RocksDB writes between two batches (the WAL, then blob files
+    // when a memtable of 8 MiB is flushed, and the batches in flight).
     let toml = fs::read_to_string(c.path().join("node.toml"))
         .unwrap()
         .replace("data_dir = \"store\"", "data_dir = \"disk/store\"")
-        + "[health]\nmin_free_mib = 24\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n";
+        + "[health]\nmin_free_mib = 40\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n";
     fs::write(c.path().join("node.toml"), toml).unwrap();
     c.start_node();
     let src = c.path().join("src");
@@ -72,7 +74,7 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
 
     // Something else takes most of the disk, then a backup bigger than
     // what is left (incompressible) runs into the reserve.
-    fs::write(disk.0.join("filler"), vec![7u8; 60 << 20]).unwrap();
+    fs::write(disk.0.join("filler"), vec![7u8; 90 << 20]).unwrap();
     for i in 0..6 {
         fs::write(src.join(format!("big{i}.bin")), noise(16 << 20, 500 + i)).unwrap();
     }

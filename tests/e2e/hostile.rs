@@ -169,3 +169,96 @@ fn symlinks_already_in_the_target_are_replaced_never_followed() {
     c.restore_latest(&agent, &out2).fails(1, "symlink");
     assert!(!outside.join("a.txt").exists());
 }
+
+/// Opens `n` `PutChunks` streams as the agent of `cfg`, sends `per_stream`
+/// bytes of new chunks on each, and keeps them open without finishing
+/// until the returned senders are dropped.
+fn stalled_streams(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Path,
+    n: usize,
+    per_stream: usize,
+) -> Vec<tokio::sync::mpsc::Sender<pb::ChunkUpload>> {
+    let cfg = load_config(cfg).unwrap();
+    rt.block_on(async {
+        let node = connect(&cfg.node).await.unwrap();
+        let mut senders = Vec::new();
+        for s in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let mut ingest = node.ingest.clone();
+            tokio::spawn(async move {
+                let _ = ingest.put_chunks(tokio_stream_of(rx)).await;
+            });
+            let mut sent = 0;
+            let mut i = 0u64;
+            while sent < per_stream {
+                let data = refuge_tests::noise(128 << 10, 9000 + s as u64 * 1000 + i);
+                let id = ChunkId::of(&data);
+                // Stored as given (level 1 of noise barely shrinks it).
+                let up = refuge_proto::upload_to(&id, compress_chunk(&data, 1));
+                sent += up.data.len();
+                tx.send(up).await.unwrap();
+                i += 1;
+            }
+            senders.push(tx);
+        }
+        senders
+    })
+}
+
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<pb::ChunkUpload>,
+) -> impl futures::Stream<Item = pb::ChunkUpload> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[test]
+fn upload_streams_that_stall_while_holding_the_ingest_buffer_do_not_starve_other_tenants() {
+    // An 8 MiB ingest buffer: each stream may hold up to a quarter of it
+    // (2 MiB) before it must store.
+    let c = Cluster::start_with("[limits]\ningest_buffer_mib = 8\n");
+    let hostile = c.default_agent(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Sixteen streams of finance each send just under 2 MiB and never
+    // finish: together far more than the whole buffer.
+    let _held = stalled_streams(&rt, &hostile, 16, 1900 << 10);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Another tenant's backup still goes through.
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--tenant", "hr", "--host", "db2",
+        ],
+    )
+    .ok();
+    let src = c.path().join("hr-src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        fs::write(
+            src.join(format!("f{i}.bin")),
+            refuge_tests::noise(8 << 20, 70 + i),
+        )
+        .unwrap();
+    }
+    let hr = c.agent_config(
+        "hr.toml",
+        "certs/hr-db2",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    let t = std::time::Instant::now();
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", hr.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let took = t.elapsed();
+    let out = c.path().join("hr-out");
+    c.restore_latest(&hr, &out).ok();
+    refuge_tests::assert_same_tree(&src, &out);
+    // Bounded by the idle flush (1 s per stalled stream at most), not by
+    // the stalled clients; generous for a loaded machine.
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+}

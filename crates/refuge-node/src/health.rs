@@ -180,17 +180,22 @@ impl Disk {
         Arc::new(d)
     }
 
-    /// Reads the free space now (one statvfs), so that a batch about to be
-    /// stored is refused at once when the reserve is reached, not at the
-    /// monitor's next check. Health follows at that check.
-    pub(crate) fn check_now(&self) {
+    /// Reads the free space now (one statvfs), so that a batch of
+    /// `incoming` bytes about to be stored is refused at once when it would
+    /// eat into the reserve, not at the monitor's next check. Health
+    /// follows at that check.
+    pub(crate) fn check_now(&self, incoming: u64) {
         if self.dir.as_os_str().is_empty() {
             return;
         }
         if let Ok(s) = rustix::fs::statvfs(&self.dir) {
             let free = s.f_bavail.saturating_mul(s.f_frsize);
             self.free.store(free, Ordering::Relaxed);
-            let low = free < self.min_free.load(Ordering::Relaxed);
+            let low = free
+                < self
+                    .min_free
+                    .load(Ordering::Relaxed)
+                    .saturating_add(incoming);
             // Only ever set here: the monitor clears it (and tells health).
             if low {
                 self.low.store(true, Ordering::Relaxed);

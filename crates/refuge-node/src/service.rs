@@ -24,6 +24,11 @@ use crate::quota::Quotas;
 
 /// Largest batch of verified chunks written to the store at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
+/// A `PutChunks` stream that sends nothing for this long while it holds
+/// part of the ingest buffer stores what it has and gives the buffer
+/// back: a client that stalls (or opens streams and never finishes them)
+/// cannot starve the other agents.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
@@ -104,7 +109,8 @@ impl IngestService {
         who: &AgentCaller,
         batch: Vec<(ChunkId, StoredChunk)>,
     ) -> Result<refuge_store::PutOutcome, Status> {
-        self.disk.check_now();
+        self.disk
+            .check_now(batch.iter().map(|(_, c)| c.data.len() as u64).sum());
         if let Some(s) = self.disk.refusal() {
             return Err(s);
         }
@@ -462,7 +468,22 @@ impl Ingest for IngestService {
             .min(self.buffer_kib as usize * 1024 / 4)
             .max(1);
         loop {
-            let next = match stream.message().await {
+            let message = if batch.is_empty() {
+                stream.message().await
+            } else {
+                match tokio::time::timeout(IDLE_FLUSH, stream.message()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        let out = self.store_batch(&who, std::mem::take(&mut batch)).await?;
+                        batch_bytes = 0;
+                        permits.clear();
+                        resp.chunks_stored += out.stored;
+                        resp.bytes_stored += out.bytes;
+                        continue;
+                    }
+                }
+            };
+            let next = match message {
                 Ok(m) => m,
                 Err(e) => {
                     // The client went away (or sent garbage) mid-stream:
