@@ -8,12 +8,9 @@ use std::fs;
 
 use refuge_tests::{Cluster, faketime, run, run_env};
 
+/// (id, time µs, seq, time text) of each snapshot, oldest first.
 fn snaps(c: &Cluster, cfg: &str) -> Vec<(String, i64, u64, String)> {
-    run("refuge", c.path(), &["-c", cfg, "snapshots", "--json"])
-        .ok()
-        .json()
-        .as_array()
-        .unwrap()
+    c.snapshots(std::path::Path::new(cfg))
         .iter()
         .map(|s| {
             (

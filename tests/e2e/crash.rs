@@ -108,11 +108,8 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
         }
         c.start_node();
         // Every acknowledged snapshot is listed; every listed one restores.
-        let listed: Vec<String> = run("refuge", c.path(), &["-c", a, "snapshots", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
+        let listed: Vec<String> = c
+            .snapshots(&agent)
             .iter()
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect();

@@ -40,11 +40,7 @@ fn drill(c: &Cluster, cfg: &str, extra: &[&str]) -> (refuge_tests::Run, f64) {
 }
 
 fn snapshot_times(c: &Cluster, cfg: &str) -> Vec<(String, i64, String)> {
-    run("refuge", c.path(), &["-c", cfg, "snapshots", "--json"])
-        .ok()
-        .json()
-        .as_array()
-        .unwrap()
+    c.snapshots(std::path::Path::new(cfg))
         .iter()
         .map(|s| {
             (

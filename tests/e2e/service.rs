@@ -75,16 +75,7 @@ impl Drop for Agent {
 }
 
 fn snapshots(c: &Cluster, cfg: &Path) -> usize {
-    run(
-        "refuge",
-        c.path(),
-        &["-c", cfg.to_str().unwrap(), "snapshots", "--json"],
-    )
-    .ok()
-    .json()
-    .as_array()
-    .unwrap()
-    .len()
+    c.snapshots(cfg).len()
 }
 
 #[track_caller]

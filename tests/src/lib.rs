@@ -376,6 +376,21 @@ impl Cluster {
         assert_same_tree(src, &target);
     }
 
+    /// `refuge -c CFG snapshots --json`: the snapshots CFG's identity sees,
+    /// oldest first.
+    pub fn snapshots(&self, cfg: &Path) -> Vec<serde_json::Value> {
+        run(
+            "refuge",
+            self.path(),
+            &["-c", cfg.to_str().unwrap(), "snapshots", "--json"],
+        )
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+    }
+
     /// `refuge -c CFG restore latest --target TARGET`, as a [`Run`] (the
     /// caller checks the outcome).
     pub fn restore_latest(&self, cfg: &Path, target: &Path) -> Run {

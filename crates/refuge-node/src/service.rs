@@ -861,6 +861,8 @@ impl Restore for RestoreService {
         let store = self.store.clone();
         let audit = self.access.audit.clone();
         tokio::task::spawn_blocking(move || {
+            // Counted once per request, not per chunk.
+            let mut sent = 0u64;
             for id in ids {
                 let found = match &tenant {
                     Some(t) => store.get_chunk(t, &id),
@@ -869,9 +871,7 @@ impl Restore for RestoreService {
                 let quarantined = |t: &TenantId| store.is_quarantined(t, &id).unwrap_or(false);
                 let item = match found {
                     Ok(Some(c)) => {
-                        if let Some(t) = &tenant {
-                            audit.metrics().restored(t.as_str(), c.data.len() as u64);
-                        }
+                        sent += c.data.len() as u64;
                         Ok(refuge_proto::chunk_data_to(&id, c))
                     }
                     Ok(None) if tenant.as_ref().is_some_and(quarantined) => {
@@ -898,6 +898,11 @@ impl Restore for RestoreService {
                 if tx.blocking_send(item).is_err() || stop {
                     break;
                 }
+            }
+            if let Some(t) = &tenant
+                && sent > 0
+            {
+                audit.metrics().restored(t.as_str(), sent);
             }
         });
         Ok(Response::new(Box::pin(
