@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# The test build has the node's fail points compiled in (docs/reliability.md);
+# the build and the test run use the same features, so nothing builds twice.
+features=(--features refuged/failpoints)
 echo "test: building in $CARGO_TARGET_DIR" >&2
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked "${features[@]}"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast "${features[@]}"
 else
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast "${features[@]}"
 fi

@@ -85,13 +85,19 @@ pub fn check_config(path: &Path) -> Outcome {
 
 /// Backs up one source, trying again (with a fresh connection and the
 /// checkpoint of the failed try) after transient failures, up to
-/// `[limits] retries` times with doubling waits.
+/// `[limits] retries` times with doubling waits. Every try commits with the
+/// same token, so a commit made by a try whose answer was lost is not
+/// made twice.
 pub(crate) async fn backup_with_retries(
     cfg: &AgentConfig,
     node: &mut Option<refuge_client::Node>,
     source: &refuge_client::SourceConfig,
-    opts: refuge_client::BackupOptions,
+    mut opts: refuge_client::BackupOptions,
 ) -> anyhow::Result<refuge_client::BackupReport> {
+    // One token for every try: a try that finds its commit already made
+    // (an earlier try's answer was lost) gets that snapshot back.
+    opts.commit_token
+        .get_or_insert_with(refuge_client::new_commit_token);
     let tries = cfg.limits.retries + 1;
     let mut wait = std::time::Duration::from_secs(1);
     for attempt in 1..=tries {
@@ -178,6 +184,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             memory_budget: cfg.limits.memory_mib << 20,
             state_dir: Some(cfg.state_dir.clone()),
             key: key.clone(),
+            commit_token: None,
         };
         match backup_with_retries(&cfg, &mut node, s, opts).await {
             Ok(r) => {

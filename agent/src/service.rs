@@ -283,6 +283,7 @@ pub async fn run(path: &Path) -> Outcome {
             memory_budget: cfg.limits.memory_mib << 20,
             state_dir: Some(cfg.state_dir.clone()),
             key: key.clone(),
+            commit_token: None,
         };
         let source = slot.source.clone();
         let result = {

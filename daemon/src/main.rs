@@ -52,6 +52,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Fault tests only: a build without the `failpoints` feature refuses
+    // to start with REFUGE_FAILPOINTS set rather than ignore it.
+    match refuge_node::failpoints::configure_from_env() {
+        Ok(set) if !set.is_empty() => {
+            tracing::warn!("fail points configured (a test build): {}", set.join("; "));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("refuged: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if args.check_config {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;

@@ -1,8 +1,10 @@
-//! Crash consistency of the node (issue 6, item 1): backups of two sources
-//! run while the node is SIGKILLed at a seeded random moment, round after
-//! round. After every restart, every acknowledged snapshot is listed and
-//! restores byte for byte; every listed snapshot (an acknowledgement lost
-//! with the kill included) restores; verification stays clean.
+//! Crash consistency of the node (issue 6, item 1): backups of two sources,
+//! and a prune, a garbage collection and a verification, run while the
+//! node is SIGKILLed at a seeded random moment, round after round. After
+//! every restart, every acknowledged snapshot that retention (keep the
+//! last 3 per source) has not removed is listed and restores byte for
+//! byte; every listed snapshot (an acknowledgement lost with the kill
+//! included) restores; verification stays clean.
 //!
 //! `REFUGE_CRASH_ROUNDS` (default 50) and `REFUGE_CRASH_SEED` (default 1)
 //! run it longer or differently: `REFUGE_CRASH_ROUNDS=500 cargo nextest run
@@ -55,7 +57,8 @@ fn mutate(dir: &Path, rng: &mut Rng, round: u64) {
 fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
     let rounds = env_u64("REFUGE_CRASH_ROUNDS", 50);
     let mut rng = Rng(env_u64("REFUGE_CRASH_SEED", 1) | 1);
-    let mut c = Cluster::start();
+    // Chunks freed by a prune are collected a second later.
+    let mut c = Cluster::start_with("[gc]\ngrace_secs = 1\n");
     let srcs: Vec<PathBuf> = ["a", "b"].iter().map(|s| c.path().join(s)).collect();
     for s in &srcs {
         fs::create_dir_all(s).unwrap();
@@ -70,8 +73,30 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
     fs::write(&agent, text).unwrap();
     let a = agent.to_str().unwrap();
     let admin = c.client(&["--role", "admin", "--name", "root1"]);
-    // Acknowledged snapshot id -> the tree it must restore to.
+    let ad = admin.to_str().unwrap();
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "-c",
+            ad,
+            "admin",
+            "retention",
+            "set",
+            "--tenant",
+            "finance",
+            "--keep-last",
+            "3",
+        ],
+    )
+    .ok();
+    // Acknowledged snapshot id -> the tree it must restore to, and its
+    // source and round.
     let mut acked: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut acked_at: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    // Every snapshot ever listed -> its source and the round it was first
+    // seen in.
+    let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let copies = c.path().join("expected");
     fs::create_dir_all(&copies).unwrap();
     for round in 0..rounds {
@@ -96,6 +121,20 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
                     .unwrap()
             })
             .collect();
+        // Prune, collect and verify, one after the other, meanwhile.
+        let maintenance = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for w in prune gc verify; do {r} -c {ad} admin $w || echo $w >> interrupted.txt; done",
+                r = bin("refuge").display()
+            ))
+            .current_dir(c.path())
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(rng.below(400)));
         c.kill_node();
         for (i, child) in children.into_iter().enumerate() {
@@ -103,22 +142,38 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
             if out.status.code() == Some(0) {
                 let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 let id = rep[0]["snapshot"].as_str().unwrap().to_string();
-                acked.insert(id, expected[i].clone());
+                acked.insert(id.clone(), expected[i].clone());
+                acked_at.insert(id, (["a", "b"][i].to_string(), round));
             }
         }
+        maintenance.wait_with_output().unwrap();
         c.start_node();
-        // Every acknowledged snapshot is listed; every listed one restores.
-        let listed: Vec<String> = c
-            .snapshots(&agent)
+        let listed_json = c.snapshots(&agent);
+        let listed: Vec<String> = listed_json
             .iter()
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect();
-        for id in acked.keys() {
-            assert!(
-                listed.contains(id),
-                "round {round}: acknowledged snapshot {id} is gone"
-            );
+        for s in &listed_json {
+            seen.entry(s["id"].as_str().unwrap().to_string())
+                .or_insert_with(|| (s["source"].as_str().unwrap().to_string(), round));
         }
+        // Every acknowledged snapshot is listed, unless retention removed
+        // it: then three newer ones of its source have been listed.
+        acked.retain(|id, _| {
+            if listed.contains(id) {
+                return true;
+            }
+            let (src, r) = &acked_at[id];
+            let newer = seen
+                .values()
+                .filter(|(s, first)| s == src && first > r)
+                .count();
+            assert!(
+                newer >= 3,
+                "round {round}: acknowledged snapshot {id} (source {src}, round {r}) is gone with only {newer} newer snapshots of its source"
+            );
+            false
+        });
         // This round's acknowledged snapshots (and any listed one this
         // round made without an acknowledgement) restore byte for byte.
         for id in listed.iter().rev().take(2) {
@@ -135,12 +190,7 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
             fs::remove_dir_all(&out).unwrap();
         }
         if round % 10 == 9 {
-            let v = run(
-                "refuge",
-                c.path(),
-                &["-c", admin.to_str().unwrap(), "admin", "verify"],
-            )
-            .ok();
+            let v = run("refuge", c.path(), &["-c", ad, "admin", "verify"]).ok();
             assert!(
                 v.stdout.contains("no damage found"),
                 "round {round}: {}",
@@ -148,8 +198,9 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
             );
         }
     }
-    // At the end, every acknowledged snapshot restores byte for byte.
-    assert!(!acked.is_empty(), "no backup was ever acknowledged");
+    // At the end, every acknowledged snapshot retention kept restores
+    // byte for byte.
+    assert!(!acked_at.is_empty(), "no backup was ever acknowledged");
     for (id, want) in &acked {
         let out = c.path().join(format!("final-{}", &id[..8]));
         run(
@@ -161,9 +212,16 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
         assert_same_tree(want, &out);
         fs::remove_dir_all(&out).unwrap();
     }
+    // How often the kill landed in each maintenance step (or it failed).
+    let cut = fs::read_to_string(c.path().join("interrupted.txt")).unwrap_or_default();
+    let count = |w: &str| cut.lines().filter(|l| *l == w).count();
     eprintln!(
-        "crash: {rounds} rounds, {} of {} backups acknowledged, all restored",
+        "crash: {rounds} rounds, {} of {} backups acknowledged, the {} retention kept all restored; prune interrupted {} times, gc {}, verify {}",
+        acked_at.len(),
+        2 * rounds,
         acked.len(),
-        2 * rounds
+        count("prune"),
+        count("gc"),
+        count("verify")
     );
 }

@@ -327,7 +327,18 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
             manifest: vec![mref],
             bytes_uploaded: 0,
             warnings: 0,
+            commit_token: Vec::new(),
         };
+
+        // A commit token is 16 bytes or absent.
+        let mut odd = commit.clone();
+        odd.commit_token = vec![7; 15];
+        let err = ingest.commit_snapshot(odd).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("a commit token is 16 bytes, got 15"),
+            "{err:?}"
+        );
 
         // The manifest itself is not uploaded yet.
         let err = ingest.commit_snapshot(commit.clone()).await.unwrap_err();

@@ -275,6 +275,23 @@ impl Cluster {
         }
     }
 
+    /// Waits (at most 60 s) for the node to exit by itself, for example at
+    /// a fail point configured to crash, and returns how it ended.
+    pub fn wait_node_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.node.take().expect("node running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("refuged did not exit:\n{}", self.node_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) to the running node.
     pub fn signal_node(&self, sig: &str) {
         let pid = self.node.as_ref().expect("node running").id();
@@ -506,6 +523,128 @@ pub fn copy_tree(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
+/// A TCP proxy on 127.0.0.1 in front of the node that stalls links: each
+/// of the first `stalls` connections forwards nothing, in either
+/// direction, for `stall` once `after` bytes have gone from the client to
+/// the node (the sockets stay open, as on a link that went quiet); later
+/// connections pass untouched.
+pub struct StallProxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl StallProxy {
+    pub fn start(target: u16, after: u64, stall: Duration, stalls: u32) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicU32::new(0));
+        let count = stalled.clone();
+        std::thread::spawn(move || {
+            let mut conns = 0u32;
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let faulty = conns < stalls;
+                conns += 1;
+                // Until when this connection is stalled, once it is.
+                let until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+                let pump = |mut from: TcpStream, mut to: TcpStream, counted: bool| {
+                    let until = until.clone();
+                    let count = count.clone();
+                    move || {
+                        let mut sent = 0u64;
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if counted && faulty && sent + n as u64 >= after {
+                                let mut u = until.lock().unwrap();
+                                if u.is_none() {
+                                    *u = Some(Instant::now() + stall);
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            loop {
+                                let wait = until.lock().unwrap().map(|t| t > Instant::now());
+                                if wait != Some(true) {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            sent += n as u64;
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    }
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(pump(client, server, true));
+                std::thread::spawn(pump(s2, c2, false));
+            }
+        });
+        StallProxy { port, stalled }
+    }
+
+    /// How many connections have stalled so far.
+    pub fn stalls_made(&self) -> u32 {
+        self.stalled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Commits the manifest of the latest snapshot of `agent_cfg`'s identity
+/// again, `n` times one after the other, with commit token `token`
+/// (`None`: without one). The answer to each.
+pub fn commit_latest_again(
+    agent_cfg: &Path,
+    n: usize,
+    token: Option<[u8; 16]>,
+) -> Vec<Result<refuge_proto::pb::CommitSnapshotResponse, tonic::Status>> {
+    use refuge_proto::pb;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let cfg = refuge_client::load_config(agent_cfg).unwrap();
+        let node = refuge_client::connect(&cfg.node).await.unwrap();
+        let snap = node
+            .restore
+            .clone()
+            .resolve_snapshot(pb::ResolveSnapshotRequest {
+                selector: "latest".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = node
+                .ingest
+                .clone()
+                .commit_snapshot(pb::CommitSnapshotRequest {
+                    source: snap.source.clone(),
+                    kind: snap.kind,
+                    manifest: snap.manifest.clone(),
+                    commit_token: token.map(|t| t.to_vec()).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await;
+            out.push(r.map(|r| r.into_inner()));
+        }
+        out
+    })
+}
+
 /// A TCP proxy on 127.0.0.1 in front of the node that cuts connections:
 /// each of the first `cuts` connections is cut (both directions shut
 /// down) once `cut_after` bytes have gone from the client to the node;
@@ -659,34 +798,8 @@ impl Cluster {
 /// latest snapshot's manifest again, `n` times, as fast as it can. The
 /// outcome of each commit.
 pub fn replay_latest(agent_cfg: &Path, n: usize) -> Vec<Result<(), tonic::Status>> {
-    use refuge_proto::pb;
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let cfg = refuge_client::load_config(agent_cfg).unwrap();
-        let node = refuge_client::connect(&cfg.node).await.unwrap();
-        let snap = node
-            .restore
-            .clone()
-            .resolve_snapshot(pb::ResolveSnapshotRequest {
-                selector: "latest".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let r = node
-                .ingest
-                .clone()
-                .commit_snapshot(pb::CommitSnapshotRequest {
-                    source: snap.source.clone(),
-                    kind: snap.kind,
-                    manifest: snap.manifest.clone(),
-                    ..Default::default()
-                })
-                .await;
-            out.push(r.map(|_| ()));
-        }
-        out
-    })
+    commit_latest_again(agent_cfg, n, None)
+        .into_iter()
+        .map(|r| r.map(|_| ()))
+        .collect()
 }

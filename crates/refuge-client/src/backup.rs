@@ -76,6 +76,9 @@ pub struct BackupReport {
     pub dedup_ratio: Option<f64>,
     /// Seconds from start to acknowledged commit.
     pub duration_secs: f64,
+    /// The node had this commit already, from an earlier try whose answer
+    /// was lost: `snapshot` is the one made then.
+    pub replayed: bool,
     /// Number of files that could not be read (they are not in the snapshot).
     pub warning_count: u64,
     /// The first warnings.
@@ -555,6 +558,24 @@ pub struct BackupOptions {
     pub state_dir: Option<std::path::PathBuf>,
     /// The tenant key: chunks and manifest entries are sealed, ids keyed.
     pub key: Option<Arc<TenantKey>>,
+    /// The commit's token ([`new_commit_token`]): one per backup run, the
+    /// same for each of its tries, so that a commit resent after a lost
+    /// answer is answered with the snapshot it made (`None`: a fresh one).
+    pub commit_token: Option<[u8; 16]>,
+}
+
+/// A fresh random commit token.
+pub fn new_commit_token() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    // getrandom fails only without any entropy source; a token of the
+    // clock then still differs between runs.
+    if getrandom::getrandom(&mut t).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        t = now.to_le_bytes();
+    }
+    t
 }
 
 /// The chunks of this tenant that the node quarantined, or `None` if
@@ -735,6 +756,7 @@ fn backup_blocking(
     opts: BackupOptions,
 ) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
+    let commit_token = opts.commit_token.unwrap_or_else(new_commit_token);
     let mut rep = BackupReport {
         source: source.name.clone(),
         ..Default::default()
@@ -833,12 +855,20 @@ fn backup_blocking(
         manifest: manifest.iter().map(refuge_proto::chunk_ref_to).collect(),
         bytes_uploaded: rep.bytes_sent,
         warnings: rep.warning_count,
+        commit_token: commit_token.to_vec(),
     };
     let mut ingest = node.ingest.clone();
-    let snap = rt
+    let answer = rt
         .block_on(ingest.commit_snapshot(req))
         .map_err(|s| rpc_error("committing the snapshot", &s))?
-        .into_inner()
+        .into_inner();
+    rep.replayed = answer.replayed;
+    if answer.replayed {
+        warn!(
+            "the node had this backup's commit already (an earlier try's answer was lost): reporting the snapshot it made then"
+        );
+    }
+    let snap = answer
         .snapshot
         .ok_or_else(|| anyhow!("node acknowledged the commit without a snapshot"))?;
     let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("node's commit answer: {e}"))?;

@@ -131,6 +131,15 @@ pub struct ConnectionConfig {
     /// Seconds to wait for a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Seconds between HTTP/2 pings on an open connection.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+    /// Seconds a ping may go unanswered before the connection counts as
+    /// dead (a stalled link, a node that froze): the call fails and the
+    /// backup's retries take over. Noticed within `keepalive_secs +
+    /// keepalive_timeout_secs`.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_secs: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -142,6 +151,14 @@ fn default_server_name() -> String {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+
+fn default_keepalive() -> u64 {
+    30
+}
+
+fn default_keepalive_timeout() -> u64 {
+    20
 }
 
 /// FastCDC sizes and zstd level.

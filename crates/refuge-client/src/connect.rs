@@ -281,8 +281,8 @@ pub async fn channel(cfg: &ConnectionConfig) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| anyhow!("node address {address:?} is not host:port: {e}"))?
         .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .http2_keep_alive_interval(Duration::from_secs(cfg.keepalive_secs.max(1)))
+        .keep_alive_timeout(Duration::from_secs(cfg.keepalive_timeout_secs.max(1)));
     let channel = endpoint
         .connect_with_connector(connector_fn)
         .await

@@ -34,7 +34,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub use backup::{BackupOptions, BackupReport, backup_source};
+pub use backup::{BackupOptions, BackupReport, backup_source, new_commit_token};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
     LimitsConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,

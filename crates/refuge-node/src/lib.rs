@@ -34,5 +34,9 @@ pub use config::{
 pub use server::{ServeOptions, run, serve};
 pub use supervision::NodeFacts;
 
+/// Named fail points of the store, for the fault tests (a `failpoints`
+/// build only; `REFUGE_FAILPOINTS`).
+pub use refuge_store_rocksdb::failpoints;
+
 /// Re-exported so callers of [`serve`] can pass any store.
 pub use refuge_store::Store;

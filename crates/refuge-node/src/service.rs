@@ -295,6 +295,7 @@ fn first_bad_ref(
 /// Checks a snapshot's manifest and every chunk it references (stored, with
 /// the referenced length), and commits it. A crash anywhere before the
 /// store's synced commit leaves no snapshot.
+#[allow(clippy::too_many_arguments)] // the parts of one request, checked
 fn check_and_commit(
     store: &dyn Store,
     who: &AgentCaller,
@@ -303,7 +304,8 @@ fn check_and_commit(
     manifest: Vec<ChunkRef>,
     bytes_uploaded: u64,
     warnings: u64,
-) -> Result<SnapshotRecord, Status> {
+    token: Option<refuge_store::CommitToken>,
+) -> Result<refuge_store::Committed, Status> {
     let reject = |msg: String| {
         who.record(
             "commit_rejected",
@@ -385,19 +387,36 @@ fn check_and_commit(
         bytes_uploaded,
         warnings,
         refs: all_refs,
+        token,
     };
-    let rec = store
-        .commit_snapshot(new, now_micros())
-        .map_err(store_status)?;
-    who.record(
-        "snapshot_committed",
-        Outcome::Ok,
-        &format!(
-            "snapshot {} of {}/{} (seq {}): {} files, {} bytes, {} bytes uploaded",
-            rec.id, rec.host, rec.source, rec.seq, rec.files, rec.logical_bytes, rec.bytes_uploaded
-        ),
-    );
-    Ok(rec)
+    let done = store.commit(new, now_micros()).map_err(store_status)?;
+    let rec = &done.record;
+    if done.replayed {
+        who.record(
+            "snapshot_commit_replayed",
+            Outcome::Ok,
+            &format!(
+                "commit resent with the token of snapshot {} of {}/{} (seq {}): answered with it, nothing new made",
+                rec.id, rec.host, rec.source, rec.seq
+            ),
+        );
+    } else {
+        who.record(
+            "snapshot_committed",
+            Outcome::Ok,
+            &format!(
+                "snapshot {} of {}/{} (seq {}): {} files, {} bytes, {} bytes uploaded",
+                rec.id,
+                rec.host,
+                rec.source,
+                rec.seq,
+                rec.files,
+                rec.logical_bytes,
+                rec.bytes_uploaded
+            ),
+        );
+    }
+    Ok(done)
 }
 
 #[tonic::async_trait]
@@ -627,6 +646,19 @@ impl Ingest for IngestService {
             .iter()
             .map(refuge_proto::chunk_ref)
             .collect::<Result<Vec<_>, _>>()?;
+        let token = match req.commit_token.len() {
+            0 => None,
+            16 => {
+                let mut t = [0u8; 16];
+                t.copy_from_slice(&req.commit_token);
+                Some(t)
+            }
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "a commit token is 16 bytes, got {n}"
+                )));
+            }
+        };
         let store = self.store.clone();
         let quotas = self.quotas.clone();
         let started = std::time::Instant::now();
@@ -639,7 +671,7 @@ impl Ingest for IngestService {
                 );
                 return Err(s);
             }
-            let rec = check_and_commit(
+            let done = check_and_commit(
                 &*store,
                 &who,
                 source,
@@ -647,16 +679,20 @@ impl Ingest for IngestService {
                 manifest,
                 req.bytes_uploaded,
                 req.warnings,
+                token,
             )?;
-            quotas.committed(&who.tenant, rec.time_micros);
-            who.audit
-                .metrics()
-                .committed(who.tenant.as_str(), started.elapsed());
-            Ok(rec)
+            if !done.replayed {
+                quotas.committed(&who.tenant, done.record.time_micros);
+                who.audit
+                    .metrics()
+                    .committed(who.tenant.as_str(), started.elapsed());
+            }
+            Ok(done)
         })
         .await?;
         Ok(Response::new(pb::CommitSnapshotResponse {
-            snapshot: Some(refuge_proto::snapshot_to(&rec)),
+            snapshot: Some(refuge_proto::snapshot_to(&rec.record)),
+            replayed: rec.replayed,
         }))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Nine column families (byte layouts in `docs/format.md`):
+//! Ten column families (byte layouts in `docs/format.md`):
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -15,6 +15,7 @@
 //! | `quarantine` | tenant key, chunk id | when and why verification took it out of service |
 //! | `meta` | name | store format version, last sequence, last time, settings |
 //! | `audit` | sequence (big-endian) | hash-chained audit record |
+//! | `commit_tokens` | tenant key, commit token | sequence (big-endian), commit time |
 //!
 //! The tenant key is one length byte followed by the tenant name, so one
 //! tenant's keys are a contiguous, prefix-free range.
@@ -35,21 +36,25 @@
 //! # Reference counts and garbage collection
 //!
 //! A commit adds its references (RocksDB merge operands, no read) in the
-//! same synced batch as the record; a deletion subtracts them in the same
-//! synced batch that removes the record. Chunks that reach zero, and new
-//! chunks, get an `unreferenced` entry with the time; garbage collection
+//! same synced batch as the record; a deletion subtracts them, and marks
+//! the chunks that reach zero, in the same synced batch that removes the
+//! record. Chunks that reach zero, and new chunks, get an `unreferenced`
+//! entry with the time; garbage collection
 //! walks only those entries. It deletes a batch under the write side of
 //! `gc_lock`; commits check that their chunks exist, and deletions
 //! subtract, under the read side, so neither can interleave with a batch.
 
+pub mod failpoints;
+
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use failpoints::fail_point;
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{
-    GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Quarantined, Result, Store, StoreError,
-    build_record, chain_audit, ref_counts,
+    COMMIT_TOKEN_KEEP_MICROS, Committed, GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Quarantined,
+    Result, Store, StoreError, build_record, chain_audit, ref_counts,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
@@ -65,7 +70,8 @@ const CF_AUDIT: &str = "audit";
 const CF_REFCOUNTS: &str = "refcounts";
 const CF_UNREF: &str = "unreferenced";
 const CF_QUARANTINE: &str = "quarantine";
-const ALL_CFS: [&str; 9] = [
+const CF_COMMIT_TOKENS: &str = "commit_tokens";
+const ALL_CFS: [&str; 10] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_SNAPSHOTS,
@@ -75,6 +81,7 @@ const ALL_CFS: [&str; 9] = [
     CF_REFCOUNTS,
     CF_UNREF,
     CF_QUARANTINE,
+    CF_COMMIT_TOKENS,
 ];
 const SETTING_PREFIX: &str = "setting/";
 
@@ -217,7 +224,8 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_AUDIT, small.clone()),
             ColumnFamilyDescriptor::new(CF_REFCOUNTS, counts),
             ColumnFamilyDescriptor::new(CF_UNREF, small.clone()),
-            ColumnFamilyDescriptor::new(CF_QUARANTINE, small),
+            ColumnFamilyDescriptor::new(CF_QUARANTINE, small.clone()),
+            ColumnFamilyDescriptor::new(CF_COMMIT_TOKENS, small),
         ];
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(err)?;
         let store = RocksStore {
@@ -264,6 +272,56 @@ impl RocksStore {
             *store.audit.lock().unwrap_or_else(|p| p.into_inner()) = (r.seq, r.hash);
         }
         Ok(store)
+    }
+
+    /// The snapshot a commit token (its full key) made, if it still exists.
+    fn token_snapshot(
+        &self,
+        tenant: &TenantId,
+        token_key: &[u8],
+    ) -> Result<Option<SnapshotRecord>> {
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(CF_COMMIT_TOKENS), token_key)
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let seq = v
+            .get(..8)
+            .ok_or_else(|| StoreError::Corrupt("commit token entry is short".into()))?;
+        let Some(rec) = self
+            .db
+            .get_cf(self.cf(CF_SNAPSHOTS), key(tenant, seq))
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        SnapshotRecord::decode(&rec)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
+    }
+
+    /// Removes the commit tokens of commits made before `before_micros`.
+    fn forget_tokens(&self, before_micros: i64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_COMMIT_TOKENS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(err)?;
+            let time = v
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map_or(i64::MIN, i64::from_le_bytes);
+            if time < before_micros {
+                batch.delete_cf(self.cf(CF_COMMIT_TOKENS), k);
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// The `chunk_index` entries of `ids` (8 bytes without a checksum, as
@@ -453,6 +511,7 @@ impl Store for RocksStore {
         if !batch.is_empty() {
             self.db.write(batch).map_err(err)?;
         }
+        fail_point!("store.put.after_write");
         Ok(out)
     }
 
@@ -491,7 +550,7 @@ impl Store for RocksStore {
         self.db.flush_wal(true).map_err(err)
     }
 
-    fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
+    fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed> {
         // No garbage collection batch between this check and the write.
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let counts = ref_counts(&new.refs);
@@ -501,8 +560,22 @@ impl Store for RocksStore {
             return Err(StoreError::missing_chunk(id));
         }
         let mut last = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        // A resent commit: answered with the snapshot its token made, if
+        // that still exists (checked under the mutex, so two copies of one
+        // commit cannot both make a snapshot).
+        let token_key = new.token.map(|t| key(&new.tenant, &t));
+        if let Some(k) = &token_key
+            && let Some(earlier) = self.token_snapshot(&new.tenant, k)?
+        {
+            return Ok(Committed {
+                record: earlier,
+                replayed: true,
+            });
+        }
+        fail_point!("store.commit.before_wal_sync");
         // Chunks first: every put before this commit is durable after this.
         self.db.flush_wal(true).map_err(err)?;
+        fail_point!("store.commit.after_wal_sync");
         let seq = last.0 + 1;
         let time = now_micros.max(last.1.saturating_add(1));
         let rec = build_record(new, seq, time);
@@ -519,6 +592,12 @@ impl Store for RocksStore {
         );
         batch.put_cf(self.cf(CF_META), META_SEQ, seq.to_be_bytes());
         batch.put_cf(self.cf(CF_META), META_TIME, (time as u64).to_be_bytes());
+        if let Some(k) = &token_key {
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&seq.to_be_bytes());
+            v[8..].copy_from_slice(&time.to_le_bytes());
+            batch.put_cf(self.cf(CF_COMMIT_TOKENS), k, v);
+        }
         for (id, n) in &counts {
             batch.merge_cf(
                 self.cf(CF_REFCOUNTS),
@@ -530,7 +609,11 @@ impl Store for RocksStore {
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(err)?;
         *last = (seq, time);
-        Ok(rec)
+        fail_point!("store.commit.after_record");
+        Ok(Committed {
+            record: rec,
+            replayed: false,
+        })
     }
 
     fn delete_snapshot(
@@ -556,34 +639,31 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_SNAPSHOTS), key(tenant, &seq));
         batch.delete_cf(self.cf(CF_SNAPSHOT_IDS), &id_key);
-        for (cid, n) in &counts {
-            batch.merge_cf(
-                self.cf(CF_REFCOUNTS),
-                key(tenant, &cid.0),
-                (-(*n as i64)).to_le_bytes(),
-            );
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(err)?;
-        // Chunks left without references become unreferenced now. A crash
-        // before this write leaves them counted zero but unlisted: space
-        // is leaked until a recount, never data lost.
-        let mut batch = WriteBatch::default();
+        // The references are subtracted and the chunks left without any
+        // marked unreferenced in the same synced batch as the removal: a
+        // crash leaves the snapshot whole or gone with its counts, never
+        // a chunk counted zero that garbage collection would not find.
+        // The counts cannot change meanwhile: commits take `commit`, and
+        // garbage collection the write side of `gc_lock`.
         for part in counts.chunks(GC_BATCH) {
             let keys: Vec<Vec<u8>> = part.iter().map(|(c, _)| key(tenant, &c.0)).collect();
             let got = self
                 .db
                 .batched_multi_get_cf(self.cf(CF_REFCOUNTS), keys.iter(), false);
-            for (k, v) in keys.iter().zip(got) {
-                let v = v.map_err(err)?;
-                if count_of(v.as_deref()) <= 0 {
+            for ((k, (_, n)), v) in keys.iter().zip(part).zip(got) {
+                let now = count_of(v.map_err(err)?.as_deref());
+                if now - (*n as i64) <= 0 {
                     batch.delete_cf(self.cf(CF_REFCOUNTS), k);
                     batch.put_cf(self.cf(CF_UNREF), k, now_micros.to_le_bytes());
+                } else {
+                    batch.merge_cf(self.cf(CF_REFCOUNTS), k, (-(*n as i64)).to_le_bytes());
                 }
             }
         }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(err)?;
+        fail_point!("store.delete.after_write");
         Ok(true)
     }
 
@@ -645,10 +725,13 @@ impl Store for RocksStore {
                     out.kept_recent += 1;
                 }
             }
+            fail_point!("store.gc.before_batch");
             self.db.write(batch).map_err(err)?;
             drop(_gc);
+            fail_point!("store.gc.after_batch");
             progress(&out);
         }
+        self.forget_tokens(cutoff_micros.saturating_sub(COMMIT_TOKEN_KEEP_MICROS))?;
         Ok(out)
     }
 
@@ -931,6 +1014,7 @@ mod tests {
                 bytes_uploaded: 0,
                 warnings: 0,
                 refs: vec![id, id],
+                token: None,
             };
             let r = s.commit_snapshot(new.clone(), 5_000).unwrap();
             // Simulate a crash: no flush, just drop.
@@ -954,6 +1038,7 @@ mod tests {
             bytes_uploaded: 0,
             warnings: 0,
             refs: vec![],
+            token: None,
         };
         let second = s.commit_snapshot(new, 1).unwrap();
         assert_eq!(second.seq, first.seq + 1);

@@ -43,6 +43,7 @@ fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
         bytes_uploaded: 5,
         warnings: 0,
         refs: Vec::new(),
+        token: None,
     }
 }
 
@@ -408,6 +409,57 @@ pub fn settings_round_trip(s: &dyn Store) {
     assert_eq!(s.list_settings("pin/").unwrap().len(), 1);
 }
 
+/// A commit resent with its token is answered with the first snapshot and
+/// adds nothing; tokens are per tenant; a token whose snapshot is gone is
+/// used again; garbage collection forgets old tokens.
+pub fn commit_tokens_make_a_resent_commit_idempotent(s: &dyn Store) {
+    let a = tenant("alpha");
+    let (id, c) = chunk(b"manifest");
+    s.put_chunks(&a, &[(id, c.clone())], 100).unwrap();
+    s.put_chunks(&tenant("beta"), &[(id, c)], 100).unwrap();
+    let with = |t: &str, token: [u8; 16]| {
+        let mut n = new_snapshot(t, "etc", id);
+        n.refs = vec![id];
+        n.token = Some(token);
+        n
+    };
+    let first = s.commit(with("alpha", [1; 16]), 1_000).unwrap();
+    assert!(!first.replayed);
+    let again = s.commit(with("alpha", [1; 16]), 2_000).unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.record, first.record);
+    assert_eq!(s.list_snapshots(&a).unwrap().len(), 1);
+    assert_eq!(
+        s.chunk_refcount(&a, &id).unwrap(),
+        1,
+        "a replay adds no reference"
+    );
+    // Another token, or another tenant with the same token, commits.
+    assert!(!s.commit(with("alpha", [2; 16]), 3_000).unwrap().replayed);
+    let b = s.commit(with("beta", [1; 16]), 3_000).unwrap();
+    assert!(!b.replayed);
+    assert_eq!(b.record.tenant, tenant("beta"));
+    // No token: every commit makes a snapshot.
+    let mut plain = new_snapshot("alpha", "etc", id);
+    plain.refs = vec![id];
+    assert!(!s.commit(plain.clone(), 4_000).unwrap().replayed);
+    assert!(!s.commit(plain, 5_000).unwrap().replayed);
+    assert_eq!(s.list_snapshots(&a).unwrap().len(), 4);
+    // The snapshot of a token removed: the token commits anew.
+    assert!(
+        s.delete_snapshot(&a, &first.record.id, &[id], 6_000)
+            .unwrap()
+    );
+    let renewed = s.commit(with("alpha", [1; 16]), 7_000).unwrap();
+    assert!(!renewed.replayed);
+    assert_ne!(renewed.record.seq, first.record.seq);
+    assert!(s.commit(with("alpha", [1; 16]), 8_000).unwrap().replayed);
+    // Garbage collection a day after forgets the tokens.
+    s.collect_garbage(8_000 + crate::COMMIT_TOKEN_KEEP_MICROS + 1, &mut |_| {})
+        .unwrap();
+    assert!(!s.commit(with("alpha", [1; 16]), 9_000).unwrap().replayed);
+}
+
 /// Generates one `#[test]` per conformance check; `$make` is an expression
 /// that creates a fresh, empty store behind a pointer (`Box`, or a guard
 /// that derefs to the store and owns its temporary directory). It is
@@ -459,6 +511,11 @@ macro_rules! conformance_tests {
         fn conformance_sealed_chunks_keep_their_first_bytes() {
             let s = $make;
             $crate::conformance::sealed_chunks_keep_their_first_bytes(&*s);
+        }
+        #[test]
+        fn conformance_commit_tokens_make_a_resent_commit_idempotent() {
+            let s = $make;
+            $crate::conformance::commit_tokens_make_a_resent_commit_idempotent(&*s);
         }
         #[test]
         fn conformance_settings_round_trip() {

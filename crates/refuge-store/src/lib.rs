@@ -147,7 +147,28 @@ pub struct NewSnapshot {
     /// the data chunks in the manifest, holes excluded, repeats included.
     /// The commit adds one reference to each.
     pub refs: Vec<ChunkId>,
+    /// The agent's id for this commit (one per backup run, kept across
+    /// its retries). A commit whose token the tenant already used for a
+    /// snapshot that still exists makes nothing and answers with that
+    /// snapshot: a commit resent after a lost answer is not doubled.
+    pub token: Option<CommitToken>,
 }
+
+/// An agent's id for one commit (see [`NewSnapshot::token`]).
+pub type CommitToken = [u8; 16];
+
+/// The answer to [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The snapshot made, or the one made earlier under the same token.
+    pub record: SnapshotRecord,
+    /// Whether the token was already used: nothing new was made.
+    pub replayed: bool,
+}
+
+/// How long the token of a commit is remembered (after it, garbage
+/// collection forgets it): a day, far beyond any retry of a commit.
+pub const COMMIT_TOKEN_KEEP_MICROS: i64 = 86_400 * 1_000_000;
 
 /// What one garbage collection removed and left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -232,7 +253,16 @@ pub trait Store: Send + Sync + 'static {
     /// (raised if needed so that times strictly increase), adding a
     /// reference to every chunk in `new.refs`. Fails with
     /// [`StoreError::MissingChunk`] if one of them is not stored.
-    fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord>;
+    ///
+    /// With a [`NewSnapshot::token`] the tenant used for a snapshot that
+    /// still exists, nothing is written and that snapshot is the answer
+    /// (`replayed`). A token whose snapshot was removed since is reused.
+    fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed>;
+
+    /// [`Store::commit`], for callers that need only the record.
+    fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
+        self.commit(new, now_micros).map(|c| c.record)
+    }
 
     /// Removes `tenant`'s snapshot `id` and one reference from each of
     /// `refs` (the snapshot's, as in [`NewSnapshot::refs`]), durably and

@@ -7,8 +7,8 @@ use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
 use crate::{
-    GcOutcome, NewSnapshot, PutOutcome, Quarantined, Result, Store, StoreError, build_record,
-    chain_audit, ref_counts,
+    COMMIT_TOKEN_KEEP_MICROS, CommitToken, Committed, GcOutcome, NewSnapshot, PutOutcome,
+    Quarantined, Result, Store, StoreError, build_record, chain_audit, ref_counts,
 };
 
 /// In-memory store; every method takes one mutex.
@@ -31,6 +31,8 @@ struct Inner {
     settings: BTreeMap<String, Vec<u8>>,
     quarantine: BTreeMap<(TenantId, ChunkId), (i64, String)>,
     checksums: HashMap<(TenantId, ChunkId), [u8; 32]>,
+    /// Commit tokens: the snapshot's seq and the commit's time.
+    tokens: HashMap<(TenantId, CommitToken), (u64, i64)>,
 }
 
 impl MemStore {
@@ -120,8 +122,20 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn commit_snapshot(&self, new: NewSnapshot, now_micros: i64) -> Result<SnapshotRecord> {
+    fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed> {
         let mut g = self.lock();
+        if let Some(t) = new.token {
+            let earlier = g
+                .tokens
+                .get(&(new.tenant.clone(), t))
+                .and_then(|(seq, _)| g.snapshots.get(&(new.tenant.clone(), *seq)));
+            if let Some(rec) = earlier {
+                return Ok(Committed {
+                    record: rec.clone(),
+                    replayed: true,
+                });
+            }
+        }
         let counts = ref_counts(&new.refs);
         if let Some((id, _)) = counts
             .iter()
@@ -134,11 +148,18 @@ impl Store for MemStore {
         }
         let seq = g.seq + 1;
         let time = now_micros.max(g.last_time.saturating_add(1));
+        let token = new.token;
         let rec = build_record(new, seq, time);
         g.seq = seq;
         g.last_time = time;
         g.snapshots.insert((rec.tenant.clone(), seq), rec.clone());
-        Ok(rec)
+        if let Some(t) = token {
+            g.tokens.insert((rec.tenant.clone(), t), (seq, time));
+        }
+        Ok(Committed {
+            record: rec,
+            replayed: false,
+        })
     }
 
     fn delete_snapshot(
@@ -194,6 +215,8 @@ impl Store for MemStore {
                 out.kept_recent += 1;
             }
         }
+        g.tokens
+            .retain(|_, (_, t)| *t >= cutoff_micros.saturating_sub(COMMIT_TOKEN_KEEP_MICROS));
         progress(&out);
         Ok(out)
     }
