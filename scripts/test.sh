@@ -10,7 +10,7 @@ source scripts/setup.sh
 # the build and the test run use the same features, so nothing builds twice.
 features=(--features refuged/failpoints)
 echo "test: building in $CARGO_TARGET_DIR" >&2
-cargo build --workspace --bins --locked "${features[@]}"
+cargo build --workspace --bins --lib --locked "${features[@]}"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast "${features[@]}"
 else

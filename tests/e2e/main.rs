@@ -13,6 +13,7 @@ mod full_disk;
 mod health;
 mod hostile;
 mod network;
+mod power_loss;
 mod rejections;
 mod retention;
 mod scrub;

@@ -30,6 +30,10 @@ pub const NAMES: &[&str] = &[
     "store.gc.before_batch",
     // collect_garbage: a batch is written, the next not yet read.
     "store.gc.after_batch",
+    // Every write, when set (any action but `off`): nothing is synced, as
+    // a store that acknowledged unsynced writes would; the power-loss
+    // test's control, which must then lose acknowledged data.
+    "store.unsynced",
 ];
 
 /// The environment variable that configures fail points.
@@ -94,6 +98,20 @@ pub(crate) fn injected(name: &str, arg: Option<String>) -> StoreError {
         std::process::abort();
     }
     StoreError::Backend(format!("fail point {name}: injected I/O error"))
+}
+
+/// Whether fail point `name` is set (to anything but `off`): for fail
+/// points that change what a step does rather than stop it.
+pub(crate) fn is_set(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
 /// Evaluates fail point `$name` in a function returning this crate's

@@ -158,6 +158,15 @@ fn err(e: rocksdb::Error) -> StoreError {
     }
 }
 
+/// Options of a synced write: it returns once it is in the WAL on disk.
+/// (Only the power-loss test's control, fail point `store.unsynced`,
+/// turns the sync off.)
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(!failpoints::is_set("store.unsynced"));
+    wo
+}
+
 fn tenant_key(t: &TenantId) -> Vec<u8> {
     let name = t.as_str().as_bytes();
     let mut k = Vec::with_capacity(1 + name.len() + 32);
@@ -180,6 +189,14 @@ fn u64_of(v: &[u8]) -> Result<u64> {
 }
 
 impl RocksStore {
+    /// Syncs the WAL: every earlier write is durable after this.
+    fn sync_wal(&self) -> Result<()> {
+        if failpoints::is_set("store.unsynced") {
+            return Ok(());
+        }
+        self.db.flush_wal(true).map_err(err)
+    }
+
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, o: &RocksOptions) -> Result<Self> {
         let cache = Cache::new_lru_cache(o.block_cache_bytes);
@@ -237,8 +254,7 @@ impl RocksStore {
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, META_FORMAT).map_err(err)? {
             None => {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
+                let wo = synced();
                 store
                     .db
                     .put_cf_opt(meta, META_FORMAT, [STORE_FORMAT_VERSION], &wo)
@@ -547,7 +563,7 @@ impl Store for RocksStore {
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.flush_wal(true).map_err(err)
+        self.sync_wal()
     }
 
     fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed> {
@@ -574,7 +590,7 @@ impl Store for RocksStore {
         }
         fail_point!("store.commit.before_wal_sync");
         // Chunks first: every put before this commit is durable after this.
-        self.db.flush_wal(true).map_err(err)?;
+        self.sync_wal()?;
         fail_point!("store.commit.after_wal_sync");
         let seq = last.0 + 1;
         let time = now_micros.max(last.1.saturating_add(1));
@@ -605,8 +621,7 @@ impl Store for RocksStore {
                 (*n as i64).to_le_bytes(),
             );
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        let wo = synced();
         self.db.write_opt(batch, &wo).map_err(err)?;
         *last = (seq, time);
         fail_point!("store.commit.after_record");
@@ -660,8 +675,7 @@ impl Store for RocksStore {
                 }
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        let wo = synced();
         self.db.write_opt(batch, &wo).map_err(err)?;
         fail_point!("store.delete.after_write");
         Ok(true)
@@ -815,8 +829,7 @@ impl Store for RocksStore {
         batch.put_cf(self.cf(CF_QUARANTINE), &k, v);
         batch.delete_cf(self.cf(CF_CHUNKS), &k);
         batch.delete_cf(self.cf(CF_CHUNK_INDEX), &k);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        let wo = synced();
         self.db.write_opt(batch, &wo).map_err(err)?;
         Ok(true)
     }
@@ -865,8 +878,7 @@ impl Store for RocksStore {
 
     fn put_setting(&self, name: &str, value: Option<&[u8]>) -> Result<()> {
         let k = format!("{SETTING_PREFIX}{name}");
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        let wo = synced();
         match value {
             Some(v) => self.db.put_cf_opt(self.cf(CF_META), k, v, &wo),
             None => self.db.delete_cf_opt(self.cf(CF_META), k, &wo),
@@ -948,8 +960,7 @@ impl Store for RocksStore {
         for r in &recs {
             batch.put_cf(self.cf(CF_AUDIT), r.seq.to_be_bytes(), r.encode());
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        let wo = synced();
         self.db.write_opt(batch, &wo).map_err(err)?;
         *head = next;
         Ok(recs)

@@ -1,0 +1,140 @@
+//! An `LD_PRELOAD` library for the power-loss test (`tests/e2e/power_loss.rs`).
+//!
+//! It wraps `fsync`, `fdatasync`, `rename` and `unlink`, and appends to the
+//! file named by `REFUGE_SYNC_LOG` one line per successful call:
+//!
+//! * `S <size> <path>`: the file's first `size` bytes are durable;
+//! * `R <from> <to>`: a rename;
+//! * `U <path>`: an unlink.
+//!
+//! After the process is killed, the test keeps of each file only what a
+//! sync made durable, and removes files no sync ever covered: what a power
+//! loss leaves of data that was only in the page cache. (It treats renames
+//! and file creation as durable once the file's data is synced; RocksDB
+//! syncs the directory after them anyway.)
+//!
+//! Paths are absolute (`/proc/self/fd` for syncs, the working directory
+//! joined for renames and unlinks). Without `REFUGE_SYNC_LOG` the calls
+//! only pass through.
+
+// An LD_PRELOAD shim is foreign functions by nature; this crate is a test
+// tool and never linked into refuge.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, OsStr};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use libc::{c_char, c_int};
+
+fn log(line: &[u8]) {
+    let Some(path) = std::env::var_os("REFUGE_SYNC_LOG") else {
+        return;
+    };
+    // One write(2) per line on an O_APPEND file: lines from threads do not
+    // interleave.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line);
+    }
+}
+
+fn absolute(p: *const c_char) -> Option<PathBuf> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passed a NUL-terminated path, as rename(2) and
+    // unlink(2) require.
+    let p = OsStr::from_bytes(unsafe { CStr::from_ptr(p) }.to_bytes());
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        Some(p)
+    } else {
+        std::env::current_dir().ok().map(|d| d.join(p))
+    }
+}
+
+fn record_sync(fd: c_int) {
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+        return;
+    };
+    // SAFETY: fstat writes into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+        return;
+    }
+    let mut line = format!("S {} ", st.st_size).into_bytes();
+    line.extend_from_slice(path.as_os_str().as_bytes());
+    line.push(b'\n');
+    log(&line);
+}
+
+/// `fsync(2)`, recorded.
+#[unsafe(no_mangle)]
+pub extern "C" fn fsync(fd: c_int) -> c_int {
+    // SAFETY: the raw system call, with the caller's descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_fsync, fd) } as c_int;
+    if r == 0 {
+        record_sync(fd);
+    }
+    r
+}
+
+/// `fdatasync(2)`, recorded.
+#[unsafe(no_mangle)]
+pub extern "C" fn fdatasync(fd: c_int) -> c_int {
+    // SAFETY: the raw system call, with the caller's descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_fdatasync, fd) } as c_int;
+    if r == 0 {
+        record_sync(fd);
+    }
+    r
+}
+
+/// `rename(2)`, recorded.
+///
+/// # Safety
+///
+/// As for rename(2): both paths are NUL-terminated strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rename(from: *const c_char, to: *const c_char) -> c_int {
+    let (a, b) = (absolute(from), absolute(to));
+    // SAFETY: renameat with the caller's paths is rename(2).
+    let r = unsafe { libc::renameat(libc::AT_FDCWD, from, libc::AT_FDCWD, to) };
+    if r == 0
+        && let (Some(a), Some(b)) = (a, b)
+    {
+        let mut line = b"R ".to_vec();
+        line.extend_from_slice(a.as_os_str().as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(b.as_os_str().as_bytes());
+        line.push(b'\n');
+        log(&line);
+    }
+    r
+}
+
+/// `unlink(2)`, recorded.
+///
+/// # Safety
+///
+/// As for unlink(2): the path is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
+    let a = absolute(path);
+    // SAFETY: unlinkat with the caller's path is unlink(2).
+    let r = unsafe { libc::unlinkat(libc::AT_FDCWD, path, 0) };
+    if r == 0
+        && let Some(a) = a
+    {
+        let mut line = b"U ".to_vec();
+        line.extend_from_slice(a.as_os_str().as_bytes());
+        line.push(b'\n');
+        log(&line);
+    }
+    r
+}
