@@ -16,3 +16,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast "${features[@]}"
 fi
+# A short run of every fuzz target from the corpus in the repo
+# (docs/reliability.md); REFUGE_FUZZ_SECS=0 skips it.
+if [ "${REFUGE_FUZZ_SECS:-10}" != 0 ]; then
+    ./scripts/fuzz.sh "${REFUGE_FUZZ_SECS:-10}"
+fi
