@@ -16,28 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use refuge_tests::{Cluster, assert_same_tree, bin, copy_tree, noise, run};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use refuge_tests::{Cluster, Rng, assert_same_tree, bin, copy_tree, env_u64, noise, run};
 
 /// Changes a few files of `dir` (edits, additions, a removal).
 fn mutate(dir: &Path, rng: &mut Rng, round: u64) {

@@ -20,14 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use refuge_tests::{Cluster, assert_same_tree, bin, copy_tree, noise, run};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use refuge_tests::{Cluster, Rng, assert_same_tree, bin, copy_tree, env_u64, noise, run};
 
 /// The shim, built beside the binaries (`cargo build --workspace --bins
 /// --lib`, as `scripts/test.sh` does).
@@ -92,20 +85,6 @@ fn lose_power(store: &Path, log: &Path) -> u64 {
         }
     }
     dropped
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 struct Rig {

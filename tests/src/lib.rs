@@ -803,3 +803,26 @@ pub fn replay_latest(agent_cfg: &Path, n: usize) -> Vec<Result<(), tonic::Status
         .map(|r| r.map(|_| ()))
         .collect()
 }
+
+/// A seeded xorshift generator for the fault harnesses (repeatable runs).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// An environment variable as a number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
