@@ -24,7 +24,7 @@ fn mutate(dir: &Path, rng: &mut Rng, round: u64) {
     for _ in 0..n {
         let f = dir.join(format!("f{}.bin", rng.below(8)));
         let len = 1 + rng.below(4 << 20) as usize;
-        fs::write(&f, noise(len, rng.next())).unwrap();
+        fs::write(&f, noise(len, rng.next_u64())).unwrap();
     }
     fs::write(dir.join("round.txt"), format!("round {round}\n")).unwrap();
     if rng.below(4) == 0 {

@@ -144,7 +144,7 @@ impl Rig {
         for _ in 0..2 {
             let f = self.src.join(format!("f{}.bin", self.rng.below(4)));
             let len = 1 + self.rng.below(max_len) as usize;
-            fs::write(&f, noise(len, self.rng.next())).unwrap();
+            fs::write(&f, noise(len, self.rng.next_u64())).unwrap();
         }
         fs::write(self.src.join("name.txt"), name).unwrap();
         let copy = self.copies.join(name);
