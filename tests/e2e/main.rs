@@ -12,6 +12,7 @@ mod failpoints;
 mod full_disk;
 mod health;
 mod hostile;
+mod hostile_wire;
 mod network;
 mod power_loss;
 mod rejections;

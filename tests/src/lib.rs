@@ -302,6 +302,23 @@ impl Cluster {
         assert!(st.success());
     }
 
+    /// The running node's resident memory now and at its peak, in MiB
+    /// (`VmRSS`, `VmHWM` of /proc).
+    pub fn node_rss_mib(&self) -> (u64, u64) {
+        let pid = self.node.as_ref().expect("node running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .map(|kib| kib / 1024)
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// Issues a client certificate with `refuge certs issue --dir certs
     /// ARGS` and returns a client config using it (no sources), named
     /// after the certificate.
@@ -406,6 +423,32 @@ impl Cluster {
         .as_array()
         .unwrap()
         .clone()
+    }
+
+    /// `refuge -c CFG ARGS...`, as a [`Run`] (the caller checks it).
+    pub fn refuge(&self, cfg: &Path, args: &[&str]) -> Run {
+        let mut all = vec!["-c", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run("refuge", self.path(), &all)
+    }
+
+    /// Sets `tenant`'s retention to keep the last `n` snapshots of each
+    /// source, as the admin client `admin`.
+    pub fn keep_last(&self, admin: &Path, tenant: &str, n: u32) {
+        let n = n.to_string();
+        self.refuge(
+            admin,
+            &[
+                "admin",
+                "retention",
+                "set",
+                "--tenant",
+                tenant,
+                "--keep-last",
+                &n,
+            ],
+        )
+        .ok();
     }
 
     /// `refuge -c CFG restore latest --target TARGET`, as a [`Run`] (the

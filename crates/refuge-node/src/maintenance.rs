@@ -14,7 +14,7 @@ use std::time::Duration;
 use refuge_core::retention::{Candidate, Decision, Policy, decide};
 use refuge_core::{ChunkId, ManifestReader, ManifestRecord, SnapshotRecord, TenantId};
 use refuge_proto::pb::{self, admin_server::Admin};
-use refuge_store::{GcOutcome, Store};
+use refuge_store::{GcOutcome, RefCounts, Store};
 use refuge_tls::Role;
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -126,9 +126,9 @@ impl Maintenance {
     }
 
     /// Every stored chunk `rec` references, as its commit counted them.
-    fn snapshot_refs(&self, rec: &SnapshotRecord) -> Result<Vec<ChunkId>, Status> {
+    fn snapshot_refs(&self, rec: &SnapshotRecord) -> Result<RefCounts, Status> {
         let store = &*self.store;
-        let mut refs: Vec<ChunkId> = rec.manifest.iter().map(|r| r.id).collect();
+        let mut refs: RefCounts = rec.manifest.iter().map(|r| r.id).collect();
         let stream = StoredStream::new(store, &rec.tenant, &rec.manifest);
         let bad = |e: String| {
             Status::data_loss(format!(
@@ -142,7 +142,9 @@ impl Maintenance {
                 Ok(None) => break,
                 Ok(Some(ManifestRecord::Entry(_) | ManifestRecord::Sealed { .. })) => {}
                 Ok(Some(ManifestRecord::Chunks(rs))) => {
-                    refs.extend(rs.iter().filter(|r| !r.is_hole()).map(|r| r.id))
+                    for r in rs.iter().filter(|r| !r.is_hole()) {
+                        refs.add(r.id);
+                    }
                 }
                 Err(e) => return Err(bad(e.to_string())),
             }
@@ -355,8 +357,8 @@ impl Maintenance {
     ) -> Result<Vec<Vec<refuge_core::SnapshotId>>, Status> {
         let mut out = vec![Vec::new(); bad.len()];
         for rec in self.store.list_snapshots(t).map_err(store_status)? {
-            let refs: HashSet<ChunkId> = match self.snapshot_refs(&rec) {
-                Ok(r) => r.into_iter().collect(),
+            let refs: RefCounts = match self.snapshot_refs(&rec) {
+                Ok(r) => r,
                 Err(_) => bad.iter().map(|(id, _)| *id).collect(),
             };
             for (i, (id, _)) in bad.iter().enumerate() {

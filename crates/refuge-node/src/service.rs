@@ -2,6 +2,7 @@
 //! admits the caller ([`Access::admit`]: identity, revocation, role);
 //! stores are called on the blocking pool.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use refuge_core::{
 };
 use refuge_proto::pb::{self, audit_server::Audit, ingest_server::Ingest, restore_server::Restore};
 use refuge_proto::{MAX_FIND_IDS, MAX_GET_IDS, MAX_MANIFEST_CHUNKS};
-use refuge_store::{NewSnapshot, Store, StoreError};
+use refuge_store::{NewSnapshot, RefCounts, Store, StoreError};
 use refuge_tls::Role;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -343,16 +344,39 @@ fn check_and_commit(
         )));
     }
     let mut current = Vec::new();
-    // Every stored chunk the snapshot references, for its reference counts.
-    let mut all_refs: Vec<ChunkId> = manifest.iter().map(|r| r.id).collect();
+    // Every stored chunk the snapshot references, counted for the
+    // reference counts, and the stored length of each one checked: memory
+    // grows with the distinct chunks (which this tenant stored), not with
+    // how often a manifest names one, and each is looked up once.
+    let mut all_refs = RefCounts::new();
+    let mut checked: HashMap<ChunkId, u32> = HashMap::new();
+    for r in &manifest {
+        all_refs.add(r.id);
+        checked.insert(r.id, r.len);
+    }
+    let mut unknown: Vec<ChunkRef> = Vec::new();
     loop {
         match reader.next_record() {
             Ok(None) => break,
             Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
             Ok(Some(ManifestRecord::Sealed { .. })) => current = b"(encrypted entry)".to_vec(),
             Ok(Some(ManifestRecord::Chunks(refs))) => {
-                all_refs.extend(refs.iter().filter(|r| !r.is_hole()).map(|r| r.id));
-                if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &refs)? {
+                unknown.clear();
+                let mut bad = None;
+                for r in refs.iter().filter(|r| !r.is_hole()) {
+                    match checked.get(&r.id) {
+                        Some(&l) if l == r.len => {}
+                        Some(&l) => {
+                            bad = Some((*r, Some(l)));
+                            break;
+                        }
+                        None => unknown.push(*r),
+                    }
+                }
+                if bad.is_none() {
+                    bad = first_bad_ref(store, &who.tenant, &unknown)?;
+                }
+                if let Some((r, stored)) = bad {
                     let file = String::from_utf8_lossy(&current);
                     return Err(reject(match stored {
                         None => format!(
@@ -365,10 +389,15 @@ fn check_and_commit(
                         ),
                     }));
                 }
+                for r in refs.iter().filter(|r| !r.is_hole()) {
+                    all_refs.add(r.id);
+                    checked.entry(r.id).or_insert(r.len);
+                }
             }
             Err(e) => return Err(reject(format!("invalid manifest: {e}"))),
         }
     }
+    drop(checked);
     let summary = reader.summary();
     drop(reader);
     if kind == SourceKind::Image && (summary.entries != 1 || summary.files != 1) {

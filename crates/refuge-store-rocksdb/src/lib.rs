@@ -54,7 +54,7 @@ use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{
     COMMIT_TOKEN_KEEP_MICROS, Committed, GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Quarantined,
-    Result, Store, StoreError, build_record, chain_audit, ref_counts,
+    RefCounts, Result, Store, StoreError, build_record, chain_audit,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
@@ -569,7 +569,7 @@ impl Store for RocksStore {
     fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed> {
         // No garbage collection batch between this check and the write.
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
-        let counts = ref_counts(&new.refs);
+        let counts = new.refs.sorted();
         let ids: Vec<ChunkId> = counts.iter().map(|(id, _)| *id).collect();
         let lens = self.chunk_lengths(&new.tenant, &ids)?;
         if let Some((id, _)) = ids.iter().zip(&lens).find(|(_, l)| l.is_none()) {
@@ -635,7 +635,7 @@ impl Store for RocksStore {
         &self,
         tenant: &TenantId,
         id: &SnapshotId,
-        refs: &[ChunkId],
+        refs: &RefCounts,
         now_micros: i64,
     ) -> Result<bool> {
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
@@ -650,7 +650,7 @@ impl Store for RocksStore {
         else {
             return Ok(false);
         };
-        let counts = ref_counts(refs);
+        let counts = refs.sorted();
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_SNAPSHOTS), key(tenant, &seq));
         batch.delete_cf(self.cf(CF_SNAPSHOT_IDS), &id_key);
@@ -1024,7 +1024,7 @@ mod tests {
                 summary: Default::default(),
                 bytes_uploaded: 0,
                 warnings: 0,
-                refs: vec![id, id],
+                refs: [id, id].into(),
                 token: None,
             };
             let r = s.commit_snapshot(new.clone(), 5_000).unwrap();
@@ -1048,7 +1048,7 @@ mod tests {
             summary: Default::default(),
             bytes_uploaded: 0,
             warnings: 0,
-            refs: vec![],
+            refs: RefCounts::new(),
             token: None,
         };
         let second = s.commit_snapshot(new, 1).unwrap();

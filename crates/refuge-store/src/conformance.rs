@@ -13,7 +13,7 @@ use refuge_core::{
     TenantId, compress_chunk,
 };
 
-use crate::{GcOutcome, NewSnapshot, Store, StoreError};
+use crate::{GcOutcome, NewSnapshot, RefCounts, Store, StoreError};
 
 fn tenant(s: &str) -> TenantId {
     TenantId::new(s).expect("valid tenant")
@@ -42,7 +42,7 @@ fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
         },
         bytes_uploaded: 5,
         warnings: 0,
-        refs: Vec::new(),
+        refs: RefCounts::new(),
         token: None,
     }
 }
@@ -209,26 +209,26 @@ pub fn refcounts_follow_commits_and_deletions(s: &dyn Store) {
         .unwrap();
     let count = |id: &ChunkId| s.chunk_refcount(&a, id).unwrap();
     let mut n1 = new_snapshot("alpha", "etc", ida);
-    n1.refs = vec![ida, idb, idb];
+    n1.refs = [ida, idb, idb].into();
     let s1 = s.commit_snapshot(n1, 1_000).unwrap();
     let mut n2 = new_snapshot("alpha", "etc", idc);
-    n2.refs = vec![idb, idc];
+    n2.refs = [idb, idc].into();
     let s2 = s.commit_snapshot(n2, 2_000).unwrap();
     assert_eq!((count(&ida), count(&idb), count(&idc)), (1, 3, 1));
 
     // A reference to an absent chunk (or another tenant's) is refused.
     let mut bad = new_snapshot("alpha", "etc", idc);
-    bad.refs = vec![idc, ChunkId::of(b"never stored")];
+    bad.refs = [idc, ChunkId::of(b"never stored")].into();
     let e = s.commit_snapshot(bad, 3_000).unwrap_err();
     assert!(matches!(e, StoreError::MissingChunk(_)), "{e}");
     let mut other = new_snapshot("beta", "etc", idc);
-    other.refs = vec![idc];
+    other.refs = [idc].into();
     assert!(s.commit_snapshot(other, 3_000).is_err());
     assert_eq!(s.list_snapshots(&a).unwrap().len(), 2);
     assert_eq!(count(&idc), 1);
 
     assert!(
-        s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200)
+        s.delete_snapshot(&a, &s1.id, &[ida, idb, idb].into(), 200)
             .unwrap()
     );
     assert_eq!((count(&ida), count(&idb), count(&idc)), (0, 1, 1));
@@ -236,15 +236,18 @@ pub fn refcounts_follow_commits_and_deletions(s: &dyn Store) {
     // A second deletion (or another tenant's) finds nothing and subtracts
     // nothing.
     assert!(
-        !s.delete_snapshot(&a, &s1.id, &[ida, idb, idb], 200)
+        !s.delete_snapshot(&a, &s1.id, &[ida, idb, idb].into(), 200)
             .unwrap()
     );
     assert!(
-        !s.delete_snapshot(&tenant("beta"), &s2.id, &[idb], 200)
+        !s.delete_snapshot(&tenant("beta"), &s2.id, &[idb].into(), 200)
             .unwrap()
     );
     assert_eq!((count(&idb), count(&idc)), (1, 1));
-    assert!(s.delete_snapshot(&a, &s2.id, &[idb, idc], 300).unwrap());
+    assert!(
+        s.delete_snapshot(&a, &s2.id, &[idb, idc].into(), 300)
+            .unwrap()
+    );
     assert_eq!((count(&idb), count(&idc)), (0, 0));
     assert!(s.list_snapshots(&a).unwrap().is_empty());
 }
@@ -268,13 +271,13 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     // The same bytes in another tenant are another chunk.
     s.put_chunks(&b, &[(orphan, co)], 5_000).unwrap();
     let mut n = new_snapshot("alpha", "etc", kept);
-    n.refs = vec![kept, freed];
+    n.refs = [kept, freed].into();
     let snap = s.commit_snapshot(n, 1_000).unwrap();
     let mut n = new_snapshot("alpha", "var", kept);
-    n.refs = vec![kept];
+    n.refs = [kept].into();
     s.commit_snapshot(n, 1_100).unwrap();
     assert!(
-        s.delete_snapshot(&a, &snap.id, &[kept, freed], 2_000)
+        s.delete_snapshot(&a, &snap.id, &[kept, freed].into(), 2_000)
             .unwrap()
     );
     s.touch_chunks(&a, &[touched, kept], 3_000).unwrap();
@@ -419,7 +422,7 @@ pub fn commit_tokens_make_a_resent_commit_idempotent(s: &dyn Store) {
     s.put_chunks(&tenant("beta"), &[(id, c)], 100).unwrap();
     let with = |t: &str, token: [u8; 16]| {
         let mut n = new_snapshot(t, "etc", id);
-        n.refs = vec![id];
+        n.refs = [id].into();
         n.token = Some(token);
         n
     };
@@ -441,13 +444,13 @@ pub fn commit_tokens_make_a_resent_commit_idempotent(s: &dyn Store) {
     assert_eq!(b.record.tenant, tenant("beta"));
     // No token: every commit makes a snapshot.
     let mut plain = new_snapshot("alpha", "etc", id);
-    plain.refs = vec![id];
+    plain.refs = [id].into();
     assert!(!s.commit(plain.clone(), 4_000).unwrap().replayed);
     assert!(!s.commit(plain, 5_000).unwrap().replayed);
     assert_eq!(s.list_snapshots(&a).unwrap().len(), 4);
     // The snapshot of a token removed: the token commits anew.
     assert!(
-        s.delete_snapshot(&a, &first.record.id, &[id], 6_000)
+        s.delete_snapshot(&a, &first.record.id, &[id].into(), 6_000)
             .unwrap()
     );
     let renewed = s.commit(with("alpha", [1; 16]), 7_000).unwrap();

@@ -16,7 +16,7 @@
 //!   record durable, atomically, before it returns; it assigns the sequence
 //!   number and a time that never goes backwards. It refuses a snapshot
 //!   that references a chunk the store does not have.
-//! * Reference counts: a commit adds one reference per entry of
+//! * Reference counts: a commit adds the references counted in
 //!   [`NewSnapshot::refs`], [`Store::delete_snapshot`] removes them, in the
 //!   same atomic write as the record. A chunk whose count is zero is
 //!   *unreferenced* from that moment (or from its upload, for a chunk no
@@ -144,9 +144,9 @@ pub struct NewSnapshot {
     /// Reported by the agent.
     pub warnings: u64,
     /// Every stored chunk the snapshot references: its manifest chunks and
-    /// the data chunks in the manifest, holes excluded, repeats included.
-    /// The commit adds one reference to each.
-    pub refs: Vec<ChunkId>,
+    /// the data chunks in the manifest, holes excluded, each counted as
+    /// often as it occurs. The commit adds these references.
+    pub refs: RefCounts,
     /// The agent's id for this commit (one per backup run, kept across
     /// its retries). A commit whose token the tenant already used for a
     /// snapshot that still exists makes nothing and answers with that
@@ -251,7 +251,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a snapshot durably and atomically, at node time `now_micros`
     /// (raised if needed so that times strictly increase), adding a
-    /// reference to every chunk in `new.refs`. Fails with
+    /// the references `new.refs`. Fails with
     /// [`StoreError::MissingChunk`] if one of them is not stored.
     ///
     /// With a [`NewSnapshot::token`] the tenant used for a snapshot that
@@ -264,8 +264,8 @@ pub trait Store: Send + Sync + 'static {
         self.commit(new, now_micros).map(|c| c.record)
     }
 
-    /// Removes `tenant`'s snapshot `id` and one reference from each of
-    /// `refs` (the snapshot's, as in [`NewSnapshot::refs`]), durably and
+    /// Removes `tenant`'s snapshot `id` and the references `refs` (the
+    /// snapshot's, as in [`NewSnapshot::refs`]), durably and
     /// atomically; chunks left without references become unreferenced as
     /// of `now_micros`. Returns `false` (and changes nothing) if there is
     /// no such snapshot.
@@ -273,7 +273,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         id: &SnapshotId,
-        refs: &[ChunkId],
+        refs: &RefCounts,
         now_micros: i64,
     ) -> Result<bool>;
 
@@ -339,19 +339,80 @@ pub trait Store: Send + Sync + 'static {
     fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 }
 
-/// Each distinct id of `refs` with how often it occurs, in id order: the
-/// reference count changes of a commit or a deletion.
-pub fn ref_counts(refs: &[ChunkId]) -> Vec<(ChunkId, u64)> {
-    let mut ids = refs.to_vec();
-    ids.sort_unstable();
-    let mut out: Vec<(ChunkId, u64)> = Vec::new();
-    for id in ids {
-        match out.last_mut() {
-            Some((last, n)) if *last == id => *n += 1,
-            _ => out.push((id, 1)),
-        }
+/// A snapshot's references counted by chunk id: the reference count
+/// changes of a commit or a deletion.
+///
+/// Memory is bounded by the number of *distinct* ids, never by how often
+/// a manifest repeats one: a hostile manifest that names one chunk a
+/// billion times costs one entry (issue 6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefCounts {
+    counts: std::collections::HashMap<ChunkId, u64>,
+}
+
+impl RefCounts {
+    /// No references.
+    pub fn new() -> Self {
+        Self::default()
     }
-    out
+
+    /// Adds `n` references to `id`.
+    pub fn add_n(&mut self, id: ChunkId, n: u64) {
+        *self.counts.entry(id).or_insert(0) += n;
+    }
+
+    /// Adds one reference to `id`.
+    pub fn add(&mut self, id: ChunkId) {
+        self.add_n(id, 1);
+    }
+
+    /// Whether `id` is referenced.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.counts.contains_key(id)
+    }
+
+    /// How many distinct chunks are referenced.
+    pub fn distinct(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// How many references in all.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The referenced ids, in no order.
+    pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.counts.keys()
+    }
+
+    /// Each distinct id with its count, in id order.
+    pub fn sorted(&self) -> Vec<(ChunkId, u64)> {
+        let mut out: Vec<(ChunkId, u64)> = self.counts.iter().map(|(i, n)| (*i, *n)).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+impl FromIterator<ChunkId> for RefCounts {
+    fn from_iter<I: IntoIterator<Item = ChunkId>>(iter: I) -> Self {
+        let mut c = RefCounts::new();
+        for id in iter {
+            c.add(id);
+        }
+        c
+    }
+}
+
+impl<const N: usize> From<[ChunkId; N]> for RefCounts {
+    fn from(ids: [ChunkId; N]) -> Self {
+        ids.into_iter().collect()
+    }
 }
 
 /// Batch size of [`Store::collect_garbage`]: chunks examined per exclusive

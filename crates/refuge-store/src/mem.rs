@@ -8,7 +8,7 @@ use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
 use crate::{
     COMMIT_TOKEN_KEEP_MICROS, CommitToken, Committed, GcOutcome, NewSnapshot, PutOutcome,
-    Quarantined, Result, Store, StoreError, build_record, chain_audit, ref_counts,
+    Quarantined, RefCounts, Result, Store, StoreError, build_record, chain_audit,
 };
 
 /// In-memory store; every method takes one mutex.
@@ -136,7 +136,7 @@ impl Store for MemStore {
                 });
             }
         }
-        let counts = ref_counts(&new.refs);
+        let counts = new.refs.sorted();
         if let Some((id, _)) = counts
             .iter()
             .find(|(id, _)| !g.chunks.contains_key(&(new.tenant.clone(), *id)))
@@ -166,7 +166,7 @@ impl Store for MemStore {
         &self,
         tenant: &TenantId,
         id: &SnapshotId,
-        refs: &[ChunkId],
+        refs: &RefCounts,
         now_micros: i64,
     ) -> Result<bool> {
         let mut g = self.lock();
@@ -179,7 +179,7 @@ impl Store for MemStore {
             return Ok(false);
         };
         g.snapshots.remove(&key);
-        for (cid, n) in ref_counts(refs) {
+        for (cid, n) in refs.sorted() {
             let k = (tenant.clone(), cid);
             let left = g.refs.get(&k).copied().unwrap_or(0).saturating_sub(n);
             if left == 0 {
