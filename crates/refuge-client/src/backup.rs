@@ -245,6 +245,9 @@ struct Parent {
     reader: ManifestReader<Box<dyn Read + Send>>,
     peeked: Option<Entry>,
     broken: bool,
+    /// An interrupted run's checkpoint, not a committed snapshot: it is
+    /// cut short by nature, so where it ends is just the end of the hints.
+    checkpoint: bool,
 }
 
 impl Parent {
@@ -312,6 +315,11 @@ impl Parent {
         }
         match self.find(cur) {
             Ok(r) => r,
+            Err(e) if self.checkpoint => {
+                tracing::debug!("the checkpoint ends here ({e:#}); later files are read");
+                self.broken = true;
+                None
+            }
             Err(e) => {
                 warn!(
                     "cannot read the parent snapshot's manifest ({e:#}); reading every remaining file"
@@ -655,6 +663,7 @@ fn open_parent(
             reader,
             peeked: None,
             broken: false,
+            checkpoint: false,
         },
     )))
 }
@@ -720,6 +729,7 @@ fn open_checkpoint(path: &Path, key: &Option<Arc<TenantKey>>) -> Option<Parent> 
                 reader,
                 peeked: None,
                 broken: false,
+                checkpoint: true,
             })
         }
         Err(e) => {

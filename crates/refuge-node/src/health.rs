@@ -203,14 +203,22 @@ impl Disk {
         }
     }
 
-    /// Why ingest refuses now, if it does.
-    pub(crate) fn refusal(&self) -> Option<tonic::Status> {
+    /// Why ingest refuses now, if it does: free space below the reserve,
+    /// or a store whose writes stopped when its disk filled.
+    pub(crate) fn refusal(&self, store: &dyn refuge_store::Store) -> Option<tonic::Status> {
+        if let Some(why) = store.writes_stopped() {
+            return Some(tonic::Status::resource_exhausted(format!(
+                "node storage ran out of space inside its database ({why}); nothing more was \
+                 stored, restores still work; the node reopens its store and takes uploads again \
+                 by itself once space is freed ([health] min_free_mib keeps a reserve against this)"
+            )));
+        }
         if !self.low.load(Ordering::Relaxed) {
             return None;
         }
         Some(tonic::Status::resource_exhausted(format!(
-            "node storage is nearly full: {} MiB free, below the reserve of {} MiB ([health] \
-             min_free_mib); nothing was stored, restores still work",
+            "node storage is nearly full: {} MiB free, too little for this upload above the \
+             reserve of {} MiB ([health] min_free_mib); nothing was stored, restores still work",
             self.free.load(Ordering::Relaxed) >> 20,
             self.min_free.load(Ordering::Relaxed) >> 20
         )))
@@ -227,12 +235,18 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Free space, above the reserve and what the store says its reopening
+/// needs, that a store whose writes stopped must have before it is
+/// reopened.
+pub(crate) const REOPEN_MARGIN: u64 = 64 << 20;
+
 /// Checks the free space of `dir` every `every` until `stop`: below the
 /// reserve, ingest goes NOT_SERVING (audited as `disk_low`), and back to
 /// SERVING when space is freed (`disk_ok`).
 pub(crate) async fn monitor_disk(
     dir: PathBuf,
     disk: Arc<Disk>,
+    store: Arc<dyn refuge_store::Store>,
     health: HealthReporter,
     audit: AuditLog,
     every: Duration,
@@ -258,7 +272,7 @@ pub(crate) async fn monitor_disk(
             })
         })
         .await;
-        let (free, total, store) = match probe {
+        let (free, total, used) = match probe {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 warn!(dir = %dir.display(), error = %e, "cannot read the free space of the store's disk");
@@ -268,32 +282,73 @@ pub(crate) async fn monitor_disk(
         };
         disk.free.store(free, Ordering::Relaxed);
         disk.total.store(total, Ordering::Relaxed);
-        disk.store_bytes.store(store, Ordering::Relaxed);
+        disk.store_bytes.store(used, Ordering::Relaxed);
         let min = disk.min_free.load(Ordering::Relaxed);
-        let low = free < min;
-        disk.low.store(low, Ordering::Relaxed);
+        disk.low.store(free < min, Ordering::Relaxed);
+        // A store whose writes stopped when its disk filled is reopened
+        // once there is room again (the reserve and some to spare for
+        // what RocksDB writes while it opens).
+        let reopen_at = min
+            .saturating_add(REOPEN_MARGIN)
+            .saturating_add(store.reopen_needs_bytes());
+        if let Some(why) = store.writes_stopped()
+            && free >= reopen_at
+        {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.reopen()).await {
+                Ok(Ok(true)) => audit.record(
+                    "node",
+                    "",
+                    "store_reopened",
+                    Outcome::Ok,
+                    &format!(
+                        "{} MiB free in {}: the store, whose writes had stopped ({why}), was reopened",
+                        free >> 20,
+                        dir.display()
+                    ),
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(
+                    error = %e,
+                    free_mib = free >> 20,
+                    "cannot reopen the store yet; trying again at the next check"
+                ),
+                Err(_) => {}
+            }
+        }
+        let stopped = store.writes_stopped();
+        let low = free < min || stopped.is_some();
         if low != ingest_low {
             ingest_low = low;
             if *stop.borrow() {
                 return;
             }
-            let (status, event, outcome) = if low {
-                (ServingStatus::NotServing, "disk_low", Outcome::Failed)
-            } else {
-                (ServingStatus::Serving, "disk_ok", Outcome::Ok)
+            let (status, event, outcome) = match (&stopped, low) {
+                (Some(_), _) => (
+                    ServingStatus::NotServing,
+                    "store_writes_stopped",
+                    Outcome::Failed,
+                ),
+                (None, true) => (ServingStatus::NotServing, "disk_low", Outcome::Failed),
+                (None, false) => (ServingStatus::Serving, "disk_ok", Outcome::Ok),
             };
             health.set_service_status(INGEST, status).await;
-            systemd(&[sd_notify::NotifyState::Status(if low {
-                "serving; ingest refusing: free space below [health] min_free_mib"
-            } else {
-                "serving"
+            systemd(&[sd_notify::NotifyState::Status(match (&stopped, low) {
+                (Some(_), _) => {
+                    "serving; ingest refusing: the store ran out of space, reopening once space is freed"
+                }
+                (None, true) => "serving; ingest refusing: free space below [health] min_free_mib",
+                (None, false) => "serving",
             })]);
-            audit.record(
-                "node",
-                "",
-                event,
-                outcome,
-                &format!(
+            let detail = match &stopped {
+                Some(why) => format!(
+                    "{} MiB free in {}: the store's writes stopped ({why}); ingest refuses until \
+                     it is reopened, which the node does once {} MiB are free",
+                    free >> 20,
+                    dir.display(),
+                    reopen_at >> 20
+                ),
+                None => format!(
                     "{} MiB free in {} (reserve {} MiB): ingest {}",
                     free >> 20,
                     dir.display(),
@@ -304,7 +359,8 @@ pub(crate) async fn monitor_disk(
                         "accepts again"
                     }
                 ),
-            );
+            };
+            audit.record("node", "", event, outcome, &detail);
         }
     }
 }

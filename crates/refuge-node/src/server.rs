@@ -17,7 +17,7 @@ use refuge_proto::pb::audit_server::AuditServer;
 use refuge_proto::pb::ingest_server::IngestServer;
 use refuge_proto::pb::restore_server::RestoreServer;
 use refuge_store::Store;
-use refuge_store_rocksdb::{RocksOptions, RocksStore};
+use refuge_store_rocksdb::{ReopeningStore, RocksOptions};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -111,7 +111,7 @@ pub async fn run(
         ..RocksOptions::default()
     };
     let dir = cfg.data_dir.clone();
-    let opened: Arc<std::sync::Mutex<Option<Arc<RocksStore>>>> = Arc::default();
+    let opened: Arc<std::sync::Mutex<Option<Arc<ReopeningStore>>>> = Arc::default();
     let slot = opened.clone();
     let open = async move {
         // Tests use this to watch the node before its store is open.
@@ -122,7 +122,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let d = dir.clone();
-        let store = tokio::task::spawn_blocking(move || RocksStore::open(&d, &opts))
+        let store = tokio::task::spawn_blocking(move || ReopeningStore::open(&d, &opts))
             .await?
             .with_context(|| format!("cannot open the store in {}", dir.display()))?;
         let store = Arc::new(store);
@@ -477,6 +477,7 @@ pub async fn serve(
     tokio::spawn(crate::health::monitor_disk(
         opts.data_dir.clone(),
         disk,
+        store.clone(),
         health.clone(),
         audit.clone(),
         Duration::from_secs(opts.health.check_interval_secs),

@@ -33,7 +33,10 @@ const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::NoSpace(m) => Status::resource_exhausted(format!("node storage is full: {m}")),
+        StoreError::NoSpace(m) => Status::resource_exhausted(format!(
+            "node storage is full: {m}; nothing more was stored, restores still work, and the \
+             node takes uploads again by itself once space is freed"
+        )),
         StoreError::Corrupt(m) => Status::data_loss(format!("stored data is corrupt: {m}")),
         StoreError::Backend(m) => Status::unavailable(format!("node storage error: {m}")),
         StoreError::MissingChunk(m) => Status::failed_precondition(m),
@@ -112,7 +115,7 @@ impl IngestService {
     ) -> Result<refuge_store::PutOutcome, Status> {
         self.disk
             .check_now(batch.iter().map(|(_, c)| c.data.len() as u64).sum());
-        if let Some(s) = self.disk.refusal() {
+        if let Some(s) = self.disk.refusal(&*self.store) {
             return Err(s);
         }
         let store = self.store.clone();
@@ -503,7 +506,7 @@ impl Ingest for IngestService {
         req: Request<Streaming<pb::ChunkUpload>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
         let who = AgentCaller::admit(&self.access, &req, "PutChunks")?;
-        if let Some(s) = self.disk.refusal() {
+        if let Some(s) = self.disk.refusal(&*self.store) {
             return Err(s);
         }
         let mut stream = req.into_inner();
@@ -656,7 +659,7 @@ impl Ingest for IngestService {
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
         let mut who = AgentCaller::admit(&self.access, &req, "CommitSnapshot")?;
-        if let Some(s) = self.disk.refusal() {
+        if let Some(s) = self.disk.refusal(&*self.store) {
             return Err(s);
         }
         who.must_encrypt = self.encryption.requires(who.tenant.as_str());

@@ -45,6 +45,9 @@
 //! subtract, under the read side, so neither can interleave with a batch.
 
 pub mod failpoints;
+mod reopen;
+
+pub use reopen::ReopeningStore;
 
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
@@ -209,7 +212,14 @@ impl RocksStore {
             }
             t
         };
-        let mut db_opts = Options::default();
+        // Opening replays the WAL into memtables without writing table
+        // files: a store reopened on a nearly full disk (after its writes
+        // stopped there) opens, and keeps serving restores; the replayed
+        // data is flushed later like any memtable. (The crate has no
+        // setter for this option; the string form sets it.)
+        let mut db_opts = Options::default()
+            .get_options_from_string("avoid_flush_during_recovery=true")
+            .map_err(err)?;
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_paranoid_checks(true);
@@ -419,6 +429,16 @@ impl RocksStore {
         self.db
             .cf_handle(name)
             .unwrap_or_else(|| panic!("column family {name} missing"))
+    }
+
+    /// How many background errors (a flush or compaction that failed,
+    /// for example for lack of space) this instance has seen.
+    pub fn background_errors(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.background-errors")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Flushes memtables to disk (chunk bodies into blob files). Used at

@@ -337,6 +337,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` audit records from sequence number `from_seq` on.
     fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// Why writes fail until [`Store::reopen`] succeeds, if they do: an
+    /// engine that ran out of space inside (RocksDB keeps such a
+    /// background error until it is reopened). Reads keep working.
+    fn writes_stopped(&self) -> Option<String> {
+        None
+    }
+
+    /// Reopens a store whose [`Store::writes_stopped`] is set, once the
+    /// caller has seen space come back: `Ok(true)` if it reopened,
+    /// `Ok(false)` if there was nothing to do or it is busy (try again
+    /// later).
+    fn reopen(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Free space, beyond what the caller keeps anyway, that a reopen
+    /// needs (RocksDB may flush what its write-ahead log holds while it
+    /// opens).
+    fn reopen_needs_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// A snapshot's references counted by chunk id: the reference count

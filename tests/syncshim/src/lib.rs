@@ -16,6 +16,12 @@
 //! Paths are absolute (`/proc/self/fd` for syncs, the working directory
 //! joined for renames and unlinks). Without `REFUGE_SYNC_LOG` the calls
 //! only pass through.
+//!
+//! For the full-disk test (`tests/e2e/full_disk.rs`) it also wraps
+//! `write`: while the file named by `REFUGE_ENOSPC_FLAG` exists, a write
+//! to a RocksDB table or blob file (`.sst`, `.blob`) fails with `ENOSPC`,
+//! as on a disk that filled: memtable flushes fail exactly, whatever the
+//! timing, where a real full disk would make them fail only sometimes.
 
 // An LD_PRELOAD shim is foreign functions by nature; this crate is a test
 // tool and never linked into refuge.
@@ -25,6 +31,7 @@ use std::ffi::{CStr, OsStr};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use libc::{c_char, c_int};
 
@@ -137,4 +144,47 @@ pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
         log(&line);
     }
     r
+}
+
+/// The flag file of `REFUGE_ENOSPC_FLAG`, read once.
+fn enospc_flag() -> Option<&'static PathBuf> {
+    static FLAG: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FLAG.get_or_init(|| std::env::var_os("REFUGE_ENOSPC_FLAG").map(PathBuf::from))
+        .as_ref()
+}
+
+fn refuse_for_space(fd: c_int) -> bool {
+    let Some(flag) = enospc_flag() else {
+        return false;
+    };
+    if fd <= 2 || !flag.exists() {
+        return false;
+    }
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("sst" | "blob")
+    )
+}
+
+/// `write(2)`; `ENOSPC` for table and blob files while the flag exists.
+///
+/// # Safety
+///
+/// As for write(2): `buf` holds `count` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(
+    fd: c_int,
+    buf: *const libc::c_void,
+    count: libc::size_t,
+) -> libc::ssize_t {
+    if refuse_for_space(fd) {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::ENOSPC };
+        return -1;
+    }
+    // SAFETY: the raw system call, with the caller's arguments.
+    unsafe { libc::syscall(libc::SYS_write, fd, buf, count) as libc::ssize_t }
 }
