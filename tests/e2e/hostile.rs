@@ -263,3 +263,105 @@ fn upload_streams_that_stall_while_holding_the_ingest_buffer_do_not_starve_other
     // the stalled clients; generous for a loaded machine.
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
 }
+
+#[test]
+fn a_client_opening_thousands_of_streams_is_capped_and_another_tenant_backs_up() {
+    let c = Cluster::start_with("[limits]\nmax_connections_per_client = 8\n");
+    let hostile = load_config(&c.default_agent(&[])).unwrap();
+    let (_, before) = c.node_rss_mib();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Forty connections of 64 upload streams each (2560 streams), every
+    // stream sending one chunk and never finishing.
+    let (held, refused) = rt.block_on(async {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for conn in 0..40u64 {
+            let node = match connect(&hostile.node).await {
+                Ok(n) => n,
+                Err(_) => {
+                    refused += 1;
+                    continue;
+                }
+            };
+            // The node closes a connection beyond the limit right after
+            // the handshake: the first call says so.
+            let probe = node
+                .ingest
+                .clone()
+                .find_missing(pb::FindMissingRequest { ids: vec![] })
+                .await;
+            if probe.is_err() {
+                refused += 1;
+                continue;
+            }
+            for s in 0..64u64 {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let mut ingest = node.ingest.clone();
+                tokio::spawn(async move {
+                    let _ = ingest.put_chunks(tokio_stream_of(rx)).await;
+                });
+                let data = refuge_tests::noise(4096, 50_000 + conn * 100 + s);
+                let up = refuge_proto::upload_to(&ChunkId::of(&data), compress_chunk(&data, 1));
+                tx.send(up).await.unwrap();
+                held.push(tx);
+            }
+        }
+        (held, refused)
+    });
+    assert_eq!(refused, 32, "8 connections admitted of 40");
+    assert_eq!(held.len(), 8 * 64);
+    assert!(
+        c.node_log().contains("limits.max_connections_per_client"),
+        "{}",
+        c.node_log()
+    );
+    // Another tenant connects and backs up meanwhile.
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--tenant", "hr", "--host", "db2",
+        ],
+    )
+    .ok();
+    let src = c.path().join("hr-src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        fs::write(
+            src.join(format!("f{i}.bin")),
+            refuge_tests::noise(8 << 20, 170 + i),
+        )
+        .unwrap();
+    }
+    let hr = c.agent_config(
+        "hr.toml",
+        "certs/hr-db2",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    let t = std::time::Instant::now();
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", hr.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let took = t.elapsed();
+    let out = c.path().join("hr-out");
+    c.restore_latest(&hr, &out).ok();
+    refuge_tests::assert_same_tree(&src, &out);
+    let (_, peak) = c.node_rss_mib();
+    eprintln!(
+        "512 open streams of one client (2048 more refused with their connections): the other tenant's 32 MiB backup took {took:?}; node peak RSS {before} -> {peak} MiB"
+    );
+    assert!(
+        peak < before + 300,
+        "node peak RSS {before} -> {peak} MiB with 512 stalled streams"
+    );
+    // The client's slots come back when it closes its connections.
+    drop(held);
+    drop(rt);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let a = c.default_agent(&[]);
+    run("refuge", c.path(), &["-c", a.to_str().unwrap(), "whoami"]).ok();
+}

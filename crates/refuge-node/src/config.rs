@@ -92,6 +92,10 @@ pub struct LimitsConfig {
     /// Open client connections (handshakes included); more are closed at
     /// once and audited.
     pub max_connections: u32,
+    /// Open connections of one client certificate; more are closed right
+    /// after the handshake and audited, so one client cannot take every
+    /// slot of `max_connections` from the others.
+    pub max_connections_per_client: u32,
     /// Uploaded chunk data the node buffers before storing it, across all
     /// streams and agents, in MiB (uploads wait when it is full).
     pub ingest_buffer_mib: u32,
@@ -104,6 +108,7 @@ impl Default for LimitsConfig {
             handshake_timeout_secs: 10,
             max_concurrent_streams: 64,
             max_connections: 256,
+            max_connections_per_client: 16,
             ingest_buffer_mib: 128,
         }
     }
@@ -354,6 +359,9 @@ impl NodeConfig {
         }
         if l.max_connections == 0 {
             bail!("limits.max_connections must be at least 1");
+        }
+        if l.max_connections_per_client == 0 {
+            bail!("limits.max_connections_per_client must be at least 1");
         }
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs must be at least 1");

@@ -211,6 +211,7 @@ pub async fn serve(
     // Each connection (from accept to close, handshake included) holds a
     // permit: the node's connection buffers do not grow past the limit.
     let slots = Arc::new(Semaphore::new(opts.limits.max_connections as usize));
+    let clients = Arc::new(ClientSlots::new(opts.limits.max_connections_per_client));
     let mut accept_stop = stop_rx.clone();
     let refused_log = audit_slot.clone();
     let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
@@ -240,12 +241,31 @@ pub async fn serve(
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
             let log = refused_log.clone();
+            let clients = clients.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
+                        // The handshake required a client certificate.
+                        let cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| refuge_core::ChunkId::of(c.as_ref()).0)
+                            .unwrap_or_default();
+                        let Some(client) = clients.admit(cert) else {
+                            audit_refused(
+                                &log,
+                                peer,
+                                "too many connections from this client certificate \
+                                 (limits.max_connections_per_client)",
+                            );
+                            return;
+                        };
                         let conn = Limited {
                             inner: tls,
                             _permit: permit,
+                            _client: client,
                         };
                         let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
@@ -504,6 +524,56 @@ pub async fn serve(
 struct Limited<T> {
     inner: T,
     _permit: OwnedSemaphorePermit,
+    _client: ClientSlot,
+}
+
+/// Open connections per client certificate (by the BLAKE3 hash of its
+/// DER), at most `max` each.
+struct ClientSlots {
+    max: u32,
+    open: std::sync::Mutex<std::collections::HashMap<[u8; 32], u32>>,
+}
+
+impl ClientSlots {
+    fn new(max: u32) -> Self {
+        ClientSlots {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// A slot for one more connection of `cert`, if it has fewer than
+    /// `max`; given back when dropped.
+    fn admit(self: &Arc<Self>, cert: [u8; 32]) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(cert).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            slots: self.clone(),
+            cert,
+        })
+    }
+}
+
+/// One connection's place in [`ClientSlots`].
+struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    cert: [u8; 32],
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.cert) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.cert);
+            }
+        }
+    }
 }
 
 impl<T: Connected> Connected for Limited<T> {
