@@ -19,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked --version 0.13.2 >&2
 fi
-targets=(chunk_record manifest records wire)
+targets=(chunk_record manifest records stored wire)
 for t in "${targets[@]}"; do cargo fuzz build --fuzz-dir tests/fuzz "$t" >&2; done
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT

@@ -191,3 +191,37 @@ fn a_flapping_link_still_gets_the_backup_through_exactly_once() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     check_restores(&c, &agent, &src, "restored");
 }
+
+#[test]
+fn a_node_that_keeps_the_link_alive_but_does_not_answer_is_timed_out_and_the_backup_retried() {
+    let (mut c, src, agent) = setup(4);
+    // The node's first upload batch hangs for 20 s after it is written,
+    // while the node keeps answering HTTP/2 pings: keepalive cannot see
+    // it, only the call's deadline can.
+    c.stop_node();
+    c.start_node_env(&[("REFUGE_FAILPOINTS", "store.put.after_write=1*sleep(20000)")]);
+    let cfg = through(&c, &agent, "deadline.toml", c.port(), 3);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "keepalive_secs = 1\n",
+        "keepalive_secs = 1\ncall_timeout_secs = 2\n",
+    );
+    fs::write(&cfg, text).unwrap();
+    let t = std::time::Instant::now();
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let took = t.elapsed();
+    assert!(
+        r.stderr.contains("did not answer within 2 s") && r.stderr.contains("call_timeout_secs"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("retrying in"), "{}", r.stderr);
+    eprintln!("backup with one hung call: {took:?}");
+    let listed = c.snapshots(&agent);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    check_restores(&c, &agent, &src, "restored");
+}

@@ -868,10 +868,9 @@ fn backup_blocking(
         commit_token: commit_token.to_vec(),
     };
     let mut ingest = node.ingest.clone();
-    let answer = rt
-        .block_on(ingest.commit_snapshot(req))
-        .map_err(|s| rpc_error("committing the snapshot", &s))?
-        .into_inner();
+    let answer = rt.block_on(node.within("committing the snapshot", |r| {
+        ingest.commit_snapshot(r.map(|()| req))
+    }))?;
     rep.replayed = answer.replayed;
     if answer.replayed {
         warn!(

@@ -140,6 +140,13 @@ pub struct ConnectionConfig {
     /// keepalive_timeout_secs`.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout_secs: u64,
+    /// Seconds the node has to answer one call of a backup (asking which
+    /// chunks it lacks, uploading one batch, committing): a node that
+    /// keeps the connection alive but does not answer (stuck, or
+    /// overloaded) fails the call, and the backup's retries take over.
+    /// Restores and admin commands are not limited by it.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_secs: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -159,6 +166,10 @@ fn default_keepalive() -> u64 {
 
 fn default_keepalive_timeout() -> u64 {
     20
+}
+
+pub(crate) fn default_call_timeout() -> u64 {
+    300
 }
 
 /// FastCDC sizes and zstd level.

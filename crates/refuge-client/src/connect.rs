@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, default_call_timeout};
 
 /// A connected, authenticated node.
 #[derive(Clone)]
@@ -52,9 +52,51 @@ pub struct Node {
     pub host: String,
     /// The node's address, for messages.
     pub address: String,
+    /// `[node] call_timeout_secs`: see [`Node::within`].
+    pub call_timeout: Duration,
 }
 
 impl Node {
+    /// Runs one call of a backup, `what` (for the error), with the
+    /// `[node] call_timeout_secs` deadline: the request carries it as
+    /// `grpc-timeout` (the node gives up on the call too), and a node that
+    /// does not answer in time, while its connection stays alive, fails the
+    /// call with a transient error that the backup's retries handle.
+    pub async fn within<T, F>(
+        &self,
+        what: &str,
+        call: impl FnOnce(tonic::Request<()>) -> F,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut req = tonic::Request::new(());
+        req.set_timeout(self.call_timeout);
+        match tokio::time::timeout(self.call_timeout, call(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            // Also the node's own enforcement of the deadline (tonic
+            // answers CANCELLED "Timeout expired").
+            Ok(Err(s))
+                if s.code() == tonic::Code::DeadlineExceeded
+                    || (s.code() == tonic::Code::Cancelled
+                        && s.message().contains("Timeout expired")) =>
+            {
+                Err(self.no_answer(what))
+            }
+            Ok(Err(s)) => Err(rpc_error(what, &s)),
+            Err(_) => Err(self.no_answer(what)),
+        }
+    }
+
+    fn no_answer(&self, what: &str) -> anyhow::Error {
+        anyhow::Error::new(Transient(format!(
+            "{what}: the node at {} did not answer within {} s ([node] call_timeout_secs); \
+             the connection was alive, so the node is stuck or overloaded",
+            self.address,
+            self.call_timeout.as_secs()
+        )))
+    }
+
     /// Indexes of `ids` that the node lacks, ascending; asks in batches of
     /// at most `MAX_FIND_IDS`.
     pub(crate) async fn find_missing(
@@ -67,11 +109,11 @@ impl Node {
             let req = pb::FindMissingRequest {
                 ids: batch.iter().map(|id| id.0.to_vec()).collect(),
             };
-            let resp = ingest
-                .find_missing(req)
-                .await
-                .map_err(|s| rpc_error("asking the node which chunks it lacks", &s))?
-                .into_inner();
+            let resp = self
+                .within("asking the node which chunks it lacks", |r| {
+                    ingest.find_missing(r.map(|()| req))
+                })
+                .await?;
             for i in resp.missing {
                 let i = i as usize;
                 if i >= batch.len() {
@@ -229,7 +271,9 @@ fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let channel = channel(cfg).await?;
     let address = cfg.address.clone();
-    node_on(channel, address).await
+    let mut node = node_on(channel, address).await?;
+    node.call_timeout = Duration::from_secs(cfg.call_timeout_secs.max(1));
+    Ok(node)
 }
 
 /// The mutual-TLS channel to the node, without asking it anything (health
@@ -351,6 +395,7 @@ async fn node_on(channel: Channel, address: String) -> anyhow::Result<Node> {
         tenant: who.tenant,
         host: who.host,
         address,
+        call_timeout: Duration::from_secs(default_call_timeout()),
     })
 }
 

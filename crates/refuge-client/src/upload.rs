@@ -23,7 +23,7 @@ use refuge_core::crypto::TenantKey;
 use refuge_core::{ChunkCompressor, ChunkId};
 use tokio::runtime::Handle;
 
-use crate::connect::{Node, rpc_error};
+use crate::connect::Node;
 
 /// Largest batch of chunk data handed to a worker.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -257,7 +257,7 @@ impl Drop for Uploader {
 
 fn worker(
     rt: &Handle,
-    mut node: Node,
+    node: Node,
     level: i32,
     rx: &Mutex<Receiver<Batch>>,
     limiter: Option<&RateLimiter>,
@@ -297,8 +297,10 @@ fn worker(
             l.take(bytes);
         }
         let n = uploads.len() as u64;
-        rt.block_on(node.ingest.put_chunks(futures::stream::iter(uploads)))
-            .map_err(|s| rpc_error("uploading chunks", &s))?;
+        let mut ingest = node.ingest.clone();
+        rt.block_on(node.within("uploading chunks", |r| {
+            ingest.put_chunks(r.map(|()| futures::stream::iter(uploads)))
+        }))?;
         stats.chunks_new += n;
         stats.bytes_sent += bytes;
         stats.bytes_new += raw;

@@ -13,19 +13,20 @@
 
 use std::sync::{Arc, Mutex};
 
-use prost::Message;
 use refuge_core::{SnapshotId, TenantId};
 use refuge_proto::pb::{self, supervision_server::Supervision};
 use refuge_store::Store;
 use refuge_tls::Role;
 use tonic::{Request, Response, Status};
 
+use refuge_proto::stored::{
+    decode_drill_record, decode_failure, encode_drill_record, encode_failure,
+};
+
 use crate::access::{Access, Scope};
 use crate::audit::Outcome;
 use crate::service::{filtered, now_micros, store_status};
 
-/// Version byte of a stored drill record.
-const DRILL_RECORD_VERSION: u8 = 1;
 /// Setting that holds the last drill sequence number.
 const DRILL_SEQ: &str = "drill_seq";
 /// Largest `first_failure` and `check_command` kept (bytes).
@@ -63,30 +64,10 @@ fn last_drill(
             .map_err(|_| Status::data_loss("stored drill_last is not 8 bytes"))?,
     );
     match store.get_setting(&key(tenant, seq)).map_err(store_status)? {
-        Some(r) => decode_record(&r)
+        Some(r) => decode_drill_record(&r)
             .map(Some)
             .map_err(|e| Status::data_loss(format!("drill record {seq}: {e}"))),
         None => Ok(None),
-    }
-}
-
-/// Encodes a drill record for the store.
-pub(crate) fn encode_record(r: &pb::DrillRecord) -> Vec<u8> {
-    let mut out = vec![DRILL_RECORD_VERSION];
-    out.extend_from_slice(&r.encode_to_vec());
-    out
-}
-
-/// Decodes a stored drill record.
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<pb::DrillRecord, String> {
-    match bytes.split_first() {
-        Some((&DRILL_RECORD_VERSION, rest)) => {
-            pb::DrillRecord::decode(rest).map_err(|e| format!("malformed drill record: {e}"))
-        }
-        Some((v, _)) => Err(format!(
-            "drill record version {v} is not supported (this node reads {DRILL_RECORD_VERSION})"
-        )),
-        None => Err("empty drill record".into()),
     }
 }
 
@@ -116,7 +97,7 @@ pub(crate) fn list_drills(
             .list_settings(&format!("drill/{t}/"))
             .map_err(store_status)?
         {
-            let r = decode_record(&v)
+            let r = decode_drill_record(&v)
                 .map_err(|e| Status::data_loss(format!("stored setting {name}: {e}")))?;
             let res = r.result.as_ref();
             if res.is_some_and(|x| {
@@ -178,10 +159,6 @@ fn failure_key(tenant: &TenantId, host: &str, source: &str) -> String {
     format!("backup_failure/{tenant}/{host}/{source}")
 }
 
-/// Version byte of a stored backup failure (then the time, 8 bytes little
-/// endian, µs, and the error text).
-const FAILURE_VERSION: u8 = 1;
-
 /// Stores a backup failure an agent reported.
 pub(crate) fn put_failure(
     store: &dyn Store,
@@ -191,9 +168,7 @@ pub(crate) fn put_failure(
     time_micros: i64,
     error: &str,
 ) -> Result<(), Status> {
-    let mut v = vec![FAILURE_VERSION];
-    v.extend_from_slice(&time_micros.to_le_bytes());
-    v.extend_from_slice(clip(error.to_string()).as_bytes());
+    let v = encode_failure(time_micros, &clip(error.to_string()));
     store
         .put_setting(&failure_key(tenant, host, source), Some(&v))
         .map_err(store_status)
@@ -212,13 +187,11 @@ fn get_failure(
     else {
         return Ok(None);
     };
-    if v.len() < 9 || v[0] != FAILURE_VERSION {
-        return Err(Status::data_loss(format!(
+    decode_failure(&v).map(Some).ok_or_else(|| {
+        Status::data_loss(format!(
             "stored backup failure of {tenant}/{host}/{source} is malformed"
-        )));
-    }
-    let t = i64::from_le_bytes(v[1..9].try_into().expect("8 bytes"));
-    Ok(Some((t, String::from_utf8_lossy(&v[9..]).into_owned())))
+        ))
+    })
 }
 
 /// Per tenant: snapshots, logical bytes, stored chunks and dedup. Reads
@@ -405,7 +378,7 @@ fn record(
         recorded_by: by,
     };
     store
-        .put_setting(&key(tenant, seq), Some(&encode_record(&rec)))
+        .put_setting(&key(tenant, seq), Some(&encode_drill_record(&rec)))
         .map_err(store_status)?;
     let r = rec.result.as_ref().expect("set above");
     store
@@ -601,23 +574,6 @@ impl Supervision for SupervisionService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip_and_other_versions_are_refused() {
-        let r = pb::DrillRecord {
-            seq: 7,
-            recorded_by: "operator:ops1".into(),
-            ..Default::default()
-        };
-        let b = encode_record(&r);
-        assert_eq!(b[0], 1);
-        assert_eq!(decode_record(&b).unwrap(), r);
-        let mut other = b.clone();
-        other[0] = 2;
-        assert!(decode_record(&other).unwrap_err().contains("version 2"));
-        assert!(decode_record(&[]).is_err());
-        assert!(decode_record(&[1, 0xff, 0xff]).is_err());
-    }
 
     #[test]
     fn long_texts_are_clipped_on_a_char_boundary() {

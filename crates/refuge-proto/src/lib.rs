@@ -8,6 +8,8 @@
 
 #![allow(missing_docs)]
 
+pub mod stored;
+
 /// Generated messages, clients and servers.
 pub mod pb {
     #![allow(clippy::all, clippy::unwrap_used)]

@@ -83,5 +83,21 @@ fn main() {
             &compress_chunk(data, 3).encode_record(),
         );
     }
+    // Stored node records: a drill record (first byte even) and a
+    // reported backup failure (odd).
+    let drill = refuge_proto::pb::DrillRecord {
+        seq: 3,
+        recorded_by: "operator:ops1".into(),
+        ..Default::default()
+    };
+    let mut d = vec![0u8];
+    d.extend_from_slice(&refuge_proto::stored::encode_drill_record(&drill));
+    write("stored", "seed-drill", &d);
+    let mut f = vec![1u8];
+    f.extend_from_slice(&refuge_proto::stored::encode_failure(
+        1_700_000_000_000_000,
+        "uploading chunks: node storage is nearly full",
+    ));
+    write("stored", "seed-failure", &f);
     eprintln!("seeds written under {}", root.display());
 }
