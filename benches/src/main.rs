@@ -6,7 +6,8 @@
 //! ~5% mutation, and a verified restore of every source, with the real
 //! `refuge-agent` and `refuge` binaries found next to this executable.
 //! `micro-report` turns the criterion results of `benches/micro.rs` into a
-//! Markdown table.
+//! Markdown table. `contention` measures one tenant's backup while another
+//! tenant's client holds every upload stream the node allows it.
 
 mod e2e;
 
@@ -96,6 +97,56 @@ enum Cmd {
         #[arg(long, default_value = "Latest run")]
         label: String,
     },
+    /// One tenant's backup throughput on a quiet node and while another
+    /// tenant's client holds every upload stream the node allows it.
+    Contention {
+        /// Size of the backed-up tree (seeded random files, all new).
+        #[arg(long, default_value = "512MiB")]
+        size: String,
+        /// Runs of each mode; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Markdown file to write the table into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Section (level-2 heading) of --out.
+        #[arg(long, default_value = "Latest run")]
+        label: String,
+        /// Directory in which to create the scratch directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the scratch directory.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn contention(
+    size_text: String,
+    runs: usize,
+    out: Option<PathBuf>,
+    label: &str,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<()> {
+    let size = refuge_bench::parse_size(&size_text).map_err(anyhow::Error::msg)?;
+    if runs == 0 {
+        anyhow::bail!("--runs must be at least 1");
+    }
+    let body = e2e::contention::run(&e2e::contention::Options {
+        size,
+        size_text: size_text.clone(),
+        runs,
+        dir,
+        keep,
+    })?;
+    println!("{body}");
+    if let Some(out) = out {
+        let key = format!("contention {size_text}");
+        e2e::report::upsert_file(&out, label, &key, &body)?;
+        eprintln!("wrote the contention table into {}", out.display());
+    }
+    Ok(())
 }
 
 fn micro_report(dir: Option<PathBuf>, out: Option<PathBuf>, label: &str) -> anyhow::Result<()> {
@@ -163,6 +214,14 @@ fn main() -> ExitCode {
             out,
             label,
         }) => micro_report(criterion_dir, out, &label),
+        Some(Cmd::Contention {
+            size,
+            runs,
+            out,
+            label,
+            dir,
+            keep,
+        }) => contention(size, runs, out, &label, dir, keep),
         None => end_to_end(cli.e2e),
     };
     match r {

@@ -85,7 +85,7 @@ pub fn command(name: &str, cwd: &Path) -> anyhow::Result<Command> {
     Ok(c)
 }
 
-fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
+pub fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
     let o = c
         .stdin(Stdio::null())
         .output()

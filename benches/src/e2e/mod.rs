@@ -3,6 +3,7 @@
 //! restore of every source.
 
 pub mod cluster;
+pub mod contention;
 pub mod machine;
 pub mod measure;
 pub mod report;
