@@ -346,3 +346,71 @@ fn a_manifest_naming_one_chunk_thirty_million_times_costs_the_node_memory_for_on
         "the node's peak RSS grew from {before} MiB to {after} MiB pruning it"
     );
 }
+
+#[test]
+fn oversize_messages_and_requests_are_refused_before_they_are_read_and_the_node_keeps_serving() {
+    let c = Cluster::start();
+    let cfg_path = c.default_agent(&[]);
+    let cfg = load_config(&cfg_path).unwrap();
+    let (_, before) = c.node_rss_mib();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A client that sends what refuge's own clients never would: a
+        // 40 MiB message, beyond the node's 16 MiB + 64 KiB limit.
+        let channel = refuge_client::channel(&cfg.node).await.unwrap();
+        let mut big = pb::ingest_client::IngestClient::new(channel.clone())
+            .max_encoding_message_size(64 << 20);
+        let data = vec![9u8; 40 << 20];
+        let up = pb::ChunkUpload {
+            id: ChunkId::of(&data).0.to_vec(),
+            raw_len: data.len() as u32,
+            data,
+            ..Default::default()
+        };
+        let err = big
+            .put_chunks(futures::stream::iter(vec![up]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                Code::OutOfRange | Code::ResourceExhausted | Code::Internal
+            ),
+            "{err:?}"
+        );
+        assert!(err.message().contains("too large"), "{err:?}");
+
+        let node = connect(&cfg.node).await.unwrap();
+        let mut ingest = node.ingest.clone();
+        // More ids than one FindMissing may ask about.
+        let err = ingest
+            .find_missing(pb::FindMissingRequest {
+                ids: vec![vec![1; 32]; refuge_proto::MAX_FIND_IDS + 1],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("at most 8192"), "{err:?}");
+        // More chunks than one GetChunks may fetch.
+        let err = node
+            .restore
+            .clone()
+            .get_chunks(pb::GetChunksRequest {
+                ids: vec![vec![1; 32]; refuge_proto::MAX_GET_IDS + 1],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        // The node, and this connection, keep serving.
+        ingest
+            .put_chunks(futures::stream::iter(vec![upload(b"still fine")]))
+            .await
+            .unwrap();
+    });
+    let (_, peak) = c.node_rss_mib();
+    assert!(
+        peak < before + 100,
+        "the node's peak RSS went from {before} to {peak} MiB for a refused 40 MiB message"
+    );
+}
