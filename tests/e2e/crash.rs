@@ -53,22 +53,7 @@ fn acknowledged_snapshots_survive_a_node_killed_at_random_points() {
     let a = agent.to_str().unwrap();
     let admin = c.client(&["--role", "admin", "--name", "root1"]);
     let ad = admin.to_str().unwrap();
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "-c",
-            ad,
-            "admin",
-            "retention",
-            "set",
-            "--tenant",
-            "finance",
-            "--keep-last",
-            "3",
-        ],
-    )
-    .ok();
+    c.keep_last(&admin, "finance", 3);
     // Acknowledged snapshot id -> the tree it must restore to, and its
     // source and round.
     let mut acked: BTreeMap<String, PathBuf> = BTreeMap::new();

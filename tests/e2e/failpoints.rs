@@ -139,20 +139,7 @@ fn two_generations(c: &mut Cluster, src: &Path, agent: &Path, admin: &Path) -> P
     // Garbage collection first drops the listing every new chunk gets at
     // upload, so that only what the prune lists is collected afterwards.
     assert_eq!(gc_deleted(c, admin), 0);
-    refuge(
-        c,
-        admin,
-        &[
-            "admin",
-            "retention",
-            "set",
-            "--tenant",
-            "finance",
-            "--keep-last",
-            "1",
-        ],
-    )
-    .ok();
+    c.keep_last(admin, "finance", 1);
     c.stop_node();
     want
 }

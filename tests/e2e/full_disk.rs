@@ -49,18 +49,28 @@ fn health(c: &Cluster, cfg: &str, service: &str) -> String {
     r.json()[0]["status"].as_str().unwrap().to_string()
 }
 
-#[test]
-fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers() {
-    let mut c = Cluster::configured("");
-    let disk = Tmpfs::mount(c.path().join("disk"), "200m");
-    // The store on the small file system; a reserve of 40 MiB, more than
-    // what RocksDB writes between two batches (the WAL, then blob files
-    // when a memtable of 8 MiB is flushed, and the batches in flight).
+/// Puts the node's store (not yet started) on a tmpfs of `size` with a
+/// reserve of `reserve_mib`, free space checked every second, and small
+/// RocksDB buffers (memtables of 8 MiB).
+fn store_on_tmpfs(c: &Cluster, size: &str, reserve_mib: u64) -> Tmpfs {
+    let disk = Tmpfs::mount(c.path().join("disk"), size);
     let toml = fs::read_to_string(c.path().join("node.toml"))
         .unwrap()
         .replace("data_dir = \"store\"", "data_dir = \"disk/store\"")
-        + "[health]\nmin_free_mib = 40\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n";
+        + &format!(
+            "[health]\nmin_free_mib = {reserve_mib}\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n"
+        );
     fs::write(c.path().join("node.toml"), toml).unwrap();
+    disk
+}
+
+#[test]
+fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers() {
+    let mut c = Cluster::configured("");
+    // The store on the small file system; a reserve of 40 MiB, more than
+    // what RocksDB writes between two batches (the WAL, then blob files
+    // when a memtable of 8 MiB is flushed, and the batches in flight).
+    let disk = store_on_tmpfs(&c, "200m", 40);
     c.start_node();
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -171,18 +181,13 @@ fn shim() -> PathBuf {
 #[test]
 fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_restart() {
     let mut c = Cluster::configured("");
-    let disk = Tmpfs::mount(c.path().join("disk"), "300m");
     // The store on a small file system with a reserve of 8 MiB. While the
     // flag exists, the shim fails every write to a table or blob file
     // with ENOSPC: the next memtable flush (8 MiB) fails inside RocksDB,
     // which then stops all writes until it is reopened. (On a real disk
     // that race is won by the batch check most of the time, so the test
     // would not be repeatable.)
-    let toml = fs::read_to_string(c.path().join("node.toml"))
-        .unwrap()
-        .replace("data_dir = \"store\"", "data_dir = \"disk/store\"")
-        + "[health]\nmin_free_mib = 8\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n";
-    fs::write(c.path().join("node.toml"), toml).unwrap();
+    let disk = store_on_tmpfs(&c, "300m", 8);
     let flag = c.path().join("enospc");
     let lib = shim();
     c.start_node_env(&[

@@ -171,6 +171,35 @@ fn symlinks_already_in_the_target_are_replaced_never_followed() {
     assert!(!outside.join("a.txt").exists());
 }
 
+/// Another tenant's agent (`hr/db2`) backing up `hr-src`: four files of
+/// 8 MiB of noise from `seed`. Returns the source and the config.
+fn other_tenant(c: &Cluster, seed: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--tenant", "hr", "--host", "db2",
+        ],
+    )
+    .ok();
+    let src = c.path().join("hr-src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        fs::write(
+            src.join(format!("f{i}.bin")),
+            refuge_tests::noise(8 << 20, seed + i),
+        )
+        .unwrap();
+    }
+    let hr = c.agent_config(
+        "hr.toml",
+        "certs/hr-db2",
+        "certs/ca.pem",
+        &[("data", &src, "tree")],
+    );
+    (src, hr)
+}
+
 /// Opens `n` `PutChunks` streams as the agent of `cfg`, sends `per_stream`
 /// bytes of new chunks on each, and keeps them open without finishing
 /// until the returned senders are dropped.
@@ -225,29 +254,7 @@ fn upload_streams_that_stall_while_holding_the_ingest_buffer_do_not_starve_other
     let _held = stalled_streams(&rt, &hostile, 16, 1900 << 10);
     std::thread::sleep(std::time::Duration::from_millis(300));
     // Another tenant's backup still goes through.
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "certs", "issue", "--dir", "certs", "--tenant", "hr", "--host", "db2",
-        ],
-    )
-    .ok();
-    let src = c.path().join("hr-src");
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..4 {
-        fs::write(
-            src.join(format!("f{i}.bin")),
-            refuge_tests::noise(8 << 20, 70 + i),
-        )
-        .unwrap();
-    }
-    let hr = c.agent_config(
-        "hr.toml",
-        "certs/hr-db2",
-        "certs/ca.pem",
-        &[("data", &src, "tree")],
-    );
+    let (src, hr) = other_tenant(&c, 70);
     let t = std::time::Instant::now();
     run(
         "refuge-agent",
@@ -316,29 +323,7 @@ fn a_client_opening_thousands_of_streams_is_capped_and_another_tenant_backs_up()
         c.node_log()
     );
     // Another tenant connects and backs up meanwhile.
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "certs", "issue", "--dir", "certs", "--tenant", "hr", "--host", "db2",
-        ],
-    )
-    .ok();
-    let src = c.path().join("hr-src");
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..4 {
-        fs::write(
-            src.join(format!("f{i}.bin")),
-            refuge_tests::noise(8 << 20, 170 + i),
-        )
-        .unwrap();
-    }
-    let hr = c.agent_config(
-        "hr.toml",
-        "certs/hr-db2",
-        "certs/ca.pem",
-        &[("data", &src, "tree")],
-    );
+    let (src, hr) = other_tenant(&c, 170);
     let t = std::time::Instant::now();
     run(
         "refuge-agent",
