@@ -202,6 +202,17 @@ impl RocksStore {
 
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, o: &RocksOptions) -> Result<Self> {
+        Self::open_with(dir, o, false)
+    }
+
+    /// Opens the existing store in `dir` for reading only: nothing is
+    /// written (the WAL is replayed in memory), so it opens on a full
+    /// disk; every write fails.
+    pub fn open_read_only(dir: &Path, o: &RocksOptions) -> Result<Self> {
+        Self::open_with(dir, o, true)
+    }
+
+    fn open_with(dir: &Path, o: &RocksOptions, read_only: bool) -> Result<Self> {
         let cache = Cache::new_lru_cache(o.block_cache_bytes);
         let table = |bloom: bool| {
             let mut t = BlockBasedOptions::default();
@@ -254,7 +265,12 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_QUARANTINE, small.clone()),
             ColumnFamilyDescriptor::new(CF_COMMIT_TOKENS, small),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(err)?;
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&db_opts, dir, cfs, false)
+        } else {
+            DB::open_cf_descriptors(&db_opts, dir, cfs)
+        }
+        .map_err(err)?;
         let store = RocksStore {
             db,
             commit: Mutex::new((0, 0)),
@@ -263,6 +279,11 @@ impl RocksStore {
         };
         let meta = store.cf(CF_META);
         match store.db.get_cf(meta, META_FORMAT).map_err(err)? {
+            None if read_only => {
+                return Err(StoreError::Corrupt(
+                    "no store format version: not a refuge store".into(),
+                ));
+            }
             None => {
                 let wo = synced();
                 store

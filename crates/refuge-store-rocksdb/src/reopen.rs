@@ -9,6 +9,10 @@
 //! free space is back) closes and reopens the database: everything
 //! acknowledged was in the synced WAL and is replayed.
 //!
+//! If that open fails (the space went again meanwhile), the store is
+//! opened read-only, which writes nothing: restores keep working, writes
+//! stay stopped, and the next check tries again.
+//!
 //! Operations hold the read side of a lock for their duration; a reopen
 //! takes the write side only when it is free (`try_write`), so it never
 //! waits behind a long verification and never blocks new operations: it
@@ -234,8 +238,13 @@ impl Store for ReopeningStore {
                 Ok(true)
             }
             Err(e) => {
-                // Closed until a later try opens it: every call says so.
+                // Space went again meanwhile: serve reads from a read-only
+                // instance (it writes nothing) until a later try opens the
+                // store for writing; writes stay stopped.
                 *self.why.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                if let Ok(ro) = RocksStore::open_read_only(&self.dir, &self.opts) {
+                    *g = Some(ro);
+                }
                 Err(e)
             }
         }
@@ -289,19 +298,31 @@ mod tests {
     }
 
     #[test]
-    fn a_reopen_that_fails_leaves_every_call_failing_clearly_until_one_succeeds() {
+    fn a_reopen_that_fails_keeps_reads_working_read_only_until_one_succeeds() {
         let s = temp();
+        s.put_setting("k", Some(b"v1")).unwrap();
         s.stopped.store(true, Ordering::SeqCst);
-        // Closed by a reopen whose open failed, while another instance
-        // holds the database's lock file.
+        // The open fails: another instance holds the database's lock
+        // file (as ENOSPC would fail it).
         drop(s.db.write().unwrap().take());
         let blocker = RocksStore::open(s._dir.path(), &RocksOptions::default()).unwrap();
         assert!(s.reopen().is_err());
         assert!(s.writes_stopped().is_some());
-        let e = s.get_setting("k").unwrap_err();
-        assert!(e.to_string().contains("reopens when space is freed"), "{e}");
+        assert_eq!(s.get_setting("k").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert!(s.put_setting("k", Some(b"v2")).is_err(), "read-only");
         drop(blocker);
         assert!(s.reopen().unwrap());
-        s.put_setting("k", Some(b"v")).unwrap();
+        assert_eq!(s.writes_stopped(), None);
+        s.put_setting("k", Some(b"v2")).unwrap();
+        assert_eq!(s.get_setting("k").unwrap().as_deref(), Some(&b"v2"[..]));
+    }
+
+    #[test]
+    fn a_store_closed_without_a_read_only_fallback_says_so() {
+        let s = temp();
+        s.stopped.store(true, Ordering::SeqCst);
+        drop(s.db.write().unwrap().take());
+        let e = s.get_setting("k").unwrap_err();
+        assert!(e.to_string().contains("reopens when space is freed"), "{e}");
     }
 }
