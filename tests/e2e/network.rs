@@ -225,3 +225,29 @@ fn a_node_that_keeps_the_link_alive_but_does_not_answer_is_timed_out_and_the_bac
     assert_eq!(listed.len(), 1, "{listed:?}");
     check_restores(&c, &agent, &src, "restored");
 }
+
+#[test]
+fn a_restore_from_a_node_that_stops_sending_fails_naming_the_deadline_and_the_next_one_works() {
+    let (mut c, src, agent) = setup(2);
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    // The node's first chunk read hangs for 20 s; the link stays alive.
+    c.stop_node();
+    c.start_node_env(&[("REFUGE_FAILPOINTS", "store.get_chunk=1*sleep(20000)")]);
+    let cfg = through(&c, &agent, "deadline.toml", c.port(), 0);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "keepalive_secs = 1\n",
+        "keepalive_secs = 1\ncall_timeout_secs = 2\n",
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = c.path().join("stalled-restore");
+    let r = c
+        .restore_latest(&cfg, &out)
+        .fails(1, "did not answer within 2 s");
+    assert!(r.stderr.contains("call_timeout_secs"), "{}", r.stderr);
+    check_restores(&c, &cfg, &src, "restored");
+}

@@ -141,10 +141,10 @@ pub struct ConnectionConfig {
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout_secs: u64,
     /// Seconds the node has to answer one call of a backup (asking which
-    /// chunks it lacks, uploading one batch, committing): a node that
-    /// keeps the connection alive but does not answer (stuck, or
-    /// overloaded) fails the call, and the backup's retries take over.
-    /// Restores and admin commands are not limited by it.
+    /// chunks it lacks, uploading one batch, committing) or to send the
+    /// next chunk of a restore: a node that keeps the connection alive but
+    /// does not answer (stuck, or overloaded) fails the call, and the
+    /// backup's retries take over. Admin commands are not limited by it.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_secs: u64,
 }

@@ -57,7 +57,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Runs one call of a backup, `what` (for the error), with the
+    /// Runs one call, `what` (for the error), with the
     /// `[node] call_timeout_secs` deadline: the request carries it as
     /// `grpc-timeout` (the node gives up on the call too), and a node that
     /// does not answer in time, while its connection stays alive, fails the
@@ -88,7 +88,9 @@ impl Node {
         }
     }
 
-    fn no_answer(&self, what: &str) -> anyhow::Error {
+    /// The transient error of a call `what` the node did not answer in
+    /// time.
+    pub(crate) fn no_answer(&self, what: &str) -> anyhow::Error {
         anyhow::Error::new(Transient(format!(
             "{what}: the node at {} did not answer within {} s ([node] call_timeout_secs); \
              the connection was alive, so the node is stuck or overloaded",

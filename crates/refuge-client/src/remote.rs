@@ -87,19 +87,29 @@ impl Fetcher {
             let group = &refs[start..end];
             let ids = group.iter().map(|r| r.id.0.to_vec()).collect();
             let mut restore = self.node.restore.clone();
-            let mut stream = self
-                .rt
-                .block_on(restore.get_chunks(pb::GetChunksRequest {
+            let node = &self.node;
+            let mut stream = self.rt.block_on(node.within("fetching chunks", |req| {
+                restore.get_chunks(req.map(|()| pb::GetChunksRequest {
                     ids,
                     tenant: self.tenant.clone(),
                 }))
-                .map_err(|s| rpc_error("fetching chunks", &s))?
-                .into_inner();
+            }))?;
+            // Each chunk of the stream within the call deadline too: a node
+            // that stops sending while the link stays alive is named.
+            let next = |stream: &mut tonic::Streaming<pb::ChunkData>, what: &str| {
+                // The timer is made inside the runtime (this thread is
+                // not one of its workers).
+                self.rt
+                    .block_on(async {
+                        tokio::time::timeout(node.call_timeout, stream.message()).await
+                    })
+                    .map_err(|_| node.no_answer(what))
+            };
             for r in group {
-                let msg = self
-                    .rt
-                    .block_on(stream.message())
-                    .map_err(|s| match s.code() {
+                let msg =
+                    next(&mut stream, &format!("fetching chunk {}", r.id))?.map_err(|s| match s
+                        .code()
+                    {
                         tonic::Code::NotFound => anyhow!("chunk {} is missing on the node", r.id),
                         tonic::Code::DataLoss => {
                             anyhow!(
@@ -131,9 +141,7 @@ impl Fetcher {
             // Read the stream to its end: a response dropped early resets
             // its HTTP/2 stream, and many resets make h2 close the whole
             // connection as abusive.
-            let extra = self
-                .rt
-                .block_on(stream.message())
+            let extra = next(&mut stream, "fetching chunks")?
                 .map_err(|s| rpc_error("fetching chunks", &s))?;
             if extra.is_some() {
                 bail!("node sent more chunks than were asked for");

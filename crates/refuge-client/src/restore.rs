@@ -326,10 +326,23 @@ fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &
             Ok(g) => g,
             Err(_) => return,
         };
-        if !sh.stop.load(Ordering::SeqCst)
-            && let Err(e) = run_group(&g, &mut fetcher, sh, bar, &mut buf)
-        {
-            sh.fail(e);
+        if !sh.stop.load(Ordering::SeqCst) {
+            // A panic fails the restore (and is counted off below) rather
+            // than leaving its files pending forever.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_group(&g, &mut fetcher, sh, bar, &mut buf)
+            }));
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => sh.fail(e),
+                Err(p) => sh.fail(anyhow!(
+                    "a restore worker failed unexpectedly ({}); this is a bug, please report it",
+                    p.downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into())
+                )),
+            }
         }
         for job in g.jobs() {
             job.pending.fetch_sub(1, Ordering::SeqCst);

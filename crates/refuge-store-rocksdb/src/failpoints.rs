@@ -30,6 +30,8 @@ pub const NAMES: &[&str] = &[
     "store.gc.before_batch",
     // collect_garbage: a batch is written, the next not yet read.
     "store.gc.after_batch",
+    // get_chunk: before the read (for a node that stalls mid-restore).
+    "store.get_chunk",
     // Every write, when set (any action but `off`): nothing is synced, as
     // a store that acknowledged unsynced writes would; the power-loss
     // test's control, which must then lose acknowledged data.

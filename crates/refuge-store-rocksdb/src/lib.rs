@@ -591,6 +591,7 @@ impl Store for RocksStore {
     }
 
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>> {
+        fail_point!("store.get_chunk");
         let Some(rec) = self
             .db
             .get_pinned_cf(self.cf(CF_CHUNKS), key(tenant, &id.0))
