@@ -44,6 +44,9 @@ const EXTRA_TRIES: usize = 16;
 /// One measured backup.
 struct Sample {
     wall: Duration,
+    /// Node RSS (KiB) just before the backup: with the noisy client's
+    /// streams open, what they cost.
+    node_before_kib: u64,
     node_peak_kib: u64,
     streams_open: usize,
     refused: usize,
@@ -79,12 +82,13 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
             fs::create_dir_all(&dir)?;
             let s = one(&dir, &data, noisy)?;
             eprintln!(
-                "[contention] run {} {}: {} in {} = {} MB/s; node peak {}; noisy streams open {}, connections refused {}",
+                "[contention] run {} {}: {} in {} = {} MB/s; node RSS before {}, peak {}; noisy streams open {}, connections refused {}",
                 run + 1,
                 if noisy { "loaded" } else { "quiet" },
                 mb(bytes),
                 secs(s.wall.as_secs_f64()),
                 mb_per_s(bytes, s.wall.as_secs_f64()),
+                mib_from_kib(s.node_before_kib),
                 mib_from_kib(s.node_peak_kib),
                 s.streams_open,
                 s.refused
@@ -108,7 +112,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| node | backup wall time | MB/s | node peak RSS | noisy streams open | noisy connections refused |\n|---|---:|---:|---:|---:|---:|"
+        "| node | backup wall time | MB/s | node RSS before the backup | node peak RSS during it | noisy streams open | noisy connections refused |\n|---|---:|---:|---:|---:|---:|---:|"
     )?;
     for (name, v) in [("quiet", &quiet), ("loaded", &loaded)] {
         let mut w: Vec<f64> = v.iter().map(|s| s.wall.as_secs_f64()).collect();
@@ -116,15 +120,18 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
         let med = w[w.len() / 2];
         let mut peaks: Vec<u64> = v.iter().map(|s| s.node_peak_kib).collect();
         peaks.sort_unstable();
+        let mut befores: Vec<u64> = v.iter().map(|s| s.node_before_kib).collect();
+        befores.sort_unstable();
         writeln!(
             out,
-            "| {name} | {} ({}–{}) | **{}** ({}–{}) | {} | {} | {} |",
+            "| {name} | {} ({}–{}) | **{}** ({}–{}) | {} | {} | {} | {} |",
             secs(med),
             secs(w[0]),
             secs(w[w.len() - 1]),
             mb_per_s(bytes, med),
             mb_per_s(bytes, w[w.len() - 1]),
             mb_per_s(bytes, w[0]),
+            mib_from_kib(befores[befores.len() / 2]),
             mib_from_kib(peaks[peaks.len() / 2]),
             v.iter().map(|s| s.streams_open).max().unwrap_or(0),
             v.iter().map(|s| s.refused).max().unwrap_or(0),
@@ -199,6 +206,9 @@ fn one(dir: &Path, data: &Path, noisy: bool) -> anyhow::Result<Sample> {
     } else {
         None
     };
+    // Let the stalled streams' idle flush happen before looking.
+    std::thread::sleep(Duration::from_secs(2));
+    let node_before_kib = measure::vm_rss(node.pid).unwrap_or(0);
     measure::reset_hwm(node.pid);
     let mut cmd = cluster::command("refuge-agent", dir)?;
     cmd.args(["-c", "agent.toml", "backup"]);
@@ -211,6 +221,7 @@ fn one(dir: &Path, data: &Path, noisy: bool) -> anyhow::Result<Sample> {
     }
     Ok(Sample {
         wall: m.wall,
+        node_before_kib,
         node_peak_kib,
         streams_open,
         refused,
