@@ -168,7 +168,7 @@ fn default_keepalive_timeout() -> u64 {
     20
 }
 
-pub(crate) fn default_call_timeout() -> u64 {
+fn default_call_timeout() -> u64 {
     300
 }
 

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::{ConnectionConfig, default_call_timeout};
+use crate::config::ConnectionConfig;
 
 /// A connected, authenticated node.
 #[derive(Clone)]
@@ -273,9 +273,8 @@ fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
     let channel = channel(cfg).await?;
     let address = cfg.address.clone();
-    let mut node = node_on(channel, address).await?;
-    node.call_timeout = Duration::from_secs(cfg.call_timeout_secs.max(1));
-    Ok(node)
+    let call_timeout = Duration::from_secs(cfg.call_timeout_secs.max(1));
+    node_on(channel, address, call_timeout).await
 }
 
 /// The mutual-TLS channel to the node, without asking it anything (health
@@ -345,7 +344,11 @@ pub async fn channel(cfg: &ConnectionConfig) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
-async fn node_on(channel: Channel, address: String) -> anyhow::Result<Node> {
+async fn node_on(
+    channel: Channel,
+    address: String,
+    call_timeout: Duration,
+) -> anyhow::Result<Node> {
     let max = refuge_proto::MAX_MESSAGE_BYTES;
     let mut restore = RestoreClient::new(channel.clone())
         .max_decoding_message_size(max)
@@ -397,7 +400,7 @@ async fn node_on(channel: Channel, address: String) -> anyhow::Result<Node> {
         tenant: who.tenant,
         host: who.host,
         address,
-        call_timeout: Duration::from_secs(default_call_timeout()),
+        call_timeout,
     })
 }
 

@@ -429,6 +429,9 @@ mod tests {
         assert!(NodeConfig::parse("listen = \"nope\"").is_err());
         let e = NodeConfig::parse(&format!("{base}[limits]\ningest_buffer_mib = 0\n")).unwrap_err();
         assert!(e.to_string().contains("ingest_buffer_mib"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}[limits]\nmax_connections_per_client = 0\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("max_connections_per_client"), "{e}");
         let e = NodeConfig::parse(&format!("{base}revoked_serials = [\"zz\"]\n")).unwrap_err();
         assert!(e.to_string().contains("revoked_serials"), "{e}");
         let e = NodeConfig::parse(&format!(

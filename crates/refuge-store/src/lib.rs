@@ -378,39 +378,14 @@ impl RefCounts {
         Self::default()
     }
 
-    /// Adds `n` references to `id`.
-    pub fn add_n(&mut self, id: ChunkId, n: u64) {
-        *self.counts.entry(id).or_insert(0) += n;
-    }
-
     /// Adds one reference to `id`.
     pub fn add(&mut self, id: ChunkId) {
-        self.add_n(id, 1);
+        *self.counts.entry(id).or_insert(0) += 1;
     }
 
     /// Whether `id` is referenced.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.counts.contains_key(id)
-    }
-
-    /// How many distinct chunks are referenced.
-    pub fn distinct(&self) -> usize {
-        self.counts.len()
-    }
-
-    /// How many references in all.
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
-
-    /// The referenced ids, in no order.
-    pub fn ids(&self) -> impl Iterator<Item = &ChunkId> {
-        self.counts.keys()
     }
 
     /// Each distinct id with its count, in id order.
