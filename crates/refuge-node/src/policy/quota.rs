@@ -17,7 +17,7 @@ use refuge_store::Store;
 use tonic::Status;
 
 use crate::config::QuotaConfig;
-use crate::service::store_status;
+use crate::floor::store::store_status;
 
 const DAY_MICROS: i64 = 86_400_000_000;
 

@@ -4,6 +4,9 @@
 //! (PERMISSION_DENIED), and audits both. docs/security.md has the table of
 //! roles and RPCs.
 //!
+//! [`Agent`] admits the ingest RPCs' callers: agents only, with the
+//! tenant and host of their certificate.
+//!
 //! Tenant scope is decided here too: a tenant outside the caller's scope is
 //! treated exactly like a tenant with no data, never as a denial, so that
 //! probing reveals nothing.
@@ -16,7 +19,8 @@ use refuge_store::Store;
 use refuge_tls::{ClientIdentity, Role, TenantScope, identity_from_cert};
 use tonic::{Request, Status};
 
-use crate::audit::{AuditLog, Outcome};
+use super::audit::{AuditLog, Outcome};
+use crate::floor::store::store_status;
 
 /// Identity checks and the audit log, shared by every service.
 pub(crate) struct Access {
@@ -168,8 +172,43 @@ impl Access {
         }
         match scope {
             TenantScope::Only(ts) => Ok(ts.clone()),
-            TenantScope::All => store.list_tenants().map_err(crate::service::store_status),
+            TenantScope::All => store.list_tenants().map_err(store_status),
         }
+    }
+}
+
+/// An agent, admitted to an ingest RPC: the tenant and host its
+/// certificate names, which are the only ones it may write.
+#[derive(Clone)]
+pub(crate) struct Agent {
+    pub(crate) tenant: TenantId,
+    pub(crate) host: refuge_core::HostName,
+    pub(crate) subject: String,
+    pub(crate) audit: AuditLog,
+    /// The node requires this tenant's snapshots to be encrypted.
+    pub(crate) must_encrypt: bool,
+}
+
+impl Agent {
+    /// Admits the caller of `rpc` if it is an agent (agents only).
+    pub(crate) fn admit<T>(access: &Access, req: &Request<T>, rpc: &str) -> Result<Self, Status> {
+        let who = access.admit(req, rpc, &[Role::Agent])?;
+        let (tenant, host) = who
+            .agent_of()
+            .ok_or_else(|| Status::internal("agent identity without a tenant and host"))?;
+        Ok(Agent {
+            tenant,
+            host,
+            subject: who.subject(),
+            audit: access.audit.clone(),
+            must_encrypt: false,
+        })
+    }
+
+    /// Audits an event of this agent's tenant.
+    pub(crate) fn record(&self, event: &str, outcome: Outcome, detail: &str) {
+        self.audit
+            .record(&self.subject, self.tenant.as_str(), event, outcome, detail);
     }
 }
 

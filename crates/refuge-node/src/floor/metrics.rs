@@ -5,14 +5,13 @@
 //! Counters are fed where things happen (ingest, restore, commits, the
 //! audit log: authentication failures, quarantined chunks, quota
 //! refusals). Per-source gauges (last backup time, replication lag, last
-//! drill) and the disk gauges are computed from the catalog at each scrape
-//! (a scan of every tenant's snapshot records and drill records, not of
-//! chunks).
+//! drill) and the disk gauges are set from the catalog at each scrape by
+//! the endpoint (`server::metrics_http`): this registry reads nothing
+//! itself, so that the audit log, one floor up, can feed it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
@@ -21,8 +20,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use refuge_store::Store;
-use tracing::{info, warn};
+use refuge_proto::pb;
+use tracing::warn;
+
+use super::disk::Disk;
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -57,8 +58,6 @@ pub(crate) struct Metrics {
     store_bytes: FGauge,
     /// Authentication failures of the last hour (for `Status`).
     recent_auth: Mutex<VecDeque<Instant>>,
-    /// Where the per-scrape gauges come from, once the store is open.
-    source: OnceLock<(Arc<dyn Store>, Arc<crate::health::Disk>)>,
 }
 
 /// Most authentication failures remembered for the last-hour count.
@@ -193,13 +192,7 @@ impl Metrics {
             disk_reserve,
             store_bytes,
             recent_auth: Mutex::new(VecDeque::new()),
-            source: OnceLock::new(),
         })
-    }
-
-    /// From now on, scrapes read per-source gauges from `store`.
-    pub(crate) fn attach(&self, store: Arc<dyn Store>, disk: Arc<crate::health::Disk>) {
-        let _ = self.source.set((store, disk));
     }
 
     /// Counts an audit event (and the counters derived from events).
@@ -274,11 +267,10 @@ impl Metrics {
         self.commit_seconds.observe(took.as_secs_f64());
     }
 
-    /// Recomputes the per-source and disk gauges from the store.
-    fn refresh(&self) {
-        let Some((store, disk)) = self.source.get() else {
-            return;
-        };
+    /// Sets the disk gauges and, replacing the previous ones, the
+    /// per-source gauges (read from the catalog by the caller; `None`, as
+    /// when the catalog could not be read, keeps the previous ones).
+    pub(crate) fn set_gauges(&self, disk: &Disk, sources: Option<&[pb::SourceStatus]>) {
         self.disk_free.set(disk.free.load(Ordering::Relaxed) as f64);
         self.disk_total
             .set(disk.total.load(Ordering::Relaxed) as f64);
@@ -286,20 +278,8 @@ impl Metrics {
             .set(disk.min_free.load(Ordering::Relaxed) as f64);
         self.store_bytes
             .set(disk.store_bytes.load(Ordering::Relaxed) as f64);
-        let tenants = match store.list_tenants() {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "metrics: cannot list tenants");
-                return;
-            }
-        };
-        let now = crate::service::now_micros();
-        let sources = match crate::supervision::sources_of(&**store, &tenants, now) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e.message(), "metrics: cannot read the catalog");
-                return;
-            }
+        let Some(sources) = sources else {
+            return;
         };
         for f in [
             &self.last_backup,
@@ -336,9 +316,8 @@ impl Metrics {
         }
     }
 
-    /// The text exposition (after refreshing the gauges).
+    /// The text exposition.
     pub(crate) fn text(&self) -> String {
-        self.refresh();
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             warn!(error = %e, "cannot encode metrics");
@@ -347,36 +326,34 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` changes.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let addr: SocketAddr = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move {
-                let text = tokio::task::spawn_blocking(move || m.text())
-                    .await
-                    .unwrap_or_default();
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
-    info!(%addr, "metrics on http://{addr}/metrics");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_follow_the_sources_given_and_stay_when_none_are() {
+        let m = Metrics::new();
+        let disk = Disk::default();
+        disk.free.store(7 << 20, Ordering::Relaxed);
+        let src = pb::SourceStatus {
+            tenant: "t".into(),
+            host: "h".into(),
+            source: "s".into(),
+            snapshots: 1,
+            newest_snapshot_unix_micros: 5_000_000,
+            rpo_micros: 2_000_000,
+            ..Default::default()
+        };
+        m.set_gauges(&disk, Some(std::slice::from_ref(&src)));
+        let t = m.text();
+        assert!(t.contains("refuge_disk_free_bytes 7340032"), "{t}");
+        assert!(
+            t.contains(r#"refuge_replication_lag_seconds{tenant="t",host="h",source="s"} 2.0"#),
+            "{t}"
+        );
+        m.set_gauges(&disk, None);
+        assert!(m.text().contains("refuge_replication_lag_seconds{"));
+        m.set_gauges(&disk, Some(&[]));
+        assert!(!m.text().contains("refuge_replication_lag_seconds{"));
+    }
 }

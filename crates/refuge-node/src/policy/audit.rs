@@ -16,6 +16,9 @@ use refuge_store::Store;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::floor::clock::now_micros;
+use crate::floor::metrics::Metrics;
+
 /// Events waiting for the writer.
 const QUEUE: usize = 4096;
 /// Most events appended in one synced batch.
@@ -51,12 +54,12 @@ impl Outcome {
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
     /// Starts the writer task on the current runtime.
-    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(writer(store, rx, dropped.clone()));
@@ -68,7 +71,7 @@ impl AuditLog {
     }
 
     /// The node's metrics (fed by every service through this handle).
-    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
@@ -88,7 +91,7 @@ impl AuditLog {
             warn!(target: "audit", event, subject, tenant, outcome = outcome.as_str(), "{detail}");
         }
         let ev = AuditEvent {
-            time_micros: crate::service::now_micros(),
+            time_micros: now_micros(),
             subject: subject.into(),
             tenant: tenant.into(),
             event: event.into(),
@@ -126,7 +129,7 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, dropped: Arc
         if lost > 0 {
             warn!(target: "audit", lost, "audit queue was full; events were dropped");
             events.push(AuditEvent {
-                time_micros: crate::service::now_micros(),
+                time_micros: now_micros(),
                 subject: "node".into(),
                 event: "audit_events_dropped".into(),
                 outcome: Outcome::Failed.as_str().into(),

@@ -1,47 +1,23 @@
 //! Drills the node runs itself: on request (`StartDrill`) and, with
 //! `[drill] window`, unannounced every day at a random time in the window.
 //!
-//! The node drills as a DR operator would: it connects to its own gRPC
-//! port with `[drill] client_config` (an operator certificate) and runs
-//! the same drill as `refuge drill` (`refuge_client::run_drill`): restore
-//! into scratch space, verify every file against the manifest, measure,
-//! record the result. So a node drill tests the real path a restore takes
-//! after a disaster, TLS and all, and needs no key it should not have
-//! (an encrypted tenant's key is in that client configuration, or its
-//! drill fails saying so).
-//!
-//! Reports are kept as settings `drill_report/ID`: a version byte (1) and
-//! JSON `{state, error, report_json, report_markdown}`.
+//! The node drills as a DR operator would, through its own port
+//! (`self_drill`, which says why). One node drill runs at a time; its
+//! state and report are kept in the catalog (`catalog::drills::Kept`)
+//! from the moment it is asked for.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use refuge_client::{DrillOptions, DrillSelection, Point, ProgressMode};
-use refuge_proto::pb;
 use refuge_store::Store;
-use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, Outcome};
+use super::self_drill::{self, Ask};
+use crate::catalog::drills::{Kept, keep_report};
 use crate::config::DrillConfig;
-use crate::service::store_status;
-
-const REPORT_VERSION: u8 = 1;
-
-fn report_key(id: &str) -> String {
-    format!("drill_report/{id}")
-}
-
-/// What is kept of a node drill.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Kept {
-    state: String,
-    error: String,
-    report_json: String,
-    report_markdown: String,
-}
+use crate::floor::clock::random_u64;
+use crate::policy::audit::{AuditLog, Outcome};
 
 /// The node's own drills.
 pub(crate) struct NodeDrills {
@@ -63,26 +39,17 @@ impl NodeDrills {
     }
 
     fn keep(&self, id: &str, k: &Kept) -> Result<(), Status> {
-        let mut v = vec![REPORT_VERSION];
-        v.extend_from_slice(&serde_json::to_vec(k).map_err(|e| Status::internal(e.to_string()))?);
-        self.store
-            .put_setting(&report_key(id), Some(&v))
-            .map_err(store_status)
+        keep_report(&*self.store, id, k)
     }
 
     /// Starts a drill in the background and returns its id.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        sel: DrillSelection,
-        point: Point,
-        by: &str,
-    ) -> Result<String, Status> {
+    pub(crate) fn start(self: &Arc<Self>, ask: Ask, by: &str) -> Result<String, Status> {
         let Some(client) = self.cfg.client_config.clone() else {
             return Err(Status::failed_precondition(
                 "this node runs no drills: [drill] client_config is not set in node.toml",
             ));
         };
-        let id = format!("{:016x}", refuge_client::random_u64());
+        let id = format!("{:016x}", random_u64());
         self.keep(
             &id,
             &Kept {
@@ -92,27 +59,32 @@ impl NodeDrills {
         )?;
         self.audit.record(
             by,
-            &sel.tenant,
+            &ask.tenant,
             "drill_requested",
             Outcome::Ok,
             &format!(
                 "node drill {id} of {}/{}/{} ({})",
-                or_all(&sel.tenant),
-                or_all(&sel.host),
-                or_all(&sel.source),
-                point.describe()
+                or_all(&ask.tenant),
+                or_all(&ask.host),
+                or_all(&ask.source),
+                ask.point()
             ),
         );
         let me = self.clone();
         let run_id = id.clone();
         tokio::spawn(async move {
             let _turn = me.one.acquire().await;
-            let kept = match me.run(client, &sel, &point, &run_id).await {
+            let scratch = me
+                .cfg
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            let kept = match self_drill::run(&client, scratch, &ask, &run_id).await {
                 Ok(r) => Kept {
                     state: if r.passed { "passed" } else { "failed" }.into(),
                     error: r.record_errors.join("; "),
-                    report_json: serde_json::to_string_pretty(&r).unwrap_or_default(),
-                    report_markdown: refuge_client::drill_markdown(&r),
+                    report_json: r.json,
+                    report_markdown: r.markdown,
                 },
                 Err(e) => Kept {
                     state: "error".into(),
@@ -128,57 +100,6 @@ impl NodeDrills {
         Ok(id)
     }
 
-    async fn run(
-        &self,
-        client: PathBuf,
-        sel: &DrillSelection,
-        point: &Point,
-        id: &str,
-    ) -> anyhow::Result<refuge_client::DrillReport> {
-        let cfg = refuge_client::load_config(&client)?;
-        let key = cfg.tenant_key()?;
-        let node = refuge_client::connect(&cfg.node).await?;
-        let opts = DrillOptions {
-            scratch: self
-                .cfg
-                .scratch_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-            check: None,
-            checks: cfg.drill.checks.clone(),
-            check_timeout: Duration::from_secs(cfg.drill.check_timeout_secs),
-            keep: false,
-            threads: cfg.limits.restore_threads(),
-            key,
-            progress: ProgressMode::Hidden,
-        };
-        refuge_client::run_drill(&node, sel, point, &opts, true, id, |_| {}).await
-    }
-
-    /// The state and report of drill `id`.
-    pub(crate) fn report(&self, id: &str) -> Result<pb::GetDrillReportResponse, Status> {
-        let v = self
-            .store
-            .get_setting(&report_key(id))
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no node drill with id {id:?}")))?;
-        let k: Kept = match v.split_first() {
-            Some((&REPORT_VERSION, rest)) => serde_json::from_slice(rest)
-                .map_err(|e| Status::data_loss(format!("stored drill report {id}: {e}")))?,
-            _ => {
-                return Err(Status::data_loss(format!(
-                    "stored drill report {id} has an unknown version"
-                )));
-            }
-        };
-        Ok(pb::GetDrillReportResponse {
-            state: k.state,
-            error: k.error,
-            report_json: k.report_json,
-            report_markdown: k.report_markdown,
-        })
-    }
-
     /// Every day, a drill of everything at a random time of the window.
     pub(crate) async fn scheduled(
         self: Arc<Self>,
@@ -189,7 +110,7 @@ impl NodeDrills {
         loop {
             let (lo, hi) = next_window(after, window);
             let span = (hi - lo).num_seconds().max(1) as u64;
-            let at = lo + chrono::Duration::seconds((refuge_client::random_u64() % span) as i64);
+            let at = lo + chrono::Duration::seconds((random_u64() % span) as i64);
             let wait = (at - chrono::Local::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
@@ -197,12 +118,11 @@ impl NodeDrills {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let point = if self.cfg.random_point {
-                Point::Random(refuge_client::random_u64())
-            } else {
-                Point::Latest
+            let ask = Ask {
+                random_seed: self.cfg.random_point.then(random_u64),
+                ..Ask::default()
             };
-            if let Err(e) = self.start(DrillSelection::default(), point, "node (schedule)") {
+            if let Err(e) = self.start(ask, "node (schedule)") {
                 self.audit.record(
                     "node (schedule)",
                     "",

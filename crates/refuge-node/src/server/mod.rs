@@ -1,14 +1,23 @@
-//! The server loop: accept TCP, complete a TLS 1.3 handshake that requires
-//! a client certificate signed by the configured CA, then serve gRPC.
+//! The top floor: [`run`] opens the RocksDB store and calls [`serve`],
+//! which puts everything together. Health is served at once (and every
+//! refuge service answers UNAVAILABLE through its `gate`) while the store
+//! opens; then the audit log, the policies, the maintenance schedules,
+//! the node's drills and the watches start, and the gates open.
 //!
-//! The handshake runs here, not inside tonic, so that the node controls the
-//! protocol version and logs every refused handshake as an audit event.
+//! - `accept`: the accept loop, the TLS handshake and connection limits.
+//! - `gate`: a service that answers UNAVAILABLE until it is opened.
+//! - `metrics_http`: `GET /metrics`.
+//! - `reload`: re-reading the revocation list and disk reserve.
+
+mod accept;
+mod gate;
+mod metrics_http;
+mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,28 +25,35 @@ use refuge_proto::pb::admin_server::AdminServer;
 use refuge_proto::pb::audit_server::AuditServer;
 use refuge_proto::pb::ingest_server::IngestServer;
 use refuge_proto::pb::restore_server::RestoreServer;
+use refuge_proto::pb::supervision_server::SupervisionServer;
 use refuge_store::Store;
 use refuge_store_rocksdb::{ReopeningStore, RocksOptions};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::access::Access;
-use crate::audit::{AuditLog, Outcome};
+use self::gate::Gate;
 use crate::config::{
-    GcConfig, LimitsConfig, NodeConfig, QuotaConfig, RetentionConfig, VerifyConfig,
+    DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, NodeConfig, QuotaConfig,
+    RetentionConfig, VerifyConfig, parse_window,
 };
-use crate::health::Gate;
-use crate::maintenance::{AdminService, Maintenance};
-use crate::quota::Quotas;
-use crate::service::{AuditService, IngestService, RestoreService};
-use crate::supervision::SupervisionService;
-use refuge_proto::pb::supervision_server::SupervisionServer;
-use tonic_health::ServingStatus;
+use crate::floor::disk::Disk;
+use crate::floor::health::{INGEST, clear_all, set_all, systemd};
+use crate::floor::metrics::Metrics;
+use crate::policy::access::Access;
+use crate::policy::audit::{AuditLog, Outcome};
+use crate::policy::quota::Quotas;
+use crate::services::admin::AdminService;
+use crate::services::audit::AuditService;
+use crate::services::ingest::IngestService;
+use crate::services::restore::RestoreService;
+use crate::services::supervision::{NodeFacts, SupervisionService};
+use crate::work::drills::NodeDrills;
+use crate::work::maintenance::Maintenance;
+use crate::work::watch::{monitor_disk, watchdog};
 
 /// What [`serve`] needs besides the store and listener.
 pub struct ServeOptions {
@@ -59,17 +75,17 @@ pub struct ServeOptions {
     /// Scheduled verification.
     pub verify: VerifyConfig,
     /// Which tenants must back up encrypted.
-    pub encryption: crate::config::EncryptionPolicy,
+    pub encryption: EncryptionPolicy,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Health reporting and the free-space reserve.
-    pub health: crate::config::HealthConfig,
+    pub health: HealthConfig,
     /// The store's directory (its free space is watched).
     pub data_dir: std::path::PathBuf,
     /// Certificate expiry dates, for `Status`.
-    pub facts: crate::supervision::NodeFacts,
+    pub facts: NodeFacts,
     /// Drills the node runs itself.
-    pub drill: crate::config::DrillConfig,
+    pub drill: DrillConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -99,7 +115,7 @@ pub async fn run(
             .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
             .unwrap_or(0)
     };
-    let facts = crate::supervision::NodeFacts {
+    let facts = NodeFacts {
         node_cert_not_after: expiry(&pair.cert_pem),
         ca_cert_not_after: expiry(&ca),
     };
@@ -193,10 +209,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    crate::health::systemd(&[sd_notify::NotifyState::Status("opening the store")]);
+    systemd(&[sd_notify::NotifyState::Status("opening the store")]);
     // Health first: everything NOT_SERVING until the store is open.
     let (health, health_service) = tonic_health::server::health_reporter();
-    crate::health::set_all(&health, ServingStatus::NotServing).await;
+    set_all(&health, ServingStatus::NotServing).await;
     let ingest_gate = Gate::new();
     let restore_gate = Gate::new();
     let audit_gate = Gate::new();
@@ -207,73 +223,10 @@ pub async fn serve(
     // audit log exists (before that, only logged).
     let audit_slot: Arc<std::sync::OnceLock<AuditLog>> = Arc::default();
     let (conn_tx, conn_rx) = mpsc::channel(64);
-    let handshake_timeout = Duration::from_secs(opts.limits.handshake_timeout_secs);
-    // Each connection (from accept to close, handshake included) holds a
-    // permit: the node's connection buffers do not grow past the limit.
-    let slots = Arc::new(Semaphore::new(opts.limits.max_connections as usize));
-    let clients = Arc::new(ClientSlots::new(opts.limits.max_connections_per_client));
-    let mut accept_stop = stop_rx.clone();
-    let refused_log = audit_slot.clone();
-    let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = accept_stop.changed() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                audit_refused(
-                    &refused_log,
-                    peer,
-                    "too many connections (limits.max_connections)",
-                );
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = conn_tx.clone();
-            let log = refused_log.clone();
-            let clients = clients.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        // The handshake required a client certificate.
-                        let cert = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| refuge_core::ChunkId::of(c.as_ref()).0)
-                            .unwrap_or_default();
-                        let Some(client) = clients.admit(cert) else {
-                            audit_refused(
-                                &log,
-                                peer,
-                                "too many connections from this client certificate \
-                                 (limits.max_connections_per_client)",
-                            );
-                            return;
-                        };
-                        let conn = Limited {
-                            inner: tls,
-                            _permit: permit,
-                            _client: client,
-                        };
-                        let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
-                    }
-                    Ok(Err(e)) => audit_refused(&log, peer, &e.to_string()),
-                    Err(_) => audit_refused(&log, peer, "TLS handshake timed out"),
-                }
-            });
-        }
+    tokio::spawn({
+        let acceptor = TlsAcceptor::from(Arc::new(opts.tls));
+        let (log, limits, stop) = (audit_slot.clone(), opts.limits.clone(), stop_rx.clone());
+        async move { accept::accept_loop(listener, acceptor, &limits, log, conn_tx, stop).await }
     });
 
     // On stop: NOT_SERVING everywhere, a moment for watchers to hear it,
@@ -283,13 +236,13 @@ pub async fn serve(
         let mut h = health.clone();
         async move {
             let _ = stop.changed().await;
-            crate::health::systemd(&[
+            systemd(&[
                 sd_notify::NotifyState::Stopping,
                 sd_notify::NotifyState::Status("stopping"),
             ]);
-            crate::health::set_all(&h, ServingStatus::NotServing).await;
+            set_all(&h, ServingStatus::NotServing).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            crate::health::clear_all(&mut h).await;
+            clear_all(&mut h).await;
         }
     };
     let (drained_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -346,7 +299,7 @@ pub async fn serve(
             return Ok(());
         }
     };
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = Metrics::new();
     let audit = AuditLog::start(store.clone(), metrics.clone());
     let _ = audit_slot.set(audit.clone());
     let access = Arc::new(Access::new(audit.clone(), opts.revoked));
@@ -360,19 +313,18 @@ pub async fn serve(
             access.revoked_count()
         ),
     );
-    let disk = crate::health::Disk::new(opts.health.min_free_mib, opts.data_dir.clone());
-    metrics.attach(store.clone(), disk.clone());
+    let disk = Disk::new(opts.health.min_free_mib, opts.data_dir.clone());
     if let Some(l) = metrics_listener {
         let stop = stop_rx.clone();
-        let metrics = metrics.clone();
+        let (metrics, store, disk) = (metrics.clone(), store.clone(), disk.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(l, metrics, stop).await {
+            if let Err(e) = metrics_http::serve(l, metrics, store, disk, stop).await {
                 tracing::error!("metrics endpoint failed: {e:#}");
             }
         });
     }
     if let Some(path) = opts.reload_from {
-        tokio::spawn(watch_config(
+        tokio::spawn(reload::watch_config(
             path,
             access.clone(),
             disk.clone(),
@@ -403,10 +355,9 @@ pub async fn serve(
         ));
     }
 
-    let node_drills =
-        crate::drills::NodeDrills::new(opts.drill.clone(), store.clone(), audit.clone());
+    let node_drills = NodeDrills::new(opts.drill.clone(), store.clone(), audit.clone());
     if !opts.drill.window.is_empty() {
-        let w = crate::config::parse_window(&opts.drill.window)?;
+        let w = parse_window(&opts.drill.window)?;
         tokio::spawn(node_drills.clone().scheduled(w, stop_rx.clone()));
     }
     let max = refuge_proto::MAX_MESSAGE_BYTES;
@@ -451,22 +402,12 @@ pub async fn serve(
             .max_encoding_message_size(max),
     );
     // The first disk check decides whether ingest starts SERVING.
-    let min = disk.min_free.load(std::sync::atomic::Ordering::Relaxed);
-    if let Ok(s) = rustix::fs::statvfs(&opts.data_dir) {
-        let free = s.f_bavail.saturating_mul(s.f_frsize);
-        disk.free.store(free, std::sync::atomic::Ordering::Relaxed);
-        disk.total.store(
-            s.f_blocks.saturating_mul(s.f_frsize),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        disk.low
-            .store(free < min, std::sync::atomic::Ordering::Relaxed);
-    }
+    let low = disk.first_check();
     if !*stop_rx.borrow() {
-        crate::health::set_all(&health, ServingStatus::Serving).await;
-        if disk.low.load(std::sync::atomic::Ordering::Relaxed) {
+        set_all(&health, ServingStatus::Serving).await;
+        if low {
             health
-                .set_service_status(crate::health::INGEST, ServingStatus::NotServing)
+                .set_service_status(INGEST, ServingStatus::NotServing)
                 .await;
             audit.record(
                 "node",
@@ -475,16 +416,15 @@ pub async fn serve(
                 Outcome::Failed,
                 &format!(
                     "{} MiB free in {} (reserve {} MiB): ingest refuses uploads and commits",
-                    disk.free.load(std::sync::atomic::Ordering::Relaxed) >> 20,
+                    disk.free.load(Relaxed) >> 20,
                     opts.data_dir.display(),
-                    min >> 20
+                    disk.min_free.load(Relaxed) >> 20
                 ),
             );
         }
     }
     if !*stop_rx.borrow() {
-        let low = disk.low.load(std::sync::atomic::Ordering::Relaxed);
-        crate::health::systemd(&[
+        systemd(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(if low {
                 "serving; ingest refusing: free space below [health] min_free_mib"
@@ -493,8 +433,8 @@ pub async fn serve(
             }),
         ]);
     }
-    tokio::spawn(crate::health::watchdog(store.clone(), stop_rx.clone()));
-    tokio::spawn(crate::health::monitor_disk(
+    tokio::spawn(watchdog(store.clone(), stop_rx.clone()));
+    tokio::spawn(monitor_disk(
         opts.data_dir.clone(),
         disk,
         store.clone(),
@@ -517,195 +457,4 @@ pub async fn serve(
     }
     info!("server stopped");
     Ok(())
-}
-
-/// A connection that holds one of the node's connection slots until it is
-/// dropped.
-struct Limited<T> {
-    inner: T,
-    _permit: OwnedSemaphorePermit,
-    _client: ClientSlot,
-}
-
-/// Open connections per client certificate (by the BLAKE3 hash of its
-/// DER), at most `max` each.
-struct ClientSlots {
-    max: u32,
-    open: std::sync::Mutex<std::collections::HashMap<[u8; 32], u32>>,
-}
-
-impl ClientSlots {
-    fn new(max: u32) -> Self {
-        ClientSlots {
-            max,
-            open: Default::default(),
-        }
-    }
-
-    /// A slot for one more connection of `cert`, if it has fewer than
-    /// `max`; given back when dropped.
-    fn admit(self: &Arc<Self>, cert: [u8; 32]) -> Option<ClientSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(cert).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            slots: self.clone(),
-            cert,
-        })
-    }
-}
-
-/// One connection's place in [`ClientSlots`].
-struct ClientSlot {
-    slots: Arc<ClientSlots>,
-    cert: [u8; 32],
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.cert) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.cert);
-            }
-        }
-    }
-}
-
-impl<T: Connected> Connected for Limited<T> {
-    type ConnectInfo = T::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-fn audit_refused(log: &std::sync::OnceLock<AuditLog>, peer: SocketAddr, why: &str) {
-    let Some(log) = log.get() else {
-        warn!(%peer, "connection refused before the store was open: {why}");
-        return;
-    };
-    log.record(
-        &peer.to_string(),
-        "",
-        "auth_failed",
-        Outcome::Refused,
-        &format!("connection refused: {why}"),
-    );
-}
-
-/// How often the config file's modification time is checked.
-const CONFIG_POLL: Duration = Duration::from_secs(2);
-
-/// Re-reads the revocation list and the disk reserve (`[health]
-/// min_free_mib`) from `path` on SIGHUP and whenever the file's
-/// modification time or size changes; a file that no longer parses keeps
-/// the previous values (and says so in the audit log).
-async fn watch_config(
-    path: std::path::PathBuf,
-    access: Arc<Access>,
-    disk: Arc<crate::health::Disk>,
-    mut stop: watch::Receiver<bool>,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; the config file is still watched");
-            None
-        }
-    };
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(CONFIG_POLL);
-    loop {
-        let why = tokio::select! {
-            _ = stop.changed() => return,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
-            _ = tick.tick() => {
-                let now = stamp(&path);
-                if now == last { continue; }
-                last = now;
-                "file changed"
-            }
-        };
-        let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || NodeConfig::load(&p)).await;
-        match loaded {
-            Ok(Ok(cfg)) => {
-                let revoked = cfg.tls.revoked();
-                let n = revoked.len();
-                access.set_revoked(revoked);
-                disk.min_free.store(
-                    cfg.health.min_free_mib << 20,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                access.audit.record(
-                    "node",
-                    "",
-                    "config_reloaded",
-                    Outcome::Ok,
-                    &format!(
-                        "{} ({why}): {n} revoked serials and a disk reserve of {} MiB in effect; other settings apply at the next restart",
-                        path.display(),
-                        cfg.health.min_free_mib
-                    ),
-                );
-            }
-            Ok(Err(e)) => access.audit.record(
-                "node",
-                "",
-                "config_reloaded",
-                Outcome::Failed,
-                &format!(
-                    "{} ({why}): {e:#}; the previous revocation list stays in effect",
-                    path.display()
-                ),
-            ),
-            Err(e) => warn!(error = %e, "config reload failed"),
-        }
-    }
 }

@@ -1,5 +1,6 @@
-//! Retention, pruning, pins and garbage collection: the `Admin` service
-//! and the node's scheduled run of the same work.
+//! Retention, pruning, verification and garbage collection: the work
+//! behind the `Admin` service (`services::admin`) and the node's
+//! scheduled runs of the same work.
 //!
 //! One maintenance job (prune or garbage collection) runs at a time
 //! (`Maintenance::running`). Neither stops backups or restores: a prune
@@ -7,46 +8,42 @@
 //! store's commit lock only while it deletes one batch
 //! (docs/security.md, "What may run beside what").
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use refuge_core::retention::{Candidate, Decision, Policy, decide};
-use refuge_core::{ChunkId, ManifestReader, ManifestRecord, SnapshotRecord, TenantId};
-use refuge_proto::pb::{self, admin_server::Admin};
+use refuge_core::{ChunkId, SnapshotRecord, TenantId};
+use refuge_proto::pb;
 use refuge_store::{GcOutcome, RefCounts, Store};
-use refuge_tls::Role;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 use tracing::info;
 
-use crate::access::Access;
-use crate::audit::Outcome;
-use crate::service::{StoredStream, now_micros, resolve, store_status};
-
-fn policy_key(t: &TenantId) -> String {
-    format!("retention/{t}")
-}
-
-fn pin_prefix(t: &TenantId) -> String {
-    format!("pin/{t}/")
-}
+use crate::catalog::retention::{pins, policy};
+use crate::catalog::snapshots::snapshot_refs;
+use crate::floor::clock::now_micros;
+use crate::floor::store::store_status;
+use crate::policy::access::Access;
+use crate::policy::audit::Outcome;
 
 /// Shared by the `Admin` service and the schedule.
 pub(crate) struct Maintenance {
-    store: Arc<dyn Store>,
-    access: Arc<Access>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) access: Arc<Access>,
     default_policy: Policy,
-    grace: Duration,
+    /// How long unreferenced chunks stay before collection.
+    pub(crate) grace: Duration,
     /// Share of chunks a scheduled verification checks.
     verify_sample: u32,
-    running: tokio::sync::Mutex<()>,
+    /// Held by the one maintenance job that runs.
+    pub(crate) running: tokio::sync::Mutex<()>,
 }
 
 /// What a prune decided for one snapshot.
-struct Planned {
-    rec: SnapshotRecord,
-    decision: Decision,
-    pinned: bool,
+pub(crate) struct Planned {
+    pub(crate) rec: SnapshotRecord,
+    pub(crate) decision: Decision,
+    pub(crate) pinned: bool,
 }
 
 impl Maintenance {
@@ -68,29 +65,14 @@ impl Maintenance {
     }
 
     /// The tenant's policy, and whether it is the node's default.
-    fn policy(&self, t: &TenantId) -> Result<(Policy, bool), Status> {
-        match self
-            .store
-            .get_setting(&policy_key(t))
-            .map_err(store_status)?
-        {
-            Some(b) => Policy::decode(&b)
-                .map(|p| (p, false))
-                .map_err(|e| Status::data_loss(format!("retention policy of {t}: {e}"))),
-            None => Ok((self.default_policy, true)),
-        }
+    pub(crate) fn policy(&self, t: &TenantId) -> Result<(Policy, bool), Status> {
+        policy(&*self.store, t, self.default_policy)
     }
 
     /// Decisions for every snapshot of `t`, grouped by host and source.
     fn plan(&self, t: &TenantId, now: i64) -> Result<Vec<Planned>, Status> {
         let (policy, _) = self.policy(t)?;
-        let pins: HashSet<String> = self
-            .store
-            .list_settings(&pin_prefix(t))
-            .map_err(store_status)?
-            .into_iter()
-            .map(|(k, _)| k[pin_prefix(t).len()..].to_string())
-            .collect();
+        let pins = pins(&*self.store, t)?;
         let mut groups: BTreeMap<(String, String), Vec<SnapshotRecord>> = BTreeMap::new();
         for rec in self.store.list_snapshots(t).map_err(store_status)? {
             groups
@@ -125,36 +107,9 @@ impl Maintenance {
         Ok(out)
     }
 
-    /// Every stored chunk `rec` references, as its commit counted them.
-    fn snapshot_refs(&self, rec: &SnapshotRecord) -> Result<RefCounts, Status> {
-        let store = &*self.store;
-        let mut refs: RefCounts = rec.manifest.iter().map(|r| r.id).collect();
-        let stream = StoredStream::new(store, &rec.tenant, &rec.manifest);
-        let bad = |e: String| {
-            Status::data_loss(format!(
-                "snapshot {} cannot be removed: its manifest cannot be read ({e}); nothing was changed for it",
-                rec.id.short()
-            ))
-        };
-        let mut reader = ManifestReader::new(stream).map_err(|e| bad(e.to_string()))?;
-        loop {
-            match reader.next_record() {
-                Ok(None) => break,
-                Ok(Some(ManifestRecord::Entry(_) | ManifestRecord::Sealed { .. })) => {}
-                Ok(Some(ManifestRecord::Chunks(rs))) => {
-                    for r in rs.iter().filter(|r| !r.is_hole()) {
-                        refs.add(r.id);
-                    }
-                }
-                Err(e) => return Err(bad(e.to_string())),
-            }
-        }
-        Ok(refs)
-    }
-
     /// Prunes `tenants` (blocking): returns every decision and how many
     /// snapshots were removed.
-    fn prune(
+    pub(crate) fn prune(
         &self,
         tenants: &[TenantId],
         dry_run: bool,
@@ -168,7 +123,7 @@ impl Maintenance {
             let mut gone = Vec::new();
             if !dry_run {
                 for p in plan.iter().filter(|p| !p.decision.keep) {
-                    let refs = self.snapshot_refs(&p.rec)?;
+                    let refs = snapshot_refs(&*self.store, &p.rec)?;
                     if self
                         .store
                         .delete_snapshot(t, &p.rec.id, &refs, now_micros())
@@ -199,7 +154,7 @@ impl Maintenance {
     }
 
     /// Collects garbage (blocking).
-    fn collect(&self, subject: &str) -> Result<GcOutcome, Status> {
+    pub(crate) fn collect(&self, subject: &str) -> Result<GcOutcome, Status> {
         let cutoff = now_micros().saturating_sub(self.grace.as_micros() as i64);
         let out = self
             .store
@@ -227,7 +182,7 @@ impl Maintenance {
     /// against its id; a corrupt one is quarantined and reported with the
     /// snapshots that reference it. `sample_percent` (1..=100) checks a
     /// random share.
-    fn verify(
+    pub(crate) fn verify(
         &self,
         tenants: &[TenantId],
         sample_percent: u32,
@@ -357,7 +312,7 @@ impl Maintenance {
     ) -> Result<Vec<Vec<refuge_core::SnapshotId>>, Status> {
         let mut out = vec![Vec::new(); bad.len()];
         for rec in self.store.list_snapshots(t).map_err(store_status)? {
-            let refs: RefCounts = match self.snapshot_refs(&rec) {
+            let refs: RefCounts = match snapshot_refs(&*self.store, &rec) {
                 Ok(r) => r,
                 Err(_) => bad.iter().map(|(id, _)| *id).collect(),
             };
@@ -427,229 +382,3 @@ impl Maintenance {
 
 /// The subject of scheduled jobs in the audit log.
 const SCHEDULE: &str = "node (schedule)";
-
-fn policy_to(p: &Policy, tenant: &TenantId, is_default: bool) -> pb::RetentionPolicy {
-    pb::RetentionPolicy {
-        tenant: tenant.to_string(),
-        is_default,
-        ..refuge_proto::policy_to(p)
-    }
-}
-
-fn decision_to(p: &Planned) -> pb::PruneDecision {
-    pb::PruneDecision {
-        snapshot_id: p.rec.id.0.to_vec(),
-        tenant: p.rec.tenant.to_string(),
-        host: p.rec.host.to_string(),
-        source: p.rec.source.to_string(),
-        time_unix_micros: p.rec.time_micros,
-        seq: p.rec.seq,
-        keep: p.decision.keep,
-        reasons: p.decision.reasons.iter().map(|r| r.to_string()).collect(),
-        pinned: p.pinned,
-    }
-}
-
-fn tenant(s: &str) -> Result<TenantId, Status> {
-    TenantId::new(s).map_err(|e| Status::invalid_argument(format!("tenant: {e}")))
-}
-
-/// The admin service.
-pub struct AdminService {
-    m: Arc<Maintenance>,
-}
-
-impl AdminService {
-    pub(crate) fn new(m: Arc<Maintenance>) -> Self {
-        AdminService { m }
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn get_retention(
-        &self,
-        req: Request<pb::GetRetentionRequest>,
-    ) -> Result<Response<pb::RetentionPolicy>, Status> {
-        self.m.access.admit(&req, "GetRetention", &[Role::Admin])?;
-        let t = tenant(&req.into_inner().tenant)?;
-        let m = self.m.clone();
-        let p = blocking(move || m.policy(&t).map(|(p, d)| policy_to(&p, &t, d))).await?;
-        Ok(Response::new(p))
-    }
-
-    async fn set_retention(
-        &self,
-        req: Request<pb::SetRetentionRequest>,
-    ) -> Result<Response<pb::RetentionPolicy>, Status> {
-        let who = self.m.access.admit(&req, "SetRetention", &[Role::Admin])?;
-        let r = req.into_inner();
-        let t = tenant(&r.tenant)?;
-        let new = if r.reset {
-            None
-        } else {
-            let p = r.policy.ok_or_else(|| {
-                Status::invalid_argument("give a policy, or reset to the node's default")
-            })?;
-            Some(refuge_proto::policy(&p))
-        };
-        let m = self.m.clone();
-        let t2 = t.clone();
-        let (old, (now, is_default)) = blocking(move || {
-            let old = m.policy(&t2)?.0;
-            m.store
-                .put_setting(&policy_key(&t2), new.map(|p| p.encode()).as_deref())
-                .map_err(store_status)?;
-            Ok((old, m.policy(&t2)?))
-        })
-        .await?;
-        self.m.access.audit.record(
-            &who.subject(),
-            t.as_str(),
-            "retention_changed",
-            Outcome::Ok,
-            &format!(
-                "{} -> {}{}",
-                old.describe(),
-                now.describe(),
-                if is_default { " (node default)" } else { "" }
-            ),
-        );
-        Ok(Response::new(policy_to(&now, &t, is_default)))
-    }
-
-    async fn prune(
-        &self,
-        req: Request<pb::PruneRequest>,
-    ) -> Result<Response<pb::PruneResponse>, Status> {
-        let who = self.m.access.admit(&req, "Prune", &[Role::Admin])?;
-        let r = req.into_inner();
-        let dry_run = r.dry_run;
-        let _one = self.m.running.lock().await;
-        let m = self.m.clone();
-        let subject = who.subject();
-        let (plan, removed) = blocking(move || {
-            let tenants = if r.tenant.is_empty() {
-                m.store.list_tenants().map_err(store_status)?
-            } else {
-                vec![tenant(&r.tenant)?]
-            };
-            m.prune(&tenants, r.dry_run, &subject)
-        })
-        .await?;
-        Ok(Response::new(pb::PruneResponse {
-            decisions: plan.iter().map(decision_to).collect(),
-            removed,
-            dry_run,
-        }))
-    }
-
-    async fn set_pinned(
-        &self,
-        req: Request<pb::SetPinnedRequest>,
-    ) -> Result<Response<pb::PruneDecision>, Status> {
-        let who = self.m.access.admit(&req, "SetPinned", &[Role::Admin])?;
-        let r = req.into_inner();
-        let t = tenant(&r.tenant)?;
-        let m = self.m.clone();
-        let t2 = t.clone();
-        let selector = r.snapshot.clone();
-        let rec = blocking(move || {
-            let snaps = m.store.list_snapshots(&t2).map_err(store_status)?;
-            let rec = resolve(
-                snaps,
-                &pb::ResolveSnapshotRequest {
-                    selector,
-                    ..Default::default()
-                },
-            )?;
-            let key = format!("{}{}", pin_prefix(&t2), rec.id.to_hex());
-            m.store
-                .put_setting(&key, r.pinned.then_some(&[][..]))
-                .map_err(store_status)?;
-            Ok(rec)
-        })
-        .await?;
-        self.m.access.audit.record(
-            &who.subject(),
-            t.as_str(),
-            if r.pinned {
-                "snapshot_pinned"
-            } else {
-                "snapshot_unpinned"
-            },
-            Outcome::Ok,
-            &format!("snapshot {} of {}/{}", rec.id, rec.host, rec.source),
-        );
-        Ok(Response::new(decision_to(&Planned {
-            decision: Decision {
-                seq: rec.seq,
-                keep: true,
-                reasons: Vec::new(),
-            },
-            rec,
-            pinned: r.pinned,
-        })))
-    }
-
-    async fn verify(
-        &self,
-        req: Request<pb::VerifyRequest>,
-    ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let who = self.m.access.admit(&req, "Verify", &[Role::Admin])?;
-        let r = req.into_inner();
-        if r.sample_percent > 100 {
-            return Err(Status::invalid_argument(
-                "sample_percent is 1 to 100 (0 means 100)",
-            ));
-        }
-        let _one = self.m.running.lock().await;
-        let m = self.m.clone();
-        let subject = who.subject();
-        let resp = blocking(move || {
-            let tenants = if r.tenant.is_empty() {
-                m.store.list_tenants().map_err(store_status)?
-            } else {
-                vec![tenant(&r.tenant)?]
-            };
-            let pct = if r.sample_percent == 0 {
-                100
-            } else {
-                r.sample_percent
-            };
-            m.verify(&tenants, pct, &subject)
-        })
-        .await?;
-        Ok(Response::new(resp))
-    }
-
-    async fn collect_garbage(
-        &self,
-        req: Request<pb::CollectGarbageRequest>,
-    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
-        let who = self
-            .m
-            .access
-            .admit(&req, "CollectGarbage", &[Role::Admin])?;
-        let _one = self.m.running.lock().await;
-        let m = self.m.clone();
-        let subject = who.subject();
-        let o = blocking(move || m.collect(&subject)).await?;
-        Ok(Response::new(pb::CollectGarbageResponse {
-            examined: o.examined,
-            deleted: o.deleted,
-            bytes: o.bytes,
-            referenced_again: o.referenced_again,
-            kept_recent: o.kept_recent,
-            grace_secs: self.m.grace.as_secs(),
-        }))
-    }
-}
