@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use refuge_client::{command_config as config, connect};
+use refuge_client::{TenantStatus, command_config as config, connect};
 use refuge_core::format_time_micros;
 use serde::Serialize;
 
@@ -36,16 +36,6 @@ struct DrillJson {
 }
 
 #[derive(Serialize)]
-struct TenantJson {
-    tenant: String,
-    snapshots: u64,
-    logical_bytes: u64,
-    chunks: u64,
-    stored_bytes: u64,
-    dedup_ratio: f64,
-}
-
-#[derive(Serialize)]
 struct NodeJson {
     version: String,
     time: String,
@@ -62,7 +52,7 @@ struct NodeJson {
 #[derive(Serialize)]
 struct StatusJson {
     node: NodeJson,
-    tenants: Vec<TenantJson>,
+    tenants: Vec<TenantStatus>,
     sources: Vec<SourceJson>,
 }
 
@@ -95,18 +85,7 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
             ca_cert_expires: format_time_micros(r.ca_cert_not_after_micros),
             auth_failures_last_hour: r.auth_failures_last_hour,
         },
-        tenants: r
-            .tenants
-            .iter()
-            .map(|t| TenantJson {
-                tenant: t.tenant.clone(),
-                snapshots: t.snapshots,
-                logical_bytes: t.logical_bytes,
-                chunks: t.chunks,
-                stored_bytes: t.stored_bytes,
-                dedup_ratio: t.dedup_ratio,
-            })
-            .collect(),
+        tenants: r.tenants.clone(),
         sources: r
             .sources
             .iter()

@@ -162,7 +162,8 @@ pub struct Pruned {
     pub removed: u64,
 }
 
-/// What a garbage collection did.
+/// What a garbage collection did (serialized as `refuge admin gc --json`
+/// prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct GcOutcome {
     /// Unreferenced chunks deleted.
@@ -234,8 +235,9 @@ pub struct NodeStatus {
     pub sources: Vec<SourceStatus>,
 }
 
-/// One tenant in [`NodeStatus`].
-#[derive(Debug, Clone)]
+/// One tenant in [`NodeStatus`] (serialized as `refuge status --json`
+/// prints it).
+#[derive(Debug, Clone, Serialize)]
 pub struct TenantStatus {
     /// The tenant.
     pub tenant: String,
