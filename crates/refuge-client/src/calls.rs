@@ -806,3 +806,42 @@ impl HealthPort {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn wire_answers_become_refuge_types_or_errors() {
+        assert_eq!(snapshot_id(&[7; 32]).unwrap(), SnapshotId([7; 32]));
+        let e = snapshot_id(&[7; 31]).unwrap_err().to_string();
+        assert!(e.contains("node's answer") && e.contains("31 bytes"), "{e}");
+        let e = RecordedDrill::from_pb(pb::DrillRecord::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without its result"), "{e}");
+        let d = RecordedDrill::from_pb(pb::DrillRecord {
+            seq: 4,
+            result: Some(pb::DrillResult {
+                snapshot_id: vec![1; 32],
+                check_exit_code: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (d.seq, d.snapshot, d.check_exit_code),
+            (4, SnapshotId([1; 32]), None)
+        );
+        let p = PruneDecision::from_pb(pb::PruneDecision {
+            snapshot_id: vec![2; 32],
+            keep: true,
+            reasons: vec!["keep-last".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(p.keep && p.reasons == ["keep-last"] && p.snapshot.short() == "02020202");
+    }
+}
