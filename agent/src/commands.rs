@@ -1,30 +1,12 @@
-//! The commands that talk to the node.
+//! `refuge-agent check-config` and `refuge-agent backup`, and the backup
+//! with retries that `refuge-agent run` uses too.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::anyhow;
-use refuge_client::{AgentConfig, RestoreOptions, connect, explain_status, load_config};
-use refuge_core::{SnapshotRecord, format_time_micros, parse_time_micros};
-use refuge_proto::pb;
-use serde::Serialize;
+use refuge_client::{AgentConfig, ProgressMode, command_config as config, connect};
 
 use crate::{Failure, Outcome, human_bytes};
-
-pub(crate) fn config(path: &Path) -> Result<AgentConfig, Failure> {
-    load_config(path).map_err(Failure::Usage)
-}
-
-pub(crate) fn show_progress(json: bool) -> refuge_client::ProgressMode {
-    use refuge_client::ProgressMode;
-    if json {
-        ProgressMode::Hidden
-    } else if std::io::stderr().is_terminal() {
-        ProgressMode::Bar
-    } else {
-        ProgressMode::Log
-    }
-}
 
 /// `refuge-agent check-config`.
 pub fn check_config(path: &Path) -> Outcome {
@@ -140,17 +122,10 @@ pub(crate) async fn backup_with_retries(
 /// so that its status shows the failure; best effort.
 pub(crate) async fn report_failure(node: Option<&refuge_client::Node>, source: &str, error: &str) {
     let Some(n) = node else { return };
-    let mut ingest = n.ingest.clone();
-    let call = ingest.report_backup_failure(pb::ReportBackupFailureRequest {
-        source: source.to_string(),
-        error: error.to_string(),
-    });
+    let call = n.report_backup_failure(source, error);
     match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(s)) => tracing::warn!(
-            "cannot report the failure to the node: {}",
-            explain_status(&s)
-        ),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot report the failure to the node: {e:#}"),
         Err(_) => tracing::warn!("cannot report the failure to the node: timed out"),
     }
 }
@@ -177,7 +152,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
     let mut warned = false;
     for s in &sources {
         let opts = refuge_client::BackupOptions {
-            progress: show_progress(json),
+            progress: ProgressMode::for_command(json),
             rehash,
             threads: cfg.limits.threads(),
             max_upload_rate: cfg.limits.max_upload_rate,
@@ -230,246 +205,4 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
         )));
     }
     Ok(if warned { 3 } else { 0 })
-}
-
-/// One row of `refuge snapshots --json`.
-#[derive(Serialize)]
-struct SnapshotJson {
-    id: String,
-    short_id: String,
-    time: String,
-    time_unix_micros: i64,
-    seq: u64,
-    tenant: String,
-    host: String,
-    source: String,
-    kind: &'static str,
-    files: u64,
-    dirs: u64,
-    logical_bytes: u64,
-    bytes_uploaded: u64,
-    warnings: u64,
-}
-
-impl From<&SnapshotRecord> for SnapshotJson {
-    fn from(s: &SnapshotRecord) -> Self {
-        SnapshotJson {
-            id: s.id.to_hex(),
-            short_id: s.id.short(),
-            time: format_time_micros(s.time_micros),
-            time_unix_micros: s.time_micros,
-            seq: s.seq,
-            tenant: s.tenant.to_string(),
-            host: s.host.to_string(),
-            source: s.source.to_string(),
-            kind: s.kind.as_str(),
-            files: s.files,
-            dirs: s.dirs,
-            logical_bytes: s.logical_bytes,
-            bytes_uploaded: s.bytes_uploaded,
-            warnings: s.warnings,
-        }
-    }
-}
-
-/// Filters for listing and resolving.
-#[derive(Default)]
-pub struct Filter {
-    /// Tenant (one the certificate acts for; any other matches nothing).
-    pub tenant: Option<String>,
-    /// Host.
-    pub host: Option<String>,
-    /// Source.
-    pub source: Option<String>,
-}
-
-/// `refuge snapshots`.
-pub async fn snapshots(path: &Path, f: Filter, json: bool) -> Outcome {
-    let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
-    let resp = node
-        .restore
-        .clone()
-        .list_snapshots(pb::ListSnapshotsRequest {
-            tenant: f.tenant.unwrap_or_default(),
-            host: f.host.unwrap_or_default(),
-            source: f.source.unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
-    let snaps = resp
-        .snapshots
-        .into_iter()
-        .map(refuge_proto::snapshot)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("node's answer: {e}"))?;
-    if json {
-        let rows: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-        );
-        return Ok(0);
-    }
-    if snaps.is_empty() {
-        println!("no snapshots");
-        return Ok(0);
-    }
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header([
-        "ID", "Time", "Host", "Source", "Kind", "Files", "Size", "New",
-    ]);
-    for s in &snaps {
-        t.add_row([
-            s.id.short(),
-            format_time_micros(s.time_micros),
-            s.host.to_string(),
-            s.source.to_string(),
-            s.kind.as_str().to_string(),
-            s.files.to_string(),
-            human_bytes(s.logical_bytes),
-            human_bytes(s.bytes_uploaded),
-        ]);
-    }
-    println!("{t}");
-    println!("{} snapshots", snaps.len());
-    Ok(0)
-}
-
-/// Arguments of `refuge restore`.
-pub struct RestoreArgs {
-    /// Id, unique prefix or `latest`.
-    pub snapshot: Option<String>,
-    /// RFC 3339 point in time.
-    pub at: Option<String>,
-    /// Narrowing.
-    pub filter: Filter,
-    /// Target path.
-    pub target: PathBuf,
-    /// Subtree or file.
-    pub include: Option<String>,
-    /// JSON summary.
-    pub json: bool,
-    /// Keep and verify what an interrupted restore already wrote.
-    pub resume: bool,
-}
-
-/// `refuge restore`.
-pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
-    let at = match (&a.snapshot, &a.at) {
-        (Some(_), Some(_)) => {
-            return Err(Failure::Usage(anyhow!(
-                "give either SNAPSHOT or --at, not both"
-            )));
-        }
-        (None, None) => {
-            return Err(Failure::Usage(anyhow!(
-                "give a SNAPSHOT (id, prefix or latest) or --at TIME"
-            )));
-        }
-        (None, Some(t)) => parse_time_micros(t).map_err(|e| Failure::Usage(anyhow!(e)))?,
-        (Some(_), None) => 0,
-    };
-    let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
-    let snap = node
-        .restore
-        .clone()
-        .resolve_snapshot(pb::ResolveSnapshotRequest {
-            selector: a.snapshot.clone().unwrap_or_default(),
-            at_unix_micros: at,
-            host: a.filter.host.unwrap_or_default(),
-            source: a.filter.source.unwrap_or_default(),
-            tenant: a.filter.tenant.unwrap_or_default(),
-            purpose: "restore".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
-    let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("node's answer: {e}"))?;
-    let report = refuge_client::restore_snapshot(
-        &node,
-        &snap,
-        RestoreOptions {
-            target: a.target.clone(),
-            include: a.include,
-            progress: show_progress(a.json),
-            resume: a.resume,
-            threads: cfg.limits.restore_threads(),
-            key: cfg.tenant_key().map_err(Failure::Usage)?,
-        },
-    )
-    .await
-    .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        );
-    } else {
-        println!(
-            "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} ({} fetched, {} kept) in {:.1}s",
-            snap.id.short(),
-            snap.host,
-            snap.source,
-            format_time_micros(snap.time_micros),
-            a.target.display(),
-            report.files,
-            report.dirs,
-            report.symlinks,
-            human_bytes(report.bytes),
-            human_bytes(report.bytes_fetched),
-            human_bytes(report.bytes_kept),
-            report.duration_secs
-        );
-    }
-    Ok(0)
-}
-
-#[derive(Serialize)]
-struct WhoAmIJson<'a> {
-    role: &'a str,
-    name: &'a str,
-    tenants: &'a [String],
-    serial: &'a str,
-    node: &'a str,
-}
-
-/// `refuge whoami`.
-pub async fn whoami(path: &Path, json: bool) -> Outcome {
-    let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
-    if json {
-        let v = WhoAmIJson {
-            role: &node.role,
-            name: &node.name,
-            tenants: &node.tenants,
-            serial: &node.serial,
-            node: &node.address,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
-        );
-    } else if node.role == "agent" {
-        println!(
-            "agent of tenant {} on host {} (serial {}) at node {}",
-            node.tenant, node.host, node.serial, node.address
-        );
-    } else {
-        let tenants = if node.tenants.is_empty() {
-            "no tenant data".to_string()
-        } else if node.tenants == ["*"] {
-            "all tenants".to_string()
-        } else {
-            format!("tenants {}", node.tenants.join(", "))
-        };
-        println!(
-            "{} {} for {tenants} (serial {}) at node {}",
-            node.role, node.name, node.serial, node.address
-        );
-    }
-    Ok(0)
 }

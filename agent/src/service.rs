@@ -18,14 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow};
 use notify::Watcher as _;
-use refuge_client::{AgentConfig, Schedule, SourceConfig};
+use refuge_client::{AgentConfig, Schedule, SourceConfig, command_config as config};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::agent_metrics::AgentMetrics;
-use crate::commands::{backup_with_retries, config, report_failure};
+use crate::commands::{backup_with_retries, report_failure};
 use crate::{Failure, Outcome};
 
 /// Waits after a source's failed backup (once its own retries are spent).

@@ -53,42 +53,42 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The service logs each backup (info); one-off commands only problems.
-    refuge_cli::init_logging(if matches!(args.command, Command::Run) {
+    refuge_agent::init_logging(if matches!(args.command, Command::Run) {
         "info"
     } else {
         "warn,refuge_client::progress=info"
     });
     if matches!(args.command, Command::Backup { .. } | Command::Run)
         && let Ok(cfg) = refuge_client::load_config(&args.config)
-        && let Some(problem) = refuge_cli::limits::apply(&cfg.limits)
+        && let Some(problem) = refuge_agent::limits::apply(&cfg.limits)
     {
         tracing::warn!("{problem}");
     }
     let r = match args.command {
-        Command::CheckConfig => refuge_cli::commands::check_config(&args.config),
+        Command::CheckConfig => refuge_agent::commands::check_config(&args.config),
         Command::Run => match tokio::runtime::Runtime::new() {
             Ok(rt) => {
-                let r = rt.block_on(refuge_cli::service::run(&args.config));
+                let r = rt.block_on(refuge_agent::service::run(&args.config));
                 // A backup abandoned at SIGTERM still holds a blocking
                 // thread; do not wait for it (its checkpoint is on disk).
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
                 r
             }
-            Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
+            Err(e) => Err(refuge_agent::Failure::Failed(e.into())),
         },
         Command::Backup {
             source,
             json,
             rehash,
         } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(refuge_cli::commands::backup(
+            Ok(rt) => rt.block_on(refuge_agent::commands::backup(
                 &args.config,
                 source.as_deref(),
                 json,
                 rehash,
             )),
-            Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
+            Err(e) => Err(refuge_agent::Failure::Failed(e.into())),
         },
     };
-    refuge_cli::finish("refuge-agent", r)
+    refuge_agent::finish("refuge-agent", r)
 }

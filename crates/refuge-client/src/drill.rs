@@ -26,11 +26,11 @@ use refuge_core::{
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use crate::connect::{Node, rpc_error};
+use crate::calls::{Purpose, Selection, SnapshotQuery};
+use crate::connect::Node;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::restore::{RestoreOptions, restore_snapshot};
-use refuge_proto::pb;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -747,15 +747,7 @@ pub fn secs_text(s: f64) -> String {
 }
 
 /// Which tenants, hosts and sources a drill covers (empty: all in scope).
-#[derive(Debug, Clone, Default)]
-pub struct DrillSelection {
-    /// Tenant.
-    pub tenant: String,
-    /// Host.
-    pub host: String,
-    /// Source.
-    pub source: String,
-}
+pub type DrillSelection = Selection;
 
 /// Runs a whole drill (named `id`): for each matching tenant, host and
 /// source, picks the snapshot of `point`, drills it and (with `record`)
@@ -771,22 +763,7 @@ pub async fn run_drill(
     mut announce: impl FnMut(&SnapshotRecord),
 ) -> anyhow::Result<DrillReport> {
     let started = now_micros();
-    let listed = node
-        .restore
-        .clone()
-        .list_snapshots(pb::ListSnapshotsRequest {
-            tenant: sel.tenant.clone(),
-            host: sel.host.clone(),
-            source: sel.source.clone(),
-        })
-        .await
-        .map_err(|s| rpc_error("listing snapshots", &s))?
-        .into_inner()
-        .snapshots
-        .into_iter()
-        .map(refuge_proto::snapshot)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("node's answer: {e}"))?;
+    let listed = node.list_snapshots(sel).await?;
     if listed.is_empty() {
         bail!("nothing to drill: no snapshots match (check the tenant, host and source)");
     }
@@ -835,18 +812,17 @@ pub async fn run_drill(
             continue;
         };
         // Resolving it by id records the drill's restore in the audit log.
-        node.restore
-            .clone()
-            .resolve_snapshot(pb::ResolveSnapshotRequest {
-                selector: snap.id.to_hex(),
+        node.resolve_snapshot(&SnapshotQuery {
+            selector: snap.id.to_hex(),
+            at_micros: 0,
+            selection: Selection {
+                tenant: tenant.clone(),
                 host: host.clone(),
                 source: source.clone(),
-                tenant: tenant.clone(),
-                purpose: "drill".into(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| rpc_error("resolving the snapshot to drill", &s))?;
+            },
+            purpose: Purpose::Drill,
+        })
+        .await?;
         announce(snap);
         let d = drill_snapshot(node, snap, newest, opts).await;
         tracing::info!(
@@ -857,7 +833,7 @@ pub async fn run_drill(
             "drill finished"
         );
         if record {
-            match record_result(node, &d, id).await {
+            match node.record_drill(&d, id).await {
                 Ok(seq) => report.recorded.push(seq),
                 Err(e) => report
                     .record_errors
@@ -869,39 +845,6 @@ pub async fn run_drill(
     report.finished = format_time_micros(now_micros());
     report.passed = report.unavailable.is_empty() && report.sources.iter().all(|s| s.passed);
     Ok(report)
-}
-
-async fn record_result(node: &Node, d: &SourceDrill, drill_id: &str) -> anyhow::Result<u64> {
-    let snapshot_id = hex::decode(&d.snapshot).context("snapshot id")?;
-    let check = d.check.as_ref();
-    let rec = node
-        .supervision
-        .clone()
-        .record_drill(pb::RecordDrillRequest {
-            result: Some(pb::DrillResult {
-                tenant: d.tenant.clone(),
-                snapshot_id,
-                started_unix_micros: d.started_unix_micros,
-                passed: d.passed,
-                restore_secs: d.rto_secs,
-                verify_secs: d.verify_secs,
-                check_secs: check.map(|c| c.duration_secs).unwrap_or(0.0),
-                age_micros: d.started_unix_micros - d.snapshot_time_unix_micros,
-                files_checked: d.files_checked,
-                bytes_verified: d.bytes_verified,
-                failures: d.failure_count,
-                first_failure: d.first_failure(),
-                check_command: check.map(|c| c.command.clone()).unwrap_or_default(),
-                check_exit_code: check.map(|c| c.exit_code).unwrap_or(0),
-                check_ran: check.is_some(),
-                drill_id: drill_id.to_string(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", crate::connect::explain_status(&s)))?
-        .into_inner();
-    Ok(rec.seq)
 }
 
 /// The report as a Markdown page an assessor can read.

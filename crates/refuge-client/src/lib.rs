@@ -1,6 +1,8 @@
 //! The client side of refuge, shared by `refuge-agent` and the `refuge`
-//! operator CLI: configuration, the mutual-TLS connection, backup and
-//! restore.
+//! operator CLI: configuration, the mutual-TLS connection, every call
+//! they make to the node as a typed method of [`Node`], backup, restore
+//! and drills, and what both programs share as programs ([`Failure`],
+//! [`finish`], [`init_logging`]).
 //!
 //! Backup reads and chunks data on a blocking thread and calls the node
 //! through a [`Node`] handle; restore streams the manifest and writes files
@@ -9,6 +11,8 @@
 //! re-hashed before a byte of it is written.
 
 mod backup;
+mod calls;
+mod command;
 mod config;
 mod connect;
 mod drill;
@@ -35,6 +39,12 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub use backup::{BackupOptions, BackupReport, backup_source, new_commit_token};
+pub use calls::{
+    CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
+    PruneDecision, Pruned, Purpose, RecordedDrill, Retention, Selection, SnapshotQuery,
+    SourceStatus, TenantStatus, Verified,
+};
+pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
     LimitsConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
@@ -47,3 +57,13 @@ pub use drill::{
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};
 pub use schedule::Schedule;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(50 << 20), "50.0 MiB");
+    }
+}

@@ -20,6 +20,20 @@ pub enum ProgressMode {
     Hidden,
 }
 
+impl ProgressMode {
+    /// What a command shows: nothing when it prints `--json` on stdout,
+    /// a bar when stderr is a terminal, log lines otherwise.
+    pub fn for_command(json: bool) -> Self {
+        if json {
+            ProgressMode::Hidden
+        } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Log
+        }
+    }
+}
+
 /// A progress reporter; cheap to clone and share between threads.
 #[derive(Clone)]
 pub(crate) struct Progress {

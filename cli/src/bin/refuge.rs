@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use refuge_cli::commands::{Filter, RestoreArgs};
+use refuge_cli::commands::RestoreArgs;
+use refuge_client::Selection;
 
 /// refuge operator CLI: make certificates, list restore points and restore
 /// any point in time from a refuge node.
@@ -443,6 +444,16 @@ enum Certs {
     },
 }
 
+/// `--tenant`, `--host` and `--source` as the node takes them (absent:
+/// any).
+fn selection(tenant: Option<String>, host: Option<String>, source: Option<String>) -> Selection {
+    Selection {
+        tenant: tenant.unwrap_or_default(),
+        host: host.unwrap_or_default(),
+        source: source.unwrap_or_default(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     refuge_cli::init_logging("warn,refuge_client::progress=info");
@@ -484,16 +495,8 @@ fn main() -> ExitCode {
                         source,
                         json,
                     } => {
-                        refuge_cli::commands::snapshots(
-                            &cfg,
-                            Filter {
-                                tenant,
-                                host,
-                                source,
-                            },
-                            json,
-                        )
-                        .await
+                        refuge_cli::commands::snapshots(&cfg, selection(tenant, host, source), json)
+                            .await
                     }
                     Command::Restore {
                         snapshot,
@@ -506,17 +509,12 @@ fn main() -> ExitCode {
                         json,
                         resume,
                     } => {
-                        let filter = Filter {
-                            tenant,
-                            host,
-                            source,
-                        };
                         refuge_cli::commands::restore(
                             &cfg,
                             RestoreArgs {
                                 snapshot,
                                 at,
-                                filter,
+                                selection: selection(tenant, host, source),
                                 target,
                                 include,
                                 json,
@@ -554,11 +552,7 @@ fn main() -> ExitCode {
                         refuge_cli::drill::drill(
                             &cfg,
                             refuge_cli::drill::DrillArgs {
-                                filter: Filter {
-                                    tenant,
-                                    host,
-                                    source,
-                                },
+                                selection: selection(tenant, host, source),
                                 at,
                                 random_point,
                                 seed,
@@ -583,11 +577,7 @@ fn main() -> ExitCode {
                     }) => {
                         refuge_cli::drill::node_drill_start(
                             &cfg,
-                            Filter {
-                                tenant,
-                                host,
-                                source,
-                            },
+                            selection(tenant, host, source),
                             random_point,
                             wait,
                             json,
@@ -616,11 +606,7 @@ fn main() -> ExitCode {
                     } => {
                         refuge_cli::drill::drills(
                             &cfg,
-                            Filter {
-                                tenant,
-                                host,
-                                source,
-                            },
+                            selection(tenant, host, source),
                             limit,
                             json,
                         )

@@ -11,20 +11,18 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use refuge_client::{
-    DrillOptions, DrillReport, DrillSelection, Point, connect, explain_status, random_u64,
-    run_drill, secs_text,
+    DrillOptions, DrillReport, NodeDrillReport, Point, ProgressMode, Selection,
+    command_config as config, connect, random_u64, run_drill, secs_text,
 };
 use refuge_core::{format_time_micros, parse_time_micros};
-use refuge_proto::pb;
 use serde::Serialize;
 
-use crate::commands::{Filter, config, show_progress};
-use crate::{Failure, Outcome, human_bytes};
+use crate::{Failure, Outcome, human_bytes, print_json, table};
 
 /// Arguments of `refuge drill`.
 pub struct DrillArgs {
     /// Which tenants, hosts and sources.
-    pub filter: Filter,
+    pub selection: Selection,
     /// `--at` (RFC 3339).
     pub at: Option<String>,
     /// `--random-point`.
@@ -79,36 +77,36 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
         keep: a.keep,
         threads: cfg.limits.restore_threads(),
         key,
-        progress: show_progress(a.json),
-    };
-    let sel = DrillSelection {
-        tenant: a.filter.tenant.clone().unwrap_or_default(),
-        host: a.filter.host.clone().unwrap_or_default(),
-        source: a.filter.source.clone().unwrap_or_default(),
+        progress: ProgressMode::for_command(a.json),
     };
     let quiet = a.json;
     let id = format!("{:016x}", random_u64());
-    let report = run_drill(&node, &sel, &point, &opts, !a.no_record, &id, |snap| {
-        if !quiet {
-            eprintln!(
-                "drill: {}/{}/{}: snapshot {} of {} ({})",
-                snap.tenant,
-                snap.host,
-                snap.source,
-                snap.id.short(),
-                format_time_micros(snap.time_micros),
-                human_bytes(snap.logical_bytes)
-            );
-        }
-    })
+    let report = run_drill(
+        &node,
+        &a.selection,
+        &point,
+        &opts,
+        !a.no_record,
+        &id,
+        |snap| {
+            if !quiet {
+                eprintln!(
+                    "drill: {}/{}/{}: snapshot {} of {} ({})",
+                    snap.tenant,
+                    snap.host,
+                    snap.source,
+                    snap.id.short(),
+                    format_time_micros(snap.time_micros),
+                    human_bytes(snap.logical_bytes)
+                );
+            }
+        },
+    )
     .await?;
     let written = write_report(&report, &a.report_dir)
         .with_context(|| format!("writing the report into {}", a.report_dir.display()))?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        );
+        print_json(&report)?;
     } else {
         print_summary(&report);
         println!(
@@ -127,9 +125,7 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
 }
 
 fn print_summary(r: &DrillReport) {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header([
+    let mut t = table([
         "Tenant",
         "Host",
         "Source",
@@ -231,64 +227,45 @@ struct DrillRow {
 }
 
 /// `refuge drills`: the node's drill history.
-pub async fn drills(path: &Path, f: Filter, limit: u32, json: bool) -> Outcome {
+pub async fn drills(path: &Path, sel: Selection, limit: u32, json: bool) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    let list = node
-        .supervision
-        .clone()
-        .list_drills(pb::ListDrillsRequest {
-            tenant: f.tenant.unwrap_or_default(),
-            host: f.host.unwrap_or_default(),
-            source: f.source.unwrap_or_default(),
-            limit,
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner()
-        .drills;
-    let rows: Vec<DrillRow> = list
+    let rows: Vec<DrillRow> = node
+        .list_drills(&sel, limit)
+        .await?
         .into_iter()
-        .map(|d| {
-            let r = d.result.unwrap_or_default();
-            DrillRow {
-                seq: d.seq,
-                recorded: format_time_micros(d.recorded_unix_micros),
-                recorded_by: d.recorded_by,
-                drill_id: r.drill_id,
-                tenant: r.tenant,
-                host: r.host,
-                source: r.source,
-                snapshot: hex::encode(&r.snapshot_id),
-                snapshot_time: format_time_micros(r.snapshot_time_unix_micros),
-                passed: r.passed,
-                rto_secs: r.restore_secs,
-                verify_secs: r.verify_secs,
-                rpo_age_secs: r.age_micros as f64 / 1e6,
-                rpo_behind_newest_secs: r.behind_newest_micros as f64 / 1e6,
-                files_checked: r.files_checked,
-                bytes_verified: r.bytes_verified,
-                failures: r.failures,
-                first_failure: r.first_failure,
-                check_command: r.check_command,
-                check_exit_code: r.check_ran.then_some(r.check_exit_code),
-            }
+        .map(|d| DrillRow {
+            seq: d.seq,
+            recorded: format_time_micros(d.recorded_micros),
+            recorded_by: d.recorded_by,
+            drill_id: d.drill_id,
+            tenant: d.tenant,
+            host: d.host,
+            source: d.source,
+            snapshot: d.snapshot.to_hex(),
+            snapshot_time: format_time_micros(d.snapshot_time_micros),
+            passed: d.passed,
+            rto_secs: d.rto_secs,
+            verify_secs: d.verify_secs,
+            rpo_age_secs: d.age_micros as f64 / 1e6,
+            rpo_behind_newest_secs: d.behind_newest_micros as f64 / 1e6,
+            files_checked: d.files_checked,
+            bytes_verified: d.bytes_verified,
+            failures: d.failures,
+            first_failure: d.first_failure,
+            check_command: d.check_command,
+            check_exit_code: d.check_exit_code,
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-        );
+        print_json(&rows)?;
         return Ok(0);
     }
     if rows.is_empty() {
         println!("no drills recorded");
         return Ok(0);
     }
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header([
+    let mut t = table([
         "#", "Recorded", "Tenant", "Host", "Source", "Snapshot", "Result", "RTO", "RPO age",
         "Files", "By",
     ]);
@@ -321,26 +298,14 @@ pub async fn drills(path: &Path, f: Filter, limit: u32, json: bool) -> Outcome {
 /// passed).
 pub async fn node_drill_start(
     path: &Path,
-    f: Filter,
+    sel: Selection,
     random_point: bool,
     wait: bool,
     json: bool,
 ) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    let id = node
-        .supervision
-        .clone()
-        .start_drill(pb::StartDrillRequest {
-            tenant: f.tenant.unwrap_or_default(),
-            host: f.host.unwrap_or_default(),
-            source: f.source.unwrap_or_default(),
-            random_point,
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner()
-        .drill_id;
+    let id = node.start_node_drill(&sel, random_point).await?;
     if !wait {
         if json {
             println!("{}", serde_json::json!({ "drill_id": id }));
@@ -350,15 +315,7 @@ pub async fn node_drill_start(
         return Ok(0);
     }
     loop {
-        let r = node
-            .supervision
-            .clone()
-            .get_drill_report(pb::GetDrillReportRequest {
-                drill_id: id.clone(),
-            })
-            .await
-            .map_err(|s| anyhow!("{}", explain_status(&s)))?
-            .into_inner();
+        let r = node.node_drill_report(&id).await?;
         if r.state != "running" {
             return show_node_report(&id, r, json, false);
         }
@@ -370,24 +327,11 @@ pub async fn node_drill_start(
 pub async fn node_drill_report(path: &Path, id: &str, json: bool, markdown: bool) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    let r = node
-        .supervision
-        .clone()
-        .get_drill_report(pb::GetDrillReportRequest {
-            drill_id: id.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let r = node.node_drill_report(id).await?;
     show_node_report(id, r, json, markdown)
 }
 
-fn show_node_report(
-    id: &str,
-    r: pb::GetDrillReportResponse,
-    json: bool,
-    markdown: bool,
-) -> Outcome {
+fn show_node_report(id: &str, r: NodeDrillReport, json: bool, markdown: bool) -> Outcome {
     if json {
         let report: serde_json::Value = if r.report_json.is_empty() {
             serde_json::Value::Null
@@ -400,10 +344,7 @@ fn show_node_report(
             "error": r.error,
             "report": report,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
-        );
+        print_json(&v)?;
     } else if markdown && !r.report_markdown.is_empty() {
         print!("{}", r.report_markdown);
     } else {

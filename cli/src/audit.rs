@@ -4,14 +4,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, anyhow, bail};
-use refuge_client::{connect, explain_status, load_config};
+use anyhow::{anyhow, bail};
+use refuge_client::{command_config, connect};
 use refuge_core::audit::{AuditRecord, verify_chain};
 use refuge_core::{format_time_micros, parse_time_micros};
-use refuge_proto::pb;
 use serde::Serialize;
 
-use crate::{Failure, Outcome};
+use crate::{Failure, Outcome, print_json};
 
 /// One record as `--json` prints it.
 #[derive(Serialize)]
@@ -31,35 +30,10 @@ fn hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Every record of the log from `from_seq` on, decoded.
-async fn read_all(cfg_path: &Path, from_seq: u64) -> Result<Vec<AuditRecord>, Failure> {
-    let cfg = load_config(cfg_path).map_err(Failure::Usage)?;
-    let node = connect(&cfg.node).await?;
-    let mut stream = node
-        .audit
-        .clone()
-        .read_audit(pb::ReadAuditRequest { from_seq, limit: 0 })
-        .await
-        .map_err(|s| anyhow!("reading the audit log: {}", explain_status(&s)))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(batch) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow!("reading the audit log: {}", explain_status(&s)))?
-    {
-        for bytes in batch.records {
-            let r = AuditRecord::decode(&bytes).with_context(|| {
-                format!(
-                    "audit record after {} cannot be read",
-                    out.last()
-                        .map_or(from_seq.saturating_sub(1), |r: &AuditRecord| r.seq)
-                )
-            })?;
-            out.push(r);
-        }
-    }
-    Ok(out)
+/// Every record of the log, decoded.
+async fn read_all(cfg_path: &Path) -> Result<Vec<AuditRecord>, Failure> {
+    let node = connect(&command_config(cfg_path)?.node).await?;
+    Ok(node.read_audit(1).await?)
 }
 
 /// `refuge audit [--since TIME] [--json]`.
@@ -68,7 +42,7 @@ pub async fn list(cfg_path: &Path, since: Option<&str>, json: bool) -> Outcome {
         .map(parse_time_micros)
         .transpose()
         .map_err(|e| Failure::Usage(anyhow!(e)))?;
-    let recs = read_all(cfg_path, 1).await?;
+    let recs = read_all(cfg_path).await?;
     let intact = verify_chain(&recs, 1, [0; 32]);
     let shown: Vec<&AuditRecord> = recs
         .iter()
@@ -89,10 +63,7 @@ pub async fn list(cfg_path: &Path, since: Option<&str>, json: bool) -> Outcome {
                 hash: hex(&r.hash),
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-        );
+        print_json(&rows)?;
     } else {
         for r in &shown {
             let e = &r.event;
@@ -151,7 +122,7 @@ pub async fn verify(cfg_path: &Path, expect_head: Option<&str>, json: bool) -> O
         .map(parse_head)
         .transpose()
         .map_err(Failure::Usage)?;
-    let recs = read_all(cfg_path, 1).await?;
+    let recs = read_all(cfg_path).await?;
     let mut result = verify_chain(&recs, 1, [0; 32]).map_err(|b| (b.seq, b.reason));
     if result.is_ok()
         && let Some((seq, hash)) = &expect
@@ -184,10 +155,7 @@ pub async fn verify(cfg_path: &Path, expect_head: Option<&str>, json: bool) -> O
             broken_at: result.as_ref().err().map(|e| e.0),
             reason: result.as_ref().err().map(|e| e.1.clone()),
         };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
-        );
+        print_json(&v)?;
     }
     match result {
         Ok(()) => {

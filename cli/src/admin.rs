@@ -5,28 +5,14 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use refuge_client::{Node, connect, explain_status, load_config};
+use refuge_client::{Node, PruneDecision, Retention, command_config, connect};
 use refuge_core::format_time_micros;
-use refuge_proto::pb;
 use serde::Serialize;
 
-use crate::{Failure, Outcome, human_bytes};
+use crate::{Failure, Outcome, human_bytes, print_json, table};
 
 async fn node(cfg: &Path) -> Result<Node, Failure> {
-    let cfg = load_config(cfg).map_err(Failure::Usage)?;
-    Ok(connect(&cfg.node).await?)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn print_json(v: &impl Serialize) -> Outcome {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?
-    );
-    Ok(0)
+    Ok(connect(&command_config(cfg)?.node).await?)
 }
 
 #[derive(Serialize)]
@@ -38,20 +24,20 @@ struct PolicyJson<'a> {
     description: String,
 }
 
-fn show_policy(p: &pb::RetentionPolicy, json: bool) -> Outcome {
-    let core = refuge_proto::policy(p);
+fn show_policy(p: &Retention, json: bool) -> Outcome {
     if json {
-        return print_json(&PolicyJson {
+        print_json(&PolicyJson {
             tenant: &p.tenant,
             is_default: p.is_default,
-            policy: core,
-            description: core.describe(),
-        });
+            policy: p.policy,
+            description: p.policy.describe(),
+        })?;
+        return Ok(0);
     }
     println!(
         "retention of tenant {}: {}{}",
         p.tenant,
-        core.describe(),
+        p.policy.describe(),
         if p.is_default {
             " (the node's default)"
         } else {
@@ -63,16 +49,7 @@ fn show_policy(p: &pb::RetentionPolicy, json: bool) -> Outcome {
 
 /// `refuge admin retention show`.
 pub async fn retention_show(cfg: &Path, tenant: &str, json: bool) -> Outcome {
-    let n = node(cfg).await?;
-    let p = n
-        .admin
-        .clone()
-        .get_retention(pb::GetRetentionRequest {
-            tenant: tenant.into(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let p = node(cfg).await?.retention(tenant).await?;
     show_policy(&p, json)
 }
 
@@ -83,19 +60,7 @@ pub async fn retention_set(
     p: Option<refuge_core::retention::Policy>,
     json: bool,
 ) -> Outcome {
-    let n = node(cfg).await?;
-    let req = pb::SetRetentionRequest {
-        tenant: tenant.into(),
-        reset: p.is_none(),
-        policy: p.as_ref().map(refuge_proto::policy_to),
-    };
-    let p = n
-        .admin
-        .clone()
-        .set_retention(req)
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let p = node(cfg).await?.set_retention(tenant, p).await?;
     show_policy(&p, json)
 }
 
@@ -113,16 +78,15 @@ struct DecisionJson {
     reasons: Vec<String>,
 }
 
-impl From<&pb::PruneDecision> for DecisionJson {
-    fn from(d: &pb::PruneDecision) -> Self {
-        let id = hex(&d.snapshot_id);
+impl From<&PruneDecision> for DecisionJson {
+    fn from(d: &PruneDecision) -> Self {
         DecisionJson {
-            short_id: id.chars().take(8).collect(),
-            snapshot: id,
+            short_id: d.snapshot.short(),
+            snapshot: d.snapshot.to_hex(),
             tenant: d.tenant.clone(),
             host: d.host.clone(),
             source: d.source.clone(),
-            time: format_time_micros(d.time_unix_micros),
+            time: format_time_micros(d.time_micros),
             seq: d.seq,
             keep: d.keep,
             pinned: d.pinned,
@@ -142,31 +106,20 @@ struct PruneJson {
 
 /// `refuge admin prune [--tenant T] [--dry-run]`.
 pub async fn prune(cfg: &Path, tenant: Option<&str>, dry_run: bool, json: bool) -> Outcome {
-    let n = node(cfg).await?;
-    let r = n
-        .admin
-        .clone()
-        .prune(pb::PruneRequest {
-            tenant: tenant.unwrap_or_default().into(),
-            dry_run,
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let r = node(cfg).await?.prune(tenant, dry_run).await?;
     let going = r.decisions.iter().filter(|d| !d.keep).count() as u64;
     let kept = r.decisions.len() as u64 - going;
     if json {
-        return print_json(&PruneJson {
+        print_json(&PruneJson {
             dry_run,
             removed: r.removed,
             would_remove: if dry_run { going } else { 0 },
             kept,
             decisions: r.decisions.iter().map(DecisionJson::from).collect(),
-        });
+        })?;
+        return Ok(0);
     }
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["", "ID", "Time", "Tenant", "Host", "Source", "Why kept"]);
+    let mut t = table(["", "ID", "Time", "Tenant", "Host", "Source", "Why kept"]);
     for d in &r.decisions {
         let j = DecisionJson::from(d);
         t.add_row([
@@ -202,18 +155,10 @@ pub async fn prune(cfg: &Path, tenant: Option<&str>, dry_run: bool, json: bool) 
 
 /// `refuge admin pin SNAPSHOT --tenant T [--unpin]`.
 pub async fn pin(cfg: &Path, tenant: &str, snapshot: &str, pinned: bool) -> Outcome {
-    let n = node(cfg).await?;
-    let d = n
-        .admin
-        .clone()
-        .set_pinned(pb::SetPinnedRequest {
-            tenant: tenant.into(),
-            snapshot: snapshot.into(),
-            pinned,
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let d = node(cfg)
+        .await?
+        .set_pinned(tenant, snapshot, pinned)
+        .await?;
     let j = DecisionJson::from(&d);
     println!(
         "snapshot {} ({} {} at {}) {}",
@@ -230,35 +175,12 @@ pub async fn pin(cfg: &Path, tenant: &str, snapshot: &str, pinned: bool) -> Outc
     Ok(0)
 }
 
-#[derive(Serialize)]
-struct GcJson {
-    deleted: u64,
-    bytes: u64,
-    examined: u64,
-    referenced_again: u64,
-    kept_recent: u64,
-    grace_secs: u64,
-}
-
 /// `refuge admin gc`.
 pub async fn gc(cfg: &Path, json: bool) -> Outcome {
-    let n = node(cfg).await?;
-    let o = n
-        .admin
-        .clone()
-        .collect_garbage(pb::CollectGarbageRequest {})
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let o = node(cfg).await?.collect_garbage().await?;
     if json {
-        return print_json(&GcJson {
-            deleted: o.deleted,
-            bytes: o.bytes,
-            examined: o.examined,
-            referenced_again: o.referenced_again,
-            kept_recent: o.kept_recent,
-            grace_secs: o.grace_secs,
-        });
+        print_json(&o)?;
+        return Ok(0);
     }
     println!(
         "deleted {} unreferenced chunks ({}); {} examined, {} kept for the {}s grace period",
@@ -295,25 +217,15 @@ pub async fn verify(cfg: &Path, tenant: Option<&str>, sample: u32, json: bool) -
             "--sample is a percentage from 1 to 100"
         )));
     }
-    let n = node(cfg).await?;
-    let r = n
-        .admin
-        .clone()
-        .verify(pb::VerifyRequest {
-            tenant: tenant.unwrap_or_default().into(),
-            sample_percent: sample,
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let r = node(cfg).await?.verify(tenant, sample).await?;
     let corrupt: Vec<CorruptJson> = r
         .corrupt
         .iter()
         .map(|c| CorruptJson {
             tenant: c.tenant.clone(),
-            chunk: hex(&c.chunk_id),
+            chunk: c.chunk.to_hex(),
             reason: c.reason.clone(),
-            snapshots: c.snapshots.iter().map(|s| hex(s)).collect(),
+            snapshots: c.snapshots.iter().map(|s| s.to_hex()).collect(),
         })
         .collect();
     let clean = corrupt.is_empty() && r.still_quarantined == 0;

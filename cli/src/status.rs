@@ -5,14 +5,11 @@
 
 use std::path::Path;
 
-use anyhow::anyhow;
-use refuge_client::{connect, explain_status};
+use refuge_client::{TenantStatus, command_config as config, connect};
 use refuge_core::format_time_micros;
-use refuge_proto::pb;
 use serde::Serialize;
 
-use crate::commands::config;
-use crate::{Outcome, human_bytes};
+use crate::{Outcome, human_bytes, print_json, table};
 
 #[derive(Serialize)]
 struct SourceJson {
@@ -39,16 +36,6 @@ struct DrillJson {
 }
 
 #[derive(Serialize)]
-struct TenantJson {
-    tenant: String,
-    snapshots: u64,
-    logical_bytes: u64,
-    chunks: u64,
-    stored_bytes: u64,
-    dedup_ratio: f64,
-}
-
-#[derive(Serialize)]
 struct NodeJson {
     version: String,
     time: String,
@@ -65,7 +52,7 @@ struct NodeJson {
 #[derive(Serialize)]
 struct StatusJson {
     node: NodeJson,
-    tenants: Vec<TenantJson>,
+    tenants: Vec<TenantStatus>,
     sources: Vec<SourceJson>,
 }
 
@@ -84,40 +71,21 @@ fn age(micros: i64) -> String {
 pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
-    let r = node
-        .supervision
-        .clone()
-        .status(pb::StatusRequest {
-            tenant: tenant.unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", explain_status(&s)))?
-        .into_inner();
+    let r = node.status(tenant.as_deref()).await?;
     let out = StatusJson {
         node: NodeJson {
-            version: r.node_version.clone(),
-            time: format_time_micros(r.now_unix_micros),
+            version: r.version.clone(),
+            time: format_time_micros(r.now_micros),
             disk_free_bytes: r.disk_free_bytes,
             disk_total_bytes: r.disk_total_bytes,
             disk_reserve_bytes: r.disk_reserve_bytes,
             store_bytes: r.store_bytes,
             ingest_serving: r.ingest_serving,
-            node_cert_expires: format_time_micros(r.node_cert_not_after_unix_micros),
-            ca_cert_expires: format_time_micros(r.ca_cert_not_after_unix_micros),
+            node_cert_expires: format_time_micros(r.node_cert_not_after_micros),
+            ca_cert_expires: format_time_micros(r.ca_cert_not_after_micros),
             auth_failures_last_hour: r.auth_failures_last_hour,
         },
-        tenants: r
-            .tenants
-            .iter()
-            .map(|t| TenantJson {
-                tenant: t.tenant.clone(),
-                snapshots: t.snapshots,
-                logical_bytes: t.logical_bytes,
-                chunks: t.chunks,
-                stored_bytes: t.stored_bytes,
-                dedup_ratio: t.dedup_ratio,
-            })
-            .collect(),
+        tenants: r.tenants.clone(),
         sources: r
             .sources
             .iter()
@@ -126,18 +94,18 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
                 host: s.host.clone(),
                 source: s.source.clone(),
                 snapshots: s.snapshots,
-                newest_snapshot: hex::encode(&s.newest_snapshot_id),
-                newest_snapshot_time: format_time_micros(s.newest_snapshot_unix_micros),
+                newest_snapshot: s.newest_snapshot.map(|id| id.to_hex()).unwrap_or_default(),
+                newest_snapshot_time: format_time_micros(s.newest_snapshot_micros),
                 rpo_secs: s.rpo_micros as f64 / 1e6,
                 newest_logical_bytes: s.newest_logical_bytes,
                 last_backup_ok: s.last_backup_ok,
-                last_backup_time: format_time_micros(s.last_backup_unix_micros),
+                last_backup_time: format_time_micros(s.last_backup_micros),
                 last_backup_error: s.last_backup_error.clone(),
-                last_drill: s.drilled.then(|| DrillJson {
-                    passed: s.last_drill_passed,
-                    time: format_time_micros(s.last_drill_unix_micros),
-                    rto_secs: s.last_drill_rto_secs,
-                    failure: s.last_drill_failure.clone(),
+                last_drill: s.last_drill.as_ref().map(|d| DrillJson {
+                    passed: d.passed,
+                    time: format_time_micros(d.time_micros),
+                    rto_secs: d.rto_secs,
+                    failure: d.failure.clone(),
                 }),
             })
             .collect(),
@@ -148,10 +116,7 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
             .iter()
             .all(|s| s.last_backup_ok && s.last_drill.as_ref().is_none_or(|d| d.passed));
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?
-        );
+        print_json(&out)?;
         return Ok(if healthy { 0 } else { 1 });
     }
     let n = &out.node;
@@ -174,9 +139,7 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
         n.node_cert_expires, n.ca_cert_expires, n.auth_failures_last_hour
     );
     if !out.tenants.is_empty() {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::NOTHING);
-        t.set_header(["Tenant", "Snapshots", "Logical", "Stored", "Dedup"]);
+        let mut t = table(["Tenant", "Snapshots", "Logical", "Stored", "Dedup"]);
         for x in &out.tenants {
             t.add_row([
                 x.tenant.clone(),
@@ -191,9 +154,7 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
     if out.sources.is_empty() {
         println!("\nno snapshots yet");
     } else {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::NOTHING);
-        t.set_header([
+        let mut t = table([
             "Tenant",
             "Host",
             "Source",
