@@ -24,7 +24,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::ConnectionConfig;
 use crate::connect::{Node, channel, rpc_error};
-use crate::drill::SourceDrill;
 
 /// The answer of one unary call, or its failure as [`rpc_error`]`(what)`.
 pub(crate) async fn answer<T>(
@@ -644,41 +643,6 @@ impl Node {
                 .collect(),
             sources,
         })
-    }
-
-    /// Records the drill of one snapshot (part of drill run `drill_id`)
-    /// on the node, which fills in what it knows itself; returns its
-    /// position in the node's drill history.
-    pub async fn record_drill(&self, d: &SourceDrill, drill_id: &str) -> anyhow::Result<u64> {
-        let snapshot_id = hex::decode(&d.snapshot).context("snapshot id")?;
-        let check = d.check.as_ref();
-        let req = pb::RecordDrillRequest {
-            result: Some(pb::DrillResult {
-                tenant: d.tenant.clone(),
-                snapshot_id,
-                started_unix_micros: d.started_unix_micros,
-                passed: d.passed,
-                restore_secs: d.rto_secs,
-                verify_secs: d.verify_secs,
-                check_secs: check.map(|c| c.duration_secs).unwrap_or(0.0),
-                age_micros: d.started_unix_micros - d.snapshot_time_unix_micros,
-                files_checked: d.files_checked,
-                bytes_verified: d.bytes_verified,
-                failures: d.failure_count,
-                first_failure: d.first_failure(),
-                check_command: check.map(|c| c.command.clone()).unwrap_or_default(),
-                check_exit_code: check.map(|c| c.exit_code).unwrap_or(0),
-                check_ran: check.is_some(),
-                drill_id: drill_id.to_string(),
-                ..Default::default()
-            }),
-        };
-        let rec = answer(
-            "recording the drill",
-            self.supervision.clone().record_drill(req),
-        )
-        .await?;
-        Ok(rec.seq)
     }
 
     /// The drills recorded on the node for `sel`, newest first, at most
