@@ -1,6 +1,6 @@
 //! `refuge certs init`, `issue` and `show`: certificates for a deployment,
 //! made with rcgen through `refuge-tls`. A client certificate carries a
-//! role (agent, operator, admin, auditor) and its tenants.
+//! role (agent, operator, admin, auditor, replica) and its tenants.
 
 use std::fs;
 use std::io::Write;
@@ -73,9 +73,9 @@ pub struct IssueArgs {
     pub dir: PathBuf,
     /// The role.
     pub role: Role,
-    /// Tenants: one for an agent, one or more for an operator.
+    /// Tenants: one for an agent, one or more for an operator or replica.
     pub tenants: Vec<String>,
-    /// Operator for every tenant.
+    /// Operator or replica for every tenant.
     pub all_tenants: bool,
     /// Host (agent) or name (other roles).
     pub name: String,
@@ -94,10 +94,10 @@ pub fn issue(a: &IssueArgs) -> Outcome {
         .map(|t| TenantId::new(t.clone()).map_err(|e| Failure::Usage(e.into())))
         .collect::<Result<Vec<_>, _>>()?;
     let scope = match (a.role, a.all_tenants) {
-        (Role::Operator, true) if tenants.is_empty() => TenantScope::All,
+        (r, true) if r.grants_tenants() && tenants.is_empty() => TenantScope::All,
         (_, true) => {
             return Err(usage(
-                "--all-tenants is for operators, instead of --tenant".into(),
+                "--all-tenants is for operators and replicas, instead of --tenant".into(),
             ));
         }
         (_, false) => TenantScope::Only(tenants),

@@ -12,13 +12,14 @@ use serde::Serialize;
 use crate::{Failure, Outcome, print_json};
 
 /// What `refuge health` asks about by default: the node, then each service.
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "",
     "refuge.v1.Ingest",
     "refuge.v1.Restore",
     "refuge.v1.Audit",
     "refuge.v1.Admin",
     "refuge.v1.Supervision",
+    "refuge.v1.Replication",
 ];
 
 #[derive(Serialize)]

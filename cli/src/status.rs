@@ -1,11 +1,12 @@
 //! `refuge status`: what the supervision platform needs to know, per
 //! tenant and source (newest snapshot, recovery point now, last backup,
 //! last drill), per tenant (stored bytes, dedup) and of the node
-//! (disk, store size, certificate expiry, failed authentications).
+//! (disk, store size, certificate expiry, failed authentications,
+//! replication to and from its peers).
 
 use std::path::Path;
 
-use refuge_client::{TenantStatus, command_config as config, connect};
+use refuge_client::{ReplicationRow, TenantStatus, command_config as config, connect};
 use refuge_core::format_time_micros;
 use serde::Serialize;
 
@@ -37,6 +38,7 @@ struct DrillJson {
 
 #[derive(Serialize)]
 struct NodeJson {
+    site: String,
     version: String,
     time: String,
     disk_free_bytes: u64,
@@ -54,6 +56,7 @@ struct StatusJson {
     node: NodeJson,
     tenants: Vec<TenantStatus>,
     sources: Vec<SourceJson>,
+    replication: Vec<ReplicationRow>,
 }
 
 fn age(micros: i64) -> String {
@@ -67,13 +70,15 @@ fn age(micros: i64) -> String {
 }
 
 /// `refuge status`: exit 0, or 1 when a source's last backup or drill
-/// failed or ingest is refusing (so a check can alert on it).
+/// failed, ingest is refusing or a replication pass failed (so a check can
+/// alert on it).
 pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome {
     let cfg = config(path)?;
     let node = connect(&cfg.node).await?;
     let r = node.status(tenant.as_deref()).await?;
     let out = StatusJson {
         node: NodeJson {
+            site: r.site.clone(),
             version: r.version.clone(),
             time: format_time_micros(r.now_micros),
             disk_free_bytes: r.disk_free_bytes,
@@ -109,8 +114,10 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
                 }),
             })
             .collect(),
+        replication: r.replication.clone(),
     };
     let healthy = out.node.ingest_serving
+        && out.replication.iter().all(|x| x.last_error.is_empty())
         && out
             .sources
             .iter()
@@ -121,8 +128,9 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
     }
     let n = &out.node;
     println!(
-        "node {} at {}: disk {} free of {} (reserve {}), store {}, ingest {}",
+        "node {} (site {}) at {}: disk {} free of {} (reserve {}), store {}, ingest {}",
         n.version,
+        n.site,
         n.time,
         human_bytes(n.disk_free_bytes),
         human_bytes(n.disk_total_bytes),
@@ -191,6 +199,42 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
             ]);
         }
         println!("\n{t}");
+    }
+    if !out.replication.is_empty() {
+        let mut t = table([
+            "Peer",
+            "Direction",
+            "Tenant",
+            "Lag",
+            "Pending",
+            "Sent",
+            "Last error",
+        ]);
+        for x in &out.replication {
+            t.add_row([
+                format!("{} ({})", x.peer, x.address),
+                x.direction.clone(),
+                if x.tenant.is_empty() {
+                    "-".to_string()
+                } else {
+                    x.tenant.clone()
+                },
+                age((x.lag_secs * 1e6) as i64),
+                x.pending_snapshots.to_string(),
+                format!(
+                    "{} snapshots, {} chunks, {}",
+                    x.snapshots_sent,
+                    x.chunks_sent,
+                    human_bytes(x.bytes_sent)
+                ),
+                if x.last_error.is_empty() {
+                    "-".to_string()
+                } else {
+                    x.last_error.clone()
+                },
+            ]);
+        }
+        println!("\nreplication:\n{t}");
     }
     Ok(if healthy { 0 } else { 1 })
 }

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use refuge_tests::{Cluster, free_local_port, run};
 use serde_json::Value;
 
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "",
     "refuge.v1.Ingest",
     "refuge.v1.Restore",
     "refuge.v1.Audit",
     "refuge.v1.Admin",
     "refuge.v1.Supervision",
+    "refuge.v1.Replication",
 ];
 
 fn probe_script() -> std::path::PathBuf {

@@ -401,7 +401,8 @@ enum Certs {
         days: i64,
     },
     /// Issue a client certificate: an agent for a tenant's host, an
-    /// operator for some tenants, an admin or an auditor.
+    /// operator for some tenants, an admin, an auditor, or a replica (a
+    /// peer node that copies some tenants' snapshots here).
     ///
     /// Agents get TENANT-HOST.pem and .key; other roles ROLE-NAME.pem and
     /// .key. The serial number printed is what node.toml's
@@ -412,19 +413,21 @@ enum Certs {
         dir: PathBuf,
         /// agent (adds and commits backups of its own host), operator
         /// (lists and restores its tenants), admin (retention, garbage
-        /// collection, verification; never reads data) or auditor (reads
-        /// the audit log).
+        /// collection, verification; never reads data), auditor (reads
+        /// the audit log) or replica (a peer node: the replication RPCs
+        /// only, for its tenants; see docs/replication.md).
         #[arg(long, default_value = "agent")]
         role: refuge_tls::Role,
         /// Tenant (department): exactly one for an agent, one or more
-        /// (repeat the flag) for an operator, none for admin and auditor.
+        /// (repeat the flag) for an operator or replica, none for admin
+        /// and auditor.
         #[arg(long)]
         tenant: Vec<String>,
-        /// An operator for every tenant, present and future.
+        /// An operator or replica for every tenant, present and future.
         #[arg(long)]
         all_tenants: bool,
-        /// The agent's host name, or the name of an operator, admin or
-        /// auditor (the certificate's CN).
+        /// The agent's host name, or the name of an operator, admin,
+        /// auditor or replica site (the certificate's CN).
         #[arg(long, visible_alias = "name")]
         host: String,
         /// Validity in days.

@@ -232,6 +232,36 @@ pub struct NodeStatus {
     pub tenants: Vec<TenantStatus>,
     /// Per tenant, host and source.
     pub sources: Vec<SourceStatus>,
+    /// The node's site name.
+    pub site: String,
+    /// Replication to and from its peers, per peer and tenant.
+    pub replication: Vec<ReplicationRow>,
+}
+
+/// One peer and tenant in [`NodeStatus`] (serialized as `refuge status
+/// --json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationRow {
+    /// The peer's name in the node's configuration.
+    pub peer: String,
+    /// Its address.
+    pub address: String,
+    /// `push` or `pull`.
+    pub direction: String,
+    /// The tenant (empty: a failure before any tenant was reached).
+    pub tenant: String,
+    /// Now minus the newest snapshot on both nodes, seconds.
+    pub lag_secs: f64,
+    /// Snapshots not yet copied.
+    pub pending_snapshots: u64,
+    /// Copied since the node started.
+    pub snapshots_sent: u64,
+    /// Chunks copied since the node started.
+    pub chunks_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// The last pass's error; empty when it succeeded.
+    pub last_error: String,
 }
 
 /// One tenant in [`NodeStatus`] (serialized as `refuge status --json`
@@ -642,6 +672,23 @@ impl Node {
                 })
                 .collect(),
             sources,
+            site: r.site,
+            replication: r
+                .replication
+                .into_iter()
+                .map(|x| ReplicationRow {
+                    peer: x.peer,
+                    address: x.address,
+                    direction: x.direction,
+                    tenant: x.tenant,
+                    lag_secs: x.lag_secs,
+                    pending_snapshots: x.pending_snapshots,
+                    snapshots_sent: x.snapshots_sent,
+                    chunks_sent: x.chunks_sent,
+                    bytes_sent: x.bytes_sent,
+                    last_error: x.last_error,
+                })
+                .collect(),
         })
     }
 

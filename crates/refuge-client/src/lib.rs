@@ -41,8 +41,8 @@ pub fn human_bytes(n: u64) -> String {
 pub use backup::{BackupOptions, BackupReport, backup_source, new_commit_token};
 pub use calls::{
     CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
-    PruneDecision, Pruned, Purpose, RecordedDrill, Retention, Selection, SnapshotQuery,
-    SourceStatus, TenantStatus, Verified,
+    PruneDecision, Pruned, Purpose, RecordedDrill, ReplicationRow, Retention, Selection,
+    SnapshotQuery, SourceStatus, TenantStatus, Verified,
 };
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{

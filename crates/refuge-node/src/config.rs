@@ -47,9 +47,112 @@ pub struct NodeConfig {
     /// Drills run by the node itself.
     #[serde(default)]
     pub drill: DrillConfig,
+    /// This node's site name, as status, metrics, drill reports and the
+    /// audit log name it (default: `node`). Must come before the first
+    /// table in the file.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Peers this node copies snapshots to or from (`[[replication]]`).
+    #[serde(default)]
+    pub replication: Vec<ReplicationPeer>,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+fn default_site() -> String {
+    "node".into()
+}
+
+/// Which way a replication runs, seen from this node.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// This node sends its snapshots to the peer.
+    #[default]
+    Push,
+    /// This node fetches the peer's snapshots.
+    Pull,
+}
+
+impl Direction {
+    /// `push` or `pull`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Push => "push",
+            Direction::Pull => "pull",
+        }
+    }
+}
+
+/// One peer node (`[[replication]]`): where it is, how this node proves
+/// itself to it, which tenants travel, which way, and when.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationPeer {
+    /// The peer's name, in status, metrics labels and the audit log.
+    pub name: String,
+    /// `host:port` of the peer's gRPC listener.
+    pub address: String,
+    /// Name the peer's certificate must carry.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// CA that signed the peer's node certificate.
+    pub ca: PathBuf,
+    /// This node's replica certificate for the peer (role replica, issued
+    /// by the CA the peer trusts) and its key.
+    pub cert: PathBuf,
+    /// The key of `cert`.
+    pub key: PathBuf,
+    /// Tenants to copy; `["*"]` (the default): every tenant both this
+    /// node has and the certificate grants.
+    #[serde(default = "all_tenants")]
+    pub tenants: Vec<String>,
+    /// `push` (default): send this node's snapshots; `pull`: fetch the
+    /// peer's.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Seconds between passes (and before a retry after a failed one).
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Also start a pass as soon as a snapshot is committed or imported
+    /// here (push): the peer lags by seconds, not by `interval_secs`.
+    #[serde(default)]
+    pub continuous: bool,
+    /// Most chunk bytes sent (push) or fetched (pull) per second, in MiB;
+    /// 0: no limit.
+    #[serde(default)]
+    pub bandwidth_mib: u64,
+    /// Seconds to wait for a connection to the peer.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Seconds the peer has to answer one call; a stalled link fails the
+    /// pass within this, and the next pass resumes.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_secs: u64,
+}
+
+impl ReplicationPeer {
+    /// Whether `tenant` is one this peer entry copies.
+    pub fn copies(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t == "*" || t == tenant)
+    }
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn all_tenants() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_interval() -> u64 {
+    60
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_call_timeout() -> u64 {
+    120
 }
 
 /// Certificate files (PEM). Relative paths are relative to the config file.
@@ -333,7 +436,11 @@ impl NodeConfig {
         .into_iter()
         .chain(cfg.drill.client_config.as_mut())
         .chain(cfg.drill.scratch_dir.as_mut())
-        {
+        .chain(
+            cfg.replication
+                .iter_mut()
+                .flat_map(|r| [&mut r.ca, &mut r.cert, &mut r.key]),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -389,6 +496,38 @@ impl NodeConfig {
                 bail!("drill.window needs drill.client_config (the identity the node drills with)");
             }
         }
+        if cfg.site.is_empty() || cfg.site.len() > 64 {
+            bail!("site must be 1 to 64 characters");
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &cfg.replication {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                bail!(
+                    "replication: every peer needs a name of its own ({:?} is empty or repeated)",
+                    r.name
+                );
+            }
+            if r.interval_secs == 0 {
+                bail!("replication {:?}: interval_secs must be at least 1", r.name);
+            }
+            if r.tenants.is_empty() {
+                bail!(
+                    "replication {:?}: tenants is empty (use [\"*\"] for every tenant)",
+                    r.name
+                );
+            }
+            for t in r.tenants.iter().filter(|t| *t != "*") {
+                refuge_core::TenantId::new(t.clone())
+                    .map_err(|e| anyhow::anyhow!("replication {:?}: {e}", r.name))?;
+            }
+            if r.address.parse::<SocketAddr>().is_err() && !r.address.contains(':') {
+                bail!(
+                    "replication {:?}: address {:?} is not host:port",
+                    r.name,
+                    r.address
+                );
+            }
+        }
         for s in &cfg.tls.revoked_serials {
             refuge_tls::normalize_serial(s)
                 .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
@@ -415,6 +554,35 @@ mod tests {
         assert_eq!(cfg.metrics, MetricsConfig::default());
         assert_eq!(cfg.health, HealthConfig::default());
         assert_eq!(cfg.drill, DrillConfig::default());
+        assert_eq!(cfg.site, "node");
+        assert!(cfg.replication.is_empty());
+    }
+
+    #[test]
+    fn replication_peers_parse_with_defaults_and_bad_ones_are_refused() {
+        let base = "listen = \"127.0.0.1:7443\"\ndata_dir = \"d\"\nsite = \"prov\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let peer = "[[replication]]\nname = \"dr\"\naddress = \"127.0.0.1:7444\"\nca = \"p.pem\"\ncert = \"r.pem\"\nkey = \"r.key\"\n";
+        let cfg = NodeConfig::parse(&format!("{base}{peer}")).unwrap();
+        assert_eq!(cfg.site, "prov");
+        let r = &cfg.replication[0];
+        assert_eq!(r.direction, Direction::Push);
+        assert_eq!(r.interval_secs, 60);
+        assert!(r.copies("anyone") && !r.continuous);
+        let two = format!("{base}{peer}direction = \"pull\"\ntenants = [\"finance\"]\n");
+        let r = &NodeConfig::parse(&two).unwrap().replication[0];
+        assert_eq!(r.direction, Direction::Pull);
+        assert!(r.copies("finance") && !r.copies("health"));
+        for (extra, needle) in [
+            (format!("{peer}{peer}"), "repeated"),
+            (format!("{peer}interval_secs = 0\n"), "interval_secs"),
+            (format!("{peer}tenants = []\n"), "tenants"),
+            (format!("{peer}tenants = [\"bad name!\"]\n"), "replication"),
+            (format!("{peer}direction = \"sideways\"\n"), "direction"),
+            (peer.replace("127.0.0.1:7444", "nowhere"), "host:port"),
+        ] {
+            let e = NodeConfig::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{needle}: {e:#}");
+        }
     }
 
     #[test]

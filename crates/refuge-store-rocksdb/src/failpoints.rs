@@ -23,6 +23,9 @@ pub const NAMES: &[&str] = &[
     "store.commit.after_wal_sync",
     // commit_snapshot: the record is durable, the caller has no answer.
     "store.commit.after_record",
+    // import_snapshot: the imported record is durable, the caller (a
+    // replication receiver) has no answer.
+    "store.import.after_record",
     // delete_snapshot: the record is gone, its references subtracted and
     // the chunks left without any marked; the caller has no answer.
     "store.delete.after_write",

@@ -8,14 +8,21 @@
 //! |---|---|---|
 //! | `chunks` | tenant key, chunk id | stored chunk record (header + body), in blob files |
 //! | `chunk_index` | tenant key, chunk id | uncompressed length, stored length |
-//! | `snapshots` | tenant key, sequence (big-endian) | snapshot record |
-//! | `snapshot_ids` | tenant key, snapshot id | sequence (big-endian) |
+//! | `snapshots` | tenant key, catalog position (big-endian) | snapshot record |
+//! | `snapshot_ids` | tenant key, snapshot id | catalog position (big-endian) |
 //! | `refcounts` | tenant key, chunk id | references from snapshots (u64, merge-added) |
 //! | `unreferenced` | tenant key, chunk id | since when no snapshot references it |
 //! | `quarantine` | tenant key, chunk id | when and why verification took it out of service |
-//! | `meta` | name | store format version, last sequence, last time, settings |
+//! | `meta` | name | store format version, last sequence, last time, settings, deletion marks |
 //! | `audit` | sequence (big-endian) | hash-chained audit record |
 //! | `commit_tokens` | tenant key, commit token | sequence (big-endian), commit time |
+//!
+//! A snapshot's catalog position is the sequence number its commit took;
+//! an imported snapshot (replication) keeps the sequence number its own
+//! node gave it in the record and takes the next local number as its
+//! position, so positions never collide. A deleted snapshot leaves a mark
+//! in `meta` (`deleted/`, tenant key, id -> time) so that a peer's copy is
+//! never imported again.
 //!
 //! The tenant key is one length byte followed by the tenant name, so one
 //! tenant's keys are a contiguous, prefix-free range.
@@ -56,8 +63,8 @@ use failpoints::fail_point;
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{
-    COMMIT_TOKEN_KEEP_MICROS, Committed, GC_BATCH, GcOutcome, NewSnapshot, PutOutcome, Quarantined,
-    RefCounts, Result, Store, StoreError, build_record, chain_audit,
+    COMMIT_TOKEN_KEEP_MICROS, Committed, GC_BATCH, GcOutcome, Imported, NewSnapshot, PutOutcome,
+    Quarantined, RefCounts, Result, Store, StoreError, build_record, chain_audit, sort_snapshots,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
@@ -91,6 +98,7 @@ const SETTING_PREFIX: &str = "setting/";
 const META_FORMAT: &[u8] = b"format";
 const META_SEQ: &[u8] = b"last_seq";
 const META_TIME: &[u8] = b"last_time_micros";
+const META_DELETED: &[u8] = b"deleted/";
 use refuge_core::format::ROCKS_STORE_VERSION as STORE_FORMAT_VERSION;
 
 /// Tunables for the RocksDB store.
@@ -181,6 +189,13 @@ fn tenant_key(t: &TenantId) -> Vec<u8> {
 fn key(t: &TenantId, rest: &[u8]) -> Vec<u8> {
     let mut k = tenant_key(t);
     k.extend_from_slice(rest);
+    k
+}
+
+/// The `meta` key of the deletion mark of `tenant`'s snapshot `id`.
+fn deleted_key(t: &TenantId, id: &SnapshotId) -> Vec<u8> {
+    let mut k = META_DELETED.to_vec();
+    k.extend_from_slice(&key(t, &id.0));
     k
 }
 
@@ -673,6 +688,65 @@ impl Store for RocksStore {
         })
     }
 
+    fn import_snapshot(&self, rec: &SnapshotRecord, refs: &RefCounts) -> Result<Imported> {
+        if rec.id != rec.compute_id() {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot record {} does not match its id",
+                rec.id.short()
+            )));
+        }
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let counts = refs.sorted();
+        let ids: Vec<ChunkId> = counts.iter().map(|(id, _)| *id).collect();
+        let mut last = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        if self.deleted_at(&rec.tenant, &rec.id)?.is_some() {
+            return Ok(Imported::Deleted);
+        }
+        let id_key = key(&rec.tenant, &rec.id.0);
+        if self
+            .db
+            .get_cf(self.cf(CF_SNAPSHOT_IDS), &id_key)
+            .map_err(err)?
+            .is_some()
+        {
+            return Ok(Imported::Present);
+        }
+        let lens = self.chunk_lengths(&rec.tenant, &ids)?;
+        if let Some((id, _)) = ids.iter().zip(&lens).find(|(_, l)| l.is_none()) {
+            return Err(StoreError::missing_chunk(id));
+        }
+        self.sync_wal()?;
+        let pos = last.0 + 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_SNAPSHOTS),
+            key(&rec.tenant, &pos.to_be_bytes()),
+            rec.encode(),
+        );
+        batch.put_cf(self.cf(CF_SNAPSHOT_IDS), &id_key, pos.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), META_SEQ, pos.to_be_bytes());
+        for (id, n) in &counts {
+            batch.merge_cf(
+                self.cf(CF_REFCOUNTS),
+                key(&rec.tenant, &id.0),
+                (*n as i64).to_le_bytes(),
+            );
+        }
+        self.db.write_opt(batch, &synced()).map_err(err)?;
+        last.0 = pos;
+        fail_point!("store.import.after_record");
+        Ok(Imported::New)
+    }
+
+    fn deleted_at(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<i64>> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_META), deleted_key(tenant, id))
+            .map_err(err)?;
+        Ok(v.and_then(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+            .map(i64::from_le_bytes))
+    }
+
     fn delete_snapshot(
         &self,
         tenant: &TenantId,
@@ -696,6 +770,11 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_SNAPSHOTS), key(tenant, &seq));
         batch.delete_cf(self.cf(CF_SNAPSHOT_IDS), &id_key);
+        batch.put_cf(
+            self.cf(CF_META),
+            deleted_key(tenant, id),
+            now_micros.to_le_bytes(),
+        );
         // The references are subtracted and the chunks left without any
         // marked unreferenced in the same synced batch as the removal: a
         // crash leaves the snapshot whole or gone with its counts, never
@@ -960,6 +1039,7 @@ impl Store for RocksStore {
             }
             out.push(SnapshotRecord::decode(&v).map_err(StoreError::Corrupt)?);
         }
+        sort_snapshots(&mut out);
         Ok(out)
     }
 

@@ -25,8 +25,8 @@ use std::sync::{Mutex, RwLock};
 use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{
-    ChunkUsage, Committed, GcOutcome, NewSnapshot, PutOutcome, Quarantined, RefCounts, Result,
-    Store, StoreError,
+    ChunkUsage, Committed, GcOutcome, Imported, NewSnapshot, PutOutcome, Quarantined, RefCounts,
+    Result, Store, StoreError,
 };
 
 use crate::{RocksOptions, RocksStore};
@@ -123,6 +123,14 @@ impl Store for ReopeningStore {
     fn commit(&self, new: NewSnapshot, now_micros: i64) -> Result<Committed> {
         self.with(|s| s.commit(new, now_micros))
     }
+    fn import_snapshot(&self, rec: &SnapshotRecord, refs: &RefCounts) -> Result<Imported> {
+        self.with(|s| s.import_snapshot(rec, refs))
+    }
+
+    fn deleted_at(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<i64>> {
+        self.with(|s| s.deleted_at(tenant, id))
+    }
+
     fn delete_snapshot(
         &self,
         tenant: &TenantId,

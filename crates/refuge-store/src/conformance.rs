@@ -13,7 +13,7 @@ use refuge_core::{
     TenantId, compress_chunk,
 };
 
-use crate::{GcOutcome, NewSnapshot, RefCounts, Store, StoreError};
+use crate::{GcOutcome, Imported, NewSnapshot, RefCounts, Store, StoreError};
 
 fn tenant(s: &str) -> TenantId {
     TenantId::new(s).expect("valid tenant")
@@ -463,6 +463,61 @@ pub fn commit_tokens_make_a_resent_commit_idempotent(s: &dyn Store) {
     assert!(!s.commit(with("alpha", [1; 16]), 9_000).unwrap().replayed);
 }
 
+/// A snapshot another node committed is stored as it is (id, time and
+/// sequence number kept), once; it is listed by its time among local
+/// ones; it needs its chunks and a matching id; a deleted one never comes
+/// back.
+pub fn imports_keep_the_record_and_deletions_stay(s: &dyn Store) {
+    let a = tenant("alpha");
+    let (m, cm) = chunk(b"manifest");
+    let (d, cd) = chunk(b"data");
+    s.put_chunks(&a, &[(m, cm), (d, cd)], 1).unwrap();
+    let mut local = new_snapshot("alpha", "etc", m);
+    local.refs = [m, d].into();
+    let l1 = s.commit_snapshot(local.clone(), 5_000).unwrap();
+    // Made elsewhere: another node's sequence number (colliding with
+    // ours) and an older time.
+    let mut far = crate::build_record(new_snapshot("alpha", "etc", m), l1.seq, 2_000);
+    far.host = HostName::new("host2").unwrap();
+    far.id = far.compute_id();
+    let refs: RefCounts = [m, d, d].into();
+    assert_eq!(s.import_snapshot(&far, &refs).unwrap(), Imported::New);
+    assert_eq!(s.import_snapshot(&far, &refs).unwrap(), Imported::Present);
+    assert_eq!(s.chunk_refcount(&a, &d).unwrap(), 3);
+    assert_eq!(s.get_snapshot(&a, &far.id).unwrap(), Some(far.clone()));
+    // Listed by time, not by arrival; the next commit still goes after.
+    let l2 = s.commit_snapshot(local, 1_000).unwrap();
+    assert!(l2.seq > l1.seq && l2.time_micros > l1.time_micros);
+    let ids: Vec<_> = s.list_snapshots(&a).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![far.id, l1.id, l2.id]);
+
+    // Refused: a forged id, a missing chunk (nothing changes either way).
+    let mut forged = far.clone();
+    forged.time_micros += 1;
+    assert!(matches!(
+        s.import_snapshot(&forged, &refs).unwrap_err(),
+        StoreError::Corrupt(_)
+    ));
+    let mut lacking = far.clone();
+    lacking.time_micros = 3_000;
+    lacking.id = lacking.compute_id();
+    let e = s
+        .import_snapshot(&lacking, &[m, ChunkId::of(b"absent")].into())
+        .unwrap_err();
+    assert!(matches!(e, StoreError::MissingChunk(_)), "{e}");
+    assert_eq!(s.list_snapshots(&a).unwrap().len(), 3);
+    assert_eq!(s.get_snapshot(&a, &lacking.id).unwrap(), None);
+
+    // Deleted here: marked, and a peer's copy is not imported again.
+    assert_eq!(s.deleted_at(&a, &far.id).unwrap(), None);
+    assert!(s.delete_snapshot(&a, &far.id, &refs, 7_000).unwrap());
+    assert_eq!(s.deleted_at(&a, &far.id).unwrap(), Some(7_000));
+    assert_eq!(s.deleted_at(&tenant("beta"), &far.id).unwrap(), None);
+    assert_eq!(s.import_snapshot(&far, &refs).unwrap(), Imported::Deleted);
+    assert_eq!(s.get_snapshot(&a, &far.id).unwrap(), None);
+    assert_eq!(s.chunk_refcount(&a, &d).unwrap(), 2);
+}
+
 /// Generates one `#[test]` per conformance check; `$make` is an expression
 /// that creates a fresh, empty store behind a pointer (`Box`, or a guard
 /// that derefs to the store and owns its temporary directory). It is
@@ -519,6 +574,11 @@ macro_rules! conformance_tests {
         fn conformance_commit_tokens_make_a_resent_commit_idempotent() {
             let s = $make;
             $crate::conformance::commit_tokens_make_a_resent_commit_idempotent(&*s);
+        }
+        #[test]
+        fn conformance_imports_keep_the_record_and_deletions_stay() {
+            let s = $make;
+            $crate::conformance::imports_keep_the_record_and_deletions_stay(&*s);
         }
         #[test]
         fn conformance_settings_round_trip() {

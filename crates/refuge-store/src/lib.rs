@@ -16,6 +16,9 @@
 //!   record durable, atomically, before it returns; it assigns the sequence
 //!   number and a time that never goes backwards. It refuses a snapshot
 //!   that references a chunk the store does not have.
+//! * [`Store::import_snapshot`] stores a record another node committed
+//!   (replication) with its id, time and sequence number unchanged; a
+//!   deleted snapshot leaves a mark, so a peer's copy never brings it back.
 //! * Reference counts: a commit adds the references counted in
 //!   [`NewSnapshot::refs`], [`Store::delete_snapshot`] removes them, in the
 //!   same atomic write as the record. A chunk whose count is zero is
@@ -166,6 +169,19 @@ pub struct Committed {
     pub replayed: bool,
 }
 
+/// What [`Store::import_snapshot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// The snapshot is now stored here, with its references added.
+    New,
+    /// It was already stored here: nothing changed.
+    Present,
+    /// It was stored here once and deleted (retention, an admin):
+    /// nothing changed, because deletions at one site are never undone by
+    /// a peer's copy.
+    Deleted,
+}
+
 /// How long the token of a commit is remembered (after it, garbage
 /// collection forgets it): a day, far beyond any retry of a commit.
 pub const COMMIT_TOKEN_KEEP_MICROS: i64 = 86_400 * 1_000_000;
@@ -264,11 +280,30 @@ pub trait Store: Send + Sync + 'static {
         self.commit(new, now_micros).map(|c| c.record)
     }
 
+    /// Stores a snapshot another node committed (replication), as it is:
+    /// its id, node time and sequence number are kept, durably and
+    /// atomically with the references `refs` (counted as in
+    /// [`NewSnapshot::refs`], by the caller, from the manifest it read
+    /// here). Refuses a record whose id does not match its fields
+    /// ([`StoreError::Corrupt`]) and one that references a chunk the store
+    /// lacks ([`StoreError::MissingChunk`]). An id already stored, or
+    /// deleted here earlier ([`Store::deleted_at`]), changes nothing.
+    ///
+    /// The record takes a catalog position after every earlier commit and
+    /// import; the next local commit's sequence number is above it.
+    fn import_snapshot(&self, rec: &SnapshotRecord, refs: &RefCounts) -> Result<Imported>;
+
+    /// When `tenant`'s snapshot `id` was deleted here (node time, µs), if
+    /// it was: every [`Store::delete_snapshot`] leaves this mark, so that
+    /// a peer's copy of the snapshot is not imported again.
+    fn deleted_at(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<i64>>;
+
     /// Removes `tenant`'s snapshot `id` and the references `refs` (the
     /// snapshot's, as in [`NewSnapshot::refs`]), durably and
-    /// atomically; chunks left without references become unreferenced as
-    /// of `now_micros`. Returns `false` (and changes nothing) if there is
-    /// no such snapshot.
+    /// atomically, and marks it deleted ([`Store::deleted_at`]); chunks
+    /// left without references become unreferenced as of `now_micros`.
+    /// Returns `false` (and changes nothing) if there is no such
+    /// snapshot.
     fn delete_snapshot(
         &self,
         tenant: &TenantId,
@@ -321,7 +356,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every setting whose key starts with `prefix`, in key order.
     fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
-    /// All of `tenant`'s snapshots, oldest first.
+    /// All of `tenant`'s snapshots, oldest first: by node time, then id
+    /// (imported snapshots are listed by their time, not by when they
+    /// arrived).
     fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>>;
 
     /// One snapshot of `tenant` by id.
@@ -428,6 +465,11 @@ pub fn chain_audit(head: &mut (u64, [u8; 32]), events: Vec<AuditEvent>) -> Vec<A
             r
         })
         .collect()
+}
+
+/// Sorts records oldest first, as [`Store::list_snapshots`] lists them.
+pub fn sort_snapshots(recs: &mut [SnapshotRecord]) {
+    recs.sort_by_key(|r| (r.time_micros, r.id));
 }
 
 /// Builds the record a commit stores: the shared part of every

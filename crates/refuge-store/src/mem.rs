@@ -7,8 +7,8 @@ use refuge_core::audit::{AuditEvent, AuditRecord};
 use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 
 use crate::{
-    COMMIT_TOKEN_KEEP_MICROS, CommitToken, Committed, GcOutcome, NewSnapshot, PutOutcome,
-    Quarantined, RefCounts, Result, Store, StoreError, build_record, chain_audit,
+    COMMIT_TOKEN_KEEP_MICROS, CommitToken, Committed, GcOutcome, Imported, NewSnapshot, PutOutcome,
+    Quarantined, RefCounts, Result, Store, StoreError, build_record, chain_audit, sort_snapshots,
 };
 
 /// In-memory store; every method takes one mutex.
@@ -20,8 +20,11 @@ pub struct MemStore {
 #[derive(Default)]
 struct Inner {
     chunks: HashMap<(TenantId, ChunkId), StoredChunk>,
+    /// By catalog position (a commit's sequence number, or the position
+    /// an import took).
     snapshots: BTreeMap<(TenantId, u64), SnapshotRecord>,
     seq: u64,
+    deleted: HashMap<(TenantId, SnapshotId), i64>,
     last_time: i64,
     audit: Vec<AuditRecord>,
     audit_head: (u64, [u8; 32]),
@@ -162,6 +165,44 @@ impl Store for MemStore {
         })
     }
 
+    fn import_snapshot(&self, rec: &SnapshotRecord, refs: &RefCounts) -> Result<Imported> {
+        if rec.id != rec.compute_id() {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot record {} does not match its id",
+                rec.id.short()
+            )));
+        }
+        let mut g = self.lock();
+        let t = rec.tenant.clone();
+        if g.deleted.contains_key(&(t.clone(), rec.id)) {
+            return Ok(Imported::Deleted);
+        }
+        if g.snapshots
+            .iter()
+            .any(|((k, _), r)| *k == t && r.id == rec.id)
+        {
+            return Ok(Imported::Present);
+        }
+        let counts = refs.sorted();
+        if let Some((id, _)) = counts
+            .iter()
+            .find(|(id, _)| !g.chunks.contains_key(&(t.clone(), *id)))
+        {
+            return Err(StoreError::missing_chunk(id));
+        }
+        for (id, n) in counts {
+            *g.refs.entry((t.clone(), id)).or_insert(0) += n;
+        }
+        g.seq += 1;
+        let pos = g.seq;
+        g.snapshots.insert((t, pos), rec.clone());
+        Ok(Imported::New)
+    }
+
+    fn deleted_at(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<i64>> {
+        Ok(self.lock().deleted.get(&(tenant.clone(), *id)).copied())
+    }
+
     fn delete_snapshot(
         &self,
         tenant: &TenantId,
@@ -179,6 +220,7 @@ impl Store for MemStore {
             return Ok(false);
         };
         g.snapshots.remove(&key);
+        g.deleted.insert((tenant.clone(), *id), now_micros);
         for (cid, n) in refs.sorted() {
             let k = (tenant.clone(), cid);
             let left = g.refs.get(&k).copied().unwrap_or(0).saturating_sub(n);
@@ -311,11 +353,14 @@ impl Store for MemStore {
 
     fn list_snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>> {
         let g = self.lock();
-        Ok(g.snapshots
+        let mut out: Vec<SnapshotRecord> = g
+            .snapshots
             .iter()
             .filter(|((t, _), _)| t == tenant)
             .map(|(_, r)| r.clone())
-            .collect())
+            .collect();
+        sort_snapshots(&mut out);
+        Ok(out)
     }
 
     fn get_snapshot(&self, tenant: &TenantId, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {

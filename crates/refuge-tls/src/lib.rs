@@ -9,9 +9,10 @@
 //!
 //! A client certificate carries its [`Role`] in the subject's
 //! organizational unit (`OU=refuge-agent`, `refuge-operator`,
-//! `refuge-admin` or `refuge-auditor`) and its name in the common name (CN;
-//! an agent's CN is its host name). An agent's tenant is the subject's
-//! organization (O). An operator's granted tenants are URI subject
+//! `refuge-admin`, `refuge-auditor` or `refuge-replica`) and its name in
+//! the common name (CN; an agent's CN is its host name, a replica's its
+//! site). An agent's tenant is the subject's organization (O). The
+//! tenants granted to an operator or a replica are URI subject
 //! alternative names `refuge:tenant:NAME`, or `refuge:tenant:*` for all.
 //! Admins and auditors act node-wide and name no tenant.
 
@@ -42,11 +43,27 @@ pub enum Role {
     Admin,
     /// Reads the audit log, nothing else.
     Auditor,
+    /// A peer node (replication): copies the snapshots and chunks of the
+    /// tenants it is granted, sealed as they are stored; calls the
+    /// replication RPCs only.
+    Replica,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Agent, Role::Operator, Role::Admin, Role::Auditor];
+    pub const ALL: [Role; 5] = [
+        Role::Agent,
+        Role::Operator,
+        Role::Admin,
+        Role::Auditor,
+        Role::Replica,
+    ];
+
+    /// Whether the certificate grants tenants by URI (operators and
+    /// replicas), rather than naming one (agents) or none.
+    pub fn grants_tenants(self) -> bool {
+        matches!(self, Role::Operator | Role::Replica)
+    }
 
     /// The name used on the command line and in messages.
     pub fn as_str(self) -> &'static str {
@@ -55,6 +72,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Admin => "admin",
             Role::Auditor => "auditor",
+            Role::Replica => "replica",
         }
     }
 
@@ -65,6 +83,7 @@ impl Role {
             Role::Operator => "refuge-operator",
             Role::Admin => "refuge-admin",
             Role::Auditor => "refuge-auditor",
+            Role::Replica => "refuge-replica",
         }
     }
 
@@ -85,7 +104,9 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (agent, operator, admin or auditor)"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?} (agent, operator, admin, auditor or replica)")
+            })
     }
 }
 
@@ -246,7 +267,7 @@ impl CertAuthority {
             names.push((DnType::OrganizationName, t[0].as_str()));
         }
         p.distinguished_name = dn(&names);
-        if who.role == Role::Operator {
+        if who.role.grants_tenants() {
             let grants: Vec<String> = match &who.tenants {
                 TenantScope::All => vec!["*".to_string()],
                 TenantScope::Only(ts) => ts.iter().map(|t| t.to_string()).collect(),
@@ -351,10 +372,10 @@ impl ClientIdentity {
                 Ok(())
             }
             (Role::Agent, _) => bad("an agent certificate names exactly one tenant".into()),
-            (Role::Operator, TenantScope::Only(t)) if t.is_empty() => {
-                bad("an operator certificate names at least one tenant (or all)".into())
-            }
-            (Role::Operator, _) => Ok(()),
+            (r, TenantScope::Only(t)) if r.grants_tenants() && t.is_empty() => bad(format!(
+                "an {r} certificate names at least one tenant (or all)"
+            )),
+            (r, _) if r.grants_tenants() => Ok(()),
             (_, TenantScope::Only(t)) if t.is_empty() => Ok(()),
             (r, _) => bad(format!(
                 "an {r} certificate acts node-wide and names no tenant"
@@ -389,7 +410,7 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
     )?;
     let role = Role::from_ou(&ou).ok_or_else(|| {
         TlsError::Identity(format!(
-            "OU {ou:?} is not a refuge role (refuge-agent, refuge-operator, refuge-admin, refuge-auditor)"
+            "OU {ou:?} is not a refuge role (refuge-agent, refuge-operator, refuge-admin, refuge-auditor, refuge-replica)"
         ))
     })?;
     let name = one(&mut subject.iter_common_name(), "common name (CN)")?;
@@ -402,7 +423,7 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, TlsError> {
             )?;
             TenantScope::Only(vec![tenant(&t)?])
         }
-        Role::Operator => {
+        Role::Operator | Role::Replica => {
             let mut grants = Vec::new();
             if let Ok(Some(san)) = cert.subject_alternative_name() {
                 for n in &san.value.general_names {

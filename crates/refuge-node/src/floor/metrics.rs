@@ -56,6 +56,12 @@ pub(crate) struct Metrics {
     disk_total: FGauge,
     disk_reserve: FGauge,
     store_bytes: FGauge,
+    repl_lag: Family<Labels, FGauge>,
+    repl_pending: Family<Labels, FGauge>,
+    repl_failing: Family<Labels, FGauge>,
+    repl_snapshots: Family<Labels, Counter>,
+    repl_chunks: Family<Labels, Counter>,
+    repl_bytes: Family<Labels, Counter>,
     /// Authentication failures of the last hour (for `Status`).
     recent_auth: Mutex<VecDeque<Instant>>,
 }
@@ -81,6 +87,38 @@ impl Metrics {
         let drill_seconds = Family::<Labels, FGauge>::default();
         let drill_time = Family::<Labels, FGauge>::default();
         let (disk_free, disk_total, disk_reserve, store_bytes) = Default::default();
+        let (repl_lag, repl_pending, repl_failing) = Default::default();
+        let (repl_snapshots, repl_chunks, repl_bytes) = Default::default();
+        r.register(
+            "refuge_replication_lag_seconds",
+            "Per peer and tenant: now minus the newest snapshot present on both nodes",
+            Family::<Labels, FGauge>::clone(&repl_lag),
+        );
+        r.register(
+            "refuge_replication_pending_snapshots",
+            "Per peer and tenant: snapshots of the sending node not yet on the receiving one",
+            Family::<Labels, FGauge>::clone(&repl_pending),
+        );
+        r.register(
+            "refuge_replication_failing",
+            "Per peer: 1 if its last replication pass failed (the status names the error)",
+            Family::<Labels, FGauge>::clone(&repl_failing),
+        );
+        r.register(
+            "refuge_replication_snapshots",
+            "Snapshots copied to (push) or from (pull) a peer, per peer and tenant",
+            Family::<Labels, Counter>::clone(&repl_snapshots),
+        );
+        r.register(
+            "refuge_replication_chunks",
+            "Chunks copied to or from a peer (only those the other side lacked)",
+            Family::<Labels, Counter>::clone(&repl_chunks),
+        );
+        r.register(
+            "refuge_replication_bytes",
+            "Bytes of chunks (as stored) copied to or from a peer",
+            Family::<Labels, Counter>::clone(&repl_bytes),
+        );
         r.register(
             "refuge_audit_events",
             "Audit events recorded, by event and outcome",
@@ -191,6 +229,12 @@ impl Metrics {
             disk_total,
             disk_reserve,
             store_bytes,
+            repl_lag,
+            repl_pending,
+            repl_failing,
+            repl_snapshots,
+            repl_chunks,
+            repl_bytes,
             recent_auth: Mutex::new(VecDeque::new()),
         })
     }
@@ -265,6 +309,43 @@ impl Metrics {
             .get_or_create(&labels(&[("tenant", tenant)]))
             .inc();
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Chunks and snapshots one replication step copied.
+    pub(crate) fn replicated(
+        &self,
+        peer: &str,
+        tenant: &str,
+        snapshots: u64,
+        chunks: u64,
+        bytes: u64,
+    ) {
+        let l = labels(&[("peer", peer), ("tenant", tenant)]);
+        self.repl_snapshots.get_or_create(&l).inc_by(snapshots);
+        self.repl_chunks.get_or_create(&l).inc_by(chunks);
+        self.repl_bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    /// Replaces the replication gauges with these rows.
+    pub(crate) fn set_replication(&self, rows: &[pb::ReplicationStatus]) {
+        self.repl_lag.clear();
+        self.repl_pending.clear();
+        self.repl_failing.clear();
+        for r in rows {
+            let l = labels(&[("peer", &r.peer), ("tenant", &r.tenant)]);
+            if !r.tenant.is_empty() {
+                self.repl_lag.get_or_create(&l).set(r.lag_secs);
+                self.repl_pending
+                    .get_or_create(&l)
+                    .set(r.pending_snapshots as f64);
+            }
+            let failing = self
+                .repl_failing
+                .get_or_create(&labels(&[("peer", &r.peer)]));
+            if !r.last_error.is_empty() {
+                failing.set(1.0);
+            }
+        }
     }
 
     /// Sets the disk gauges and, replacing the previous ones, the

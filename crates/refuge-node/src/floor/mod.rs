@@ -1,6 +1,7 @@
 //! The ground floor: what every other layer of the node stands on, and
 //! which itself knows nothing of services, policies or the catalog.
 //!
+//! - `changes`: the signal that a snapshot was committed or imported.
 //! - `clock`: the node's time (`now_micros`) and random numbers.
 //! - `store`: calling the store from async code (`blocking`), the one
 //!   mapping of store errors to gRPC statuses (`store_status`), and
@@ -15,6 +16,7 @@
 //! Imports from the rest of the crate: `config` only. Nothing here
 //! audits (the audit log is a policy, one floor up).
 
+pub(crate) mod changes;
 pub(crate) mod clock;
 pub(crate) mod disk;
 pub(crate) mod health;

@@ -219,3 +219,43 @@ pub(crate) fn tenant_text(who: &ClientIdentity) -> String {
         TenantScope::Only(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
     }
 }
+
+/// A peer node, admitted to a replication RPC: it acts for the tenants
+/// its (replica) certificate grants, and only through those RPCs.
+#[derive(Clone)]
+pub(crate) struct Replica {
+    pub(crate) subject: String,
+    pub(crate) grant: TenantScope,
+    pub(crate) audit: AuditLog,
+}
+
+impl Replica {
+    /// Admits the caller of `rpc` if it is a replica (replicas only).
+    pub(crate) fn admit<T>(access: &Access, req: &Request<T>, rpc: &str) -> Result<Self, Status> {
+        let who = access.admit(req, rpc, &[Role::Replica])?;
+        Ok(Replica {
+            subject: who.subject(),
+            grant: who.tenants,
+            audit: access.audit.clone(),
+        })
+    }
+
+    /// The tenant `name` if the certificate grants it; a tenant outside
+    /// the grant is PERMISSION_DENIED (and audited): a replica that copies
+    /// nothing because of a missing grant must hear why.
+    pub(crate) fn tenant(&self, name: &str, rpc: &str) -> Result<TenantId, Status> {
+        let t = TenantId::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.grant.contains(&t) {
+            return Ok(t);
+        }
+        let why = format!("{rpc}: this replica certificate does not grant tenant {t}");
+        self.record(t.as_str(), "permission_denied", Outcome::Denied, &why);
+        Err(Status::permission_denied(why))
+    }
+
+    /// Audits an event of `tenant` caused by this replica.
+    pub(crate) fn record(&self, tenant: &str, event: &str, outcome: Outcome, detail: &str) {
+        self.audit
+            .record(&self.subject, tenant, event, outcome, detail);
+    }
+}

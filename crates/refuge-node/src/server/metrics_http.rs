@@ -1,7 +1,8 @@
 //! The metrics endpoint: `GET /metrics` on `[metrics] listen`. Each
 //! scrape sets the per-source gauges from the catalog
 //! (`catalog::status::sources_of`: snapshot, drill and failure records,
-//! never chunks) and the disk gauges, then encodes the registry.
+//! never chunks), the disk gauges and the replication gauges (the
+//! replication board), then encodes the registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use crate::catalog::status::sources_of;
 use crate::floor::clock::now_micros;
 use crate::floor::disk::Disk;
 use crate::floor::metrics::Metrics;
+use crate::work::replicate::Board;
 
 /// One scrape (blocking): the gauges refreshed, then the text.
-fn scrape(metrics: &Metrics, store: &dyn Store, disk: &Disk) -> String {
+fn scrape(metrics: &Metrics, store: &dyn Store, disk: &Disk, board: &Board) -> String {
     let sources = match store.list_tenants() {
         Ok(tenants) => match sources_of(store, &tenants, now_micros()) {
             Ok(s) => Some(s),
@@ -30,6 +32,7 @@ fn scrape(metrics: &Metrics, store: &dyn Store, disk: &Disk) -> String {
         }
     };
     metrics.set_gauges(disk, sources.as_deref());
+    metrics.set_replication(&board.rows());
     metrics.text()
 }
 
@@ -39,6 +42,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     disk: Arc<Disk>,
+    board: Board,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
@@ -46,8 +50,9 @@ pub(crate) async fn serve(
         "/metrics",
         axum::routing::get(move || {
             let (m, store, disk) = (metrics.clone(), store.clone(), disk.clone());
+            let board = board.clone();
             async move {
-                let text = tokio::task::spawn_blocking(move || scrape(&m, &*store, &disk))
+                let text = tokio::task::spawn_blocking(move || scrape(&m, &*store, &disk, &board))
                     .await
                     .unwrap_or_default();
                 (

@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use refuge_proto::pb::admin_server::AdminServer;
 use refuge_proto::pb::audit_server::AuditServer;
 use refuge_proto::pb::ingest_server::IngestServer;
+use refuge_proto::pb::replication_server::ReplicationServer;
 use refuge_proto::pb::restore_server::RestoreServer;
 use refuge_proto::pb::supervision_server::SupervisionServer;
 use refuge_store::Store;
@@ -38,8 +39,9 @@ use tracing::{info, warn};
 use self::gate::Gate;
 use crate::config::{
     DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, NodeConfig, QuotaConfig,
-    RetentionConfig, VerifyConfig, parse_window,
+    ReplicationPeer, RetentionConfig, VerifyConfig, parse_window,
 };
+use crate::floor::changes::Changes;
 use crate::floor::disk::Disk;
 use crate::floor::health::{INGEST, clear_all, set_all, systemd};
 use crate::floor::metrics::Metrics;
@@ -49,10 +51,12 @@ use crate::policy::quota::Quotas;
 use crate::services::admin::AdminService;
 use crate::services::audit::AuditService;
 use crate::services::ingest::IngestService;
+use crate::services::replication::ReplicationService;
 use crate::services::restore::RestoreService;
 use crate::services::supervision::{NodeFacts, SupervisionService};
 use crate::work::drills::NodeDrills;
 use crate::work::maintenance::Maintenance;
+use crate::work::replicate::{Board, Local, PeerTask};
 use crate::work::watch::{monitor_disk, watchdog};
 
 /// What [`serve`] needs besides the store and listener.
@@ -86,6 +90,8 @@ pub struct ServeOptions {
     pub facts: NodeFacts,
     /// Drills the node runs itself.
     pub drill: DrillConfig,
+    /// Peers to replicate with.
+    pub replication: Vec<ReplicationPeer>,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -118,6 +124,7 @@ pub async fn run(
     let facts = NodeFacts {
         node_cert_not_after: expiry(&pair.cert_pem),
         ca_cert_not_after: expiry(&ca),
+        site: cfg.site.clone(),
     };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
@@ -164,6 +171,7 @@ pub async fn run(
             data_dir: cfg.data_dir.clone(),
             facts,
             drill: cfg.drill,
+            replication: cfg.replication,
         },
         shutdown,
     )
@@ -218,6 +226,7 @@ pub async fn serve(
     let audit_gate = Gate::new();
     let admin_gate = Gate::new();
     let supervision_gate = Gate::new();
+    let replication_gate = Gate::new();
 
     // The accept loop runs from the start; refusals are audited once the
     // audit log exists (before that, only logged).
@@ -284,6 +293,7 @@ pub async fn serve(
             .add_service(audit_gate.clone())
             .add_service(admin_gate.clone())
             .add_service(supervision_gate.clone())
+            .add_service(replication_gate.clone())
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
                 let _ = done.recv().await;
             }),
@@ -314,11 +324,14 @@ pub async fn serve(
         ),
     );
     let disk = Disk::new(opts.health.min_free_mib, opts.data_dir.clone());
+    let board = Board::default();
+    let changes = Changes::new();
     if let Some(l) = metrics_listener {
         let stop = stop_rx.clone();
         let (metrics, store, disk) = (metrics.clone(), store.clone(), disk.clone());
+        let board = board.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics_http::serve(l, metrics, store, disk, stop).await {
+            if let Err(e) = metrics_http::serve(l, metrics, store, disk, board, stop).await {
                 tracing::error!("metrics endpoint failed: {e:#}");
             }
         });
@@ -366,10 +379,10 @@ pub async fn serve(
             store.clone(),
             access.clone(),
             Arc::new(Quotas::new(opts.quota)),
-            opts.encryption,
-            opts.limits.max_chunk_size,
-            opts.limits.ingest_buffer_mib,
+            opts.encryption.clone(),
+            &opts.limits,
             disk.clone(),
+            changes.clone(),
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
@@ -387,12 +400,13 @@ pub async fn serve(
             metrics.clone(),
             opts.facts.clone(),
             node_drills.clone(),
+            board.clone(),
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
     );
     audit_gate.open(
-        AuditServer::new(AuditService::new(store.clone(), access))
+        AuditServer::new(AuditService::new(store.clone(), access.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
@@ -400,6 +414,18 @@ pub async fn serve(
         AdminServer::new(AdminService::new(maintenance))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
+    );
+    replication_gate.open(
+        ReplicationServer::new(ReplicationService::new(
+            store.clone(),
+            access.clone(),
+            disk.clone(),
+            opts.encryption.clone(),
+            opts.limits.max_chunk_size,
+            changes.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     // The first disk check decides whether ingest starts SERVING.
     let low = disk.first_check();
@@ -432,6 +458,23 @@ pub async fn serve(
                 "serving"
             }),
         ]);
+    }
+    for peer in opts.replication {
+        let task = PeerTask {
+            local: Local {
+                store: store.clone(),
+                audit: audit.clone(),
+                subject: format!("replication:{}", peer.name),
+                encryption: opts.encryption.clone(),
+                max_chunk: opts.limits.max_chunk_size,
+                disk: disk.clone(),
+                changes: changes.clone(),
+            },
+            peer,
+            board: board.clone(),
+            health: health.clone(),
+        };
+        tokio::spawn(task.run(stop_rx.clone()));
     }
     tokio::spawn(watchdog(store.clone(), stop_rx.clone()));
     tokio::spawn(monitor_disk(

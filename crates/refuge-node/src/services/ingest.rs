@@ -13,14 +13,15 @@ use refuge_store::{PutOutcome, Store};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::failures::put_failure;
-use crate::config::EncryptionPolicy;
+use crate::config::{EncryptionPolicy, LimitsConfig};
+use crate::floor::changes::Changes;
 use crate::floor::clock::now_micros;
 use crate::floor::disk::Disk;
 use crate::floor::store::{blocking, store_status};
 use crate::policy::access::{Access, Agent};
 use crate::policy::audit::Outcome;
 use crate::policy::quota::Quotas;
-use crate::work::ingest::{check_and_commit, verify_and_put};
+use crate::work::ingest::{check_and_commit, missing_and_touch, verify_and_put};
 
 /// Largest batch of verified chunks written to the store at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
@@ -43,6 +44,8 @@ pub struct IngestService {
     buffer_kib: u32,
     /// Free space of the store's disk: below the reserve, ingest refuses.
     disk: Arc<Disk>,
+    /// Told of every commit (continuous replication starts a pass).
+    changes: Changes,
 }
 
 impl IngestService {
@@ -69,11 +72,12 @@ impl IngestService {
         access: Arc<Access>,
         quotas: Arc<Quotas>,
         encryption: EncryptionPolicy,
-        max_chunk: u32,
-        buffer_mib: u32,
+        limits: &LimitsConfig,
         disk: Arc<Disk>,
+        changes: Changes,
     ) -> Self {
-        let buffer_kib = buffer_mib.saturating_mul(1024).max(1);
+        let max_chunk = limits.max_chunk_size;
+        let buffer_kib = limits.ingest_buffer_mib.saturating_mul(1024).max(1);
         IngestService {
             store,
             access,
@@ -83,6 +87,7 @@ impl IngestService {
             buffer: Arc::new(tokio::sync::Semaphore::new(buffer_kib as usize)),
             buffer_kib,
             disk,
+            changes,
         }
     }
 }
@@ -108,27 +113,10 @@ impl Ingest for IngestService {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
         let missing = blocking(move || {
-            let missing = store
-                .missing_chunks(&who.tenant, &ids)
-                .map_err(store_status)?;
-            // What the agent is told exists, its commit may reference:
-            // keep it from garbage collection for the grace period.
-            let mut is_missing = vec![false; ids.len()];
-            for &i in &missing {
-                is_missing[i] = true;
-            }
-            let present: Vec<ChunkId> = ids
-                .iter()
-                .zip(&is_missing)
-                .filter(|(_, m)| !**m)
-                .map(|(id, _)| *id)
-                .collect();
-            store
-                .touch_chunks(&who.tenant, &present, now_micros())
-                .map_err(store_status)?;
+            let (missing, present) = missing_and_touch(&*store, &who.tenant, &ids)?;
             who.audit
                 .metrics()
-                .deduplicated(who.tenant.as_str(), present.len() as u64);
+                .deduplicated(who.tenant.as_str(), present);
             Ok(missing)
         })
         .await?;
@@ -358,6 +346,9 @@ impl Ingest for IngestService {
             Ok(done)
         })
         .await?;
+        if !rec.replayed {
+            self.changes.bump();
+        }
         Ok(Response::new(pb::CommitSnapshotResponse {
             snapshot: Some(refuge_proto::snapshot_to(&rec.record)),
             replayed: rec.replayed,

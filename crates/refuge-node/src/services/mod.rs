@@ -11,5 +11,6 @@
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod ingest;
+pub(crate) mod replication;
 pub(crate) mod restore;
 pub(crate) mod supervision;

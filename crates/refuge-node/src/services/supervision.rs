@@ -21,6 +21,7 @@ use crate::floor::store::blocking;
 use crate::policy::access::{Access, Scope};
 use crate::policy::audit::Outcome;
 use crate::work::drills::NodeDrills;
+use crate::work::replicate::Board;
 use crate::work::self_drill::Ask;
 
 /// Default and largest number of records one `ListDrills` returns.
@@ -34,6 +35,8 @@ pub struct NodeFacts {
     pub node_cert_not_after: i64,
     /// Expiry of the CA's certificate (µs since the epoch).
     pub ca_cert_not_after: i64,
+    /// This node's site name (node.toml `site`).
+    pub site: String,
 }
 
 /// The supervision service.
@@ -46,6 +49,7 @@ pub struct SupervisionService {
     metrics: Arc<Metrics>,
     facts: NodeFacts,
     drills: Arc<NodeDrills>,
+    replication: Board,
 }
 
 impl SupervisionService {
@@ -56,6 +60,7 @@ impl SupervisionService {
         metrics: Arc<Metrics>,
         facts: NodeFacts,
         drills: Arc<NodeDrills>,
+        replication: Board,
     ) -> Self {
         SupervisionService {
             store,
@@ -65,6 +70,7 @@ impl SupervisionService {
             metrics,
             facts,
             drills,
+            replication,
         }
     }
 }
@@ -164,14 +170,30 @@ impl Supervision for SupervisionService {
         let r = req.into_inner();
         let store = self.store.clone();
         let now = now_micros();
-        let (sources, tenants) = blocking(move || {
+        let node_wide = all.contains(&who.role) && r.tenant.is_empty();
+        let (sources, tenants, names) = blocking(move || {
             let tenants = Access::listed_tenants_seen_by(&*store, &who, &r.tenant, &all)?;
             Ok((
                 sources_of(&*store, &tenants, now)?,
                 usage_of(&*store, &tenants)?,
+                tenants,
             ))
         })
         .await?;
+        // Rows of tenants in scope; a peer's own failure (no tenant) only
+        // for the node-wide roles.
+        let replication = self
+            .replication
+            .rows()
+            .into_iter()
+            .filter(|r| {
+                if r.tenant.is_empty() {
+                    node_wide
+                } else {
+                    names.iter().any(|t| t.as_str() == r.tenant)
+                }
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             now_unix_micros: now,
             sources,
@@ -185,6 +207,8 @@ impl Supervision for SupervisionService {
             ca_cert_not_after_unix_micros: self.facts.ca_cert_not_after,
             auth_failures_last_hour: self.metrics.auth_failures_last_hour(),
             node_version: env!("CARGO_PKG_VERSION").to_string(),
+            site: self.facts.site.clone(),
+            replication,
         }))
     }
 

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use refuge_core::{
-    ChunkId, ChunkRef, FrameError, ManifestReader, ManifestRecord, SourceKind, SourceName,
-    StoredChunk, TenantId,
+    ChunkId, ChunkRef, FrameError, ManifestReader, ManifestRecord, ManifestSummary, SourceKind,
+    SourceName, StoredChunk, TenantId,
 };
 use refuge_store::{CommitToken, Committed, NewSnapshot, PutOutcome, RefCounts, Store};
 use tonic::Status;
@@ -98,6 +98,31 @@ pub(crate) fn verify_and_put(
     }
 }
 
+/// Indexes of `ids` that `tenant` lacks, ascending, and how many it has:
+/// those are kept from garbage collection for its grace period, since the
+/// caller (an agent's next commit, a peer's import) may reference them.
+pub(crate) fn missing_and_touch(
+    store: &dyn Store,
+    tenant: &TenantId,
+    ids: &[ChunkId],
+) -> Result<(Vec<usize>, u64), Status> {
+    let missing = store.missing_chunks(tenant, ids).map_err(store_status)?;
+    let mut is_missing = vec![false; ids.len()];
+    for &i in &missing {
+        is_missing[i] = true;
+    }
+    let present: Vec<ChunkId> = ids
+        .iter()
+        .zip(&is_missing)
+        .filter(|(_, m)| !**m)
+        .map(|(id, _)| *id)
+        .collect();
+    store
+        .touch_chunks(tenant, &present, now_micros())
+        .map_err(store_status)?;
+    Ok((missing, present.len() as u64))
+}
+
 /// The first reference (holes excepted) that `tenant` has not stored with
 /// exactly the referenced length, and the stored length if any.
 fn first_bad_ref(
@@ -113,6 +138,120 @@ fn first_bad_ref(
         .zip(lens)
         .find(|(r, l)| *l != Some(r.len))
         .map(|(r, l)| (*r, l)))
+}
+
+/// What reading a manifest back found: every stored chunk it references
+/// (counted as the store counts references) and its totals.
+pub(crate) struct ManifestRead {
+    pub(crate) refs: RefCounts,
+    pub(crate) summary: ManifestSummary,
+}
+
+/// Reads `tenant`'s manifest `manifest` back from the store and checks it
+/// and every chunk it references (stored, with the referenced length); the
+/// error is a sentence saying what is wrong. Shared by commits and by
+/// imports from a peer (`work::replica`).
+pub(crate) fn read_manifest(
+    store: &dyn Store,
+    tenant: &TenantId,
+    kind: SourceKind,
+    manifest: &[ChunkRef],
+    must_encrypt: Option<&str>,
+) -> Result<ManifestRead, Result<String, Status>> {
+    if let Some((r, stored)) = first_bad_ref(store, tenant, manifest).map_err(Err)? {
+        return Err(Ok(match stored {
+            None => format!(
+                "manifest chunk {} is not stored on the node; upload it before committing",
+                r.id
+            ),
+            Some(l) => format!(
+                "manifest chunk {} is stored with length {l}, not {}",
+                r.id, r.len
+            ),
+        }));
+    }
+    let stream = StoredStream::new(store, tenant, manifest);
+    let mut reader =
+        ManifestReader::new(stream).map_err(|e| Ok(format!("invalid manifest: {e}")))?;
+    if reader.kind() != kind {
+        return Err(Ok(format!(
+            "manifest is for a {} source but the commit says {}",
+            reader.kind().as_str(),
+            kind.as_str()
+        )));
+    }
+    if let Some(why) = must_encrypt
+        && !reader.is_sealed()
+    {
+        return Err(Ok(why.to_string()));
+    }
+    let mut current = Vec::new();
+    // Every stored chunk the snapshot references, counted for the
+    // reference counts, and the stored length of each one checked: memory
+    // grows with the distinct chunks (which this tenant stored), not with
+    // how often a manifest names one, and each is looked up once.
+    let mut all_refs = RefCounts::new();
+    let mut checked: HashMap<ChunkId, u32> = HashMap::new();
+    for r in manifest {
+        all_refs.add(r.id);
+        checked.insert(r.id, r.len);
+    }
+    let mut unknown: Vec<ChunkRef> = Vec::new();
+    loop {
+        match reader.next_record() {
+            Ok(None) => break,
+            Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
+            Ok(Some(ManifestRecord::Sealed { .. })) => current = b"(encrypted entry)".to_vec(),
+            Ok(Some(ManifestRecord::Chunks(refs))) => {
+                unknown.clear();
+                let mut bad = None;
+                for r in refs.iter().filter(|r| !r.is_hole()) {
+                    match checked.get(&r.id) {
+                        Some(&l) if l == r.len => {}
+                        Some(&l) => {
+                            bad = Some((*r, Some(l)));
+                            break;
+                        }
+                        None => unknown.push(*r),
+                    }
+                }
+                if bad.is_none() {
+                    bad = first_bad_ref(store, tenant, &unknown).map_err(Err)?;
+                }
+                if let Some((r, stored)) = bad {
+                    let file = String::from_utf8_lossy(&current);
+                    return Err(Ok(match stored {
+                        None => format!(
+                            "snapshot references chunk {} (file {file:?}) that the node does not have",
+                            r.id
+                        ),
+                        Some(l) => format!(
+                            "snapshot references chunk {} (file {file:?}) with length {}, but the node stores it with length {l}",
+                            r.id, r.len
+                        ),
+                    }));
+                }
+                for r in refs.iter().filter(|r| !r.is_hole()) {
+                    all_refs.add(r.id);
+                    checked.entry(r.id).or_insert(r.len);
+                }
+            }
+            Err(e) => return Err(Ok(format!("invalid manifest: {e}"))),
+        }
+    }
+    drop(checked);
+    let summary = reader.summary();
+    drop(reader);
+    if kind == SourceKind::Image && (summary.entries != 1 || summary.files != 1) {
+        return Err(Ok(format!(
+            "an image manifest has exactly one file entry, this one has {} entries",
+            summary.entries
+        )));
+    }
+    Ok(ManifestRead {
+        refs: all_refs,
+        summary,
+    })
 }
 
 /// Checks a snapshot's manifest and every chunk it references (stored, with
@@ -137,97 +276,21 @@ pub(crate) fn check_and_commit(
         );
         Status::failed_precondition(msg)
     };
-    if let Some((r, stored)) = first_bad_ref(store, &who.tenant, &manifest)? {
-        return Err(reject(match stored {
-            None => format!(
-                "manifest chunk {} is not stored on the node; upload it before committing",
-                r.id
-            ),
-            Some(l) => format!(
-                "manifest chunk {} is stored with length {l}, not {}",
-                r.id, r.len
-            ),
-        }));
-    }
-    let stream = StoredStream::new(store, &who.tenant, &manifest);
-    let mut reader =
-        ManifestReader::new(stream).map_err(|e| reject(format!("invalid manifest: {e}")))?;
-    if reader.kind() != kind {
-        return Err(reject(format!(
-            "manifest is for a {} source but the commit says {}",
-            reader.kind().as_str(),
-            kind.as_str()
-        )));
-    }
-    if who.must_encrypt && !reader.is_sealed() {
-        return Err(reject(format!(
+    let must = who.must_encrypt.then(|| {
+        format!(
             "tenant {} must back up encrypted (node.toml [encryption]); set [encryption] key_file on this agent",
             who.tenant
-        )));
-    }
-    let mut current = Vec::new();
-    // Every stored chunk the snapshot references, counted for the
-    // reference counts, and the stored length of each one checked: memory
-    // grows with the distinct chunks (which this tenant stored), not with
-    // how often a manifest names one, and each is looked up once.
-    let mut all_refs = RefCounts::new();
-    let mut checked: HashMap<ChunkId, u32> = HashMap::new();
-    for r in &manifest {
-        all_refs.add(r.id);
-        checked.insert(r.id, r.len);
-    }
-    let mut unknown: Vec<ChunkRef> = Vec::new();
-    loop {
-        match reader.next_record() {
-            Ok(None) => break,
-            Ok(Some(ManifestRecord::Entry(e))) => current = e.path,
-            Ok(Some(ManifestRecord::Sealed { .. })) => current = b"(encrypted entry)".to_vec(),
-            Ok(Some(ManifestRecord::Chunks(refs))) => {
-                unknown.clear();
-                let mut bad = None;
-                for r in refs.iter().filter(|r| !r.is_hole()) {
-                    match checked.get(&r.id) {
-                        Some(&l) if l == r.len => {}
-                        Some(&l) => {
-                            bad = Some((*r, Some(l)));
-                            break;
-                        }
-                        None => unknown.push(*r),
-                    }
-                }
-                if bad.is_none() {
-                    bad = first_bad_ref(store, &who.tenant, &unknown)?;
-                }
-                if let Some((r, stored)) = bad {
-                    let file = String::from_utf8_lossy(&current);
-                    return Err(reject(match stored {
-                        None => format!(
-                            "snapshot references chunk {} (file {file:?}) that the node does not have",
-                            r.id
-                        ),
-                        Some(l) => format!(
-                            "snapshot references chunk {} (file {file:?}) with length {}, but the node stores it with length {l}",
-                            r.id, r.len
-                        ),
-                    }));
-                }
-                for r in refs.iter().filter(|r| !r.is_hole()) {
-                    all_refs.add(r.id);
-                    checked.entry(r.id).or_insert(r.len);
-                }
-            }
-            Err(e) => return Err(reject(format!("invalid manifest: {e}"))),
-        }
-    }
-    drop(checked);
-    let summary = reader.summary();
-    drop(reader);
-    if kind == SourceKind::Image && (summary.entries != 1 || summary.files != 1) {
-        return Err(reject(format!(
-            "an image manifest has exactly one file entry, this one has {} entries",
-            summary.entries
-        )));
-    }
+        )
+    });
+    let ManifestRead {
+        refs: all_refs,
+        summary,
+    } = read_manifest(store, &who.tenant, kind, &manifest, must.as_deref()).map_err(
+        |e| match e {
+            Ok(msg) => reject(msg),
+            Err(s) => s,
+        },
+    )?;
     let new = NewSnapshot {
         tenant: who.tenant.clone(),
         host: who.host.clone(),

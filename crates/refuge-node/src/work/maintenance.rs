@@ -280,27 +280,13 @@ impl Maintenance {
         Ok(resp)
     }
 
-    /// What is wrong with a stored chunk, if anything: its bytes must
-    /// match the checksum recorded when they were stored, and a plain
-    /// chunk must also decode to content with its id. (A sealed chunk's
-    /// content only its tenant's key can check.)
     fn check_chunk(
         &self,
         t: &TenantId,
         id: &ChunkId,
         c: &refuge_core::StoredChunk,
     ) -> Result<Option<String>, Status> {
-        let max = refuge_core::format::MAX_CHUNK_LEN;
-        if let Some(sum) = self.store.chunk_checksum(t, id).map_err(store_status)?
-            && *blake3::hash(&c.data).as_bytes() != sum
-        {
-            return Ok(Some(
-                "the stored bytes do not match the checksum recorded when they were stored".into(),
-            ));
-        }
-        Ok(refuge_core::verify_stored(id, c, max)
-            .err()
-            .map(|e| e.to_string()))
+        chunk_problem(&*self.store, t, id, c)
     }
 
     /// For each of `bad`, the snapshots of `t` that reference it (a
@@ -382,3 +368,27 @@ impl Maintenance {
 
 /// The subject of scheduled jobs in the audit log.
 const SCHEDULE: &str = "node (schedule)";
+
+/// What is wrong with a stored chunk, if anything: its bytes must match
+/// the checksum recorded when they were stored, and a plain chunk must
+/// also decode to content with its id. (A sealed chunk's content only its
+/// tenant's key can check.) Used by verification and before a chunk is
+/// sent to a peer.
+pub(crate) fn chunk_problem(
+    store: &dyn Store,
+    t: &TenantId,
+    id: &ChunkId,
+    c: &refuge_core::StoredChunk,
+) -> Result<Option<String>, Status> {
+    let max = refuge_core::format::MAX_CHUNK_LEN;
+    if let Some(sum) = store.chunk_checksum(t, id).map_err(store_status)?
+        && *blake3::hash(&c.data).as_bytes() != sum
+    {
+        return Ok(Some(
+            "the stored bytes do not match the checksum recorded when they were stored".into(),
+        ));
+    }
+    Ok(refuge_core::verify_stored(id, c, max)
+        .err()
+        .map(|e| e.to_string()))
+}
