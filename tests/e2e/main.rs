@@ -16,6 +16,7 @@ mod hostile_wire;
 mod network;
 mod power_loss;
 mod rejections;
+mod replication;
 mod retention;
 mod scrub;
 mod sealed;

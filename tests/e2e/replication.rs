@@ -1,0 +1,349 @@
+//! Replication between real `refuged` processes, each with its own CA:
+//! a city node pushes to a provincial node, which pushes to an off-site
+//! centre (the chain: sealed all the way, ids and times kept, only new
+//! chunks sent, deletions not travelling, lag in status and health,
+//! audited on both sides); and the refusals: a peer certificate from the
+//! wrong CA, a certificate that is not a replica's, a replica whose disk is
+//! below its reserve (which stops replication, not the sender's ingest).
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use refuge_tests::{Cluster, assert_same_tree, run};
+use serde_json::Value;
+
+/// Appends `text` to `c`'s node.toml.
+fn append(c: &Cluster, text: &str) {
+    let p = c.path().join("node.toml");
+    let mut s = fs::read_to_string(&p).unwrap();
+    s.push('\n');
+    s.push_str(text);
+    fs::write(p, s).unwrap();
+}
+
+/// Issues, with `to`'s CA, a replica certificate named `name` for every
+/// tenant; returns its path without extension.
+fn replica_cert(to: &Cluster, name: &str) -> String {
+    run(
+        "refuge",
+        to.path(),
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "certs",
+            "--role",
+            "replica",
+            "--host",
+            name,
+            "--all-tenants",
+        ],
+    )
+    .ok();
+    format!("{}/certs/replica-{name}", to.path().display())
+}
+
+/// A `[[replication]]` entry pushing to `to` with the certificate `cert`
+/// (path without extension), passes every second and after each change.
+fn push_to(to: &Cluster, name: &str, cert: &str, ca_of: &Cluster) -> String {
+    format!(
+        "[[replication]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nca = \"{}/certs/ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\ninterval_secs = 1\ncontinuous = true\ncall_timeout_secs = 20\n",
+        to.port(),
+        ca_of.path().display()
+    )
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn contains(dir: &Path, needle: &[u8]) -> bool {
+    fs::read_dir(dir).unwrap().any(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            contains(&p, needle)
+        } else {
+            fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
+fn status(c: &Cluster, admin: &Path) -> Value {
+    let r = c.refuge(admin, &["status", "--json"]);
+    r.json()
+}
+
+/// The replication row of `peer` and `tenant` in `refuge status --json`.
+fn row(st: &Value, peer: &str, tenant: &str) -> Option<Value> {
+    st["replication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer"] == peer && r["tenant"] == tenant)
+        .cloned()
+}
+
+fn ids(snaps: &[Value]) -> Vec<(String, i64, u64)> {
+    snaps
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["time_unix_micros"].as_i64().unwrap(),
+                s["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_stay_local() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    let mut dr = Cluster::configured("");
+    let to_prov = replica_cert(&prov, "city");
+    append(&city, &push_to(&prov, "prov", &to_prov, &prov));
+    let to_dr = replica_cert(&dr, "prov");
+    append(&prov, &push_to(&dr, "dr", &to_dr, &dr));
+    city.start_node();
+    prov.start_node();
+    dr.start_node();
+
+    // An encrypted tenant: no hop ever holds its key.
+    run(
+        "refuge",
+        city.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            "finance",
+            "--out",
+            "certs/finance.key",
+        ],
+    )
+    .ok();
+    let key = city.path().join("certs/finance.key");
+    let src = city.path().join("src");
+    fs::create_dir_all(src.join("ledger")).unwrap();
+    let marker = b"REFUGE-MARKER-91be: the province's payroll ";
+    let mut secret = marker.repeat(40);
+    secret.extend(refuge_tests::noise(200 << 10, 3));
+    fs::write(src.join("ledger/payroll.txt"), &secret).unwrap();
+    fs::write(src.join("big.bin"), refuge_tests::noise(6 << 20, 4)).unwrap();
+    let plain = city.default_agent(&[("data", &src, "tree")]);
+    let agent = city.path().join("sealed.toml");
+    fs::write(
+        &agent,
+        format!(
+            "{}\n[encryption]\nkey_file = \"{}\"\n",
+            fs::read_to_string(&plain).unwrap(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let a = agent.to_str().unwrap();
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+
+    let prov_ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    let dr_ops = dr.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    wait_until("the snapshot at the off-site centre", 60, || {
+        dr.snapshots(&dr_ops).len() == 1
+    });
+    // Ids, node times and sequence numbers are the city's, everywhere.
+    let at_city = ids(&city.snapshots(&agent));
+    assert_eq!(ids(&prov.snapshots(&prov_ops)), at_city);
+    assert_eq!(ids(&dr.snapshots(&dr_ops)), at_city);
+
+    // Restored byte for byte at the third site, with the tenant's key.
+    let dr_restore = dr.path().join("ops-sealed.toml");
+    fs::write(
+        &dr_restore,
+        format!(
+            "{}\n[encryption]\nkey_file = \"{}\"\n",
+            fs::read_to_string(&dr_ops).unwrap(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let target = dr.path().join("restored");
+    dr.restore_latest(&dr_restore, &target).ok();
+    assert_same_tree(&src, &target);
+    // Without the key the off-site operator cannot read it.
+    let r = dr.restore_latest(&dr_ops, &dr.path().join("nokey"));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    // No hop stored plaintext.
+    for c in [&prov, &dr] {
+        assert!(
+            !contains(&c.path().join("store"), marker),
+            "plaintext stored"
+        );
+    }
+
+    // A 5% change: only its new chunks travel.
+    let prov_admin = prov.client(&["--role", "admin", "--name", "root"]);
+    let sent_before = row(&status(&prov, &prov_admin), "dr", "finance").unwrap()["bytes_sent"]
+        .as_u64()
+        .unwrap();
+    let mut big = fs::read(src.join("big.bin")).unwrap();
+    big[1 << 20..(1 << 20) + (300 << 10)].copy_from_slice(&refuge_tests::noise(300 << 10, 5));
+    fs::write(src.join("big.bin"), big).unwrap();
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    wait_until("the second snapshot at the off-site centre", 60, || {
+        dr.snapshots(&dr_ops).len() == 2
+    });
+    let st = status(&prov, &prov_admin);
+    let r = row(&st, "dr", "finance").unwrap();
+    let second = r["bytes_sent"].as_u64().unwrap() - sent_before;
+    assert!(
+        second < 2 << 20,
+        "the second snapshot sent {second} bytes for a 300 KiB change"
+    );
+    assert_eq!(r["snapshots_sent"], 2, "{r}");
+    assert_eq!(r["pending_snapshots"], 0, "{r}");
+    assert_eq!(r["last_error"], "", "{r}");
+    assert!(r["lag_secs"].as_f64().unwrap() < 120.0, "{r}");
+    // Health: the replication service of the province is SERVING.
+    let h = prov.refuge(
+        &prov_admin,
+        &["health", "--service", "refuge.v1.Replication"],
+    );
+    assert_eq!(h.code, 0, "{}{}", h.stdout, h.stderr);
+
+    // A prune in the city does not delete at the other sites.
+    let city_admin = city.client(&["--role", "admin", "--name", "root"]);
+    city.keep_last(&city_admin, "finance", 1);
+    city.refuge(&city_admin, &["admin", "prune"]).ok();
+    assert_eq!(city.snapshots(&agent).len(), 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(prov.snapshots(&prov_ops).len(), 2);
+    assert_eq!(dr.snapshots(&dr_ops).len(), 2);
+    // ... and a prune at the province is not undone by the city's copy.
+    prov.keep_last(&prov_admin, "finance", 1);
+    prov.refuge(&prov_admin, &["admin", "prune"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(prov.snapshots(&prov_ops).len(), 1);
+
+    // Audited on both sides of each hop.
+    let dr_auditor = dr.client(&["--role", "auditor", "--name", "aud"]);
+    let events = dr.audit(&dr_auditor);
+    assert!(
+        events.iter().any(|e| e["event"] == "snapshot_imported"
+            && e["subject"].as_str().unwrap().contains("replica:prov")),
+        "{events:?}"
+    );
+    let city_auditor = city.client(&["--role", "auditor", "--name", "aud"]);
+    let events = city.audit(&city_auditor);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "replication_pass" && e["subject"] == "replication:prov"),
+        "{events:?}"
+    );
+    for c in [&mut city, &mut prov, &mut dr] {
+        c.stop_node();
+    }
+}
+
+#[test]
+fn a_wrong_ca_a_non_replica_and_a_full_replica_are_refused_and_the_sender_keeps_ingesting() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    // Below its reserve from the start: it takes no replicated data.
+    let mut full = Cluster::configured("[health]\nmin_free_mib = 100000000\n");
+    // Signed by the city's own CA, which the province does not trust.
+    let wrong_ca = replica_cert(&city, "city");
+    append(&city, &push_to(&prov, "wrongca", &wrong_ca, &prov));
+    // The province's CA, but an operator's certificate.
+    run(
+        "refuge",
+        prov.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--role", "operator", "--host", "city", "--tenant",
+            "finance",
+        ],
+    )
+    .ok();
+    let operator = format!("{}/certs/operator-city", prov.path().display());
+    append(&city, &push_to(&prov, "notreplica", &operator, &prov));
+    let to_full = replica_cert(&full, "city");
+    append(&city, &push_to(&full, "full", &to_full, &full));
+    // The peers first: the city's first pass then meets their refusals,
+    // not a connection refused.
+    prov.start_node();
+    full.start_node();
+    city.start_node();
+
+    let src = city.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), refuge_tests::noise(1 << 20, 7)).unwrap();
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    // The city's own ingest works whatever its peers do.
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    let admin = city.client(&["--role", "admin", "--name", "root"]);
+    let error_of = |peer: &str| -> String {
+        let st = status(&city, &admin);
+        st["replication"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["peer"] == peer)
+            .map(|r| r["last_error"].as_str().unwrap().to_string())
+            .find(|e| !e.is_empty())
+            .unwrap_or_default()
+    };
+    wait_until("three failing peers", 60, || {
+        ["wrongca", "notreplica", "full"]
+            .iter()
+            .all(|p| !error_of(p).is_empty())
+    });
+    let e = error_of("wrongca");
+    assert!(e.contains("CA") || e.contains("certificate"), "{e}");
+    let e = error_of("notreplica");
+    assert!(e.contains("role operator may not call"), "{e}");
+    let e = error_of("full");
+    assert!(e.contains("cannot store replicated data"), "{e}");
+    // The failures show in status's exit code and in health.
+    assert_eq!(city.refuge(&admin, &["status"]).code, 1);
+    let h = city.refuge(&admin, &["health", "--service", "refuge.v1.Replication"]);
+    assert_ne!(h.code, 0, "{}", h.stdout);
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    assert_eq!(city.snapshots(&agent).len(), 2);
+
+    // Nothing reached either peer; the province audited both refusals.
+    let prov_ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    assert!(prov.snapshots(&prov_ops).is_empty());
+    let auditor = prov.client(&["--role", "auditor", "--name", "aud"]);
+    let events = prov.audit(&auditor);
+    assert!(
+        events.iter().any(|e| e["event"] == "permission_denied"
+            && e["subject"].as_str().unwrap().starts_with("operator:city")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "auth_failed"),
+        "{events:?}"
+    );
+    let full_ops = full.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    assert!(full.snapshots(&full_ops).is_empty());
+    // The city audited each failure once, not once per retry.
+    let city_auditor = city.client(&["--role", "auditor", "--name", "aud"]);
+    let failed: Vec<_> = city
+        .audit(&city_auditor)
+        .into_iter()
+        .filter(|e| e["event"] == "replication_failed" && e["subject"] == "replication:full")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    for c in [&mut city, &mut prov, &mut full] {
+        c.stop_node();
+    }
+}
