@@ -5,6 +5,7 @@
 //! audited on both sides); and the refusals: a peer certificate from the
 //! wrong CA, a certificate that is not a replica's, a replica whose disk is
 //! below its reserve (which stops replication, not the sender's ingest).
+//! `faults`: cut and stalled links, and a primary killed mid-replication.
 
 use std::fs;
 use std::path::Path;
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use refuge_tests::{Cluster, assert_same_tree, run};
 use serde_json::Value;
+
+mod faults;
 
 /// Appends `text` to `c`'s node.toml.
 fn append(c: &Cluster, text: &str) {
@@ -47,10 +50,32 @@ fn replica_cert(to: &Cluster, name: &str) -> String {
 /// A `[[replication]]` entry pushing to `to` with the certificate `cert`
 /// (path without extension), passes every second and after each change.
 fn push_to(to: &Cluster, name: &str, cert: &str, ca_of: &Cluster) -> String {
-    format!(
-        "[[replication]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nca = \"{}/certs/ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\ninterval_secs = 1\ncontinuous = true\ncall_timeout_secs = 20\n",
+    entry(
+        name,
+        "push",
         to.port(),
-        ca_of.path().display()
+        cert,
+        ca_of,
+        "call_timeout_secs = 20\n",
+    )
+}
+
+/// A `[[replication]]` entry named `name` for the peer at 127.0.0.1:`port`
+/// whose node certificate `ca_of`'s CA signed, presenting `cert` (path
+/// without extension); passes every second (and, pushing, after each
+/// change); `extra` lines are appended.
+fn entry(
+    name: &str,
+    direction: &str,
+    port: u16,
+    cert: &str,
+    ca_of: &Cluster,
+    extra: &str,
+) -> String {
+    format!(
+        "[[replication]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ndirection = \"{direction}\"\nca = \"{}/certs/ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\ninterval_secs = 1\ncontinuous = {}\n{extra}",
+        ca_of.path().display(),
+        direction == "push",
     )
 }
 

@@ -99,6 +99,9 @@ pub mod rustls_config {
     pub use tokio_rustls::rustls::ServerConfig;
 }
 
+/// How long a stop waits for open calls before it cuts them.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the node from its configuration until `shutdown` completes: serves
 /// health (NOT_SERVING) at once, opens the RocksDB store, serves
 /// everything, then flushes the store.
@@ -487,10 +490,28 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     info!(%addr, "store open: serving");
-    server
-        .await
-        .context("gRPC server task failed")?
-        .context("gRPC server failed")?;
+    // A stop waits for open calls, but not for ever: a peer or client
+    // whose link stalled mid-stream would hold it. What was acknowledged
+    // is durable already; a call cut here is retried by its client.
+    let mut stopping = stop_rx.clone();
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let mut server = server;
+    tokio::select! {
+        r = &mut server => {
+            r.context("gRPC server task failed")?
+                .context("gRPC server failed")?;
+        }
+        _ = grace => {
+            warn!(
+                "calls still open {} s after the stop were cut",
+                STOP_GRACE.as_secs()
+            );
+            server.abort();
+        }
+    }
     audit.record("node", "", "node_stopped", Outcome::Ok, "shut down");
     if tokio::time::timeout(Duration::from_secs(10), audit.flush())
         .await

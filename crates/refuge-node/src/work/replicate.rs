@@ -263,17 +263,22 @@ impl Remote {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let stalled = || {
+            anyhow!(
+                "{what} at peer {}: no answer within {} s (call_timeout_secs): the link or the peer is stalled",
+                self.name,
+                self.timeout.as_secs()
+            )
+        };
         match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
+            // The request's own deadline (grpc-timeout) fired first.
+            Ok(Err(s)) if s.message().contains("Timeout expired") => Err(stalled()),
             Ok(Err(s)) => Err(refuge_client::rpc_error(
                 &format!("{what} at peer {}", self.name),
                 &s,
             )),
-            Err(_) => Err(anyhow!(
-                "{what} at peer {}: no answer within {} s (call_timeout_secs): the link or the peer is stalled",
-                self.name,
-                self.timeout.as_secs()
-            )),
+            Err(_) => Err(stalled()),
         }
     }
 
@@ -733,12 +738,11 @@ impl PeerTask {
                         }
                     }
                     Err(e) => {
-                        let text = format!("{e:#}");
-                        // A broken connection is made anew for the next pass.
-                        if refuge_client::is_transient(&e) {
-                            remote = None;
-                        }
-                        self.failed(&mut failing, &subject, text);
+                        // The next pass opens a new connection: a stalled
+                        // link is not retried on the socket that stalled
+                        // (one handshake per failed pass costs nothing).
+                        remote = None;
+                        self.failed(&mut failing, &subject, format!("{e:#}"));
                     }
                 }
             }
