@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use refuge_client::{AgentConfig, ProgressMode, command_config as config, connect};
+use refuge_client::{AgentConfig, ProgressMode, command_config as config, connect_serving};
 
 use crate::{Failure, Outcome, human_bytes};
 
@@ -85,7 +85,8 @@ pub(crate) async fn backup_with_retries(
     for attempt in 1..=tries {
         let result = match node.clone() {
             Some(n) => refuge_client::backup_source(&n, cfg, source, opts.clone()).await,
-            None => match connect(&cfg.node).await {
+            // The first of [node] address and fallback whose ingest serves.
+            None => match connect_serving(&cfg.node, "refuge.v1.Ingest").await {
                 Ok(n) => {
                     *node = Some(n.clone());
                     refuge_client::backup_source(&n, cfg, source, opts.clone()).await
@@ -166,10 +167,11 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
                 warned |= r.warning_count > 0;
                 if !json {
                     println!(
-                        "snapshot {} of {} saved at {}: {} files ({} unchanged), {} read, {} new chunks, {} sent, {:.1}s{}",
+                        "snapshot {} of {} saved at {} on {}: {} files ({} unchanged), {} read, {} new chunks, {} sent, {:.1}s{}",
                         r.short_id,
                         r.source,
                         r.time,
+                        r.node,
                         r.files,
                         r.files_unchanged,
                         human_bytes(r.bytes_read),

@@ -5,7 +5,8 @@
 //! audited on both sides); and the refusals: a peer certificate from the
 //! wrong CA, a certificate that is not a replica's, a replica whose disk is
 //! below its reserve (which stops replication, not the sender's ingest).
-//! `faults`: cut and stalled links, and a primary killed mid-replication.
+//! `faults`: cut and stalled links, and a primary killed mid-replication;
+//! `dual`: an agent falling over between two active sites that converge.
 
 use std::fs;
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use refuge_tests::{Cluster, assert_same_tree, run};
 use serde_json::Value;
 
+mod dual;
 mod faults;
 
 /// Appends `text` to `c`'s node.toml.

@@ -46,6 +46,9 @@ pub struct BackupReport {
     pub snapshot: String,
     /// Short id, as `refuge snapshots` shows it.
     pub short_id: String,
+    /// The node (`host:port`) the snapshot was saved at: `[node] address`
+    /// or, when that one did not serve, one of `fallback`.
+    pub node: String,
     /// Node-assigned time (RFC 3339).
     pub time: String,
     /// Regular files backed up.
@@ -769,6 +772,7 @@ fn backup_blocking(
     let commit_token = opts.commit_token.unwrap_or_else(new_commit_token);
     let mut rep = BackupReport {
         source: source.name.clone(),
+        node: node.address.clone(),
         ..Default::default()
     };
     if let Some(k) = &opts.key

@@ -119,6 +119,14 @@ impl AgentConfig {
 pub struct ConnectionConfig {
     /// `host:port` of the node.
     pub address: String,
+    /// Further nodes (`host:port`), tried in this order when `address` is
+    /// down or does not serve what the command needs (NOT_SERVING in
+    /// grpc.health.v1): the other sites of a dual-active centre, which
+    /// replicate to each other. They share `server_name`, `ca`, `cert` and
+    /// `key`: the sites' node certificates come from one CA, which also
+    /// issued this client's.
+    #[serde(default)]
+    pub fallback: Vec<String>,
     /// Name the node's certificate must carry (DNS name or IP).
     #[serde(default = "default_server_name")]
     pub server_name: String,

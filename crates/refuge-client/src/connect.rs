@@ -270,11 +270,102 @@ fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 
 /// Connects, completes the TLS handshake and asks the node who we are, so
 /// that a rejected certificate is reported here, not in the middle of work.
+///
+/// With `[node] fallback` addresses, the first node that serves the whole
+/// node ("" in grpc.health.v1) is used; see [`connect_serving`].
 pub async fn connect(cfg: &ConnectionConfig) -> anyhow::Result<Node> {
-    let channel = channel(cfg).await?;
-    let address = cfg.address.clone();
+    connect_serving(cfg, "").await
+}
+
+/// Like [`connect`], choosing among `address` and the `fallback`
+/// addresses, in order, the first node whose grpc.health.v1 status of
+/// `service` (for example `refuge.v1.Ingest` for a backup) is SERVING.
+/// When none serves it, the first node that can be reached is used all
+/// the same, so that its own refusal (a full disk, say) is what the user
+/// reads; when none can be reached, the error names each one.
+pub async fn connect_serving(cfg: &ConnectionConfig, service: &str) -> anyhow::Result<Node> {
     let call_timeout = Duration::from_secs(cfg.call_timeout_secs.max(1));
-    node_on(channel, address, call_timeout).await
+    if cfg.fallback.is_empty() {
+        let channel = channel(cfg).await?;
+        return node_on(channel, cfg.address.clone(), call_timeout).await;
+    }
+    let mut reasons = Vec::new();
+    let mut reachable: Option<(Channel, String)> = None;
+    for address in std::iter::once(&cfg.address).chain(&cfg.fallback) {
+        let one = ConnectionConfig {
+            address: address.clone(),
+            fallback: Vec::new(),
+            ..cfg.clone()
+        };
+        let ch = match channel(&one).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                reasons.push(format!("{address}: {e:#}"));
+                continue;
+            }
+        };
+        match serving(ch.clone(), service, cfg.connect_timeout_secs).await {
+            Ok(()) => {
+                if !reasons.is_empty() {
+                    tracing::warn!("using the node at {address}: {}", reasons.join("; "));
+                }
+                match node_on(ch, address.clone(), call_timeout).await {
+                    Ok(n) => return Ok(n),
+                    Err(e) => reasons.push(format!("{address}: {e:#}")),
+                }
+            }
+            Err(why) => {
+                reasons.push(format!("{address}: {why}"));
+                reachable.get_or_insert((ch, address.clone()));
+            }
+        }
+    }
+    match reachable {
+        Some((ch, address)) => {
+            tracing::warn!(
+                "no node serves {}: {}; trying {address} all the same",
+                if service.is_empty() {
+                    "at all"
+                } else {
+                    service
+                },
+                reasons.join("; ")
+            );
+            node_on(ch, address, call_timeout).await
+        }
+        None => Err(anyhow::Error::new(Transient(format!(
+            "no node can be reached: {}",
+            reasons.join("; ")
+        )))),
+    }
+}
+
+/// Whether the node on `ch` reports `service` SERVING (grpc.health.v1
+/// Check, within `timeout_secs`); the reason when not.
+async fn serving(ch: Channel, service: &str, timeout_secs: u64) -> Result<(), String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut client = HealthClient::new(ch);
+    let check = client.check(HealthCheckRequest {
+        service: service.to_string(),
+    });
+    match tokio::time::timeout(Duration::from_secs(timeout_secs.max(1)), check).await {
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+        Ok(Ok(r)) => Err(format!(
+            "{} is {}",
+            if service.is_empty() {
+                "the node"
+            } else {
+                service
+            },
+            ServingStatus::try_from(r.get_ref().status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN")
+        )),
+        Ok(Err(s)) => Err(format!("health check: {}", explain_status(&s))),
+        Err(_) => Err(format!("no health answer within {timeout_secs} s")),
+    }
 }
 
 /// The mutual-TLS channel to the node, without asking it anything (health

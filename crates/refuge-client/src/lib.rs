@@ -49,7 +49,9 @@ pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
     LimitsConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
 };
-pub use connect::{Node, Transient, channel, connect, explain_status, is_transient, rpc_error};
+pub use connect::{
+    Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
+};
 pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,
     Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, secs_text,

@@ -610,6 +610,7 @@ impl PeerTask {
         let p = &self.peer;
         refuge_client::ConnectionConfig {
             address: p.address.clone(),
+            fallback: Vec::new(),
             server_name: p.server_name.clone(),
             ca: p.ca.clone(),
             cert: p.cert.clone(),
