@@ -207,6 +207,7 @@ struct DrillRow {
     seq: u64,
     recorded: String,
     recorded_by: String,
+    site: String,
     drill_id: String,
     tenant: String,
     host: String,
@@ -238,6 +239,7 @@ pub async fn drills(path: &Path, sel: Selection, limit: u32, json: bool) -> Outc
             seq: d.seq,
             recorded: format_time_micros(d.recorded_micros),
             recorded_by: d.recorded_by,
+            site: d.site,
             drill_id: d.drill_id,
             tenant: d.tenant,
             host: d.host,
@@ -266,13 +268,14 @@ pub async fn drills(path: &Path, sel: Selection, limit: u32, json: bool) -> Outc
         return Ok(0);
     }
     let mut t = table([
-        "#", "Recorded", "Tenant", "Host", "Source", "Snapshot", "Result", "RTO", "RPO age",
-        "Files", "By",
+        "#", "Recorded", "Site", "Tenant", "Host", "Source", "Snapshot", "Result", "RTO",
+        "RPO age", "Files", "By",
     ]);
     for r in &rows {
         t.add_row([
             r.seq.to_string(),
             r.recorded.clone(),
+            r.site.clone(),
             r.tenant.clone(),
             r.host.clone(),
             r.source.clone(),

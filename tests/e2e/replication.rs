@@ -81,6 +81,13 @@ fn entry(
     )
 }
 
+/// Names `c`'s site (node.toml `site`, which precedes every table).
+fn set_site(c: &Cluster, site: &str) {
+    let p = c.path().join("node.toml");
+    let s = fs::read_to_string(&p).unwrap();
+    fs::write(p, format!("site = \"{site}\"\n{s}")).unwrap();
+}
+
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -140,6 +147,9 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     append(&city, &push_to(&prov, "prov", &to_prov, &prov));
     let to_dr = replica_cert(&dr, "prov");
     append(&prov, &push_to(&dr, "dr", &to_dr, &dr));
+    for (c, site) in [(&city, "city"), (&prov, "prov"), (&dr, "dr")] {
+        set_site(c, site);
+    }
     city.start_node();
     prov.start_node();
     dr.start_node();
@@ -204,6 +214,32 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     let target = dr.path().join("restored");
     dr.restore_latest(&dr_restore, &target).ok();
     assert_same_tree(&src, &target);
+    // A drill at the off-site centre proves its copy, and says so.
+    let reports = dr.path().join("reports");
+    let r = dr
+        .refuge(
+            &dr_restore,
+            &[
+                "drill",
+                "--json",
+                "--report-dir",
+                reports.to_str().unwrap(),
+                "--scratch",
+                dr.path().join("scratch").to_str().unwrap(),
+            ],
+        )
+        .ok();
+    let report = r.json();
+    assert_eq!(report["site"], "dr", "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+    let recorded = dr.refuge(&dr_ops, &["drills", "--json"]).ok().json();
+    assert_eq!(recorded[0]["site"], "dr", "{recorded}");
+    let md = fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "md"))
+        .unwrap();
+    assert!(fs::read_to_string(md).unwrap().contains("| Site | dr |"));
     // Without the key the off-site operator cannot read it.
     let r = dr.restore_latest(&dr_ops, &dr.path().join("nokey"));
     assert_ne!(r.code, 0, "{}", r.stdout);
@@ -228,6 +264,7 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
         dr.snapshots(&dr_ops).len() == 2
     });
     let st = status(&prov, &prov_admin);
+    assert_eq!(st["node"]["site"], "prov", "{st}");
     let r = row(&st, "dr", "finance").unwrap();
     let second = r["bytes_sent"].as_u64().unwrap() - sent_before;
     assert!(

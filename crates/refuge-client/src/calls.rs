@@ -333,6 +333,8 @@ pub struct RecordedDrill {
     pub recorded_micros: i64,
     /// Who recorded it (`role:name`).
     pub recorded_by: String,
+    /// The site of the node that recorded it: which copy the drill proved.
+    pub site: String,
     /// The drill run it belongs to.
     pub drill_id: String,
     /// Tenant.
@@ -378,6 +380,7 @@ impl RecordedDrill {
             seq: d.seq,
             recorded_micros: d.recorded_unix_micros,
             recorded_by: d.recorded_by,
+            site: d.site,
             drill_id: r.drill_id,
             tenant: r.tenant,
             host: r.host,

@@ -52,6 +52,8 @@ pub struct Node {
     pub host: String,
     /// The node's address, for messages.
     pub address: String,
+    /// The node's site (node.toml `site`; empty from an older node).
+    pub site: String,
     /// `[node] call_timeout_secs`: see [`Node::within`].
     pub call_timeout: Duration,
 }
@@ -490,6 +492,7 @@ async fn node_on(
         serial: who.serial,
         tenant: who.tenant,
         host: who.host,
+        site: who.site,
         address,
         call_timeout,
     })

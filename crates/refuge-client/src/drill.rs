@@ -713,6 +713,9 @@ pub struct DrillReport {
     pub id: String,
     /// The node's address.
     pub node: String,
+    /// The node's site (node.toml `site`): which copy of the data this
+    /// drill proved, at a primary or at a replica.
+    pub site: String,
     /// Who ran it (the certificate's role and name).
     pub run_by: String,
     /// `latest`, `at TIME` or `random (seed N)`.
@@ -825,6 +828,7 @@ pub async fn run_drill(
     let mut report = DrillReport {
         id: id.to_string(),
         node: node.address.clone(),
+        site: node.site.clone(),
         run_by: format!("{}:{}", node.role, node.name),
         point: point.describe(),
         started: format_time_micros(started),
@@ -898,6 +902,7 @@ pub fn drill_markdown(r: &DrillReport) -> String {
     );
     let _ = writeln!(m, "| | |\n|---|---|");
     let _ = writeln!(m, "| Node | {} |", r.node);
+    let _ = writeln!(m, "| Site | {} |", r.site);
     let _ = writeln!(m, "| Run by | {} |", r.run_by);
     let _ = writeln!(m, "| Point in time | {} |", r.point);
     let _ = writeln!(m, "| Started | {} |", r.started);

@@ -98,13 +98,15 @@ pub(crate) fn list_drills(
     Ok(out)
 }
 
-/// Stores `result` (completed from the catalog) as the next drill record.
+/// Stores `result` (completed from the catalog) as the next drill record,
+/// recorded by `by` at this node's `site`.
 pub(crate) fn record(
     store: &dyn Store,
     lock: &Mutex<()>,
     tenant: &TenantId,
     mut result: pb::DrillResult,
     by: String,
+    site: String,
 ) -> Result<pb::DrillRecord, Status> {
     let id = SnapshotId(
         result
@@ -171,6 +173,7 @@ pub(crate) fn record(
         seq,
         recorded_unix_micros: now_micros(),
         recorded_by: by,
+        site,
     };
     store
         .put_setting(&key(tenant, seq), Some(&encode_drill_record(&rec)))

@@ -391,9 +391,13 @@ pub async fn serve(
         .max_encoding_message_size(max),
     );
     restore_gate.open(
-        RestoreServer::new(RestoreService::new(store.clone(), access.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+        RestoreServer::new(RestoreService::new(
+            store.clone(),
+            access.clone(),
+            opts.facts.site.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     supervision_gate.open(
         SupervisionServer::new(SupervisionService::new(

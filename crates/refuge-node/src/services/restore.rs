@@ -24,11 +24,17 @@ use crate::policy::audit::Outcome;
 pub struct RestoreService {
     store: Arc<dyn Store>,
     access: Arc<Access>,
+    /// node.toml `site`, told to every client in WhoAmI.
+    site: String,
 }
 
 impl RestoreService {
-    pub(crate) fn new(store: Arc<dyn Store>, access: Arc<Access>) -> Self {
-        RestoreService { store, access }
+    pub(crate) fn new(store: Arc<dyn Store>, access: Arc<Access>, site: String) -> Self {
+        RestoreService {
+            store,
+            access,
+            site,
+        }
     }
 }
 
@@ -206,6 +212,7 @@ impl Restore for RestoreService {
             name: who.name.clone(),
             tenants,
             serial: who.serial.clone(),
+            site: self.site.clone(),
         }))
     }
 }

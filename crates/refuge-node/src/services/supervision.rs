@@ -98,13 +98,14 @@ impl Supervision for SupervisionService {
                 )));
             }
         };
-        let (store, lock, t, by) = (
+        let (store, lock, t, by, site) = (
             self.store.clone(),
             self.seq.clone(),
             tenant.clone(),
             who.subject(),
+            self.facts.site.clone(),
         );
-        let rec = blocking(move || record(&*store, &lock, &t, result, by)).await?;
+        let rec = blocking(move || record(&*store, &lock, &t, result, by, site)).await?;
         let r = rec.result.as_ref().expect("set above");
         self.access.audit.record(
             &who.subject(),
