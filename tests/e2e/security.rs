@@ -35,6 +35,7 @@ struct World {
     operator_both: PathBuf,
     admin: PathBuf,
     auditor: PathBuf,
+    replica: PathBuf,
     src_finance: PathBuf,
 }
 
@@ -69,6 +70,8 @@ fn world() -> World {
         ]),
         admin: c.client(&["--role", "admin", "--name", "root1"]),
         auditor: c.client(&["--role", "auditor", "--name", "aud1"]),
+        // A peer node: admitted to the replication RPCs only.
+        replica: c.client(&["--role", "replica", "--host", "peer", "--all-tenants"]),
         c,
         finance,
         hr,
@@ -298,7 +301,7 @@ impl Call {
 fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
     let w = world();
     use Call::*;
-    let table: [(&str, &Path, &[Call]); 4] = [
+    let table: [(&str, &Path, &[Call]); 5] = [
         (
             "agent",
             w.finance.as_path(),
@@ -338,6 +341,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             w.auditor.as_path(),
             &[ReadAudit, ListDrills, Status, StartDrill, DrillReport],
         ),
+        ("replica", w.replica.as_path(), &[]),
     ];
     let probe = b"bytes a denied caller tries to store".to_vec();
     let mut denials = Vec::new();
@@ -413,7 +417,7 @@ fn every_rpc_checks_the_role_and_denials_are_audited_and_change_nothing() {
             .missing;
         assert_eq!(missing, vec![0]);
     });
-    assert_eq!(denials.len(), 7 + 10 + 8 + 11);
+    assert_eq!(denials.len(), 7 + 10 + 8 + 11 + 16);
     let log = w.c.audit(&w.auditor);
     for (role, rpc) in &denials {
         assert!(
