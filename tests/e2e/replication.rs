@@ -150,6 +150,11 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     for (c, site) in [(&city, "city"), (&prov, "prov"), (&dr, "dr")] {
         set_site(c, site);
     }
+    let metrics_port = refuge_tests::free_local_port();
+    append(
+        &prov,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
     city.start_node();
     prov.start_node();
     dr.start_node();
@@ -275,6 +280,22 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     assert_eq!(r["pending_snapshots"], 0, "{r}");
     assert_eq!(r["last_error"], "", "{r}");
     assert!(r["lag_secs"].as_f64().unwrap() < 120.0, "{r}");
+    // The same figures for Prometheus.
+    let m = refuge_tests::http_get(metrics_port, "/metrics");
+    for line in [
+        r#"refuge_replication_peer_lag_seconds{peer="dr",tenant="finance"}"#,
+        r#"refuge_replication_pending_snapshots{peer="dr",tenant="finance"} 0"#,
+        r#"refuge_replication_snapshots_total{peer="dr",tenant="finance"} 2"#,
+        r#"refuge_replication_failing{peer="dr"} 0"#,
+    ] {
+        assert!(m.contains(line), "{line} missing in:\n{m}");
+    }
+    assert!(m.contains(r#"refuge_replication_bytes_total{peer="dr",tenant="finance"}"#));
+    assert_eq!(
+        m.matches("# TYPE refuge_replication_peer_lag_seconds")
+            .count(),
+        1
+    );
     // Health: the replication service of the province is SERVING.
     let h = prov.refuge(
         &prov_admin,

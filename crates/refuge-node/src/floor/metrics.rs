@@ -90,7 +90,7 @@ impl Metrics {
         let (repl_lag, repl_pending, repl_failing) = Default::default();
         let (repl_snapshots, repl_chunks, repl_bytes) = Default::default();
         r.register(
-            "refuge_replication_lag_seconds",
+            "refuge_replication_peer_lag_seconds",
             "Per peer and tenant: now minus the newest snapshot present on both nodes",
             Family::<Labels, FGauge>::clone(&repl_lag),
         );
