@@ -2,7 +2,9 @@
 //! goes quiet both resume without sending again what already arrived; a
 //! primary killed while a replica pulls from it leaves the replica with
 //! only whole snapshots, each restoring byte for byte, and the pull
-//! finishes once the primary is back.
+//! finishes once the primary is back; a chunk found corrupt at the sender
+//! is quarantined, never sent, and the snapshot follows once a backup
+//! heals it.
 
 use std::fs;
 use std::path::Path;
@@ -228,6 +230,60 @@ fn a_primary_killed_mid_pull_leaves_the_replica_with_whole_snapshots_that_all_re
     let r = row(&st, "city", "finance").unwrap();
     assert_eq!(r["direction"], "pull", "{r}");
     assert_eq!(r["snapshots_sent"], 4, "{r}");
+    for c in [&mut city, &mut prov] {
+        c.stop_node();
+    }
+}
+
+#[test]
+fn a_corrupt_chunk_at_the_sender_is_quarantined_not_sent_and_replication_goes_on_once_healed() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    let to_prov = replica_cert(&prov, "city");
+    super::append(&city, &super::push_to(&prov, "prov", &to_prov, &prov));
+    city.start_node();
+    let src = city.path().join("src");
+    fill(&src, 2, 3, 9);
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    // Damage the city's chunk bodies on disk before the province exists.
+    city.stop_node();
+    city.flip_blob_bytes(64);
+    prov.start_node();
+    city.start_node();
+
+    let admin = city.client(&["--role", "admin", "--name", "root"]);
+    wait_until("the failure in status", 30, || {
+        row(&status(&city, &admin), "prov", "finance").is_some_and(|r| {
+            r["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("quarantined, not sent")
+        })
+    });
+    let prov_ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    assert!(prov.snapshots(&prov_ops).is_empty());
+    let auditor = city.client(&["--role", "auditor", "--name", "aud"]);
+    assert!(
+        city.audit(&auditor)
+            .iter()
+            .any(|e| e["event"] == "chunk_quarantined"
+                && e["detail"].as_str().unwrap().contains("replication")),
+        "the quarantine is not audited"
+    );
+
+    // The next backup re-uploads the damaged chunk; then the snapshots go.
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    wait_until("both snapshots at the province", 30, || {
+        prov.snapshots(&prov_ops).len() == 2
+    });
+    let target = prov.path().join("restored");
+    prov.restore_latest(&prov_ops, &target).ok();
+    assert_same_tree(&src, &target);
+    let prov_admin = prov.client(&["--role", "admin", "--name", "root"]);
+    let v = prov.refuge(&prov_admin, &["admin", "verify"]).ok();
+    assert!(v.stdout.contains("no damage found"), "{}", v.stdout);
     for c in [&mut city, &mut prov] {
         c.stop_node();
     }
