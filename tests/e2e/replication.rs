@@ -6,7 +6,8 @@
 //! wrong CA, a certificate that is not a replica's, a replica whose disk is
 //! below its reserve (which stops replication, not the sender's ingest).
 //! `faults`: cut and stalled links, and a primary killed mid-replication;
-//! `dual`: an agent falling over between two active sites that converge.
+//! `dual`: an agent falling over between two active sites that converge;
+//! `forged`: a peer that lies, refused at every step.
 
 use std::fs;
 use std::path::Path;
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 mod dual;
 mod faults;
+mod forged;
 
 /// Appends `text` to `c`'s node.toml.
 fn append(c: &Cluster, text: &str) {
