@@ -5,6 +5,8 @@
 //! audited on both sides); and the refusals: a peer certificate from the
 //! wrong CA, a certificate that is not a replica's, a replica whose disk is
 //! below its reserve (which stops replication, not the sender's ingest).
+//! Deletions follow only a pulling node configured to follow them, never
+//! a snapshot pinned there.
 //! `faults`: cut and stalled links, and a primary killed mid-replication;
 //! `dual`: an agent falling over between two active sites that converge;
 //! `forged`: a peer that lies, refused at every step.
@@ -433,4 +435,105 @@ fn a_wrong_ca_a_non_replica_and_a_full_replica_are_refused_and_the_sender_keeps_
     for c in [&mut city, &mut prov, &mut full] {
         c.stop_node();
     }
+}
+
+#[test]
+fn deletions_follow_only_a_pulling_node_that_asks_and_never_a_snapshot_pinned_there() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    let mut dr = Cluster::configured("");
+    // Both pull from the city; only the province follows its deletions.
+    let for_prov = replica_cert(&city, "prov");
+    append(
+        &prov,
+        &entry(
+            "city",
+            "pull",
+            city.port(),
+            &for_prov,
+            &city,
+            "follow_deletions = true\n",
+        ),
+    );
+    let for_dr = replica_cert(&city, "dr");
+    append(&dr, &entry("city", "pull", city.port(), &for_dr, &city, ""));
+    city.start_node();
+    prov.start_node();
+    dr.start_node();
+
+    let src = city.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    for g in 0..3 {
+        fs::write(src.join("day.txt"), format!("generation {g}")).unwrap();
+        run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    }
+    let prov_ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    let dr_ops = dr.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    wait_until("three at both", 30, || {
+        prov.snapshots(&prov_ops).len() == 3 && dr.snapshots(&dr_ops).len() == 3
+    });
+    let all = ids(&city.snapshots(&agent));
+    // The province pins the oldest: pins are per site.
+    let prov_admin = prov.client(&["--role", "admin", "--name", "root"]);
+    prov.refuge(
+        &prov_admin,
+        &["admin", "pin", &all[0].0[..12], "--tenant", "finance"],
+    )
+    .ok();
+
+    // The city prunes to its newest.
+    let city_admin = city.client(&["--role", "admin", "--name", "root"]);
+    city.keep_last(&city_admin, "finance", 1);
+    city.refuge(&city_admin, &["admin", "prune"]).ok();
+    assert_eq!(city.snapshots(&agent).len(), 1);
+    // The province follows, except for its pinned one; the centre keeps all.
+    wait_until("the province following", 30, || {
+        prov.snapshots(&prov_ops).len() == 2
+    });
+    let kept: Vec<_> = ids(&prov.snapshots(&prov_ops))
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(kept, vec![all[0].0.clone(), all[2].0.clone()]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dr.snapshots(&dr_ops).len(), 3);
+    assert_eq!(prov.snapshots(&prov_ops).len(), 2);
+    let auditor = prov.client(&["--role", "auditor", "--name", "aud"]);
+    let deleted: Vec<_> = prov
+        .audit(&auditor)
+        .into_iter()
+        .filter(|e| e["event"] == "snapshot_deleted" && e["subject"] == "replication:city")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(
+        deleted[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&all[1].0[..8]),
+        "{deleted:?}"
+    );
+    for c in [&mut city, &mut prov, &mut dr] {
+        c.stop_node();
+    }
+
+    // A pushing node cannot be configured to delete at its peer.
+    append(
+        &city,
+        &entry(
+            "bad",
+            "push",
+            dr.port(),
+            &for_dr,
+            &dr,
+            "follow_deletions = true\n",
+        ),
+    );
+    run(
+        "refuged",
+        city.path(),
+        &["--config", "node.toml", "--check-config"],
+    )
+    .fails(2, "follow_deletions needs direction = \"pull\"");
 }

@@ -130,6 +130,13 @@ pub struct ReplicationPeer {
     /// pass within this, and the next pass resumes.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_secs: u64,
+    /// Pull only: delete this node's copy of a snapshot the peer deleted
+    /// (pruned), unless it is pinned here. Off by default: deletions do
+    /// not travel, so a prune or an attacker on one site cannot remove
+    /// another site's restore points. The node that holds the copy
+    /// decides; no peer can ask it to delete.
+    #[serde(default)]
+    pub follow_deletions: bool,
 }
 
 impl ReplicationPeer {
@@ -509,6 +516,12 @@ impl NodeConfig {
             }
             if r.interval_secs == 0 {
                 bail!("replication {:?}: interval_secs must be at least 1", r.name);
+            }
+            if r.follow_deletions && r.direction != Direction::Pull {
+                bail!(
+                    "replication {:?}: follow_deletions needs direction = \"pull\" (the node that holds the copy decides; a pushing node cannot delete at its peer)",
+                    r.name
+                );
             }
             if r.tenants.is_empty() {
                 bail!(

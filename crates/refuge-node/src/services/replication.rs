@@ -21,7 +21,9 @@ use crate::policy::access::Access;
 use crate::policy::access::Replica;
 use crate::policy::audit::Outcome;
 use crate::work::ingest::missing_and_touch;
-use crate::work::replica::{chunk_ids, import, outcome_word, put_verified, read_checked, wanted};
+use crate::work::replica::{
+    chunk_ids, deleted, import, outcome_word, put_verified, read_checked, wanted,
+};
 
 /// Largest batch of pushed chunks stored at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
@@ -141,6 +143,21 @@ impl Replication for ReplicationService {
         let want = blocking(move || wanted(&*store, &t, &ids)).await?;
         Ok(Response::new(pb::WantSnapshotsResponse {
             wanted: want.into_iter().map(|i| i as u32).collect(),
+        }))
+    }
+
+    async fn deleted_snapshots(
+        &self,
+        req: Request<pb::DeletedSnapshotsRequest>,
+    ) -> Result<Response<pb::DeletedSnapshotsResponse>, Status> {
+        let who = Replica::admit(&self.access, &req, "DeletedSnapshots")?;
+        let r = req.into_inner();
+        let t = who.tenant(&r.tenant, "DeletedSnapshots")?;
+        let ids = ids_of(&r.ids, "snapshot ids", snapshot_id)?;
+        let store = self.store.clone();
+        let gone = blocking(move || deleted(&*store, &t, &ids)).await?;
+        Ok(Response::new(pb::DeletedSnapshotsResponse {
+            deleted: gone.into_iter().map(|i| i as u32).collect(),
         }))
     }
 

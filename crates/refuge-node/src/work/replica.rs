@@ -11,12 +11,45 @@ use refuge_core::{ChunkId, SnapshotId, SnapshotRecord, StoredChunk, TenantId};
 use refuge_store::{Imported, PutOutcome, Store};
 use tonic::Status;
 
+use crate::catalog::retention::pins;
 use crate::catalog::snapshots::snapshot_refs;
 use crate::floor::clock::now_micros;
 use crate::floor::store::store_status;
 use crate::policy::audit::{AuditLog, Outcome};
 use crate::work::ingest::{ManifestRead, read_manifest};
 use crate::work::maintenance::chunk_problem;
+
+/// Indexes of `ids` this node deleted (it keeps a mark of each).
+pub(crate) fn deleted(
+    store: &dyn Store,
+    tenant: &TenantId,
+    ids: &[SnapshotId],
+) -> Result<Vec<usize>, Status> {
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if store
+            .deleted_at(tenant, id)
+            .map_err(store_status)?
+            .is_some()
+        {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes this node's copy of `rec` because the peer it was pulled from
+/// deleted it (`[[replication]] follow_deletions`), unless it is pinned
+/// here: pins are per site. Whether it was deleted.
+pub(crate) fn follow_deletion(store: &dyn Store, rec: &SnapshotRecord) -> Result<bool, Status> {
+    if pins(store, &rec.tenant)?.contains(&rec.id.to_hex()) {
+        return Ok(false);
+    }
+    let refs = snapshot_refs(store, rec)?;
+    store
+        .delete_snapshot(&rec.tenant, &rec.id, &refs, now_micros())
+        .map_err(store_status)
+}
 
 /// Indexes of `ids` this node wants: neither stored nor deleted here.
 pub(crate) fn wanted(

@@ -7,8 +7,10 @@
 //!
 //! An interrupted pass leaves chunks the receiver already stored (kept from
 //! garbage collection for its grace period) and snapshots already imported;
-//! the next pass asks again and sends only the rest. Deletions never
-//! travel: a receiver that deleted a snapshot does not want it back.
+//! the next pass asks again and sends only the rest. Deletions do not
+//! travel: a receiver that deleted a snapshot does not want it back, and
+//! only a pulling node with `follow_deletions` deletes its copies of what
+//! its source deleted ([`Local::follow_deletions`]).
 //!
 //! The node's connection to a peer is the client library's mutual-TLS
 //! channel (`refuge_client::channel`): a node is a client of its peer, with
@@ -467,6 +469,75 @@ impl End for Remote {
     }
 }
 
+impl Remote {
+    /// Indexes of `ids` (at most `MAX_FIND_IDS`) the peer deleted.
+    async fn deleted(&self, t: &TenantId, ids: &[SnapshotId]) -> anyhow::Result<Vec<usize>> {
+        let mut c = self.client.clone();
+        let r = self
+            .call(
+                "asking which snapshots it deleted",
+                c.deleted_snapshots(self.req(pb::DeletedSnapshotsRequest {
+                    tenant: t.to_string(),
+                    ids: ids.iter().map(|i| i.0.to_vec()).collect(),
+                })),
+            )
+            .await?;
+        indexes(r.deleted, ids.len())
+    }
+}
+
+impl Local {
+    /// Deletes this node's copies of `t`'s snapshots that `peer` deleted
+    /// (`follow_deletions`, pull only), pinned ones excepted; audited.
+    /// How many were deleted.
+    async fn follow_deletions(&self, remote: &Remote, t: &TenantId) -> anyhow::Result<u64> {
+        let theirs: std::collections::HashSet<SnapshotId> = remote
+            .snapshots(t)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let gone_there: Vec<SnapshotRecord> = self
+            .snapshots(t)
+            .await?
+            .into_iter()
+            .filter(|s| !theirs.contains(&s.id))
+            .collect();
+        let mut n = 0;
+        for batch in gone_there.chunks(MAX_FIND_IDS) {
+            let ids: Vec<SnapshotId> = batch.iter().map(|s| s.id).collect();
+            for i in remote.deleted(t, &ids).await? {
+                let (s, rec) = (self.store.clone(), batch[i].clone());
+                let done = blocking(move || replica::follow_deletion(&*s, &rec))
+                    .await
+                    .map_err(status_error)?;
+                let rec = &batch[i];
+                let what = format!(
+                    "snapshot {} of {}/{} ({}), deleted at peer {}",
+                    rec.id.short(),
+                    rec.host,
+                    rec.source,
+                    refuge_core::format_time_micros(rec.time_micros),
+                    remote.name
+                );
+                if done {
+                    n += 1;
+                    self.audit.record(
+                        &self.subject,
+                        t.as_str(),
+                        "snapshot_deleted",
+                        Outcome::Ok,
+                        &format!("{what}: deleted here too ([[replication]] follow_deletions)"),
+                    );
+                } else {
+                    tracing::info!("{what}: kept here, it is pinned");
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn indexes(got: Vec<u32>, len: usize) -> anyhow::Result<Vec<usize>> {
     got.into_iter()
         .map(|i| {
@@ -647,7 +718,7 @@ impl PeerTask {
                     .await
                 }
                 Direction::Pull => {
-                    tenant_pass(
+                    let copied = tenant_pass(
                         remote,
                         &self.local,
                         t,
@@ -656,7 +727,13 @@ impl PeerTask {
                         &self.local.audit,
                         &mut limiter,
                     )
-                    .await
+                    .await;
+                    match copied {
+                        Ok(n) if p.follow_deletions => {
+                            self.local.follow_deletions(remote, t).await.map(|_| n)
+                        }
+                        other => other,
+                    }
                 }
             };
             match done {
