@@ -100,20 +100,6 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Whether any file under `dir` contains `needle`.
-fn contains(dir: &Path, needle: &[u8]) -> bool {
-    fs::read_dir(dir).unwrap().any(|e| {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            contains(&p, needle)
-        } else {
-            fs::read(&p)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        }
-    })
-}
-
 fn status(c: &Cluster, admin: &Path) -> Value {
     let r = c.refuge(admin, &["status", "--json"]);
     r.json()
@@ -255,7 +241,7 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     // No hop stored plaintext.
     for c in [&prov, &dr] {
         assert!(
-            !contains(&c.path().join("store"), marker),
+            !refuge_tests::tree_contains(&c.path().join("store"), marker),
             "plaintext stored"
         );
     }

@@ -5,7 +5,6 @@
 //! store), and a node that requires encryption.
 
 use std::fs;
-use std::path::Path;
 
 use refuge_client::{connect, load_config};
 use refuge_core::crypto::TenantKey;
@@ -13,20 +12,6 @@ use refuge_core::{ChunkCompressor, ChunkId, TenantId};
 use refuge_proto::pb;
 use refuge_tests::{Cluster, run};
 use tonic::Code;
-
-/// Whether any file under `dir` contains `needle`.
-fn contains(dir: &Path, needle: &[u8]) -> bool {
-    fs::read_dir(dir).unwrap().any(|e| {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            contains(&p, needle)
-        } else {
-            fs::read(&p)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        }
-    })
-}
 
 #[test]
 fn sealed_chunks_leave_no_plaintext_on_the_node_and_are_checked_by_checksum() {
@@ -103,7 +88,10 @@ fn sealed_chunks_leave_no_plaintext_on_the_node_and_are_checked_by_checksum() {
     });
     // Nothing of the plaintext reaches the node's disk.
     c.stop_node();
-    assert!(!contains(&c.path().join("store"), &marker[..24]));
+    assert!(!refuge_tests::tree_contains(
+        &c.path().join("store"),
+        &marker[..24]
+    ));
     // Damage on disk is found by checksum, without the key.
     c.flip_blob_bytes(1);
     c.start_node();
@@ -311,11 +299,11 @@ fn an_encrypted_tenant_backs_up_and_restores_and_the_node_never_sees_its_plainte
     c.stop_node();
     let store = c.path().join("store");
     assert!(
-        !contains(&store, &marker[..24]),
+        !refuge_tests::tree_contains(&store, &marker[..24]),
         "plaintext found in the store"
     );
     assert!(
-        !contains(&store, b"REFUGENAME"),
+        !refuge_tests::tree_contains(&store, b"REFUGENAME"),
         "a file name found in the store"
     );
     c.start_node();

@@ -555,6 +555,21 @@ pub fn assert_same_tree(want: &Path, got: &Path) {
     }
 }
 
+/// Whether any file under `dir` contains `needle` (a plaintext marker
+/// looked for in a node's store).
+pub fn tree_contains(dir: &Path, needle: &[u8]) -> bool {
+    fs::read_dir(dir).unwrap().any(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            tree_contains(&p, needle)
+        } else {
+            fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
 /// Copies a tree with metadata (`cp -a`).
 pub fn copy_tree(from: &Path, to: &Path) {
     let st = Command::new("cp")

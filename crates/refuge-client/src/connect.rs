@@ -458,27 +458,7 @@ async fn node_on(
     let supervision = SupervisionClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let who = restore
-        .who_am_i(pb::WhoAmIRequest {})
-        .await
-        .map_err(|s| {
-            let text = explain_status(&s);
-            // With TLS 1.3 the node checks our certificate after our side of
-            // the handshake is done; a refusal then shows up as a closed
-            // connection on the first call.
-            if text.contains("connection closed") || text.contains("canceled") || text.contains("broken pipe") {
-                anyhow!(
-                    "the node at {address} closed the connection right after the TLS handshake: it most likely \
-                     rejected this client's certificate (not signed by the node's CA, expired, or revoked); check `cert` and `key` \
-                     in [node] and the node's audit log"
-                )
-            } else {
-                // UNAVAILABLE (a node still opening its store, or going
-                // away) is worth trying again.
-                rpc_error("asking the node who this client is", &s)
-            }
-        })?
-        .into_inner();
+    let who = who_am_i(&mut restore, &address, "`cert` and `key` in [node]").await?;
     tracing::debug!(role = %who.role, name = %who.name, node_version = %who.node_version, "connected");
     Ok(Node {
         ingest,
@@ -496,6 +476,37 @@ async fn node_on(
         address,
         call_timeout,
     })
+}
+
+/// Asks the node on `restore`'s channel who this client is (WhoAmI, which
+/// every role may call): the first call on a new connection, so that a
+/// certificate the node rejected is named as such. `settings` names where
+/// the certificate is configured, for the message.
+pub async fn who_am_i(
+    restore: &mut RestoreClient<Channel>,
+    address: &str,
+    settings: &str,
+) -> anyhow::Result<pb::WhoAmIResponse> {
+    restore
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map_err(|s| {
+            let text = explain_status(&s);
+            // With TLS 1.3 the node checks our certificate after our side of
+            // the handshake is done; a refusal then shows up as a closed
+            // connection on the first call.
+            if text.contains("connection closed") || text.contains("canceled") || text.contains("broken pipe") {
+                anyhow!(
+                    "the node at {address} closed the connection right after the TLS handshake: it most likely \
+                     rejected this client's certificate (not signed by the node's CA, expired, or revoked); check {settings} and the node's audit log"
+                )
+            } else {
+                // UNAVAILABLE (a node still opening its store, or going
+                // away) is worth trying again.
+                rpc_error("asking the node who this client is", &s)
+            }
+        })
+        .map(|r| r.into_inner())
 }
 
 /// The innermost message of a connection error (ours, from the connector).

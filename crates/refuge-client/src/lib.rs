@@ -51,6 +51,7 @@ pub use config::{
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
+    who_am_i,
 };
 pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,

@@ -33,6 +33,8 @@ const ID_BATCH: usize = 8192;
 const READ_GROUP: usize = 16;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+/// `work::replica::wanted` or `deleted`: indexes of snapshot ids.
+type SnapshotQuery = fn(&dyn Store, &TenantId, &[SnapshotId]) -> Result<Vec<usize>, Status>;
 type IdStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkIdBatch, Status>> + Send>>;
 
 /// The replication service (replicas only).
@@ -74,6 +76,23 @@ impl ReplicationService {
                 s.message()
             ))),
         }
+    }
+
+    /// The indexes of the snapshot ids `raw` of `tenant` for which `f`
+    /// (`work::replica::wanted` or `deleted`) holds, for `rpc`.
+    async fn which(
+        &self,
+        who: &Replica,
+        tenant: &str,
+        raw: &[Vec<u8>],
+        rpc: &str,
+        f: SnapshotQuery,
+    ) -> Result<Vec<u32>, Status> {
+        let t = who.tenant(tenant, rpc)?;
+        let ids = ids_of(raw, "snapshot ids", snapshot_id)?;
+        let store = self.store.clone();
+        let found = blocking(move || f(&*store, &t, &ids)).await?;
+        Ok(found.into_iter().map(|i| i as u32).collect())
     }
 }
 
@@ -137,12 +156,10 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::WantSnapshotsResponse>, Status> {
         let who = Replica::admit(&self.access, &req, "WantSnapshots")?;
         let r = req.into_inner();
-        let t = who.tenant(&r.tenant, "WantSnapshots")?;
-        let ids = ids_of(&r.ids, "snapshot ids", snapshot_id)?;
-        let store = self.store.clone();
-        let want = blocking(move || wanted(&*store, &t, &ids)).await?;
         Ok(Response::new(pb::WantSnapshotsResponse {
-            wanted: want.into_iter().map(|i| i as u32).collect(),
+            wanted: self
+                .which(&who, &r.tenant, &r.ids, "WantSnapshots", wanted)
+                .await?,
         }))
     }
 
@@ -152,12 +169,10 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::DeletedSnapshotsResponse>, Status> {
         let who = Replica::admit(&self.access, &req, "DeletedSnapshots")?;
         let r = req.into_inner();
-        let t = who.tenant(&r.tenant, "DeletedSnapshots")?;
-        let ids = ids_of(&r.ids, "snapshot ids", snapshot_id)?;
-        let store = self.store.clone();
-        let gone = blocking(move || deleted(&*store, &t, &ids)).await?;
         Ok(Response::new(pb::DeletedSnapshotsResponse {
-            deleted: gone.into_iter().map(|i| i as u32).collect(),
+            deleted: self
+                .which(&who, &r.tenant, &r.ids, "DeletedSnapshots", deleted)
+                .await?,
         }))
     }
 

@@ -19,23 +19,50 @@ use crate::policy::audit::{AuditLog, Outcome};
 use crate::work::ingest::{ManifestRead, read_manifest};
 use crate::work::maintenance::chunk_problem;
 
+/// Indexes of `ids` for which `keep` holds, ascending.
+fn indexes_where(
+    ids: &[SnapshotId],
+    mut keep: impl FnMut(&SnapshotId) -> Result<bool, Status>,
+) -> Result<Vec<usize>, Status> {
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if keep(id)? {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
 /// Indexes of `ids` this node deleted (it keeps a mark of each).
 pub(crate) fn deleted(
     store: &dyn Store,
     tenant: &TenantId,
     ids: &[SnapshotId],
 ) -> Result<Vec<usize>, Status> {
-    let mut out = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        if store
+    indexes_where(ids, |id| {
+        Ok(store
             .deleted_at(tenant, id)
             .map_err(store_status)?
-            .is_some()
-        {
-            out.push(i);
-        }
-    }
-    Ok(out)
+            .is_some())
+    })
+}
+
+/// Indexes of `ids` this node wants: neither stored nor deleted here.
+pub(crate) fn wanted(
+    store: &dyn Store,
+    tenant: &TenantId,
+    ids: &[SnapshotId],
+) -> Result<Vec<usize>, Status> {
+    indexes_where(ids, |id| {
+        Ok(store
+            .get_snapshot(tenant, id)
+            .map_err(store_status)?
+            .is_none()
+            && store
+                .deleted_at(tenant, id)
+                .map_err(store_status)?
+                .is_none())
+    })
 }
 
 /// Deletes this node's copy of `rec` because the peer it was pulled from
@@ -49,29 +76,6 @@ pub(crate) fn follow_deletion(store: &dyn Store, rec: &SnapshotRecord) -> Result
     store
         .delete_snapshot(&rec.tenant, &rec.id, &refs, now_micros())
         .map_err(store_status)
-}
-
-/// Indexes of `ids` this node wants: neither stored nor deleted here.
-pub(crate) fn wanted(
-    store: &dyn Store,
-    tenant: &TenantId,
-    ids: &[SnapshotId],
-) -> Result<Vec<usize>, Status> {
-    let mut out = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        if store
-            .get_snapshot(tenant, id)
-            .map_err(store_status)?
-            .is_none()
-            && store
-                .deleted_at(tenant, id)
-                .map_err(store_status)?
-                .is_none()
-        {
-            out.push(i);
-        }
-    }
-    Ok(out)
 }
 
 /// Every stored chunk `rec` references, each once: its manifest chunks

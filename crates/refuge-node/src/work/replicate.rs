@@ -693,6 +693,30 @@ impl PeerTask {
         }
     }
 
+    /// A new mutual-TLS channel to the peer, with a first call (WhoAmI)
+    /// so that a peer that rejected this node's certificate after the
+    /// handshake (TLS 1.3 checks it then) is reported as that, not as a
+    /// cut connection in the middle of a pass.
+    async fn connect(&self) -> anyhow::Result<Channel> {
+        let ch = refuge_client::channel(&self.connection()).await?;
+        let mut probe = pb::restore_client::RestoreClient::new(ch.clone());
+        let settings = format!("`cert` and `key` of [[replication]] {:?}", self.peer.name);
+        let call = refuge_client::who_am_i(&mut probe, &self.peer.address, &settings);
+        match tokio::time::timeout(
+            Duration::from_secs(self.peer.call_timeout_secs.max(1)),
+            call,
+        )
+        .await
+        {
+            Ok(r) => r.map(|_| ch),
+            Err(_) => Err(anyhow!(
+                "the peer at {} did not answer within {} s (call_timeout_secs)",
+                self.peer.address,
+                self.peer.call_timeout_secs
+            )),
+        }
+    }
+
     /// One pass over every tenant; returns snapshots imported.
     async fn pass(&self, remote: &Remote) -> anyhow::Result<u64> {
         let p = &self.peer;
@@ -768,7 +792,7 @@ impl PeerTask {
                 return;
             }
             if remote.is_none() {
-                match refuge_client::channel(&self.connection()).await {
+                match self.connect().await {
                     Ok(ch) => {
                         remote = Some(Remote {
                             client: ReplicationClient::new(ch)
