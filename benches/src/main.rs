@@ -8,12 +8,16 @@
 //! `micro-report` turns the criterion results of `benches/micro.rs` into a
 //! Markdown table. `contention` measures one tenant's backup while another
 //! tenant's client holds every upload stream the node allows it.
+//! `replication` measures a primary node's push of the data set to a
+//! replica node (initial copy and a ~5% change) against what loopback TCP
+//! carries.
 
 mod e2e;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// refuge benchmarks: end-to-end backup, incremental backup and restore
@@ -119,6 +123,96 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Replication from a primary node to a replica node, each with its
+    /// own CA, on 127.0.0.1: the initial copy of the e2e data set and the
+    /// copy of a ~5% change (MB/s, bytes sent, peak RSS and CPU of both
+    /// nodes), beside a plain TCP copy on loopback; then a verified
+    /// restore from the replica.
+    Replication {
+        /// Total size of the data set (as for the e2e benchmark).
+        #[arg(long, default_value = "2GiB")]
+        size: String,
+        /// Seed of the data set and of its change.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Complete runs, each with fresh nodes and data; medians are
+        /// reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Bytes of each loopback TCP copy.
+        #[arg(long, default_value = "1GiB")]
+        loopback: String,
+        /// Markdown file to write the results into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Section (level-2 heading) of --out.
+        #[arg(long, default_value = "Latest run")]
+        label: String,
+        /// Directory in which to create the scratch directory. Needs about
+        /// 3.5x --size free per run.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the scratch directory.
+        #[arg(long)]
+        keep: bool,
+        /// Take `refuge`, `refuge-agent` and `refuged` from this directory.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+/// The arguments of `refuge-bench replication`.
+struct ReplicationArgs {
+    size: String,
+    seed: u64,
+    runs: usize,
+    loopback: String,
+    out: Option<PathBuf>,
+    label: String,
+    dir: Option<PathBuf>,
+    keep: bool,
+    bin_dir: Option<PathBuf>,
+}
+
+fn replication(a: ReplicationArgs) -> anyhow::Result<()> {
+    let size = refuge_bench::parse_size(&a.size).map_err(anyhow::Error::msg)?;
+    let loopback_bytes = refuge_bench::parse_size(&a.loopback).map_err(anyhow::Error::msg)?;
+    if size < 16 << 20 {
+        anyhow::bail!("--size must be at least 16MiB");
+    }
+    if a.runs == 0 {
+        anyhow::bail!("--runs must be at least 1");
+    }
+    if loopback_bytes == 0 {
+        anyhow::bail!("--loopback must be more than 0 bytes");
+    }
+    if let Some(d) = a.bin_dir {
+        e2e::cluster::set_bin_dir(d);
+    }
+    let r = e2e::replication::run(&e2e::replication::Options {
+        size,
+        size_text: a.size.clone(),
+        seed: a.seed,
+        runs: a.runs,
+        dir: a.dir,
+        keep: a.keep,
+        loopback_bytes,
+    })?;
+    println!("{}", r.markdown);
+    if let Some(out) = a.out {
+        let key = format!("replication {}", a.size);
+        e2e::report::upsert_file(&out, &a.label, &key, &r.markdown)
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "wrote the replication results into {} (section {:?})",
+            out.display(),
+            a.label
+        );
+    }
+    if !r.verified {
+        anyhow::bail!("a restore from the replica differs from its source (see the report)");
+    }
+    Ok(())
 }
 
 fn contention(
@@ -222,6 +316,27 @@ fn main() -> ExitCode {
             dir,
             keep,
         }) => contention(size, runs, out, &label, dir, keep),
+        Some(Cmd::Replication {
+            size,
+            seed,
+            runs,
+            loopback,
+            out,
+            label,
+            dir,
+            keep,
+            bin_dir,
+        }) => replication(ReplicationArgs {
+            size,
+            seed,
+            runs,
+            loopback,
+            out,
+            label,
+            dir,
+            keep,
+            bin_dir,
+        }),
         None => end_to_end(cli.e2e),
     };
     match r {

@@ -174,3 +174,27 @@ pub fn run(mut cmd: Command, log_dir: &Path, name: &str) -> anyhow::Result<Measu
         failure,
     })
 }
+
+/// CPU seconds (user + system) of a live process's threads, summed by
+/// thread name (`/proc/PID/task/TID/comm`, at most 15 characters: the
+/// node's tokio worker and blocking threads share `tokio-rt-worker`,
+/// RocksDB's are `rocksdb:low` and `rocksdb:high`). Threads that already
+/// exited are not counted.
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let name = fs::read_to_string(t.path().join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        if let Some(f) = stat_fields(&format!("{pid}/task/{tid}"))
+            && let (Some(u), Some(s)) = (f.get(10), f.get(11))
+        {
+            *out.entry(name).or_insert(0.0) += (u + s) as f64 / clk_tck();
+        }
+    }
+    out
+}

@@ -4,8 +4,11 @@
 
 pub mod cluster;
 pub mod contention;
+pub mod loopback;
 pub mod machine;
 pub mod measure;
+pub mod replication;
+mod replication_report;
 pub mod report;
 
 use std::fmt::Write as _;
