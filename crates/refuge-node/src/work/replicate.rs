@@ -42,8 +42,9 @@ use crate::policy::audit::{AuditLog, Outcome};
 use crate::work::ingest::missing_and_touch;
 use crate::work::replica;
 
-/// Chunks fetched and sent per step: bounded memory (at most this many
-/// chunk bodies in flight per peer).
+/// Chunks fetched and sent per step: bounded memory (at most two steps'
+/// chunk bodies in flight per peer: one being stored by the receiver, the
+/// next being read by the sender).
 const STEP_CHUNKS: usize = 32;
 
 /// What every peer's passes found, for status, metrics and health; keyed
@@ -637,12 +638,26 @@ async fn tenant_pass<S: End, D: End>(
                 .into_iter()
                 .map(|j| batch[j])
                 .collect();
-            for step in missing.chunks(STEP_CHUNKS) {
-                let got = src.get(t, step).await?;
+            // Two steps in flight: the sender reads and checks the next
+            // step while the receiver checks and stores this one.
+            let steps: Vec<&[ChunkId]> = missing.chunks(STEP_CHUNKS).collect();
+            let mut next = match steps.first() {
+                Some(first) => Some(src.get(t, first).await?),
+                None => None,
+            };
+            for k in 0..steps.len() {
+                let got = next.take().expect("read ahead");
                 let bytes: u64 = got.iter().map(|(_, c)| c.data.len() as u64).sum();
                 limiter.take(bytes).await;
                 let n = got.len() as u64;
-                dst.put(t, got).await?;
+                match steps.get(k + 1) {
+                    Some(following) => {
+                        let (put, read) = tokio::join!(dst.put(t, got), src.get(t, following));
+                        put?;
+                        next = Some(read?);
+                    }
+                    None => dst.put(t, got).await?,
+                }
                 metrics
                     .metrics()
                     .replicated(&peer.name, t.as_str(), 0, n, bytes);
