@@ -912,3 +912,27 @@ impl PeerTask {
         *failing = Some(text);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_bandwidth_limit_holds_the_sender_to_its_rate() {
+        // 8 MiB at 16 MiB/s cannot take less than half a second.
+        let started = Instant::now();
+        let mut l = Limiter::new(16);
+        for _ in 0..8 {
+            l.take(1 << 20).await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(480),
+            "{:?}",
+            started.elapsed()
+        );
+        // No limit: no wait at all, whatever was sent.
+        let mut free = Limiter::new(0);
+        free.take(1 << 40).await;
+        assert_eq!(free.sent, 0);
+    }
+}
