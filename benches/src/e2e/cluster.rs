@@ -85,7 +85,13 @@ pub fn command(name: &str, cwd: &Path) -> anyhow::Result<Command> {
     Ok(c)
 }
 
-pub fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
+pub fn run_ok(c: Command, what: &str) -> anyhow::Result<()> {
+    run_output(c, what).map(|_| ())
+}
+
+/// Runs `c` (`what`, for errors) to the end, without input; its output
+/// when it exits 0, else an error with its standard error.
+pub fn run_output(mut c: Command, what: &str) -> anyhow::Result<std::process::Output> {
     let o = c
         .stdin(Stdio::null())
         .output()
@@ -97,7 +103,7 @@ pub fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    Ok(())
+    Ok(o)
 }
 
 /// A free TCP port on 127.0.0.1.

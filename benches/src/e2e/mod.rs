@@ -145,6 +145,56 @@ struct SourceBackup {
     secs: f64,
 }
 
+/// A benchmark's scratch directory with the binaries installed in it;
+/// removed when dropped unless kept (`--keep`, which also keeps it when
+/// the benchmark fails).
+pub(crate) struct Scratch {
+    /// The directory.
+    pub(crate) top: std::path::PathBuf,
+    _guard: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    /// Checks that every binary exists, creates the directory (named
+    /// `prefix`… in `dir` or the system's temporary directory), logs it
+    /// and installs the binaries.
+    pub(crate) fn prepare(
+        dir: Option<&std::path::Path>,
+        prefix: &str,
+        keep: bool,
+        t0: Instant,
+    ) -> anyhow::Result<Scratch> {
+        for b in cluster::BINARIES {
+            cluster::bin(b)?;
+        }
+        let parent = dir
+            .map(|d| d.to_path_buf())
+            .unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&parent)?;
+        let scratch = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
+        let top = scratch.path().to_path_buf();
+        let _guard = if keep {
+            let _ = scratch.keep();
+            None
+        } else {
+            Some(scratch)
+        };
+        log(
+            t0,
+            format!(
+                "scratch directory {}{}",
+                top.display(),
+                if keep { " (kept)" } else { "" }
+            ),
+        );
+        cluster::install(&top)?;
+        Ok(Scratch { top, _guard })
+    }
+}
+
 fn log(start: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:>7.1}s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
 }
@@ -267,32 +317,8 @@ struct RunData {
 /// Runs the benchmark `o.runs` times; returns the Markdown report.
 pub fn run(o: &Options) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
-    for b in cluster::BINARIES {
-        cluster::bin(b)?;
-    }
-    let parent = o.dir.clone().unwrap_or_else(std::env::temp_dir);
-    fs::create_dir_all(&parent)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("refuge-bench.")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
-    let top = scratch.path().to_path_buf();
-    // With --keep the directory survives failures too.
-    let _guard = if o.keep {
-        let _ = scratch.keep();
-        None
-    } else {
-        Some(scratch)
-    };
-    log(
-        t0,
-        format!(
-            "scratch directory {}{}",
-            top.display(),
-            if o.keep { " (kept)" } else { "" }
-        ),
-    );
-    cluster::install(&top)?;
+    let scratch = Scratch::prepare(o.dir.as_deref(), "refuge-bench.", o.keep, t0)?;
+    let top = scratch.top.clone();
     let machine = Machine::describe(&top);
     let mut runs = Vec::new();
     for i in 1..=o.runs.max(1) {

@@ -20,7 +20,7 @@ use refuge_bench::dataset::{self, Dataset, Source};
 use super::cluster::{self, Node};
 use super::machine::Machine;
 use super::report::{mb, mb_per_s, mib_from_kib, secs};
-use super::{log, loopback, measure, median, replication_report, sync, u};
+use super::{Scratch, log, loopback, measure, median, replication_report, sync, u};
 
 /// What `refuge-bench replication` measures.
 #[derive(Debug, Clone)]
@@ -258,32 +258,8 @@ pub struct Outcome {
 /// Runs the benchmark `o.runs` times; returns the Markdown report.
 pub fn run(o: &Options) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
-    for b in cluster::BINARIES {
-        cluster::bin(b)?;
-    }
-    let parent = o.dir.clone().unwrap_or_else(std::env::temp_dir);
-    fs::create_dir_all(&parent)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("refuge-replication.")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
-    let top = scratch.path().to_path_buf();
-    // With --keep the directory survives failures too.
-    let _guard = if o.keep {
-        let _ = scratch.keep();
-        None
-    } else {
-        Some(scratch)
-    };
-    log(
-        t0,
-        format!(
-            "scratch directory {}{}",
-            top.display(),
-            if o.keep { " (kept)" } else { "" }
-        ),
-    );
-    cluster::install(&top)?;
+    let scratch = Scratch::prepare(o.dir.as_deref(), "refuge-replication.", o.keep, t0)?;
+    let top = scratch.top.clone();
     let machine = Machine::describe(&top);
     let mut runs = Vec::new();
     for i in 1..=o.runs.max(1) {
@@ -477,17 +453,7 @@ fn issue(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let mut c = cluster::command("refuge", dir)?;
     c.args(["certs", "issue", "--dir", "certs"]).args(args);
     let what = format!("refuge certs issue {}", args.join(" "));
-    let o = c
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !o.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    let o = cluster::run_output(c, &what)?;
     let out = String::from_utf8_lossy(&o.stdout);
     out.lines()
         .find_map(|l| l.trim().strip_prefix("cert = "))
