@@ -140,10 +140,21 @@ fn an_agent_falls_over_between_two_active_sites_that_converge_without_duplicates
     let third = backup(&a, &agent);
     assert_eq!(third["node"], at_b.as_str(), "{third}");
     assert!(third["bytes_sent"].as_u64().unwrap() < 2 << 20, "{third}");
+
+    // b down too: no site serves ingest, and the user reads a's own reason
+    // (not a generic "no node"); nothing is committed anywhere.
+    b.stop_node();
+    fs::write(src.join("small.txt"), b"made while no site could take it").unwrap();
+    let r = run(
+        "refuge-agent",
+        a.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("nearly full"), "{}", r.stderr);
     configure(&a, &base_a, &a_to_b, 1);
 
-    // b down: back to a; b catches up when it returns.
-    b.stop_node();
+    // b still down: back to a; b catches up when it returns.
     wait_until("a's ingest serving", 30, || {
         a.refuge(&admin_a, &["health", "--service", "refuge.v1.Ingest"])
             .code
