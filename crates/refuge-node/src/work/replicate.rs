@@ -490,14 +490,15 @@ impl Remote {
 impl Local {
     /// Deletes this node's copies of `t`'s snapshots that `peer` deleted
     /// (`follow_deletions`, pull only), pinned ones excepted; audited.
-    /// How many were deleted.
-    async fn follow_deletions(&self, remote: &Remote, t: &TenantId) -> anyhow::Result<u64> {
-        let theirs: std::collections::HashSet<SnapshotId> = remote
-            .snapshots(t)
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+    /// `listed` is what the peer listed in this pass. How many were
+    /// deleted.
+    async fn follow_deletions(
+        &self,
+        remote: &Remote,
+        t: &TenantId,
+        listed: &[SnapshotId],
+    ) -> anyhow::Result<u64> {
+        let theirs: std::collections::HashSet<&SnapshotId> = listed.iter().collect();
         let gone_there: Vec<SnapshotRecord> = self
             .snapshots(t)
             .await?
@@ -582,7 +583,8 @@ impl Limiter {
 }
 
 /// Copies what `dst` wants of `src`'s snapshots of tenant `t`, oldest
-/// first; the board row of `(peer, t)` follows each step.
+/// first; the board row of `(peer, t)` follows each step. Returns how
+/// many were imported and the ids `src` listed.
 async fn tenant_pass<S: End, D: End>(
     src: &S,
     dst: &D,
@@ -591,7 +593,7 @@ async fn tenant_pass<S: End, D: End>(
     board: &Board,
     metrics: &AuditLog,
     limiter: &mut Limiter,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<SnapshotId>)> {
     let snaps = src.snapshots(t).await?;
     let ids: Vec<SnapshotId> = snaps.iter().map(|s| s.id).collect();
     let mut want = Vec::new();
@@ -680,7 +682,7 @@ async fn tenant_pass<S: End, D: End>(
         pending.remove(&i);
         show(&pending);
     }
-    Ok(imported)
+    Ok((imported, ids))
 }
 
 /// Everything one peer's task needs.
@@ -744,18 +746,17 @@ impl PeerTask {
         let mut first_error = None;
         for t in tenants.iter().filter(|t| p.copies(t.as_str())) {
             let done = match p.direction {
-                Direction::Push => {
-                    tenant_pass(
-                        &self.local,
-                        remote,
-                        t,
-                        p,
-                        &self.board,
-                        &self.local.audit,
-                        &mut limiter,
-                    )
-                    .await
-                }
+                Direction::Push => tenant_pass(
+                    &self.local,
+                    remote,
+                    t,
+                    p,
+                    &self.board,
+                    &self.local.audit,
+                    &mut limiter,
+                )
+                .await
+                .map(|(n, _)| n),
                 Direction::Pull => {
                     let copied = tenant_pass(
                         remote,
@@ -768,10 +769,12 @@ impl PeerTask {
                     )
                     .await;
                     match copied {
-                        Ok(n) if p.follow_deletions => {
-                            self.local.follow_deletions(remote, t).await.map(|_| n)
-                        }
-                        other => other,
+                        Ok((n, listed)) if p.follow_deletions => self
+                            .local
+                            .follow_deletions(remote, t, &listed)
+                            .await
+                            .map(|_| n),
+                        other => other.map(|(n, _)| n),
                     }
                 }
             };
