@@ -7,7 +7,9 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN, StreamCDC};
+use fastcdc::v2020::{
+    MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN, Normalization, cut, select_masks,
+};
 
 /// FastCDC size parameters, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,23 +87,117 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
+/// Finds FastCDC cut points in a byte slice: the same cut points as
+/// `fastcdc::v2020::StreamCDC` with normalization level 1 and the default
+/// gear table (what every stored snapshot was cut with), without a reader.
+/// The block-delta path uses it to cut from any chunk boundary of a file.
+#[derive(Debug, Clone, Copy)]
+pub struct Cutter {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Cutter {
+    /// A cutter for `params` (validated by [`ChunkerParams::validate`]).
+    pub fn new(params: ChunkerParams) -> Self {
+        let (mask_s, mask_l) = select_masks(params.avg_size as usize, Normalization::Level1);
+        Cutter {
+            params,
+            mask_s,
+            mask_l,
+        }
+    }
+
+    /// The largest chunk this cutter makes.
+    pub fn max_size(&self) -> usize {
+        self.params.max_size as usize
+    }
+
+    /// The length of the chunk that starts at `data[0]`. `data` must hold
+    /// at least [`Cutter::max_size`] bytes unless it is the rest of the
+    /// input; the answer is then the same as when cutting the whole input.
+    /// Zero only for empty `data`.
+    pub fn first(&self, data: &[u8]) -> usize {
+        let p = &self.params;
+        let (_, n) = cut(
+            data,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        n
+    }
+}
+
+/// Bytes read ahead: several maximal chunks, so that moving the unread
+/// tail to the front of the buffer (once per buffer, not once per chunk)
+/// costs little.
+const CHUNKER_BUFFER: usize = 16 << 20;
+
 /// Iterator of chunks over a reader. Errors are the reader's I/O errors.
 pub struct Chunker<R: Read> {
-    inner: StreamCDC<R>,
+    reader: R,
+    cutter: Cutter,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[head..tail]`.
+    head: usize,
+    tail: usize,
+    /// Input offset of `buf[head]`.
+    offset: u64,
+    eof: bool,
 }
 
 impl<R: Read> Chunker<R> {
     /// A chunker over `reader`. Panics only if `params` fail
     /// [`ChunkerParams::validate`]; configuration loading validates first.
     pub fn new(reader: R, params: ChunkerParams) -> Self {
+        Self::for_size(reader, params, u64::MAX)
+    }
+
+    /// A chunker over `reader`, which holds about `len` bytes: its buffer
+    /// is no larger than it needs to be (a small file costs no 16 MiB
+    /// allocation), but always holds two maximal chunks.
+    pub fn for_size(reader: R, params: ChunkerParams, len: u64) -> Self {
+        assert!(params.validate().is_ok(), "invalid chunker parameters");
+        let cutter = Cutter::new(params);
+        let want = usize::try_from(len.saturating_add(1 << 16)).unwrap_or(usize::MAX);
         Chunker {
-            inner: StreamCDC::new(
-                reader,
-                params.min_size as usize,
-                params.avg_size as usize,
-                params.max_size as usize,
-            ),
+            reader,
+            buf: vec![0; want.min(CHUNKER_BUFFER).max(2 * cutter.max_size())],
+            cutter,
+            head: 0,
+            tail: 0,
+            offset: 0,
+            eof: false,
         }
+    }
+
+    /// Makes at least one maximal chunk of bytes available, or all that
+    /// is left of the input.
+    fn fill(&mut self) -> std::io::Result<()> {
+        let want = self.cutter.max_size();
+        if self.eof || self.tail - self.head >= want {
+            return Ok(());
+        }
+        if self.buf.len() - self.head < want {
+            self.buf.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+        }
+        while !self.eof && self.tail - self.head < want {
+            match self.reader.read(&mut self.buf[self.tail..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.tail += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -109,14 +205,18 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<Chunk>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.inner.next()? {
-            Ok(c) => Some(Ok(Chunk {
-                offset: c.offset,
-                data: c.data,
-            })),
-            Err(fastcdc::v2020::Error::IoError(e)) => Some(Err(e)),
-            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+        if let Err(e) = self.fill() {
+            return Some(Err(e));
         }
+        let n = self.cutter.first(&self.buf[self.head..self.tail]);
+        if n == 0 {
+            return None;
+        }
+        let data = self.buf[self.head..self.head + n].to_vec();
+        let offset = self.offset;
+        self.head += n;
+        self.offset += n as u64;
+        Some(Ok(Chunk { offset, data }))
     }
 }
 
@@ -185,6 +285,42 @@ mod tests {
         // The chunks tile the input exactly.
         let total: usize = whole.iter().map(|c| c.1).sum();
         assert_eq!(total, data.len());
+    }
+
+    #[test]
+    fn the_same_cut_points_as_fastcdc_stream_cdc() {
+        // Snapshots made before this chunker were cut by StreamCDC: a
+        // different cut would cost every user their deduplication.
+        let mut data = noise(3_000_000, 5);
+        data.extend(std::iter::repeat_n(0u8, 200_000));
+        data.extend(noise(500_001, 9));
+        for params in [small(), ChunkerParams::default(), ChunkerParams::manifest()] {
+            let theirs: Vec<(u64, usize)> = fastcdc::v2020::StreamCDC::new(
+                &data[..],
+                params.min_size as usize,
+                params.avg_size as usize,
+                params.max_size as usize,
+            )
+            .map(|c| {
+                let c = c.unwrap();
+                (c.offset, c.length)
+            })
+            .collect();
+            assert_eq!(cuts(&data[..], params), theirs, "{params:?}");
+        }
+    }
+
+    #[test]
+    fn a_cutter_from_any_boundary_continues_the_same_chunks() {
+        let data = noise(400_000, 3);
+        let whole = cuts(&data[..], small());
+        let cutter = Cutter::new(small());
+        for &(offset, len) in &whole {
+            let rest = &data[offset as usize..];
+            let window = &rest[..rest.len().min(cutter.max_size())];
+            assert_eq!(cutter.first(window), len, "chunk at {offset}");
+        }
+        assert_eq!(cutter.first(&[]), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod names;
 pub mod retention;
 mod snapshot;
 
-pub use chunker::{Chunk, Chunker, ChunkerParams};
+pub use chunker::{Chunk, Chunker, ChunkerParams, Cutter};
 pub use frame::{
     ChunkCompressor, Cipher, Compression, FrameError, StoredChunk, compress_chunk, decode_chunk,
     verify_stored,
