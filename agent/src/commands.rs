@@ -167,7 +167,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
                 warned |= r.warning_count > 0;
                 if !json {
                     println!(
-                        "snapshot {} of {} saved at {} on {}: {} files ({} unchanged), {} read, {} new chunks, {} sent, {:.1}s{}",
+                        "snapshot {} of {} saved at {} on {}: {} files ({} unchanged), {} read ({} of it unchanged blocks), {} new chunks, {} sent, {:.1}s{}",
                         r.short_id,
                         r.source,
                         r.time,
@@ -175,6 +175,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
                         r.files,
                         r.files_unchanged,
                         human_bytes(r.bytes_read),
+                        human_bytes(r.bytes_unchanged_blocks),
                         r.chunks_new,
                         human_bytes(r.bytes_sent),
                         r.duration_secs,

@@ -7,6 +7,7 @@
 mod backup_restore;
 mod clock;
 mod crash;
+mod delta;
 mod drill;
 mod failpoints;
 mod full_disk;

@@ -150,20 +150,6 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     dr.start_node();
 
     // An encrypted tenant: no hop ever holds its key.
-    run(
-        "refuge",
-        city.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            "finance",
-            "--out",
-            "certs/finance.key",
-        ],
-    )
-    .ok();
-    let key = city.path().join("certs/finance.key");
     let src = city.path().join("src");
     fs::create_dir_all(src.join("ledger")).unwrap();
     let marker = b"REFUGE-MARKER-91be: the province's payroll ";
@@ -171,17 +157,8 @@ fn a_snapshot_made_in_the_city_reaches_the_offsite_centre_sealed_and_deletions_s
     secret.extend(refuge_tests::noise(200 << 10, 3));
     fs::write(src.join("ledger/payroll.txt"), &secret).unwrap();
     fs::write(src.join("big.bin"), refuge_tests::noise(6 << 20, 4)).unwrap();
-    let plain = city.default_agent(&[("data", &src, "tree")]);
-    let agent = city.path().join("sealed.toml");
-    fs::write(
-        &agent,
-        format!(
-            "{}\n[encryption]\nkey_file = \"{}\"\n",
-            fs::read_to_string(&plain).unwrap(),
-            key.display()
-        ),
-    )
-    .unwrap();
+    let agent = city.sealed_agent(&[("data", &src, "tree")]);
+    let key = city.path().join("certs/finance.key");
     let a = agent.to_str().unwrap();
     run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
 

@@ -468,6 +468,30 @@ impl Cluster {
         )
     }
 
+    /// Creates tenant finance's key at `certs/finance.key` (`refuge key
+    /// create`) and writes `sealed.toml`: the default client with these
+    /// sources and `[encryption] key_file` set to it.
+    pub fn sealed_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
+        let key = "certs/finance.key";
+        run(
+            "refuge",
+            self.path(),
+            &["key", "create", "--tenant", "finance", "--out", key],
+        )
+        .ok();
+        let plain = self.default_agent(sources);
+        let cfg = self.path().join("sealed.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "{}\n[encryption]\nkey_file = \"{key}\"\n",
+                fs::read_to_string(&plain).unwrap()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
     /// The default client (finance/db1) config with these sources.
     pub fn default_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
         self.agent_config("agent.toml", "certs/finance-db1", "certs/ca.pem", sources)

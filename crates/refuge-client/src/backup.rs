@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::config::{AgentConfig, SourceConfig};
 use crate::connect::{Node, rpc_error};
+use crate::file_chunks::{ParentRefs, Sink, chunk_against_parent, chunk_file};
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::upload::{RateLimiter, Uploader};
@@ -63,9 +64,16 @@ pub struct BackupReport {
     pub files_resumed: u64,
     /// Bytes of those files.
     pub bytes_reused: u64,
+    /// Bytes of changed files and of images that were found unchanged
+    /// chunk by chunk against the parent snapshot's chunk list (read and
+    /// hashed, but not cut, compressed or sent: the block delta).
+    pub bytes_unchanged_blocks: u64,
     /// Bytes of all-zero runs stored as holes.
     pub hole_bytes: u64,
-    /// The parent snapshot compared against (tree sources), if any.
+    /// Of those, bytes that were holes in the parent snapshot and are
+    /// holes in the file (found with `SEEK_DATA`): not read at all.
+    pub hole_bytes_unread: u64,
+    /// The parent snapshot compared against, if any.
     pub parent: Option<String>,
     /// Chunks of file data (with repeats).
     pub chunks: u64,
@@ -115,121 +123,6 @@ fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
     }
 }
 
-/// Chunk refs kept in memory per file before the list spills to a
-/// temporary file (36 bytes each: 2.25 MiB; a 1 MiB-average file of
-/// 64 GiB).
-const REFS_IN_MEMORY: usize = 1 << 16;
-
-/// A file's chunk list while it is read. The manifest entry (which carries
-/// the size) precedes the refs, and the size is known only at the end of
-/// the file, so the refs wait here: in memory up to `limit`, beyond it in
-/// an unnamed temporary file, so that memory does not grow with the size
-/// of a file or image.
-pub(crate) struct RefList {
-    mem: Vec<ChunkRef>,
-    spill: Option<BufWriter<File>>,
-    spilled: u64,
-    limit: usize,
-}
-
-impl RefList {
-    pub(crate) fn new(limit: usize) -> Self {
-        RefList {
-            mem: Vec::new(),
-            spill: None,
-            spilled: 0,
-            limit: limit.max(1),
-        }
-    }
-
-    pub(crate) fn push(&mut self, r: ChunkRef) -> std::io::Result<()> {
-        self.mem.push(r);
-        if self.mem.len() >= self.limit {
-            let w = match &mut self.spill {
-                Some(w) => w,
-                None => self
-                    .spill
-                    .insert(BufWriter::with_capacity(1 << 16, tempfile::tempfile()?)),
-            };
-            for r in self.mem.drain(..) {
-                w.write_all(&r.id.0)?;
-                w.write_all(&r.len.to_le_bytes())?;
-                self.spilled += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes every ref, in order, to the manifest (in runs of at most
-    /// `limit`).
-    pub(crate) fn write_to<W: Write>(self, w: &mut ManifestWriter<W>) -> anyhow::Result<()> {
-        if let Some(spill) = self.spill {
-            let mut f = spill
-                .into_inner()
-                .map_err(|e| anyhow!("spilling chunk refs: {}", e.error()))?;
-            f.seek(SeekFrom::Start(0))?;
-            let mut r = BufReader::with_capacity(1 << 16, f);
-            let mut run = Vec::with_capacity(self.limit.min(1 << 16));
-            let mut rec = [0u8; 36];
-            for _ in 0..self.spilled {
-                r.read_exact(&mut rec)?;
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&rec[..32]);
-                let len = u32::from_le_bytes([rec[32], rec[33], rec[34], rec[35]]);
-                run.push(ChunkRef {
-                    id: ChunkId(id),
-                    len,
-                });
-                if run.len() >= self.limit {
-                    w.add_chunks(&run)?;
-                    run.clear();
-                }
-            }
-            w.add_chunks(&run)?;
-        }
-        w.add_chunks(&self.mem)?;
-        Ok(())
-    }
-}
-
-/// Reads and chunks one file; returns its chunk list and size.
-fn chunk_file(
-    path: &Path,
-    params: ChunkerParams,
-    up: &mut Uploader,
-    rep: &mut BackupReport,
-    bar: &Progress,
-) -> anyhow::Result<(RefList, u64)> {
-    let f = File::open(path)?;
-    let mut refs = RefList::new(REFS_IN_MEMORY);
-    let mut size = 0u64;
-    for chunk in Chunker::new(BufReader::with_capacity(1 << 20, f), params) {
-        let chunk = chunk?;
-        let len = chunk.data.len() as u32;
-        size += u64::from(len);
-        rep.bytes_read += u64::from(len);
-        bar.inc(u64::from(len));
-        if is_zero(&chunk.data) {
-            // All-zero runs (unused image blocks, sparse regions) are holes:
-            // nothing stored, nothing sent, restored sparse.
-            refs.push(ChunkRef::hole(len))?;
-            rep.hole_bytes += u64::from(len);
-            continue;
-        }
-        let id = up.id_of(&chunk.data);
-        refs.push(ChunkRef { id, len })?;
-        rep.chunks += 1;
-        up.add(id, chunk.data)?;
-    }
-    Ok((refs, size))
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    let mut words = data.chunks_exact(8);
-    words.all(|w| w.iter().fold(0u8, |acc, &b| acc | b) == 0)
-        && words.remainder().iter().all(|&b| b == 0)
-}
-
 type Manifest = ManifestWriter<BufWriter<File>>;
 
 /// Flushes the manifest spool about once a second, so that a run killed
@@ -267,7 +160,9 @@ impl Parent {
         }
     }
 
-    fn find(&mut self, cur: &Entry) -> anyhow::Result<Option<Vec<ChunkRef>>> {
+    /// The parent's entry at `cur`'s path, if it was a file: its chunk
+    /// list, and whether it is unchanged (same size, times and inode).
+    fn find(&mut self, cur: &Entry) -> anyhow::Result<Option<(Vec<ChunkRef>, bool)>> {
         loop {
             let p = match self.peeked.take() {
                 Some(p) => p,
@@ -299,20 +194,22 @@ impl Parent {
                             None => break,
                         }
                     }
-                    let same = p.kind == EntryKind::File
-                        && cur.kind == EntryKind::File
-                        && p.size == cur.size
+                    if p.kind != EntryKind::File || cur.kind != EntryKind::File {
+                        return Ok(None);
+                    }
+                    let same = p.size == cur.size
                         && (p.mtime_secs, p.mtime_nanos) == (cur.mtime_secs, cur.mtime_nanos)
                         && (p.ctime_secs, p.ctime_nanos) == (cur.ctime_secs, cur.ctime_nanos)
                         && p.inode == cur.inode;
-                    return Ok(same.then_some(refs));
+                    return Ok(Some((refs, same)));
                 }
             }
         }
     }
 
-    /// The parent's chunk list for `cur` if the file is unchanged since.
-    fn unchanged(&mut self, cur: &Entry) -> Option<Vec<ChunkRef>> {
+    /// The parent's chunk list for `cur` and whether the file is
+    /// unchanged since.
+    fn lookup(&mut self, cur: &Entry) -> Option<(Vec<ChunkRef>, bool)> {
         if self.broken {
             return None;
         }
@@ -349,25 +246,37 @@ struct Parents {
     quarantined: std::collections::HashSet<ChunkId>,
 }
 
+/// What the parents say about one file.
+enum Prior {
+    /// Unchanged since the parent snapshot (`false`) or uploaded by an
+    /// interrupted run (`true`): its chunk list is reused as it is.
+    Reuse(Vec<ChunkRef>, bool),
+    /// Changed since the parent snapshot, which has this chunk list for
+    /// it: read against it (the block delta).
+    Delta(Vec<ChunkRef>),
+    /// New: read in full.
+    New,
+}
+
 impl Parents {
-    /// A reusable chunk list for `e`, and whether it came from the
-    /// checkpoint.
-    fn reuse(&mut self, e: &Entry) -> anyhow::Result<Option<(Vec<ChunkRef>, bool)>> {
-        let from_snapshot = self.snapshot.as_mut().and_then(|p| p.unchanged(e));
-        let from_checkpoint = self.checkpoint.as_mut().and_then(|p| p.unchanged(e));
+    /// What to do with `e`.
+    fn prior(&mut self, e: &Entry) -> Prior {
+        let from_snapshot = self.snapshot.as_mut().and_then(|p| p.lookup(e));
+        let from_checkpoint = self.checkpoint.as_mut().and_then(|p| p.lookup(e));
         let damaged = |refs: &Vec<ChunkRef>| refs.iter().any(|r| self.quarantined.contains(&r.id));
-        let from_snapshot = from_snapshot.filter(|r| !damaged(r));
-        let from_checkpoint = from_checkpoint.filter(|r| !damaged(r));
-        if let Some(refs) = from_snapshot {
-            return Ok(Some((refs, false)));
+        let mut delta = None;
+        match from_snapshot {
+            Some((refs, true)) if !damaged(&refs) => return Prior::Reuse(refs, false),
+            Some((refs, _)) => delta = Some(refs),
+            None => {}
         }
-        let Some(refs) = from_checkpoint else {
-            return Ok(None);
-        };
-        if refs.iter().any(|r| self.checkpoint_missing.contains(&r.id)) {
-            return Ok(None);
+        if let Some((refs, true)) = from_checkpoint
+            && !damaged(&refs)
+            && !refs.iter().any(|r| self.checkpoint_missing.contains(&r.id))
+        {
+            return Prior::Reuse(refs, true);
         }
-        Ok(Some((refs, true)))
+        delta.map_or(Prior::New, Prior::Delta)
     }
 }
 
@@ -480,7 +389,8 @@ fn walk_tree(
         } else if ft.is_file() {
             let mut e = base_entry(rel, EntryKind::File, &md);
             e.size = md.len();
-            if let Some((refs, resumed)) = parents.reuse(&e)? {
+            let prior = parents.prior(&e);
+            if let Prior::Reuse(refs, resumed) = prior {
                 // Unchanged since the parent snapshot, or already uploaded
                 // by an interrupted run: reuse its chunk list.
                 w.add_entry(&e)?;
@@ -496,7 +406,22 @@ fn walk_tree(
                 checkpoint(w, last_flush);
                 continue;
             }
-            match chunk_file(ent.path(), params, up, rep, bar) {
+            let mut sink = Sink {
+                up: &mut *up,
+                rep: &mut *rep,
+                bar,
+            };
+            let read = match prior {
+                Prior::Delta(old) => chunk_against_parent(
+                    ent.path(),
+                    params,
+                    &mut old.into_iter(),
+                    &parents.quarantined,
+                    &mut sink,
+                ),
+                _ => chunk_file(ent.path(), params, &mut sink),
+            };
+            match read {
                 Ok((refs, size)) => {
                     e.size = size;
                     w.add_entry(&e)?;
@@ -524,10 +449,9 @@ fn walk_tree(
 fn read_image(
     path: &Path,
     params: ChunkerParams,
+    parent: Option<(&mut ImageParent, &std::collections::HashSet<ChunkId>)>,
     w: &mut Manifest,
-    up: &mut Uploader,
-    rep: &mut BackupReport,
-    bar: &Progress,
+    sink: &mut Sink<'_>,
 ) -> anyhow::Result<()> {
     let md = std::fs::metadata(path).with_context(|| format!("source path {}", path.display()))?;
     if md.is_dir() {
@@ -541,14 +465,59 @@ fn read_image(
         .map(|n| n.as_bytes().to_vec())
         .filter(|n| refuge_core::validate_entry_path(n).is_ok())
         .unwrap_or_else(|| b"image".to_vec());
-    let (refs, size) = chunk_file(path, params, up, rep, bar)
-        .with_context(|| format!("reading image {}", path.display()))?;
+    let (refs, size) = match parent {
+        Some((old, skip)) => chunk_against_parent(path, params, old, skip, sink),
+        None => chunk_file(path, params, sink),
+    }
+    .with_context(|| format!("reading image {}", path.display()))?;
     let mut e = base_entry(name, EntryKind::File, &md);
     e.size = size;
     w.add_entry(&e)?;
     refs.write_to(w)?;
-    rep.files = 1;
+    sink.rep.files = 1;
     Ok(())
+}
+
+/// The parent snapshot of an image source: its one file's chunk list,
+/// read from the manifest as the image is compared (not held in memory:
+/// a large image has a long list).
+struct ImageParent {
+    reader: ParentReader,
+    pending: std::vec::IntoIter<ChunkRef>,
+}
+
+impl ImageParent {
+    /// Positions `reader` after the image's entry; `None` if the manifest
+    /// does not start with a file.
+    fn new(mut reader: ParentReader) -> anyhow::Result<Option<Self>> {
+        match reader.next_record()? {
+            Some(ManifestRecord::Entry(e)) if e.kind == EntryKind::File => Ok(Some(ImageParent {
+                reader,
+                pending: Vec::new().into_iter(),
+            })),
+            Some(ManifestRecord::Sealed { .. }) => {
+                bail!("the previous snapshot is encrypted and this agent has no tenant key")
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl ParentRefs for ImageParent {
+    fn next_ref(&mut self) -> anyhow::Result<Option<ChunkRef>> {
+        loop {
+            if let Some(r) = self.pending.next() {
+                return Ok(Some(r));
+            }
+            match self.reader.next_record()? {
+                Some(ManifestRecord::Chunks(refs)) => self.pending = refs.into_iter(),
+                Some(ManifestRecord::Sealed { .. }) => {
+                    bail!("the previous snapshot is encrypted and this agent has no tenant key")
+                }
+                Some(ManifestRecord::Entry(_)) | None => return Ok(None),
+            }
+        }
+    }
 }
 
 /// How to run a backup.
@@ -620,14 +589,18 @@ fn quarantined_chunks(
         .map(Some)
 }
 
-/// The newest snapshot of this host and source, ready to be merged with
-/// the walk; `None` for a first backup.
+/// A parent snapshot's manifest, fetched chunk by chunk from the node.
+type ParentReader = ManifestReader<Box<dyn Read + Send>>;
+
+/// The newest snapshot of this host and source if it is of `kind`, with
+/// a reader of its manifest; `None` for a first backup.
 fn open_parent(
     rt: &Handle,
     node: &Node,
     source: &str,
+    kind: SourceKind,
     key: &Option<Arc<TenantKey>>,
-) -> anyhow::Result<Option<(String, Parent)>> {
+) -> anyhow::Result<Option<(String, ParentReader)>> {
     let req = pb::ResolveSnapshotRequest {
         selector: "latest".into(),
         at_unix_micros: 0,
@@ -642,33 +615,24 @@ fn open_parent(
         Err(s) => return Err(rpc_error("looking up the parent snapshot", &s)),
     };
     let snap = refuge_proto::snapshot(snap).map_err(|e| anyhow!("parent snapshot: {e}"))?;
-    if snap.kind != SourceKind::Tree {
+    if snap.kind != kind {
         return Ok(None);
     }
     let stream = RemoteStream::new(
         Fetcher::new(rt.clone(), node.clone(), node.tenant.clone(), key.clone()),
         snap.manifest.clone(),
     );
-    let reader = match manifest_reader(Box::new(stream) as Box<dyn Read + Send>, key) {
-        Ok(r) => r,
+    match manifest_reader(Box::new(stream) as Box<dyn Read + Send>, key) {
+        Ok(r) => Ok(Some((snap.id.to_hex(), r))),
         Err(e) => {
             // A damaged parent costs a full read, never the backup.
             tracing::warn!(
                 "the parent snapshot {}'s manifest cannot be read ({e}); reading every file",
                 snap.id.short()
             );
-            return Ok(None);
+            Ok(None)
         }
-    };
-    Ok(Some((
-        snap.id.to_hex(),
-        Parent {
-            reader,
-            peeked: None,
-            broken: false,
-            checkpoint: false,
-        },
-    )))
+    }
 }
 
 /// The manifest spool: `STATE_DIR/SOURCE.checkpoint` when the state
@@ -784,17 +748,41 @@ fn backup_blocking(
             node.tenant
         );
     }
-    let quarantined = match (source.kind, opts.rehash) {
-        (SourceKind::Tree, false) => quarantined_chunks(&rt, &node)?,
-        _ => Some(Default::default()),
+    let quarantined = match opts.rehash {
+        false => quarantined_chunks(&rt, &node)?,
+        true => Some(Default::default()),
     };
     // Too many quarantined chunks to list: read every file.
     let rehash = opts.rehash || quarantined.is_none();
-    let parent = match (source.kind, rehash) {
-        (SourceKind::Tree, false) => open_parent(&rt, &node, &source.name, &opts.key)?,
-        _ => None,
+    let parent = match rehash {
+        false => open_parent(&rt, &node, &source.name, source.kind, &opts.key)?,
+        true => None,
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
+    let (tree_parent, mut image_parent) = match (source.kind, parent) {
+        (SourceKind::Tree, Some((_, reader))) => (
+            Some(Parent {
+                reader,
+                peeked: None,
+                broken: false,
+                checkpoint: false,
+            }),
+            None,
+        ),
+        (SourceKind::Image, Some((id, reader))) => match ImageParent::new(reader) {
+            Ok(p) => (None, p),
+            Err(e) => {
+                warn!(
+                    "the parent snapshot {id}'s manifest cannot be read ({e:#}); reading the whole image"
+                );
+                (None, None)
+            }
+        },
+        (_, None) => (None, None),
+    };
+    if source.kind == SourceKind::Image && image_parent.is_none() {
+        rep.parent = None;
+    }
     let bar = Progress::new(opts.progress, "backup", None);
     let (spool, paths) = open_spool(opts.state_dir.as_deref(), &source.name)?;
     let checkpoint = match (&paths, source.kind, rehash) {
@@ -806,7 +794,7 @@ fn backup_blocking(
         _ => Default::default(),
     };
     let mut parents = Parents {
-        snapshot: parent.map(|(_, p)| p),
+        snapshot: tree_parent,
         checkpoint,
         checkpoint_missing,
         quarantined: quarantined.unwrap_or_default(),
@@ -838,7 +826,17 @@ fn backup_blocking(
             &mut rep,
             &bar,
         )?,
-        SourceKind::Image => read_image(&source.path, params, &mut w, &mut up, &mut rep, &bar)?,
+        SourceKind::Image => read_image(
+            &source.path,
+            params,
+            image_parent.as_mut().map(|p| (p, &parents.quarantined)),
+            &mut w,
+            &mut Sink {
+                up: &mut up,
+                rep: &mut rep,
+                bar: &bar,
+            },
+        )?,
     }
     let (buf, _summary) = w.finish()?;
     let mut spool = buf
@@ -896,61 +894,4 @@ fn backup_blocking(
     rep.duration_secs = started.elapsed().as_secs_f64();
     rep.dedup_ratio = (rep.bytes_sent > 0).then(|| rep.bytes_read as f64 / rep.bytes_sent as f64);
     Ok(rep)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use refuge_core::{EntryKind, ManifestReader, ManifestRecord, SourceKind};
-
-    #[test]
-    fn a_long_ref_list_spills_and_replays_in_order() {
-        let refs: Vec<ChunkRef> = (0..10u32)
-            .map(|i| {
-                if i == 4 {
-                    ChunkRef::hole(100)
-                } else {
-                    ChunkRef {
-                        id: ChunkId::of(&i.to_le_bytes()),
-                        len: 10 + i,
-                    }
-                }
-            })
-            .collect();
-        let size: u64 = refs.iter().map(|r| u64::from(r.len)).sum();
-        // Limit 3: nine refs go through the temporary file, one stays.
-        let mut list = RefList::new(3);
-        for r in &refs {
-            list.push(*r).unwrap();
-        }
-        assert_eq!(list.spilled, 9);
-        let mut w = ManifestWriter::new(Vec::new(), SourceKind::Image).unwrap();
-        let mut e = Entry {
-            path: b"disk.img".to_vec(),
-            kind: EntryKind::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime_secs: 0,
-            mtime_nanos: 0,
-            ctime_secs: 0,
-            ctime_nanos: 0,
-            inode: 1,
-            size: 0,
-            target: Vec::new(),
-        };
-        e.size = size;
-        w.add_entry(&e).unwrap();
-        list.write_to(&mut w).unwrap();
-        let (bytes, summary) = w.finish().unwrap();
-        assert_eq!(summary.chunk_refs, 10);
-        let mut r = ManifestReader::new(&bytes[..]).unwrap();
-        let mut back = Vec::new();
-        while let Some(rec) = r.next_record().unwrap() {
-            if let ManifestRecord::Chunks(c) = rec {
-                back.extend(c);
-            }
-        }
-        assert_eq!(back, refs);
-    }
 }

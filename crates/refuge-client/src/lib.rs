@@ -16,6 +16,7 @@ mod command;
 mod config;
 mod connect;
 mod drill;
+mod file_chunks;
 mod progress;
 mod remote;
 mod restore;
