@@ -3,8 +3,10 @@
 //! Without a subcommand it generates a seeded data set (disk image,
 //! database directory, file tree), starts the real `refuged` with TLS on
 //! 127.0.0.1 and measures an initial backup, an incremental backup after a
-//! ~5% mutation, and a verified restore of every source, with the real
-//! `refuge-agent` and `refuge` binaries found next to this executable.
+//! ~5% mutation, a third backup after another, and a verified restore of
+//! every source, with the real `refuge-agent` and `refuge` binaries found
+//! next to this executable; restic and Borg run on the same data in the
+//! same run (`--no-peers` leaves them out).
 //! `micro-report` turns the criterion results of `benches/micro.rs` into a
 //! Markdown table. `contention` measures one tenant's backup while another
 //! tenant's client holds every upload stream the node allows it.
@@ -74,6 +76,11 @@ struct E2eArgs {
     /// Encrypt on the agent (a fresh tenant key, `[encryption] key_file`).
     #[arg(long)]
     encrypt: bool,
+    /// Do not run restic and Borg on the same data (they run by default,
+    /// installed with apt-get when missing, and the report gives the
+    /// ratios).
+    #[arg(long)]
+    no_peers: bool,
 }
 
 fn parse_source_avg(s: &str) -> Result<(String, u32), String> {
@@ -282,7 +289,11 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
             source_avg_size: a.source_avg_size,
             encrypt: a.encrypt,
         },
+        peers: !a.no_peers,
     };
+    if o.peers {
+        e2e::peers::ensure_installed()?;
+    }
     let r = e2e::run(&o)?;
     println!("{}", r.markdown);
     if let Some(out) = &o.out {

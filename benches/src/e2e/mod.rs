@@ -7,6 +7,7 @@ pub mod contention;
 pub mod loopback;
 pub mod machine;
 pub mod measure;
+pub mod peers;
 pub mod replication;
 mod replication_report;
 pub mod report;
@@ -47,6 +48,8 @@ pub struct Options {
     pub runs: usize,
     /// Agent settings that differ from its defaults.
     pub agent: cluster::AgentSettings,
+    /// Run restic and Borg on the same data in the same run.
+    pub peers: bool,
 }
 
 /// What the node did during a phase.
@@ -138,7 +141,11 @@ struct SourceBackup {
     /// Bytes of files the agent found unchanged and did not read.
     bytes_reused: u64,
     files_unchanged: u64,
+    /// Bytes of changed files and images found unchanged block by block.
+    bytes_unchanged_blocks: u64,
     hole_bytes: u64,
+    /// Holes of the parent still holes in the file: not read.
+    hole_bytes_unread: u64,
     chunks: u64,
     chunks_new: u64,
     bytes_sent: u64,
@@ -259,7 +266,9 @@ fn backup(
             bytes_read: u(r, "bytes_read"),
             bytes_reused: u(r, "bytes_reused"),
             files_unchanged: u(r, "files_unchanged"),
+            bytes_unchanged_blocks: u(r, "bytes_unchanged_blocks"),
             hole_bytes: u(r, "hole_bytes"),
+            hole_bytes_unread: u(r, "hole_bytes_unread"),
             chunks: u(r, "chunks"),
             chunks_new: u(r, "chunks_new"),
             bytes_sent: u(r, "bytes_sent"),
@@ -269,11 +278,12 @@ fn backup(
                 .unwrap_or(0.0),
         });
     }
-    // Every source byte is either read or reused from the parent snapshot.
+    // Every source byte is read, reused from the parent snapshot with
+    // its file, or a hole the parent had too.
     let covered: u64 = details
         .iter()
         .filter(|d| d.phase == phase)
-        .map(|d| d.bytes_read + d.bytes_reused)
+        .map(|d| d.bytes_read + d.bytes_reused + d.hole_bytes_unread)
         .sum();
     if covered != logical {
         bail!("{phase}: the agent read or reused {covered} bytes, the data set has {logical}");
@@ -312,6 +322,8 @@ struct RunData {
     stop: f64,
     gen_secs: f64,
     total: f64,
+    /// restic and Borg on the same data, when run.
+    peers: Vec<peers::PeerData>,
 }
 
 /// Runs the benchmark `o.runs` times; returns the Markdown report.
@@ -375,6 +387,16 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         format!("refuged running on 127.0.0.1:{port} (pid {})", node.pid),
     );
 
+    let mut peers = if o.peers {
+        Some(peers::Peers::init(dir)?)
+    } else {
+        None
+    };
+    let paths: Vec<PathBuf> = sources
+        .iter()
+        .map(|s| fs::canonicalize(&s.path))
+        .collect::<Result<_, _>>()?;
+    let say = |m: String| log(t0, m);
     let mut phases = Vec::new();
     let mut details = Vec::new();
     log(t0, "initial backup");
@@ -387,6 +409,9 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         &mut details,
     )?);
     log(t0, phase_line(phases.last()));
+    if let Some(p) = &mut peers {
+        p.backup(1, &paths, &say)?;
+    }
 
     log(t0, "mutating about 5% of the data");
     let mutation = data.mutate()?;
@@ -407,11 +432,36 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         &mut details,
     )?);
     log(t0, phase_line(phases.last()));
+    if let Some(p) = &mut peers {
+        p.backup(2, &paths, &say)?;
+    }
+
+    log(t0, "mutating about 5% of the data again");
+    data.mutate()?;
+    sync();
+    let gen3: Vec<dataset::Digest> = sources
+        .iter()
+        .map(|s| dataset::digest(&s.path))
+        .collect::<Result<_, _>>()?;
+    let logical3: u64 = gen3.iter().map(|d| d.bytes).sum();
+    log(t0, "third backup");
+    phases.push(backup(
+        dir,
+        &node,
+        resettable,
+        "third backup",
+        logical3,
+        &mut details,
+    )?);
+    log(t0, phase_line(phases.last()));
+    if let Some(p) = &mut peers {
+        p.backup(3, &paths, &say)?;
+    }
 
     let restore_dir = dir.join("restore");
     fs::create_dir_all(&restore_dir)?;
     let mut verify = Vec::new();
-    for (s, want) in sources.iter().zip(&gen2) {
+    for (s, want) in sources.iter().zip(&gen3) {
         let target = if s.kind == "image" {
             restore_dir.join(format!("{}.img", s.name))
         } else {
@@ -481,6 +531,12 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         sync();
     }
 
+    if let Some(p) = &mut peers {
+        let want: Vec<(PathBuf, &dataset::Digest)> =
+            paths.iter().cloned().zip(gen3.iter()).collect();
+        p.restore(3, dir, &want, &say)?;
+    }
+
     let node_cpu_total = measure::proc_cpu(node.pid).unwrap_or(0.0);
     let stop = node.stop()?;
     let (store_bytes, store_files) = cluster::dir_size(&dir.join("store"))?;
@@ -516,7 +572,7 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         ),
     ];
     let mut rows: Vec<Row> = phases.iter().map(Row::of).collect();
-    let restores: Vec<Row> = rows[2..].to_vec();
+    let restores: Vec<Row> = rows[3..].to_vec();
     rows.push(Row::sum("restore (all three)", &restores));
     Ok(RunData {
         node_peak_kib: rows.iter().map(|r| r.node_kib).max().unwrap_or(0),
@@ -530,9 +586,9 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
                 (
                     s.name.to_string(),
                     s.kind.to_string(),
-                    gen2[i].files,
+                    gen3[i].files,
                     gen1[i].bytes,
-                    gen2[i].bytes,
+                    gen3[i].bytes,
                     descr[i].clone(),
                 )
             })
@@ -545,6 +601,7 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
         stop: stop.as_secs_f64(),
         gen_secs,
         total: r0.elapsed().as_secs_f64(),
+        peers: peers.map(|p| p.data).unwrap_or_default(),
     })
 }
 
@@ -681,6 +738,9 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
             mf(&|r| r.other),
         );
     }
+    if !first.peers.is_empty() {
+        peers::side_by_side(&mut s, runs);
+    }
     let _ = writeln!(
         s,
         "\nMB/s: source (logical) bytes per second of wall time of the whole `refuge-agent backup` or `refuge restore` process. Sent: compressed chunk bytes as the agent reports them (`bytes_sent`), without gRPC/TLS framing. Peak RSS: `VmHWM`, sampled every 20 ms for the agent/CLI; for the node, the peak within the phase (reset through `/proc/PID/clear_refs` before each phase). CPU: user + system time. Other CPU: the machine's busy CPU time during the phase not spent by the agent/CLI or the node (other processes, this sampler, page-cache writeback); large values mean the numbers are disturbed. Node RSS after start: {}; node peak over a run: {}; node CPU over a run: {:.1} s.\n",
@@ -724,19 +784,21 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         "Per source, from `refuge-agent backup --json`{} (agent-side time, which excludes process start and connection):\n",
         if n > 1 { " of run 1" } else { "" }
     );
-    s.push_str("| Backup | Source | Source data | Read | Reused (unchanged files) | Zero runs (holes) | Chunks | New chunks | Sent | Sent / source | Time | MB/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| Backup | Source | Source data | Read | Reused (unchanged files) | Unchanged blocks (read, not sent) | Zero runs (holes; unread) | Chunks | New chunks | Sent | Sent / source | Time | MB/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for d in &first.details {
-        let logical = d.bytes_read + d.bytes_reused;
+        let logical = d.bytes_read + d.bytes_reused + d.hole_bytes_unread;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} ({} files) | {} | {} | {} | {} | {:.1}% | {} | {} |",
+            "| {} | {} | {} | {} | {} ({} files) | {} | {} ({}) | {} | {} | {} | {:.1}% | {} | {} |",
             d.phase,
             d.source,
             mb(logical),
             mb(d.bytes_read),
             mb(d.bytes_reused),
             d.files_unchanged,
+            mb(d.bytes_unchanged_blocks),
             mb(d.hole_bytes),
+            mb(d.hole_bytes_unread),
             d.chunks,
             d.chunks_new,
             mb(d.bytes_sent),
@@ -748,10 +810,10 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
 
     let sent_total: u64 = first.details.iter().map(|d| d.bytes_sent).sum();
     let current: u64 = first.sources.iter().map(|x| x.4).sum();
-    let both: u64 = first.sources.iter().map(|x| x.3 + x.4).sum();
+    let both: u64 = first.rows[..3].iter().map(|r| r.logical).sum();
     let _ = writeln!(
         s,
-        "\nStorage: after SIGTERM (the stop took {:.1} s) the store directory holds **{}** in {} files (sum of file sizes) for the two generations: {:.1}% of the current source data ({}), {:.1}% of the {} backed up over both generations. The agent sent {} in all.\n",
+        "\nStorage: after SIGTERM (the stop took {:.1} s) the store directory holds **{}** in {} files (sum of file sizes) for the three generations: {:.1}% of the current source data ({}), {:.1}% of the {} backed up over the three generations. The agent sent {} in all.\n",
         first.stop,
         mb(first.store_bytes),
         first.store_files,
@@ -762,7 +824,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         mb(sent_total)
     );
 
-    s.push_str("Data set (generation 1 → 2):\n\n| Source | Kind | Files | Generation 1 | Generation 2 | Mutation |\n|---|---|---:|---:|---:|---|\n");
+    s.push_str("Data set (generation 1 → 3; generation 2 and 3 are each one seeded mutation like this, the first one is described):\n\n| Source | Kind | Files | Generation 1 | Generation 3 | Mutation |\n|---|---|---:|---:|---:|---|\n");
     for (name, kind, files, g1, g2, descr) in &first.sources {
         let _ = writeln!(
             s,
