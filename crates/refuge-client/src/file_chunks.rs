@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -188,55 +187,64 @@ impl ParentRefs for std::vec::IntoIter<ChunkRef> {
 /// Bytes read ahead from the file: enough for several maximal chunks.
 const WINDOW: usize = 16 << 20;
 
-/// A read-ahead window over a file read with positioned reads, so that
-/// going back to a parent cut point costs no seek and no second read.
+/// A read-ahead window over a file, so that going back to a parent cut
+/// point costs no second read. Never zero-filled: reads go into the
+/// buffer's spare capacity (a changed small file must not cost a 16 MiB
+/// memset).
 struct Window<'f> {
     file: &'f File,
+    /// `buf` holds the file's bytes from `start` on.
     buf: Vec<u8>,
-    /// File offset of `buf[0]`; `buf[..len]` holds data.
     start: u64,
-    len: usize,
-    /// The file ends at `start + len`.
+    /// The file ends at `start + buf.len()`.
     eof: bool,
+    max: usize,
 }
 
 impl<'f> Window<'f> {
-    fn new(file: &'f File, max_chunk: usize) -> Self {
+    fn new(file: &'f File, max_chunk: usize, len: u64) -> Self {
+        let max = WINDOW.max(2 * max_chunk);
+        let cap = usize::try_from(len.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(max);
         Window {
             file,
-            buf: vec![0; WINDOW.max(2 * max_chunk)],
+            buf: Vec::with_capacity(cap),
             start: 0,
-            len: 0,
             eof: false,
+            max,
         }
     }
 
     /// Up to `n` bytes at `pos` (fewer only at the end of the file).
     fn at(&mut self, pos: u64, n: usize) -> std::io::Result<&[u8]> {
-        let end = self.start + self.len as u64;
+        let end = self.start + self.buf.len() as u64;
         if pos < self.start || pos > end {
             // Out of the window (after a skipped hole): start afresh.
+            self.buf.clear();
             self.start = pos;
-            self.len = 0;
             self.eof = false;
         } else if pos + n as u64 > end && !self.eof {
             // Keep what is still ahead, read the rest.
-            let keep = (pos - self.start) as usize;
-            self.buf.copy_within(keep..self.len, 0);
-            self.len -= keep;
+            self.buf.drain(..(pos - self.start) as usize);
             self.start = pos;
         }
-        while !self.eof && ((self.start + self.len as u64) < pos + n as u64) {
-            let off = self.start + self.len as u64;
-            match self.file.read_at(&mut self.buf[self.len..], off) {
-                Ok(0) => self.eof = true,
-                Ok(k) => self.len += k,
+        while !self.eof && self.start + (self.buf.len() as u64) < pos + n as u64 {
+            let off = self.start + self.buf.len() as u64;
+            // SEEK_DATA moves the file offset: always seek first.
+            let mut f = self.file;
+            f.seek(SeekFrom::Start(off))?;
+            let room = self.buf.capacity() - self.buf.len();
+            let need = (pos + n as u64 - off) as usize;
+            let limit = need.max(room).min(self.max) as u64;
+            match f.take(limit).read_to_end(&mut self.buf) {
+                Ok(got) => self.eof = (got as u64) < limit,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         let from = (pos - self.start) as usize;
-        let to = (from + n).min(self.len);
+        let to = (from + n).min(self.buf.len());
         Ok(&self.buf[from.min(to)..to])
     }
 }
@@ -244,7 +252,7 @@ impl<'f> Window<'f> {
 /// Whether `[pos, pos + len)` of `file` is entirely a hole (no data
 /// extent), found with `SEEK_DATA`; false where the filesystem cannot say.
 fn sparse(file: &File, pos: u64, len: u64) -> bool {
-    // Only the file offset moves, which positioned reads do not use.
+    // Only the file offset moves; the window seeks before every read.
     match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
         Ok(next) => next >= pos + len,
         // ENXIO: no data at or after pos (the rest of the file is a hole).
@@ -267,7 +275,8 @@ pub(crate) fn chunk_against_parent(
     let f = File::open(path)?;
     let cutter = Cutter::new(params);
     let max = cutter.max_size();
-    let mut win = Window::new(&f, max);
+    let len = f.metadata().map_or(u64::MAX, |m| m.len());
+    let mut win = Window::new(&f, max, len);
     let mut refs = RefList::new(REFS_IN_MEMORY);
     // `pos`: how far the file is chunked. `ppos`: the end of the parent
     // refs taken so far, `None` once the parent list has ended.

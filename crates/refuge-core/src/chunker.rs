@@ -35,6 +35,18 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// 64 KiB / 256 KiB / 1 MiB: the default for image sources, whose
+    /// blocks change in place (a scattered rewrite re-sends the chunks
+    /// around it, so smaller chunks re-send less; measured in
+    /// BENCHMARKS.md, issue 16).
+    pub fn image() -> Self {
+        ChunkerParams {
+            min_size: 64 * 1024,
+            avg_size: 256 * 1024,
+            max_size: 1024 * 1024,
+        }
+    }
+
     /// Parameters for manifest streams: smaller chunks, so that an
     /// unchanged part of a manifest dedups between snapshots.
     pub fn manifest() -> Self {
@@ -143,10 +155,10 @@ const CHUNKER_BUFFER: usize = 16 << 20;
 pub struct Chunker<R: Read> {
     reader: R,
     cutter: Cutter,
+    /// Unread bytes are `buf[head..]`. Never zero-filled: reads go into
+    /// its spare capacity (a buffer per file must not cost a memset).
     buf: Vec<u8>,
-    /// Unread bytes are `buf[head..tail]`.
     head: usize,
-    tail: usize,
     /// Input offset of `buf[head]`.
     offset: u64,
     eof: bool,
@@ -160,18 +172,19 @@ impl<R: Read> Chunker<R> {
     }
 
     /// A chunker over `reader`, which holds about `len` bytes: its buffer
-    /// is no larger than it needs to be (a small file costs no 16 MiB
-    /// allocation), but always holds two maximal chunks.
+    /// starts no larger than that (a small file costs a small buffer) and
+    /// grows if the input turns out longer.
     pub fn for_size(reader: R, params: ChunkerParams, len: u64) -> Self {
         assert!(params.validate().is_ok(), "invalid chunker parameters");
         let cutter = Cutter::new(params);
-        let want = usize::try_from(len.saturating_add(1 << 16)).unwrap_or(usize::MAX);
+        let cap = usize::try_from(len.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(CHUNKER_BUFFER.max(2 * cutter.max_size()));
         Chunker {
             reader,
-            buf: vec![0; want.min(CHUNKER_BUFFER).max(2 * cutter.max_size())],
+            buf: Vec::with_capacity(cap),
             cutter,
             head: 0,
-            tail: 0,
             offset: 0,
             eof: false,
         }
@@ -181,21 +194,25 @@ impl<R: Read> Chunker<R> {
     /// is left of the input.
     fn fill(&mut self) -> std::io::Result<()> {
         let want = self.cutter.max_size();
-        if self.eof || self.tail - self.head >= want {
-            return Ok(());
-        }
-        if self.buf.len() - self.head < want {
-            self.buf.copy_within(self.head..self.tail, 0);
-            self.tail -= self.head;
-            self.head = 0;
-        }
-        while !self.eof && self.tail - self.head < want {
-            match self.reader.read(&mut self.buf[self.tail..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.tail += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        while !self.eof && self.buf.len() - self.head < want {
+            if self.head > 0 && self.buf.capacity() - self.buf.len() < want {
+                // Move the unread tail to the front: once per buffer.
+                self.buf.drain(..self.head);
+                self.head = 0;
             }
+            let need = want - (self.buf.len() - self.head);
+            let room = self.buf.capacity() - self.buf.len();
+            let limit = need.max(room).min(CHUNKER_BUFFER) as u64;
+            let got = match Read::by_ref(&mut self.reader)
+                .take(limit)
+                .read_to_end(&mut self.buf)
+            {
+                Ok(n) => n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            // `read_to_end` stops short of the limit only at the end.
+            self.eof = got < limit;
         }
         Ok(())
     }
@@ -208,7 +225,7 @@ impl<R: Read> Iterator for Chunker<R> {
         if let Err(e) = self.fill() {
             return Some(Err(e));
         }
-        let n = self.cutter.first(&self.buf[self.head..self.tail]);
+        let n = self.cutter.first(&self.buf[self.head..]);
         if n == 0 {
             return None;
         }
@@ -345,6 +362,7 @@ mod tests {
         assert!(cuts(&[][..], small()).is_empty());
         assert!(ChunkerParams::default().validate().is_ok());
         assert!(ChunkerParams::manifest().validate().is_ok());
+        assert!(ChunkerParams::image().validate().is_ok());
         let bad = ChunkerParams {
             min_size: 10,
             ..small()
