@@ -162,6 +162,15 @@ impl AgentSettings {
             kib(d.max_size),
             self.zstd_level.unwrap_or(d.zstd_level)
         );
+        if !self.source_avg_size.iter().any(|(n, _)| n == "image") {
+            let i = refuge_core::ChunkerParams::image();
+            s.push_str(&format!(
+                "; source `image`: {} KiB / {} KiB / {} KiB (the agent's default for images)",
+                kib(i.min_size),
+                kib(i.avg_size),
+                kib(i.max_size)
+            ));
+        }
         for (name, avg) in &self.source_avg_size {
             s.push_str(&format!(
                 "; source `{name}`: {} KiB / {} KiB / {} KiB",

@@ -341,9 +341,25 @@ pub struct SourceChunking {
 }
 
 impl SourceConfig {
-    /// This source's chunking: its own settings over `global`.
+    /// This source's chunking: its own settings over `global`. An image
+    /// source whose sizes neither `[chunking]` nor its own table change
+    /// gets [`ChunkerParams::image`] (smaller chunks: its blocks change in
+    /// place).
     pub fn chunking(&self, global: &ChunkingConfig) -> ChunkingConfig {
         let o = &self.chunking;
+        let image = ChunkerParams::image();
+        let sizes_untouched = global.params() == ChunkerParams::default()
+            && o.min_size.is_none()
+            && o.avg_size.is_none()
+            && o.max_size.is_none();
+        if self.kind == SourceKind::Image && sizes_untouched {
+            return ChunkingConfig {
+                min_size: image.min_size,
+                avg_size: image.avg_size,
+                max_size: image.max_size,
+                zstd_level: o.zstd_level.unwrap_or(global.zstd_level),
+            };
+        }
         let (min, max) = match o.avg_size {
             Some(avg) => (avg / 4, avg.saturating_mul(4)),
             None => (global.min_size, global.max_size),
@@ -482,6 +498,30 @@ mod tests {
         );
         // New deployments copied from the template are encrypted.
         assert!(cfg.encryption.key_file.is_some());
+    }
+
+    #[test]
+    fn images_get_smaller_chunks_unless_sizes_are_configured() {
+        let base = "[node]\naddress = \"x:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let sources = "[[source]]\nname = \"vm\"\npath = \"/dev/vg/vm\"\nkind = \"image\"\n\
+                       [[source]]\nname = \"home\"\npath = \"/home\"\n";
+        let sizes = |cfg: &AgentConfig, name: &str| {
+            let c = cfg.source(name).unwrap().chunking(&cfg.chunking);
+            (c.min_size, c.avg_size, c.max_size, c.zstd_level)
+        };
+        let cfg =
+            AgentConfig::parse(&format!("{base}[chunking]\nzstd_level = 3\n{sources}")).unwrap();
+        let image = ChunkerParams::image();
+        assert_eq!(
+            sizes(&cfg, "vm"),
+            (image.min_size, image.avg_size, image.max_size, 3)
+        );
+        let d = ChunkerParams::default();
+        assert_eq!(sizes(&cfg, "home"), (d.min_size, d.avg_size, d.max_size, 3));
+        // Sizes set in [chunking] apply to images too.
+        let cfg = AgentConfig::parse(&format!("{base}[chunking]\navg_size = 2097152\n{sources}"))
+            .unwrap();
+        assert_eq!(sizes(&cfg, "vm").1, 2097152);
     }
 
     #[test]
