@@ -184,6 +184,14 @@ impl ChunkCompressor {
     }
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, reused: creating one per
+    /// chunk was 1.8% of all CPU in an initial backup (the node decodes
+    /// every chunk it receives).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Checks sizes, then decompresses a plain (not sealed) body under a cap
 /// of its declared length. Shared by [`decode_chunk`] and the opening of
 /// sealed chunks (after decryption).
@@ -207,16 +215,26 @@ pub(crate) fn decompress(chunk: &StoredChunk, max_len: u32) -> Result<Vec<u8>, F
         }
         Compression::Zstd => {
             let mut out = Vec::with_capacity(declared as usize);
-            let mut d =
-                zstd::bulk::Decompressor::new().map_err(|e| FrameError::Zstd(e.to_string()))?;
-            // Decompressing into a buffer of the declared capacity fails if
-            // the frame expands beyond it.
-            d.decompress_to_buffer(&chunk.data, &mut out).map_err(|e| {
-                if e.to_string().contains("Destination buffer is too small") {
-                    FrameError::LengthMismatch { declared }
-                } else {
-                    FrameError::Zstd(e.to_string())
-                }
+            DECOMPRESSOR.with(|slot| -> Result<(), FrameError> {
+                let mut slot = slot.borrow_mut();
+                let d = match slot.as_mut() {
+                    Some(d) => d,
+                    None => slot.insert(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| FrameError::Zstd(e.to_string()))?,
+                    ),
+                };
+                // Decompressing into a buffer of the declared capacity
+                // fails if the frame expands beyond it.
+                d.decompress_to_buffer(&chunk.data, &mut out)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        if e.to_string().contains("Destination buffer is too small") {
+                            FrameError::LengthMismatch { declared }
+                        } else {
+                            FrameError::Zstd(e.to_string())
+                        }
+                    })
             })?;
             if out.len() != declared as usize {
                 return Err(FrameError::LengthMismatch { declared });
