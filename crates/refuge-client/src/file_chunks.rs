@@ -185,11 +185,11 @@ impl ParentRefs for std::vec::IntoIter<ChunkRef> {
 }
 
 /// Bytes read ahead from the file: enough for several maximal chunks.
-const WINDOW: usize = 16 << 20;
+const WINDOW: usize = 8 << 20;
 
 /// A read-ahead window over a file, so that going back to a parent cut
 /// point costs no second read. Never zero-filled: reads go into the
-/// buffer's spare capacity (a changed small file must not cost a 16 MiB
+/// buffer's spare capacity (a changed small file must not cost a 8 MiB
 /// memset).
 struct Window<'f> {
     file: &'f File,

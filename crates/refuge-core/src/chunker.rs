@@ -149,7 +149,7 @@ impl Cutter {
 /// Bytes read ahead: several maximal chunks, so that moving the unread
 /// tail to the front of the buffer (once per buffer, not once per chunk)
 /// costs little.
-const CHUNKER_BUFFER: usize = 16 << 20;
+const CHUNKER_BUFFER: usize = 8 << 20;
 
 /// Iterator of chunks over a reader. Errors are the reader's I/O errors.
 pub struct Chunker<R: Read> {
