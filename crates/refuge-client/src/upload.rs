@@ -26,11 +26,11 @@ use tokio::runtime::Handle;
 use crate::connect::Node;
 
 /// Largest batch of chunk data handed to a worker.
-const MAX_BATCH_BYTES: usize = 8 << 20;
+const MAX_BATCH_BYTES: usize = 6 << 20;
 const BATCH_CHUNKS: usize = 256;
 
 /// Worker count and batch size for a memory budget: the pipeline gets half
-/// the budget; batches shrink from 8 MiB down to the largest chunk, then
+/// the budget; batches shrink from 6 MiB down to the largest chunk, then
 /// workers are dropped (never below one).
 pub(crate) fn plan(budget_bytes: u64, threads: usize, max_chunk: usize) -> (usize, usize) {
     let share = (budget_bytes / 2) as usize;
@@ -320,8 +320,8 @@ mod tests {
     #[test]
     fn the_plan_fits_the_budget() {
         let mib = 1u64 << 20;
-        // Plenty: full 8 MiB batches, all workers.
-        assert_eq!(plan(256 * mib, 2, 4 << 20), (2, 8 << 20));
+        // Plenty: full 6 MiB batches, all workers.
+        assert_eq!(plan(256 * mib, 2, 4 << 20), (2, 6 << 20));
         // Many cores: batches shrink so that memory does not follow the CPU count.
         let (t, b) = plan(256 * mib, 16, 4 << 20);
         assert!(
