@@ -321,7 +321,7 @@ pub(crate) fn chunk_against_parent(
             } else if !skip.contains(&r.id) {
                 let d = win.at(pos, n)?;
                 if d.len() == n {
-                    let id = sink.up.id_of_parallel(d);
+                    let id = sink.up.id_of(d);
                     if id == r.id {
                         sink.reuse(&mut refs, r)?;
                         pos += u64::from(r.len);

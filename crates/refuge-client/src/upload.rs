@@ -154,14 +154,10 @@ impl Uploader {
     }
 
     /// The id of a data chunk: keyed BLAKE3 for an encrypted tenant,
-    /// BLAKE3 otherwise.
+    /// BLAKE3 otherwise; a large chunk is hashed on every core (the
+    /// walker's hashing is otherwise one core's work while the workers
+    /// compress).
     pub(crate) fn id_of(&self, data: &[u8]) -> ChunkId {
-        refuge_core::crypto::chunk_id_with(self.key.as_deref(), data)
-    }
-
-    /// The same id, a large chunk hashed on every core: for checking a
-    /// parent's chunk in place, while nothing else keeps the cores busy.
-    pub(crate) fn id_of_parallel(&self, data: &[u8]) -> ChunkId {
         refuge_core::crypto::chunk_id_parallel(self.key.as_deref(), data)
     }
 

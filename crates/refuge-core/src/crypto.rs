@@ -103,8 +103,10 @@ pub fn chunk_id_with(key: Option<&TenantKey>, data: &[u8]) -> ChunkId {
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 
 /// The same id as [`chunk_id_with`], with a large chunk's BLAKE3 tree
-/// hashed on every core (rayon's pool). For the agent's block delta,
-/// where hashing the unchanged chunks is the only work left.
+/// hashed on every core (rayon's pool): the agent's ids (the walker hashes
+/// while upload workers compress, and in a block delta hashing the
+/// unchanged chunks is the only work left). The node keeps the
+/// single-threaded [`chunk_id_with`]: its tasks already fill the cores.
 pub fn chunk_id_parallel(key: Option<&TenantKey>, data: &[u8]) -> ChunkId {
     if data.len() < PARALLEL_HASH_MIN {
         return chunk_id_with(key, data);
