@@ -125,10 +125,12 @@ fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
 
 type Manifest = ManifestWriter<BufWriter<File>>;
 
-/// Flushes the manifest spool about once a second, so that a run killed
-/// mid-way leaves a usable checkpoint.
-fn checkpoint(w: &mut Manifest, last: &mut Instant) {
-    if last.elapsed() >= std::time::Duration::from_secs(1) {
+/// Flushes the manifest spool about once a second, and after the walker
+/// waited for the upload workers (on a slow link it may wait for longer
+/// than a run lives), so that a run killed mid-way leaves a usable
+/// checkpoint.
+fn checkpoint(w: &mut Manifest, last: &mut Instant, up: &mut Uploader) {
+    if up.take_waited() || last.elapsed() >= std::time::Duration::from_secs(1) {
         let _ = w.get_mut().flush();
         *last = Instant::now();
     }
@@ -403,7 +405,7 @@ fn walk_tree(
                 }
                 rep.bytes_reused += e.size;
                 bar.inc(e.size);
-                checkpoint(w, last_flush);
+                checkpoint(w, last_flush, up);
                 continue;
             }
             let mut sink = Sink {
@@ -426,7 +428,7 @@ fn walk_tree(
                     e.size = size;
                     w.add_entry(&e)?;
                     refs.write_to(w)?;
-                    checkpoint(w, last_flush);
+                    checkpoint(w, last_flush, up);
                     rep.files += 1;
                     bar.set_files(rep.files);
                 }
@@ -805,8 +807,12 @@ fn backup_blocking(
         None => ManifestWriter::new(out, source.kind)?,
     };
     let limiter = RateLimiter::new(opts.max_upload_rate);
-    let (threads, batch) =
-        crate::upload::plan(opts.memory_budget, opts.threads, params.max_size as usize);
+    let (threads, batch) = crate::upload::plan(
+        opts.memory_budget,
+        opts.threads,
+        params.max_size as usize,
+        opts.max_upload_rate,
+    );
     let mut up = Uploader::new(
         rt.clone(),
         node.clone(),

@@ -31,13 +31,27 @@ const BATCH_CHUNKS: usize = 256;
 
 /// Worker count and batch size for a memory budget: the pipeline gets half
 /// the budget; batches shrink from 6 MiB down to the largest chunk, then
-/// workers are dropped (never below one).
-pub(crate) fn plan(budget_bytes: u64, threads: usize, max_chunk: usize) -> (usize, usize) {
+/// workers are dropped (never below one). With an upload limit
+/// (`rate`, bytes per second; 0 for none) a batch holds at most about a
+/// second of it (but at least one maximal chunk): the limiter charges a
+/// batch before it is sent, so on a slow link a large batch would wait
+/// many seconds and then arrive all at once, and a run stopped meanwhile
+/// would leave nothing stored to resume from.
+pub(crate) fn plan(
+    budget_bytes: u64,
+    threads: usize,
+    max_chunk: usize,
+    rate: u64,
+) -> (usize, usize) {
     let share = (budget_bytes / 2) as usize;
     let mut threads = threads.max(1);
+    let cap = match usize::try_from(rate) {
+        Ok(r) if r > 0 => r.clamp(max_chunk, MAX_BATCH_BYTES),
+        _ => MAX_BATCH_BYTES,
+    };
     loop {
         let slots = 2 * (2 * threads + 1);
-        let batch = (share / slots).min(MAX_BATCH_BYTES);
+        let batch = (share / slots).min(cap);
         if batch >= max_chunk || threads == 1 {
             return (threads, batch.max(max_chunk));
         }
@@ -106,6 +120,9 @@ pub(crate) struct Uploader {
     batch_bytes: usize,
     /// The tenant key: data chunks get keyed ids and are sealed.
     key: Option<Arc<TenantKey>>,
+    /// The walker had to wait for a worker since [`Uploader::take_waited`]
+    /// was last asked.
+    waited: bool,
 }
 
 impl Uploader {
@@ -150,7 +167,16 @@ impl Uploader {
             pending_bytes: 0,
             batch_bytes,
             key,
+            waited: false,
         }
+    }
+
+    /// Whether handing over a batch had to wait for a worker since the
+    /// last call: a batch may have been stored meanwhile, so the
+    /// checkpoint is worth flushing even if a second has not passed
+    /// while the walker was moving.
+    pub(crate) fn take_waited(&mut self) -> bool {
+        std::mem::take(&mut self.waited)
     }
 
     /// The id of a data chunk: keyed BLAKE3 for an encrypted tenant,
@@ -213,7 +239,16 @@ impl Uploader {
             .tx
             .as_ref()
             .ok_or_else(|| anyhow!("uploader already finished"))?;
-        if tx.send(batch).is_err() {
+        let sent = match tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(batch)) => {
+                // Every worker is busy: the walker waits here.
+                self.waited = true;
+                tx.send(batch).map_err(|_| ())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
             return Err(self
                 .failure()
                 .unwrap_or_else(|| anyhow!("upload workers stopped")));
@@ -317,16 +352,20 @@ mod tests {
     fn the_plan_fits_the_budget() {
         let mib = 1u64 << 20;
         // Plenty: full 6 MiB batches, all workers.
-        assert_eq!(plan(256 * mib, 2, 4 << 20), (2, 6 << 20));
+        assert_eq!(plan(256 * mib, 2, 4 << 20, 0), (2, 6 << 20));
+        // A slow link: batches of about a second of it, at least one chunk.
+        assert_eq!(plan(256 * mib, 2, 1 << 20, 2_000_000), (2, 2_000_000));
+        assert_eq!(plan(256 * mib, 2, 4 << 20, 1_000_000), (2, 4 << 20));
+        assert_eq!(plan(256 * mib, 2, 4 << 20, 1 << 40), (2, 6 << 20));
         // Many cores: batches shrink so that memory does not follow the CPU count.
-        let (t, b) = plan(256 * mib, 16, 4 << 20);
+        let (t, b) = plan(256 * mib, 16, 4 << 20, 0);
         assert!(
             (2 * (2 * t + 1) * b) as u64 <= 128 * mib,
             "{t} workers of {b}"
         );
         assert!(b >= 4 << 20);
         // Tiny budget: one worker, batches of one maximal chunk.
-        assert_eq!(plan(8 * mib, 8, 4 << 20), (1, 4 << 20));
+        assert_eq!(plan(8 * mib, 8, 4 << 20, 0), (1, 4 << 20));
     }
 
     #[test]
