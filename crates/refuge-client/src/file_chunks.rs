@@ -278,8 +278,8 @@ pub(crate) fn chunk_against_parent(
     let len = f.metadata().map_or(u64::MAX, |m| m.len());
     let mut win = Window::new(&f, max, len);
     let mut refs = RefList::new(REFS_IN_MEMORY);
-    // `pos`: how far the file is chunked. `ppos`: the end of the parent
-    // refs taken so far, `None` once the parent list has ended.
+    // `pos`: how far the file is chunked; `parent.end`: the end of the
+    // parent refs taken so far (`None` once the list has ended).
     let mut pos = 0u64;
     let mut unread = 0u64;
     let mut parent = Cursor {
