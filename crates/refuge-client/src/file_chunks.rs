@@ -24,7 +24,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use refuge_core::{ChunkId, ChunkRef, Chunker, ChunkerParams, Cutter, ManifestWriter};
 
-use crate::backup::BackupReport;
+use crate::backup_report::BackupReport;
 use crate::progress::Progress;
 use crate::upload::Uploader;
 

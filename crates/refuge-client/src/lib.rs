@@ -11,6 +11,7 @@
 //! re-hashed before a byte of it is written.
 
 mod backup;
+mod backup_report;
 mod calls;
 mod command;
 mod config;
@@ -39,7 +40,8 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-pub use backup::{BackupOptions, BackupReport, backup_source, new_commit_token};
+pub use backup::{BackupOptions, backup_source, new_commit_token};
+pub use backup_report::BackupReport;
 pub use calls::{
     CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
     PruneDecision, Pruned, Purpose, RecordedDrill, ReplicationRow, Retention, Selection,
