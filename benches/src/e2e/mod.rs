@@ -8,6 +8,7 @@ pub mod loopback;
 pub mod machine;
 pub mod measure;
 pub mod peers;
+mod peers_report;
 pub mod replication;
 mod replication_report;
 pub mod report;
@@ -739,7 +740,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         );
     }
     if !first.peers.is_empty() {
-        peers::side_by_side(&mut s, runs);
+        peers_report::side_by_side(&mut s, runs);
     }
     let _ = writeln!(
         s,
