@@ -11,7 +11,7 @@ use refuge_core::{
     ChunkId, ChunkRef, Entry, EntryKind, ManifestWriter, SourceKind, compress_chunk,
 };
 use refuge_proto::pb;
-use refuge_tests::{Cluster, run};
+use refuge_tests::{Cluster, restore_temporaries, run};
 
 fn entry(path: &str, kind: EntryKind, size: u64, target: &[u8]) -> Entry {
     Entry {
@@ -169,6 +169,26 @@ fn symlinks_already_in_the_target_are_replaced_never_followed() {
     std::os::unix::fs::symlink(&outside, out2.join("sub")).unwrap();
     c.restore_latest(&agent, &out2).fails(1, "symlink");
     assert!(!outside.join("a.txt").exists());
+}
+
+#[test]
+fn a_directory_where_a_file_is_restored_is_refused_kept_and_nothing_is_left_behind() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), b"alpha").unwrap();
+    fs::write(src.join("b.txt"), b"beta").unwrap();
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+    let out = c.path().join("out");
+    fs::create_dir_all(out.join("b.txt")).unwrap();
+    fs::write(out.join("b.txt/keep"), b"mine").unwrap();
+    let r = c
+        .restore_latest(&agent, &out)
+        .fails(1, "exists and is a directory");
+    assert!(r.stderr.contains("b.txt"), "{}", r.stderr);
+    assert_eq!(fs::read(out.join("b.txt/keep")).unwrap(), b"mine");
+    let left = restore_temporaries(&out);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Another tenant's agent (`hr/db2`) backing up `hr-src`: four files of

@@ -11,7 +11,7 @@ use refuge_core::{
     ChunkId, ChunkRef, Entry, EntryKind, ManifestWriter, SourceKind, compress_chunk,
 };
 use refuge_proto::pb;
-use refuge_tests::{Cluster, noise, run};
+use refuge_tests::{Cluster, noise, restore_temporaries, run};
 use tonic::Code;
 
 fn small_tree(root: &Path) {
@@ -437,6 +437,34 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
     assert!(c.node_log().contains("commit_rejected"));
 }
 
+/// Small files are created, written and renamed by the restore worker that
+/// fetches them: a corrupt chunk of one fails the restore naming it, and
+/// the worker removes what it created.
+#[test]
+fn a_corrupt_chunk_of_a_small_file_fails_the_restore_and_leaves_no_temporary_file() {
+    let mut c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..3 {
+        fs::write(src.join(format!("d/s{i}.bin")), noise(1 << 20, 50 + i)).unwrap();
+    }
+    let cfg = c.backed_up_agent(&[("data", &src, "tree")]);
+    c.stop_node();
+    c.flip_blob_bytes(64);
+    c.start_node();
+    let out = c.path().join("out");
+    let r = c.restore_latest(&cfg, &out).fails(1, "corrupt");
+    assert!(r.stderr.contains("d/s"), "{}", r.stderr);
+    let left = restore_temporaries(&out.join("d"));
+    assert!(left.is_empty(), "{left:?}");
+    // A file that is there under its real name is whole.
+    for i in 0..3 {
+        if let Ok(b) = fs::read(out.join(format!("d/s{i}.bin"))) {
+            assert_eq!(b, noise(1 << 20, 50 + i), "s{i}.bin");
+        }
+    }
+}
+
 #[test]
 fn a_chunk_corrupted_on_the_node_disk_fails_the_restore_naming_file_and_chunk() {
     let mut c = Cluster::start();
@@ -472,16 +500,8 @@ fn a_chunk_corrupted_on_the_node_disk_fails_the_restore_naming_file_and_chunk() 
     );
     // No wrong bytes under the real name, no temporary file left behind.
     assert!(!out.join("big.bin").exists());
-    let leftovers: Vec<_> = fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(
-        leftovers
-            .iter()
-            .all(|n| !n.to_string_lossy().starts_with(".refuge-restore")),
-        "{leftovers:?}"
-    );
+    let leftovers = restore_temporaries(&out);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // What is intact still restores.
     let ok = c.path().join("ok");
     run(

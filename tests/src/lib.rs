@@ -496,6 +496,18 @@ impl Cluster {
     pub fn default_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
         self.agent_config("agent.toml", "certs/finance-db1", "certs/ca.pem", sources)
     }
+
+    /// [`Cluster::default_agent`] after one successful backup of its sources.
+    pub fn backed_up_agent(&self, sources: &[(&str, &Path, &str)]) -> PathBuf {
+        let cfg = self.default_agent(sources);
+        run(
+            "refuge-agent",
+            self.path(),
+            &["-c", cfg.to_str().unwrap(), "backup"],
+        )
+        .ok();
+        cfg
+    }
 }
 
 impl Drop for Cluster {
@@ -524,6 +536,16 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Asserts that two trees have the same entries, types, contents, modes,
 /// mtimes (files and symlinks; directories too) and symlink targets.
 #[track_caller]
+/// Names in `dir` that are restore temporary files (`.refuge-restore-*`):
+/// a failed restore leaves none.
+pub fn restore_temporaries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".refuge-restore"))
+        .collect()
+}
+
 pub fn assert_same_tree(want: &Path, got: &Path) {
     let list = |root: &Path| -> Vec<PathBuf> {
         let mut v = Vec::new();

@@ -21,6 +21,7 @@ mod file_chunks;
 mod progress;
 mod remote;
 mod restore;
+mod restore_target;
 mod schedule;
 mod upload;
 

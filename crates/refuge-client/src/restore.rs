@@ -2,23 +2,28 @@
 //! with read-ahead in restore order, verify every chunk (bounded
 //! decompression, recomputed BLAKE3) and write it with a positioned write.
 //!
-//! Safety rules, kept here and nowhere else:
+//! Safety rules (the filesystem side lives in `restore_target.rs`):
 //! * Every file is written under a temporary name in its final directory
 //!   (`.refuge-restore-NAME`) and renamed only after all its chunks were
 //!   verified and written, so a failed restore never leaves wrong bytes
 //!   under a real name. (A block device target is written in place.)
 //! * Manifest paths are validated by the reader (relative, no `..`), and no
-//!   write goes through a symlink: each parent directory is checked with
-//!   `symlink_metadata` before use, and files are opened with `O_NOFOLLOW`.
+//!   write goes through a symlink: each directory is checked with
+//!   `symlink_metadata` the first time the restore uses it, and files are
+//!   opened with `O_NOFOLLOW`.
 //! * A missing or corrupt chunk stops the restore with the file and chunk
 //!   named.
 //!
-//! Parallelism: the main thread reads the manifest, creates directories,
-//! symlinks and temporary files, and cuts each file's chunk list into
-//! groups; `threads` workers fetch groups concurrently (read-ahead bounded
-//! by a channel of `threads` groups) and write them at their offsets. A
-//! file is finished (size, mode, owner, mtime, rename) once all its groups
-//! are written; directories get their metadata last.
+//! Parallelism: the main thread reads the manifest, creates directories
+//! and symlinks, and cuts the chunk lists into groups of one or more
+//! files; `threads` workers fetch groups concurrently (read-ahead bounded
+//! by a channel of `threads` groups). A small file (up to 4 MiB and 16
+//! chunks) travels whole in a group: the worker that fetches it creates,
+//! writes, finishes and renames it, so file creation and metadata run on
+//! every worker. A larger file is created by the main thread and its chunk
+//! runs may be written by several workers at their offsets; it is
+//! finished (size, mode, owner, mtime, rename) once all its groups are
+//! written. Directories get their metadata last.
 //!
 //! Resume (`--resume`): a file's temporary file from an interrupted run, or
 //! an existing file at its real name, is kept and each chunk range in it is
@@ -29,15 +34,14 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use filetime::FileTime;
 use refuge_core::{
     ChunkRef, Entry, EntryKind, ManifestReader, ManifestRecord, SnapshotRecord, SourceKind,
 };
@@ -47,6 +51,9 @@ use tokio::runtime::Handle;
 use crate::connect::Node;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, Piece, RemoteStream};
+use crate::restore_target::{
+    Creator, Dirs, Plan, create_temp, finish_dir, finish_file, open_work_file, restore_symlink,
+};
 
 /// Chunks (and bytes) per group handed to a worker. A group may span many
 /// small files, so that a tree of small files costs one request per group
@@ -123,63 +130,6 @@ fn included(path: &[u8], include: Option<&[u8]>) -> bool {
     }
 }
 
-/// Creates the directories of `rel` (all components) under `target`,
-/// refusing to pass through a symlink or non-directory.
-fn ensure_dirs(target: &Path, rel: &[u8]) -> anyhow::Result<PathBuf> {
-    let mut cur = target.to_path_buf();
-    if rel == b"." || rel.is_empty() {
-        return Ok(cur);
-    }
-    for comp in rel.split(|&b| b == b'/') {
-        cur.push(std::ffi::OsStr::from_bytes(comp));
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                bail!("refusing to restore through the symlink {}", cur.display())
-            }
-            Ok(_) => bail!("{} exists and is not a directory", cur.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&cur).with_context(|| format!("creating {}", cur.display()))?
-            }
-            Err(e) => return Err(e).with_context(|| format!("checking {}", cur.display())),
-        }
-    }
-    Ok(cur)
-}
-
-/// Parent directory of `rel` under `target` (created), and the final name.
-fn parent_and_name<'a>(target: &Path, rel: &'a [u8]) -> anyhow::Result<(PathBuf, &'a [u8])> {
-    match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) => Ok((ensure_dirs(target, &rel[..i])?, &rel[i + 1..])),
-        None => Ok((ensure_dirs(target, b".")?, rel)),
-    }
-}
-
-fn set_owner(path: &Path, e: &Entry, symlink: bool) {
-    // Only root may give files away; as another user the restored files
-    // belong to that user, like tar and restic do.
-    let r = if symlink {
-        std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
-    } else {
-        std::os::unix::fs::chown(path, Some(e.uid), Some(e.gid))
-    };
-    if let Err(err) = r
-        && err.kind() != std::io::ErrorKind::PermissionDenied
-    {
-        tracing::debug!(path = %path.display(), error = %err, "cannot set owner");
-    }
-}
-
-fn mtime(e: &Entry) -> FileTime {
-    FileTime::from_unix_time(e.mtime_secs, e.mtime_nanos)
-}
-
-fn temp_name(dir: &Path, name: &[u8]) -> PathBuf {
-    let mut n = b".refuge-restore-".to_vec();
-    n.extend_from_slice(&name[..name.len().min(200)]);
-    dir.join(std::ffi::OsStr::from_bytes(&n))
-}
-
 /// One file being written by the workers.
 struct FileJob {
     entry: Entry,
@@ -204,12 +154,35 @@ struct Item {
     off: u64,
 }
 
-/// A group of chunks, in restore order, of one or more consecutive files.
-/// Each file counts the group once in its `pending` (its items are
-/// contiguous).
+/// A small file restored whole by the worker that gets its group:
+/// created there, written, finished and renamed into place, so that file
+/// creation and metadata run on every worker, not on the thread reading
+/// the manifest.
+struct Whole {
+    entry: Entry,
+    /// Its directory (checked) and final path.
+    dir: PathBuf,
+    dest: PathBuf,
+    refs: Vec<ChunkRef>,
+    plan: Plan,
+}
+
+impl Whole {
+    fn name(&self) -> &[u8] {
+        self.dest.file_name().map(|n| n.as_bytes()).unwrap_or(b"")
+    }
+}
+
+/// A group of chunks, in restore order, of one or more consecutive files:
+/// runs of files written by several workers (`items`; each such file
+/// counts the group once in its `pending`, its items are contiguous) and
+/// small files restored whole (`wholes`).
 #[derive(Default)]
 struct Group {
     items: Vec<Item>,
+    wholes: Vec<Whole>,
+    /// Chunks in `items` and `wholes`.
+    chunks: usize,
     bytes: u64,
 }
 
@@ -235,6 +208,8 @@ struct Shared {
     fetched: AtomicU64,
     kept: AtomicU64,
     chunks: AtomicU64,
+    /// Groups dispatched and not yet done.
+    inflight: AtomicUsize,
 }
 
 impl Shared {
@@ -266,9 +241,17 @@ fn ensure_zero(f: &File, off: u64, len: u32, buf: &mut Vec<u8>) -> anyhow::Resul
     Ok(already)
 }
 
+/// Where a fetched chunk goes: a chunk of a shared file, or a small file
+/// of the group (index) at an offset.
+enum To<'a> {
+    Item(&'a Item),
+    Whole(usize, u64),
+}
+
 /// Checks what is already in place (holes, and on resume matching local
-/// content), then fetches the rest of the group in one go. An error names
-/// the file it happened in.
+/// content), creates the group's small files, fetches the rest of the
+/// group in one go, and finishes the small files. An error names the file
+/// it happened in; the small files not yet renamed are removed.
 fn run_group(
     g: &Group,
     fetcher: &mut Fetcher,
@@ -276,8 +259,26 @@ fn run_group(
     bar: &Progress,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
+    let mut made: Vec<Option<(PathBuf, File)>> = Vec::with_capacity(g.wholes.len());
+    let r = fill_group(g, fetcher, sh, bar, buf, &mut made);
+    for (tmp, _) in made.into_iter().flatten() {
+        let _ = fs::remove_file(tmp);
+    }
+    r
+}
+
+fn fill_group(
+    g: &Group,
+    fetcher: &mut Fetcher,
+    sh: &Shared,
+    bar: &Progress,
+    buf: &mut Vec<u8>,
+    made: &mut Vec<Option<(PathBuf, File)>>,
+) -> anyhow::Result<()> {
     let context = |it: &Item| format!("restoring {}", lossy(&it.job.entry.path));
-    let mut want: Vec<&Item> = Vec::with_capacity(g.items.len());
+    let whole_context = |w: &Whole| format!("restoring {}", lossy(&w.entry.path));
+    let mut refs: Vec<ChunkRef> = Vec::with_capacity(g.chunks);
+    let mut to: Vec<To<'_>> = Vec::with_capacity(g.chunks);
     for it in &g.items {
         let (job, r) = (&it.job, &it.r);
         if r.is_hole() {
@@ -291,32 +292,64 @@ fn run_group(
             sh.kept.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
         } else {
-            want.push(it);
+            refs.push(*r);
+            to.push(To::Item(it));
         }
     }
-    if want.is_empty() {
-        return Ok(());
+    for (i, w) in g.wholes.iter().enumerate() {
+        let made_one =
+            create_temp(&w.dir, w.name(), w.plan.create_mode).with_context(|| whole_context(w))?;
+        made.push(Some(made_one));
+        let mut off = 0u64;
+        for r in &w.refs {
+            if r.is_hole() {
+                bar.inc(u64::from(r.len));
+            } else {
+                refs.push(*r);
+                to.push(To::Whole(i, off));
+            }
+            off += u64::from(r.len);
+        }
     }
-    let refs: Vec<ChunkRef> = want.iter().map(|it| it.r).collect();
-    // Items delivered so far: on an error, `want[done]` is the one it is about.
-    let mut done = 0;
-    fetcher
-        .fetch(&refs, |piece| {
-            let it = want[done];
-            match piece {
-                Piece::Data(d) => {
+    if !refs.is_empty() {
+        // Items delivered so far: on an error, `to[done]` is the one it is about.
+        let mut done = 0;
+        let r = fetcher.fetch(&refs, |piece| {
+            let d = match piece {
+                Piece::Data(d) => d,
+                Piece::Hole(_) => bail!("unexpected hole for chunk {}", refs[done].id),
+            };
+            match to[done] {
+                To::Item(it) => {
                     it.job.file.write_all_at(d, it.off)?;
                     it.job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    sh.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    sh.chunks.fetch_add(1, Ordering::Relaxed);
-                    bar.inc(d.len() as u64);
                 }
-                Piece::Hole(_) => bail!("unexpected hole for chunk {}", it.r.id),
+                To::Whole(i, off) => {
+                    let (_, f) = made[i].as_ref().ok_or_else(|| anyhow!("file closed"))?;
+                    f.write_all_at(d, off)?;
+                }
             }
+            sh.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
+            sh.chunks.fetch_add(1, Ordering::Relaxed);
+            bar.inc(d.len() as u64);
             done += 1;
             Ok(())
-        })
-        .with_context(|| context(want[done.min(want.len() - 1)]))
+        });
+        if let Err(e) = r {
+            let what = match &to[done.min(to.len() - 1)] {
+                To::Item(it) => context(it),
+                To::Whole(i, _) => whole_context(&g.wholes[*i]),
+            };
+            return Err(e.context(what));
+        }
+    }
+    for (w, m) in g.wholes.iter().zip(made.iter_mut()) {
+        let (tmp, f) = m.as_ref().ok_or_else(|| anyhow!("file closed"))?;
+        finish_file(f, &w.entry, tmp, &w.dest, w.plan).with_context(|| whole_context(w))?;
+        // Renamed: no longer ours to remove.
+        *m = None;
+    }
+    Ok(())
 }
 
 fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &Progress) {
@@ -348,6 +381,7 @@ fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &
             job.pending.fetch_sub(1, Ordering::SeqCst);
         }
         let _guard = sh.done.0.lock().unwrap_or_else(|p| p.into_inner());
+        sh.inflight.fetch_sub(1, Ordering::SeqCst);
         sh.done.1.notify_all();
     }
 }
@@ -381,6 +415,7 @@ impl Writer {
             fetched: AtomicU64::new(0),
             kept: AtomicU64::new(0),
             chunks: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
         });
         let workers = (0..threads)
             .map(|_| {
@@ -458,19 +493,42 @@ impl Writer {
                 off: offset,
             });
             offset += u64::from(r.len);
+            self.group.chunks += 1;
             if !r.is_hole() {
                 self.group.bytes += u64::from(r.len);
             }
-            if self.group.items.len() >= GROUP_CHUNKS || self.group.bytes >= GROUP_BYTES {
+            if self.group.chunks >= GROUP_CHUNKS || self.group.bytes >= GROUP_BYTES {
                 self.flush()?;
             }
         }
         Ok(offset)
     }
 
+    /// Adds a small file restored whole by a worker to the group being
+    /// filled (dispatching the group first if the file does not fit).
+    fn whole(&mut self, w: Whole) -> anyhow::Result<()> {
+        let bytes: u64 = w
+            .refs
+            .iter()
+            .filter(|r| !r.is_hole())
+            .map(|r| u64::from(r.len))
+            .sum();
+        if self.group.chunks + w.refs.len() > GROUP_CHUNKS || self.group.bytes + bytes > GROUP_BYTES
+        {
+            self.flush()?;
+        }
+        self.group.chunks += w.refs.len();
+        self.group.bytes += bytes;
+        self.group.wholes.push(w);
+        if self.group.chunks >= GROUP_CHUNKS || self.group.bytes >= GROUP_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Dispatches the group being filled.
     fn flush(&mut self) -> anyhow::Result<()> {
-        if self.group.items.is_empty() {
+        if self.group.items.is_empty() && self.group.wholes.is_empty() {
             return Ok(());
         }
         let group = std::mem::take(&mut self.group);
@@ -487,7 +545,9 @@ impl Writer {
             unclaim(&group);
             bail!("restore writer closed");
         };
+        self.shared.inflight.fetch_add(1, Ordering::SeqCst);
         if let Err(std::sync::mpsc::SendError(group)) = tx.send(group) {
+            self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
             unclaim(&group);
             self.check()?;
             bail!("restore workers stopped");
@@ -507,7 +567,7 @@ impl Writer {
                     .open
                     .pop_front()
                     .ok_or_else(|| anyhow!("queue empty"))?;
-                finish_file(&job)
+                finish_job(&job)
                     .with_context(|| format!("restoring {}", lossy(&job.entry.path)))?;
                 continue;
             }
@@ -528,6 +588,27 @@ impl Writer {
         self.check()
     }
 
+    /// Finishes every file and waits until no group is outstanding (the
+    /// small files restored whole are then in place too).
+    fn drain(&mut self) -> anyhow::Result<()> {
+        self.seal();
+        self.finish_ready(0)?;
+        self.flush()?;
+        loop {
+            self.check()?;
+            let g = self.shared.done.0.lock().unwrap_or_else(|p| p.into_inner());
+            if self.shared.inflight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let _ = self
+                .shared
+                .done
+                .1
+                .wait_timeout(g, Duration::from_millis(50));
+        }
+        self.check()
+    }
+
     /// Marks the most recent file as complete: no more groups will come.
     fn seal(&self) {
         if let Some(last) = self.open.back() {
@@ -537,8 +618,7 @@ impl Writer {
 
     /// Waits for every file and stops the workers.
     fn close(mut self) -> anyhow::Result<(u64, u64, u64)> {
-        self.seal();
-        let r = self.finish_ready(0);
+        let r = self.drain();
         self.tx = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -569,7 +649,7 @@ impl Drop for Writer {
     }
 }
 
-fn finish_file(job: &FileJob) -> anyhow::Result<()> {
+fn finish_job(job: &FileJob) -> anyhow::Result<()> {
     let covered = job.covered.load(Ordering::SeqCst);
     if covered != job.entry.size {
         bail!("restored {covered} bytes of {}", job.entry.size);
@@ -578,71 +658,7 @@ fn finish_file(job: &FileJob) -> anyhow::Result<()> {
         job.file.sync_all()?;
         return Ok(());
     }
-    // Sparse tail, or a longer file being resumed over: exactly `size`.
-    job.file.set_len(job.entry.size)?;
-    // Through the descriptor (no path lookups); the owner before the mode,
-    // because chown clears set-user-ID and set-group-ID bits.
-    let e = &job.entry;
-    if let Err(err) = std::os::unix::fs::fchown(&job.file, Some(e.uid), Some(e.gid))
-        && err.kind() != std::io::ErrorKind::PermissionDenied
-    {
-        tracing::debug!(path = %job.tmp.display(), error = %err, "cannot set owner");
-    }
-    job.file
-        .set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))?;
-    filetime::set_file_handle_times(&job.file, Some(mtime(e)), Some(mtime(e)))?;
-    if let Ok(m) = fs::symlink_metadata(&job.dest)
-        && m.is_dir()
-    {
-        bail!("{} exists and is a directory", job.dest.display());
-    }
-    fs::rename(&job.tmp, &job.dest)
-        .with_context(|| format!("renaming into {}", job.dest.display()))?;
-    Ok(())
-}
-
-/// Opens the working file for `dest` in `dir`: fresh, or (resume) the
-/// leftover temporary file or the existing file moved to the temporary name.
-fn open_work_file(
-    dir: &Path,
-    name: &[u8],
-    dest: &Path,
-    resume: bool,
-) -> anyhow::Result<(PathBuf, File, bool)> {
-    let tmp = temp_name(dir, name);
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW);
-    if resume {
-        if fs::symlink_metadata(&tmp)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
-            let f = opts
-                .open(&tmp)
-                .with_context(|| format!("opening {}", tmp.display()))?;
-            return Ok((tmp, f, true));
-        }
-        if fs::symlink_metadata(dest)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
-            fs::rename(dest, &tmp)
-                .with_context(|| format!("moving {} aside to resume", dest.display()))?;
-            let f = opts
-                .open(&tmp)
-                .with_context(|| format!("opening {}", tmp.display()))?;
-            return Ok((tmp, f, true));
-        }
-    }
-    let _ = fs::remove_file(&tmp);
-    let f = opts
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    Ok((tmp, f, false))
+    finish_file(&job.file, &job.entry, &job.tmp, &job.dest, Plan::FULL)
 }
 
 /// Why a restore of an encrypted snapshot without its key stops.
@@ -699,6 +715,60 @@ fn restore_blocking(
     Ok(rep)
 }
 
+/// A file of a tree whose chunk runs are being read from the manifest.
+enum Current {
+    None,
+    /// Created on this thread; its chunks go to the workers in runs.
+    Shared(Arc<FileJob>, u64),
+    /// Small so far: collected, then handed to one worker whole.
+    Small(Small),
+}
+
+struct Small {
+    entry: Entry,
+    dir: PathBuf,
+    dest: PathBuf,
+    setgid: bool,
+    refs: Vec<ChunkRef>,
+}
+
+impl Small {
+    fn into_whole(self, creator: &Creator) -> anyhow::Result<Whole> {
+        let covered: u64 = self.refs.iter().map(|r| u64::from(r.len)).sum();
+        if covered != self.entry.size {
+            bail!(
+                "restoring {}: restored {covered} bytes of {}",
+                lossy(&self.entry.path),
+                self.entry.size
+            );
+        }
+        let tail_hole = self.refs.last().is_some_and(|r| r.is_hole());
+        let plan = creator.plan(&self.entry, self.setgid, tail_hole);
+        Ok(Whole {
+            entry: self.entry,
+            dir: self.dir,
+            dest: self.dest,
+            refs: self.refs,
+            plan,
+        })
+    }
+}
+
+impl Current {
+    /// The file is complete: a small one goes to the workers.
+    fn end(&mut self, w: &mut Writer, creator: &Creator) -> anyhow::Result<()> {
+        w.seal();
+        if let Current::Small(s) = std::mem::replace(self, Current::None) {
+            w.whole(s.into_whole(creator)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Files up to this size and chunk count are restored whole by one worker.
+const SMALL_BYTES: u64 = 4 << 20;
+const SMALL_CHUNKS: usize = 16;
+
 fn restore_tree<R: Read>(
     reader: &mut ManifestReader<R>,
     w: &mut Writer,
@@ -716,9 +786,9 @@ fn restore_tree<R: Read>(
     let include = include.as_deref().filter(|i| *i != b".");
     fs::create_dir_all(&opts.target)
         .with_context(|| format!("creating target {}", opts.target.display()))?;
-    let target = opts.target.as_path();
-    // The file whose chunk runs are being read, and the next offset in it.
-    let mut current: Option<(Arc<FileJob>, u64)> = None;
+    let mut tree = Dirs::new(&opts.target)?;
+    let creator = Creator::current();
+    let mut current = Current::None;
     let mut skipping = false;
     let mut matched = false;
     // Directory metadata is applied last: writing children changes mtimes.
@@ -731,8 +801,7 @@ fn restore_tree<R: Read>(
             ManifestRecord::Sealed { .. } => bail!(ENCRYPTED),
             ManifestRecord::Entry(e) => {
                 // The previous file has all its chunk runs.
-                w.seal();
-                current = None;
+                current.end(w, &creator)?;
                 skipping = !included(&e.path, include);
                 if skipping {
                     continue;
@@ -741,24 +810,37 @@ fn restore_tree<R: Read>(
                 let path = lossy(&e.path);
                 match e.kind {
                     EntryKind::Dir => {
-                        let d = ensure_dirs(target, &e.path)
+                        let (d, _) = tree
+                            .ensure(&e.path)
                             .with_context(|| format!("restoring {path}"))?;
                         rep.dirs += 1;
                         dirs.push((d, e));
                     }
                     EntryKind::File => {
-                        let (dir, name) = parent_and_name(target, &e.path)
+                        let (dir, setgid, name) = tree
+                            .parent_and_name(&e.path)
                             .with_context(|| format!("restoring {path}"))?;
                         let dest = dir.join(std::ffi::OsStr::from_bytes(name));
-                        let (tmp, file, verify_local) =
-                            open_work_file(&dir, name, &dest, opts.resume)
-                                .with_context(|| format!("restoring {path}"))?;
                         rep.files += 1;
-                        let job = w.begin(e, tmp, dest, file, false, verify_local)?;
-                        current = Some((job, 0));
+                        current = if !opts.resume && e.size <= SMALL_BYTES {
+                            Current::Small(Small {
+                                entry: e,
+                                dir,
+                                dest,
+                                setgid,
+                                refs: Vec::new(),
+                            })
+                        } else {
+                            let (tmp, file, verify_local) =
+                                open_work_file(&dir, name, &dest, opts.resume)
+                                    .with_context(|| format!("restoring {path}"))?;
+                            let job = w.begin(e, tmp, dest, file, false, verify_local)?;
+                            Current::Shared(job, 0)
+                        };
                     }
                     EntryKind::Symlink => {
-                        restore_symlink(target, &e).with_context(|| format!("restoring {path}"))?;
+                        restore_symlink(&mut tree, &e)
+                            .with_context(|| format!("restoring {path}"))?;
                         rep.symlinks += 1;
                     }
                 }
@@ -767,43 +849,41 @@ fn restore_tree<R: Read>(
                 if skipping {
                     continue;
                 }
-                let (job, off) = current
-                    .as_mut()
-                    .ok_or_else(|| anyhow!("manifest has chunks outside a file"))?;
-                *off = w.chunks(job, &refs, *off)?;
+                match &mut current {
+                    Current::None => bail!("manifest has chunks outside a file"),
+                    Current::Shared(job, off) => *off = w.chunks(job, &refs, *off)?,
+                    Current::Small(s) => {
+                        s.refs.extend_from_slice(&refs);
+                        if s.refs.len() > SMALL_CHUNKS {
+                            // More chunks than a small file: written by
+                            // several workers after all.
+                            let Current::Small(s) = std::mem::replace(&mut current, Current::None)
+                            else {
+                                unreachable!()
+                            };
+                            let name = s.dest.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+                            let (tmp, file, _) = open_work_file(&s.dir, name, &s.dest, false)
+                                .with_context(|| format!("restoring {}", lossy(&s.entry.path)))?;
+                            let job = w.begin(s.entry, tmp, s.dest, file, false, false)?;
+                            let off = w.chunks(&job, &s.refs, 0)?;
+                            current = Current::Shared(job, off);
+                        }
+                    }
+                }
             }
         }
         w.finish_ready(MAX_OPEN_FILES)?;
     }
-    w.seal();
-    w.finish_ready(0)?;
+    current.end(w, &creator)?;
+    w.drain()?;
     if let Some(inc) = include
         && !matched
     {
         bail!("no path {:?} in this snapshot", lossy(inc));
     }
     for (path, e) in dirs.iter().rev() {
-        set_owner(path, e, false);
-        fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o7777))
-            .with_context(|| format!("setting permissions of {}", path.display()))?;
-        filetime::set_file_times(path, mtime(e), mtime(e))?;
+        finish_dir(path, e)?;
     }
-    Ok(())
-}
-
-fn restore_symlink(target: &Path, e: &Entry) -> anyhow::Result<()> {
-    let (dir, name) = parent_and_name(target, &e.path)?;
-    let dest = dir.join(std::ffi::OsStr::from_bytes(name));
-    if let Ok(m) = fs::symlink_metadata(&dest) {
-        if m.is_dir() {
-            bail!("{} exists and is a directory", dest.display());
-        }
-        fs::remove_file(&dest)?;
-    }
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.target), &dest)
-        .with_context(|| format!("creating symlink {}", dest.display()))?;
-    set_owner(&dest, e, true);
-    filetime::set_symlink_file_times(&dest, mtime(e), mtime(e))?;
     Ok(())
 }
 
