@@ -58,7 +58,7 @@ use crate::restore_target::{
 /// Chunks (and bytes) per group handed to a worker. A group may span many
 /// small files, so that a tree of small files costs one request per group
 /// rather than one per file.
-const GROUP_CHUNKS: usize = 32;
+const GROUP_CHUNKS: usize = 128;
 const GROUP_BYTES: u64 = 16 << 20;
 /// Files written but not yet finished (each holds an open descriptor).
 const MAX_OPEN_FILES: usize = 256;
@@ -242,16 +242,23 @@ fn ensure_zero(f: &File, off: u64, len: u32, buf: &mut Vec<u8>) -> anyhow::Resul
 }
 
 /// Where a fetched chunk goes: a chunk of a shared file, or a small file
-/// of the group (index) at an offset.
+/// of the group (index) at an offset, and whether it is that file's first
+/// and last chunk with data.
 enum To<'a> {
     Item(&'a Item),
-    Whole(usize, u64),
+    Whole {
+        i: usize,
+        off: u64,
+        first: bool,
+        last: bool,
+    },
 }
 
 /// Checks what is already in place (holes, and on resume matching local
-/// content), creates the group's small files, fetches the rest of the
-/// group in one go, and finishes the small files. An error names the file
-/// it happened in; the small files not yet renamed are removed.
+/// content), and fetches the rest of the group in one go. A small file is
+/// created at its first chunk and finished at its last, so a worker holds
+/// one of them open at a time. An error names the file it happened in; a
+/// small file not yet renamed is removed.
 fn run_group(
     g: &Group,
     fetcher: &mut Fetcher,
@@ -259,7 +266,7 @@ fn run_group(
     bar: &Progress,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    let mut made: Vec<Option<(PathBuf, File)>> = Vec::with_capacity(g.wholes.len());
+    let mut made: Vec<Option<(PathBuf, File)>> = Vec::new();
     let r = fill_group(g, fetcher, sh, bar, buf, &mut made);
     for (tmp, _) in made.into_iter().flatten() {
         let _ = fs::remove_file(tmp);
@@ -296,17 +303,32 @@ fn fill_group(
             to.push(To::Item(it));
         }
     }
+    made.resize_with(g.wholes.len(), || None);
     for (i, w) in g.wholes.iter().enumerate() {
-        let made_one =
-            create_temp(&w.dir, w.name(), w.plan.create_mode).with_context(|| whole_context(w))?;
-        made.push(Some(made_one));
-        let mut off = 0u64;
+        let data = w.refs.iter().filter(|r| !r.is_hole()).count();
+        if data == 0 {
+            // Empty or all holes: nothing to fetch.
+            made[i] = Some(
+                create_temp(&w.dir, w.name(), w.plan.create_mode)
+                    .with_context(|| whole_context(w))?,
+            );
+            let (tmp, f) = made[i].as_ref().ok_or_else(|| anyhow!("file closed"))?;
+            finish_file(f, &w.entry, tmp, &w.dest, w.plan).with_context(|| whole_context(w))?;
+            made[i] = None;
+        }
+        let (mut off, mut n) = (0u64, 0);
         for r in &w.refs {
             if r.is_hole() {
                 bar.inc(u64::from(r.len));
             } else {
+                n += 1;
                 refs.push(*r);
-                to.push(To::Whole(i, off));
+                to.push(To::Whole {
+                    i,
+                    off,
+                    first: n == 1,
+                    last: n == data,
+                });
             }
             off += u64::from(r.len);
         }
@@ -324,9 +346,23 @@ fn fill_group(
                     it.job.file.write_all_at(d, it.off)?;
                     it.job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
-                To::Whole(i, off) => {
-                    let (_, f) = made[i].as_ref().ok_or_else(|| anyhow!("file closed"))?;
+                To::Whole {
+                    i,
+                    off,
+                    first,
+                    last,
+                } => {
+                    let w = &g.wholes[i];
+                    if first {
+                        made[i] = Some(create_temp(&w.dir, w.name(), w.plan.create_mode)?);
+                    }
+                    let (tmp, f) = made[i].as_ref().ok_or_else(|| anyhow!("file closed"))?;
                     f.write_all_at(d, off)?;
+                    if last {
+                        finish_file(f, &w.entry, tmp, &w.dest, w.plan)?;
+                        // Renamed: no longer ours to remove.
+                        made[i] = None;
+                    }
                 }
             }
             sh.fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -338,16 +374,10 @@ fn fill_group(
         if let Err(e) = r {
             let what = match &to[done.min(to.len() - 1)] {
                 To::Item(it) => context(it),
-                To::Whole(i, _) => whole_context(&g.wholes[*i]),
+                To::Whole { i, .. } => whole_context(&g.wholes[*i]),
             };
             return Err(e.context(what));
         }
-    }
-    for (w, m) in g.wholes.iter().zip(made.iter_mut()) {
-        let (tmp, f) = m.as_ref().ok_or_else(|| anyhow!("file closed"))?;
-        finish_file(f, &w.entry, tmp, &w.dest, w.plan).with_context(|| whole_context(w))?;
-        // Renamed: no longer ours to remove.
-        *m = None;
     }
     Ok(())
 }
