@@ -187,6 +187,12 @@ impl Uploader {
         refuge_core::crypto::chunk_id_parallel(self.key.as_deref(), data)
     }
 
+    /// The ids of several chunks (as [`Uploader::id_of`] gives each),
+    /// hashed on every core.
+    pub(crate) fn ids_of(&self, chunks: &[&[u8]]) -> Vec<ChunkId> {
+        refuge_core::crypto::chunk_ids_parallel(self.key.as_deref(), chunks)
+    }
+
     fn failure(&self) -> Option<anyhow::Error> {
         self.failed
             .lock()
