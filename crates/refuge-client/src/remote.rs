@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use crate::connect::{Node, rpc_error};
 
 /// Chunks fetched per request (bounded by count and bytes).
-const FETCH_CHUNKS: usize = 64;
+const FETCH_CHUNKS: usize = 256;
 const FETCH_BYTES: u64 = 64 << 20;
 
 /// Fetches and verifies chunks.

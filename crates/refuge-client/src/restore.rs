@@ -57,8 +57,9 @@ use crate::restore_target::{
 
 /// Chunks (and bytes) per group handed to a worker. A group may span many
 /// small files, so that a tree of small files costs one request per group
-/// rather than one per file.
-const GROUP_CHUNKS: usize = 128;
+/// rather than one per file, and a database's 16 KiB chunks come in
+/// groups of 8 MiB.
+const GROUP_CHUNKS: usize = 512;
 const GROUP_BYTES: u64 = 16 << 20;
 /// Files written but not yet finished (each holds an open descriptor).
 const MAX_OPEN_FILES: usize = 256;
