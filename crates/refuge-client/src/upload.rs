@@ -50,13 +50,23 @@ pub(crate) fn plan(
         _ => MAX_BATCH_BYTES,
     };
     loop {
-        let slots = 2 * (2 * threads + 1);
+        // Batches alive at once: the one being filled, the channel's, and
+        // per worker one being compressed and one in flight; each counted
+        // twice (raw and compressed or encoded copies).
+        let slots = 2 * (1 + channel_slots(threads) + 2 * threads);
         let batch = (share / slots).min(cap);
         if batch >= max_chunk || threads == 1 {
             return (threads, batch.max(max_chunk));
         }
         threads -= 1;
     }
+}
+
+/// Batches waiting between the walker and the workers: each worker
+/// already holds two (one compressed and in flight, the next being
+/// compressed), so a short queue keeps them busy.
+fn channel_slots(threads: usize) -> usize {
+    threads.div_ceil(2)
 }
 
 /// Chunks with their ids and whether to seal them (data chunks of an
@@ -136,7 +146,7 @@ impl Uploader {
         key: Option<Arc<TenantKey>>,
     ) -> Self {
         let threads = threads.max(1);
-        let (tx, rx) = sync_channel::<Batch>(threads);
+        let (tx, rx) = sync_channel::<Batch>(channel_slots(threads));
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(Mutex::new(None));
         let workers = (0..threads)
@@ -298,6 +308,29 @@ impl Drop for Uploader {
     }
 }
 
+/// An upload sent and not yet answered, and what it adds to the stats.
+type InFlight = (tokio::task::JoinHandle<anyhow::Result<()>>, UploadStats);
+
+/// Waits for the upload in flight (if any) and counts it.
+fn land(
+    rt: &Handle,
+    in_flight: &mut Option<InFlight>,
+    stats: &mut UploadStats,
+) -> anyhow::Result<()> {
+    if let Some((h, s)) = in_flight.take() {
+        rt.block_on(h)
+            .map_err(|e| anyhow!("an upload task failed: {e}"))??;
+        stats.chunks_new += s.chunks_new;
+        stats.bytes_sent += s.bytes_sent;
+        stats.bytes_new += s.bytes_new;
+    }
+    Ok(())
+}
+
+/// One upload worker: asks the node which chunks of a batch it lacks,
+/// compresses (and seals) those, and sends them. One upload is in flight
+/// while the next batch is asked about and compressed, so that the worker
+/// does not sit idle while the node verifies and stores.
 fn worker(
     rt: &Handle,
     node: Node,
@@ -308,12 +341,14 @@ fn worker(
 ) -> anyhow::Result<UploadStats> {
     let mut stats = UploadStats::default();
     let mut zstd = ChunkCompressor::new(level);
+    // The upload in flight and what it adds to the stats once stored.
+    let mut in_flight: Option<InFlight> = None;
     loop {
         let batch = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             match rx.recv() {
                 Ok(b) => b,
-                Err(_) => return Ok(stats),
+                Err(_) => break,
             }
         };
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _, _)| *id).collect();
@@ -322,32 +357,38 @@ fn worker(
             continue;
         }
         let mut uploads = Vec::with_capacity(missing.len());
-        let mut bytes = 0u64;
-        let mut raw = 0u64;
+        let mut sent = UploadStats::default();
         for i in missing {
             let (id, data, seal) = &batch[i];
-            raw += data.len() as u64;
+            sent.bytes_new += data.len() as u64;
             let mut c = zstd.compress(data);
             if let (true, Some(k)) = (seal, key) {
                 c.data = k.seal(id, c.raw_len, &c.data);
                 c.cipher = refuge_core::Cipher::XChaCha20Poly1305;
             }
-            bytes += c.data.len() as u64;
+            sent.bytes_sent += c.data.len() as u64;
             uploads.push(refuge_proto::upload_to(id, c));
         }
         drop(batch);
+        sent.chunks_new = uploads.len() as u64;
+        // The previous upload lands before this one starts: one in flight.
+        land(rt, &mut in_flight, &mut stats)?;
         if let Some(l) = limiter {
-            l.take(bytes);
+            l.take(sent.bytes_sent);
         }
-        let n = uploads.len() as u64;
-        let mut ingest = node.ingest.clone();
-        rt.block_on(node.within("uploading chunks", |r| {
-            ingest.put_chunks(r.map(|()| futures::stream::iter(uploads)))
-        }))?;
-        stats.chunks_new += n;
-        stats.bytes_sent += bytes;
-        stats.bytes_new += raw;
+        let node = node.clone();
+        let task = rt.spawn(async move {
+            let mut ingest = node.ingest.clone();
+            node.within("uploading chunks", |r| {
+                ingest.put_chunks(r.map(|()| futures::stream::iter(uploads)))
+            })
+            .await
+            .map(|_| ())
+        });
+        in_flight = Some((task, sent));
     }
+    land(rt, &mut in_flight, &mut stats)?;
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -366,7 +407,7 @@ mod tests {
         // Many cores: batches shrink so that memory does not follow the CPU count.
         let (t, b) = plan(256 * mib, 16, 4 << 20, 0);
         assert!(
-            (2 * (2 * t + 1) * b) as u64 <= 128 * mib,
+            (2 * (1 + channel_slots(t) + 2 * t) * b) as u64 <= 128 * mib,
             "{t} workers of {b}"
         );
         assert!(b >= 4 << 20);
