@@ -52,7 +52,8 @@ struct E2eArgs {
     #[arg(long, default_value = "Latest run")]
     label: String,
     /// Directory in which to create the scratch directory (default: the
-    /// system temporary directory). Needs about 2.7x --size free per run.
+    /// system temporary directory). Needs about 2.7x --size free per run,
+    /// 6.5x with the peers (their restores stay until the end).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the scratch directory (data, store, restores, logs).

@@ -306,8 +306,11 @@ impl Peers {
     }
 
     /// Every peer restores generation `generation` into `DIR/TOOL-restore`;
-    /// each source is compared with its digest, then the restore is
-    /// removed.
+    /// each source is compared with its digest. The restore stays until
+    /// the scratch directory goes: on ext4 without a journal, files created
+    /// within minutes of many deletions are slow to create (the inode
+    /// allocator skips recently deleted inodes), which would slow the next
+    /// peer's restore and the next run's.
     pub fn restore(
         &mut self,
         generation: usize,
@@ -343,7 +346,6 @@ impl Peers {
                     format!("DIFFERS: {}", d.problems.join("; "))
                 }
             ));
-            let _ = std::fs::remove_dir_all(&target);
             super::sync();
         }
         Ok(())
