@@ -72,7 +72,7 @@ struct E2eArgs {
     zstd_level: Option<i32>,
     /// Average chunk size for one source, NAME=BYTES (image, db or tree);
     /// repeatable. Minimum and maximum follow at 1/4 and 4x. Default:
-    /// db=16KiB, as agent.example.toml recommends for a database whose
+    /// db=64KiB, as agent.example.toml recommends for a database whose
     /// pages change in place (`--source-avg-size db=1MiB` for the
     /// agent's plain default).
     #[arg(long, value_parser = parse_source_avg)]
@@ -291,7 +291,7 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
         agent: e2e::cluster::AgentSettings {
             zstd_level: a.zstd_level,
             source_avg_size: if a.source_avg_size.is_empty() {
-                vec![("db".to_string(), 16 << 10)]
+                vec![("db".to_string(), 64 << 10)]
             } else {
                 a.source_avg_size
             },
