@@ -1,6 +1,6 @@
 //! What a backup did: the report `refuge-agent backup --json` prints, filled
-//! in by the walk ([`crate::backup`]) and by the reading of each file
-//! ([`crate::file_chunks`]).
+//! in by the walk (`backup.rs`) and by the reading of each file
+//! (`file_chunks.rs`), which both import it.
 
 use serde::Serialize;
 use tracing::warn;

@@ -25,14 +25,12 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+pub use crate::format::SEAL_OVERHEAD;
 use crate::format::{
     KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_ENTRY, KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID,
     KEY_CONTEXT_NONCE, TENANT_KEY_MAGIC,
 };
 use crate::{ChunkId, TenantId};
-
-/// Poly1305 tag bytes added by sealing.
-pub const SEAL_OVERHEAD: usize = 16;
 
 /// Why a key or a sealed chunk could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -6,6 +6,9 @@
 
 /// Magic bytes at the start of every manifest stream.
 pub const MANIFEST_MAGIC: &[u8; 6] = b"RFGMAN";
+/// Poly1305 tag bytes a sealed chunk body carries beyond its compressed
+/// bytes (frames check it without the crypto module).
+pub const SEAL_OVERHEAD: usize = 16;
 /// Manifest stream format version.
 pub const MANIFEST_VERSION: u8 = 1;
 

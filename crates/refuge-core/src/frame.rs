@@ -19,7 +19,7 @@ pub enum Cipher {
     /// content and anyone can verify it.
     #[default]
     None,
-    /// XChaCha20-Poly1305 over the compressed bytes (`crate::crypto`); the
+    /// XChaCha20-Poly1305 over the compressed bytes (sealed by the crypto module); the
     /// id is a keyed BLAKE3 that only the tenant's key holders can check.
     XChaCha20Poly1305,
 }
@@ -276,7 +276,7 @@ pub fn verify_stored(id: &ChunkId, chunk: &StoredChunk, max_len: u32) -> Result<
             if declared > MAX_CHUNK_LEN || declared > max_len {
                 return Err(FrameError::TooLarge(declared));
             }
-            let tag = crate::crypto::SEAL_OVERHEAD;
+            let tag = crate::format::SEAL_OVERHEAD;
             if chunk.data.len() < tag || chunk.data.len() - tag > declared as usize {
                 return Err(FrameError::BodyTooLarge {
                     body: chunk.data.len(),
