@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Ten column families (byte layouts in `docs/format.md`):
+//! Twelve column families (byte layouts in `docs/format.md`):
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -16,6 +16,7 @@
 //! | `meta` | name | store format version, last sequence, last time, settings, deletion marks |
 //! | `audit` | sequence (big-endian) | hash-chained audit record |
 //! | `commit_tokens` | tenant key, commit token | sequence (big-endian), commit time |
+//! | `packs`, `pack_dead` | see [`packs`](crate::Bodies) | used only when bodies are in packs |
 //!
 //! A snapshot's catalog position is the sequence number its commit took;
 //! an imported snapshot (replication) keeps the sequence number its own
@@ -27,7 +28,11 @@
 //! The tenant key is one length byte followed by the tenant name, so one
 //! tenant's keys are a contiguous, prefix-free range.
 //!
-//! Chunk bodies go to RocksDB's integrated blob files (`enable_blob_files`):
+//! A store keeps chunk bodies where it was created to ([`Bodies`], recorded
+//! in `meta`): inline, or in pack objects of an object-store backend, in
+//! which case `chunks` holds each chunk's location (`packs.rs`).
+//!
+//! Inline chunk bodies go to RocksDB's integrated blob files (`enable_blob_files`):
 //! the LSM tree then holds only small pointers, so compactions do not rewrite
 //! chunk bodies. "Do you have these chunks?" reads only `chunk_index`, a
 //! small column family with bloom filters, never a blob.
@@ -52,8 +57,10 @@
 //! subtract, under the read side, so neither can interleave with a batch.
 
 pub mod failpoints;
+mod packs;
 mod reopen;
 
+pub use packs::{Bodies, Location, PackGarbage, PackInfo, Placed};
 pub use reopen::ReopeningStore;
 
 use std::path::Path;
@@ -81,7 +88,9 @@ const CF_REFCOUNTS: &str = "refcounts";
 const CF_UNREF: &str = "unreferenced";
 const CF_QUARANTINE: &str = "quarantine";
 const CF_COMMIT_TOKENS: &str = "commit_tokens";
-const ALL_CFS: [&str; 10] = [
+const CF_PACKS: &str = "packs";
+const CF_PACK_DEAD: &str = "pack_dead";
+const ALL_CFS: [&str; 12] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_SNAPSHOTS,
@@ -92,6 +101,8 @@ const ALL_CFS: [&str; 10] = [
     CF_UNREF,
     CF_QUARANTINE,
     CF_COMMIT_TOKENS,
+    CF_PACKS,
+    CF_PACK_DEAD,
 ];
 const SETTING_PREFIX: &str = "setting/";
 
@@ -99,6 +110,7 @@ const META_FORMAT: &[u8] = b"format";
 const META_SEQ: &[u8] = b"last_seq";
 const META_TIME: &[u8] = b"last_time_micros";
 const META_DELETED: &[u8] = b"deleted/";
+const META_BODIES: &[u8] = b"bodies";
 use refuge_core::format::ROCKS_STORE_VERSION as STORE_FORMAT_VERSION;
 
 /// Tunables for the RocksDB store.
@@ -111,6 +123,8 @@ pub struct RocksOptions {
     pub chunk_write_buffer_bytes: usize,
     /// Values at least this large go to blob files.
     pub min_blob_size: u64,
+    /// Where chunk bodies go; a store keeps what it was created with.
+    pub bodies: Bodies,
 }
 
 impl Default for RocksOptions {
@@ -119,6 +133,7 @@ impl Default for RocksOptions {
             block_cache_bytes: 64 << 20,
             chunk_write_buffer_bytes: 64 << 20,
             min_blob_size: 4096,
+            bodies: Bodies::Inline,
         }
     }
 }
@@ -133,6 +148,10 @@ pub struct RocksStore {
     /// Read side: commits (existence check to write) and deletions;
     /// write side: one garbage collection batch.
     gc_lock: RwLock<()>,
+    /// Where chunk bodies are (fixed at creation, checked at open).
+    bodies: Bodies,
+    /// The last pack number handed out (packs stores).
+    packs: Mutex<u64>,
 }
 
 /// Reference counts are i64 little-endian sums of merge operands (a
@@ -278,7 +297,9 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_REFCOUNTS, counts),
             ColumnFamilyDescriptor::new(CF_UNREF, small.clone()),
             ColumnFamilyDescriptor::new(CF_QUARANTINE, small.clone()),
-            ColumnFamilyDescriptor::new(CF_COMMIT_TOKENS, small),
+            ColumnFamilyDescriptor::new(CF_COMMIT_TOKENS, small.clone()),
+            ColumnFamilyDescriptor::new(CF_PACKS, small.clone()),
+            ColumnFamilyDescriptor::new(CF_PACK_DEAD, small),
         ];
         let db = if read_only {
             DB::open_cf_descriptors_read_only(&db_opts, dir, cfs, false)
@@ -291,8 +312,11 @@ impl RocksStore {
             commit: Mutex::new((0, 0)),
             audit: Mutex::new((0, [0; 32])),
             gc_lock: RwLock::new(()),
+            bodies: o.bodies,
+            packs: Mutex::new(0),
         };
         let meta = store.cf(CF_META);
+        let created = store.db.get_cf(meta, META_FORMAT).map_err(err)?.is_none();
         match store.db.get_cf(meta, META_FORMAT).map_err(err)? {
             None if read_only => {
                 return Err(StoreError::Corrupt(
@@ -312,6 +336,38 @@ impl RocksStore {
                     "store format version {v:?} is not supported by this refuged (supports {STORE_FORMAT_VERSION})"
                 )));
             }
+        }
+        // A store made before bodies were recorded keeps them inline.
+        let bodies = match store.db.get_cf(meta, META_BODIES).map_err(err)? {
+            Some(v) if v.as_slice() == Bodies::Packs.tag() => Bodies::Packs,
+            Some(v) if v.as_slice() == Bodies::Inline.tag() => Bodies::Inline,
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown chunk body placement {:?} in the store",
+                    String::from_utf8_lossy(&v)
+                )));
+            }
+            None if created => {
+                if !read_only {
+                    store
+                        .db
+                        .put_cf_opt(meta, META_BODIES, o.bodies.tag(), &synced())
+                        .map_err(err)?;
+                }
+                o.bodies
+            }
+            None => Bodies::Inline,
+        };
+        if bodies != o.bodies {
+            return Err(StoreError::Backend(format!(
+                "the store in {} keeps {}, but it was opened for {}",
+                dir.display(),
+                bodies.describe(),
+                o.bodies.describe()
+            )));
+        }
+        if bodies == Bodies::Packs {
+            *store.packs.lock().unwrap_or_else(|p| p.into_inner()) = store.read_last_pack()?;
         }
         let seq = match store.db.get_cf(meta, META_SEQ).map_err(err)? {
             Some(v) => u64_of(&v)?,
@@ -460,6 +516,16 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Refuses to handle chunk bodies in a store that keeps them in packs.
+    fn require_inline(&self) -> Result<()> {
+        match self.bodies {
+            Bodies::Inline => Ok(()),
+            Bodies::Packs => Err(StoreError::Backend(
+                "this store keeps chunk bodies in packs; they are read and written through its pack backend".into(),
+            )),
+        }
+    }
+
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // The column families are created at open; absence is a bug.
         self.db
@@ -528,6 +594,7 @@ impl Store for RocksStore {
         chunks: &[(ChunkId, StoredChunk)],
         now_micros: i64,
     ) -> Result<PutOutcome> {
+        self.require_inline()?;
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
         let lens = self.index_entries(tenant, &ids)?;
@@ -607,6 +674,7 @@ impl Store for RocksStore {
 
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>> {
         fail_point!("store.get_chunk");
+        self.require_inline()?;
         let Some(rec) = self
             .db
             .get_pinned_cf(self.cf(CF_CHUNKS), key(tenant, &id.0))
@@ -851,6 +919,7 @@ impl Store for RocksStore {
                             .get(4..8)
                             .and_then(|b| b.try_into().ok())
                             .map_or(0, u32::from_le_bytes);
+                        self.mark_dead(&mut batch, k)?;
                         batch.delete_cf(self.cf(CF_CHUNKS), k);
                         batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
                         out.deleted += 1;
@@ -948,6 +1017,7 @@ impl Store for RocksStore {
         v.extend_from_slice(reason.as_bytes());
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_QUARANTINE), &k, v);
+        self.mark_dead(&mut batch, &k)?;
         batch.delete_cf(self.cf(CF_CHUNKS), &k);
         batch.delete_cf(self.cf(CF_CHUNK_INDEX), &k);
         let wo = synced();

@@ -64,6 +64,12 @@ impl ReopeningStore {
         self.with(|s| s.flush())
     }
 
+    /// Runs `f` on the open instance (the pack backend's catalog calls),
+    /// noting a `NoSpace` error like every store call.
+    pub fn with_store<T>(&self, f: impl FnOnce(&RocksStore) -> Result<T>) -> Result<T> {
+        self.with(f)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&RocksStore) -> Result<T>) -> Result<T> {
         let g = self.db.read().unwrap_or_else(|p| p.into_inner());
         let Some(s) = g.as_ref() else {
