@@ -22,7 +22,7 @@
 #
 # When the gateway answers, start writes
 #   DIR/s3.env       shell-sourceable: REFUGE_S3_ENDPOINT, REFUGE_S3_ACCESS_KEY,
-#                    REFUGE_S3_SECRET_KEY, REFUGE_S3_REGION
+#                    REFUGE_S3_SECRET_KEY, REFUGE_S3_REGION, REFUGE_S3_BUCKET
 #   DIR/credentials  the same four values as a TOML file:
 #                    endpoint, region, access_key, secret_key
 # Path-style URLs (http://127.0.0.1:PORT/bucket/key) and SigV4 work.
@@ -37,6 +37,7 @@
 #   REFUGE_CEPH_RGW_PORT   gateway port on 127.0.0.1        (default 17480)
 #   REFUGE_CEPH_OSD_SIZE   size of the sparse OSD file, bytes (default 10 GiB)
 #   REFUGE_CEPH_TIMEOUT    seconds to wait for each step    (default 120)
+#   REFUGE_CEPH_BUCKET     bucket a new cluster gets        (default refuge)
 #   REFUGE_S3_ACCESS_KEY / REFUGE_S3_SECRET_KEY  keys of the S3 user for a new
 #                          cluster (default: generated)
 # The OSD's file needs a file system with O_DIRECT (ext4, xfs, btrfs; not
@@ -58,6 +59,7 @@ CONF=$DIR/ceph.conf
 MARKER=$DIR/.refuge-ceph
 RGW_NAME=client.rgw.gw
 TIMEOUT=${REFUGE_CEPH_TIMEOUT:-120}
+BUCKET=${REFUGE_CEPH_BUCKET:-refuge}
 # RGW takes whatever region the SigV4 scope names, but a CreateBucket with a
 # LocationConstraint must name its zonegroup, "default" (us-east-1 fails).
 REGION=default
@@ -175,6 +177,20 @@ s3_ok() {
         --user "$REFUGE_S3_ACCESS_KEY:$REFUGE_S3_SECRET_KEY" \
         "$REFUGE_S3_ENDPOINT/" 2>/dev/null) || true
     [ "$code" = 200 ]
+}
+
+# Creates the bucket the tests share ($BUCKET); each test uses its own
+# prefix in it.
+make_bucket() {
+    local REFUGE_S3_ENDPOINT REFUGE_S3_ACCESS_KEY REFUGE_S3_SECRET_KEY REFUGE_S3_REGION REFUGE_S3_BUCKET code
+    # shellcheck disable=SC1091
+    . "$DIR/s3.env"
+    code=$(curl -s -o "$DIR/log/make-bucket.out" -w '%{http_code}' --max-time 30 -X PUT \
+        -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
+        --aws-sigv4 "aws:amz:$REFUGE_S3_REGION:s3" \
+        --user "$REFUGE_S3_ACCESS_KEY:$REFUGE_S3_SECRET_KEY" \
+        "$REFUGE_S3_ENDPOINT/$BUCKET" 2>/dev/null) || true
+    [ "$code" = 200 ] || die "cannot create bucket $BUCKET (HTTP $code); see $DIR/log/make-bucket.out"
 }
 
 # True if something listens on 127.0.0.1:$1.
@@ -378,6 +394,7 @@ REFUGE_S3_ENDPOINT=http://127.0.0.1:$rgw_port
 REFUGE_S3_ACCESS_KEY=$access
 REFUGE_S3_SECRET_KEY=$secret
 REFUGE_S3_REGION=$REGION
+REFUGE_S3_BUCKET=$BUCKET
 EOF
     cat >"$DIR/credentials" <<EOF
 # S3 credentials of the test cluster made by scripts/ceph.sh (TOML)
@@ -390,6 +407,7 @@ EOF
 
     log "starting radosgw on 127.0.0.1:$rgw_port"
     start_gateway
+    make_bucket
     log "cluster up in $((SECONDS - t0))s; S3 settings in $DIR/s3.env"
 }
 

@@ -11,6 +11,16 @@ source scripts/setup.sh
 features=(--features refuged/failpoints)
 echo "test: building in $CARGO_TARGET_DIR" >&2
 cargo build --workspace --bins --lib --locked "${features[@]}"
+# The S3 backend's tests run against a real single-node Ceph with its RADOS
+# Gateway (Debian's packages, installed by scripts/ceph.sh when missing),
+# started once here and shared by those tests; a cluster that cannot start
+# fails the run. One already answering in REFUGE_CEPH_DIR is reused and left
+# running.
+export REFUGE_CEPH_DIR="${REFUGE_CEPH_DIR:-$CARGO_TARGET_DIR/ceph-tests}"
+if ! ./scripts/ceph.sh status "$REFUGE_CEPH_DIR" 2>/dev/null; then
+    trap './scripts/ceph.sh stop "$REFUGE_CEPH_DIR"' EXIT
+    ./scripts/ceph.sh start "$REFUGE_CEPH_DIR"
+fi
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast "${features[@]}"
 else

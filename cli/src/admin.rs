@@ -190,6 +190,12 @@ pub async fn gc(cfg: &Path, json: bool) -> Outcome {
         o.kept_recent,
         o.grace_secs
     );
+    if o.packs_deleted + o.packs_rewritten > 0 {
+        println!(
+            "{} pack objects deleted, {} rewritten without their unused chunks",
+            o.packs_deleted, o.packs_rewritten
+        );
+    }
     Ok(0)
 }
 

@@ -41,12 +41,6 @@ fn generation(src: &Path, g: u64) {
     fs::write(src.join("sub/note.txt"), format!("generation {g}\n")).unwrap();
 }
 
-fn refuge(c: &Cluster, cfg: &Path, args: &[&str]) -> refuge_tests::Run {
-    let mut all = vec!["-c", cfg.to_str().unwrap()];
-    all.extend_from_slice(args);
-    run("refuge", c.path(), &all)
-}
-
 fn backup(c: &Cluster, agent: &Path) -> refuge_tests::Run {
     run(
         "refuge-agent",
@@ -75,11 +69,6 @@ fn crash_at(c: &mut Cluster, point: &str, work: impl FnOnce(&Cluster) -> refuge_
     c.start_node();
 }
 
-fn verify_clean(c: &Cluster, admin: &Path) {
-    let v = refuge(c, admin, &["admin", "verify"]).ok();
-    assert!(v.stdout.contains("no damage found"), "{}", v.stdout);
-}
-
 #[test]
 fn a_crash_at_any_step_of_a_commit_leaves_no_snapshot_or_the_whole_one() {
     for (point, durable) in [
@@ -102,14 +91,14 @@ fn a_crash_at_any_step_of_a_commit_leaves_no_snapshot_or_the_whole_one() {
         } else {
             assert!(listed.is_empty(), "{point}: {listed:?}");
         }
-        verify_clean(&c, &admin);
+        c.assert_verify_clean(&admin);
         // The next backup completes and restores byte for byte.
         generation(&src, 1);
         backup(&c, &agent).ok();
         assert_eq!(c.snapshots(&agent).len(), listed.len() + 1, "{point}");
         c.restore_latest(&agent, &restored).ok();
         assert_same_tree(&src, &restored);
-        verify_clean(&c, &admin);
+        c.assert_verify_clean(&admin);
     }
 }
 
@@ -124,7 +113,7 @@ fn an_injected_io_error_in_a_commit_fails_that_backup_clearly_and_the_next_succe
     let restored = c.path().join("restored");
     c.restore_latest(&agent, &restored).ok();
     assert_same_tree(&src, &restored);
-    verify_clean(&c, &admin);
+    c.assert_verify_clean(&admin);
 }
 
 /// Two snapshots, the first made garbage by a retention policy of one:
@@ -145,7 +134,7 @@ fn two_generations(c: &mut Cluster, src: &Path, agent: &Path, admin: &Path) -> P
 }
 
 fn gc_deleted(c: &Cluster, admin: &Path) -> u64 {
-    refuge(c, admin, &["admin", "gc", "--json"]).ok().json()["deleted"]
+    c.refuge(admin, &["admin", "gc", "--json"]).ok().json()["deleted"]
         .as_u64()
         .unwrap()
 }
@@ -160,12 +149,12 @@ fn a_crash_during_prune_or_garbage_collection_loses_nothing_and_the_space_is_sti
         let (mut c, src, agent, admin) = setup("");
         let want = two_generations(&mut c, &src, &agent, &admin);
         if point.starts_with("store.delete") {
-            crash_at(&mut c, point, |c| refuge(c, &admin, &["admin", "prune"]));
+            crash_at(&mut c, point, |c| c.refuge(&admin, &["admin", "prune"]));
         } else {
             c.start_node();
-            refuge(&c, &admin, &["admin", "prune"]).ok();
+            c.refuge(&admin, &["admin", "prune"]).ok();
             c.stop_node();
-            crash_at(&mut c, point, |c| refuge(c, &admin, &["admin", "gc"]));
+            crash_at(&mut c, point, |c| c.refuge(&admin, &["admin", "gc"]));
         }
         // The deletion was synced before the crash: one snapshot is left,
         // and it restores byte for byte.
@@ -175,11 +164,11 @@ fn a_crash_during_prune_or_garbage_collection_loses_nothing_and_the_space_is_sti
         c.restore_latest(&agent, &restored).ok();
         assert_same_tree(&want, &restored);
         fs::remove_dir_all(&restored).unwrap();
-        verify_clean(&c, &admin);
+        c.assert_verify_clean(&admin);
         // Running the interrupted work again frees the first generation's
         // chunks (three files of about 600 kB, so at least three chunks),
         // unless the crashed batch was written and survived.
-        refuge(&c, &admin, &["admin", "prune"]).ok();
+        c.refuge(&admin, &["admin", "prune"]).ok();
         let deleted = gc_deleted(&c, &admin);
         if point == "store.gc.after_batch" {
             // The batch was written (without a sync) before the crash.
@@ -193,7 +182,7 @@ fn a_crash_during_prune_or_garbage_collection_loses_nothing_and_the_space_is_sti
         assert_eq!(gc_deleted(&c, &admin), 0, "{point}: a second pass");
         c.restore_latest(&agent, &restored).ok();
         assert_same_tree(&want, &restored);
-        verify_clean(&c, &admin);
+        c.assert_verify_clean(&admin);
         // And backups go on.
         generation(&src, 2);
         backup(&c, &agent).ok();
@@ -205,13 +194,14 @@ fn an_injected_io_error_in_garbage_collection_is_reported_and_the_next_run_finis
     let (mut c, src, agent, admin) = setup("");
     let want = two_generations(&mut c, &src, &agent, &admin);
     c.start_node_env(&fail_env("store.gc.before_batch=1*return(error)"));
-    refuge(&c, &admin, &["admin", "prune"]).ok();
-    refuge(&c, &admin, &["admin", "gc"]).fails(1, "injected I/O error");
+    c.refuge(&admin, &["admin", "prune"]).ok();
+    c.refuge(&admin, &["admin", "gc"])
+        .fails(1, "injected I/O error");
     assert!(gc_deleted(&c, &admin) >= 3);
     let restored = c.path().join("restored");
     c.restore_latest(&agent, &restored).ok();
     assert_same_tree(&want, &restored);
-    verify_clean(&c, &admin);
+    c.assert_verify_clean(&admin);
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod power_loss;
 mod rejections;
 mod replication;
 mod retention;
+mod s3;
 mod scrub;
 mod sealed;
 mod security;

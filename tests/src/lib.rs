@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod ceph;
+
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
@@ -432,6 +434,12 @@ impl Cluster {
         run("refuge", self.path(), &all)
     }
 
+    /// `refuge admin verify` as the admin client `admin` finds no damage.
+    pub fn assert_verify_clean(&self, admin: &Path) {
+        let v = self.refuge(admin, &["admin", "verify"]).ok();
+        assert!(v.stdout.contains("no damage found"), "{}", v.stdout);
+    }
+
     /// Sets `tenant`'s retention to keep the last `n` snapshots of each
     /// source, as the admin client `admin`.
     pub fn keep_last(&self, admin: &Path, tenant: &str, n: u32) {
@@ -750,9 +758,9 @@ pub fn commit_latest_again(
 }
 
 /// A TCP proxy on 127.0.0.1 in front of the node that cuts connections:
-/// each of the first `cuts` connections is cut (both directions shut
-/// down) once `cut_after` bytes have gone from the client to the node;
-/// later connections pass untouched. It counts the bytes it forwards
+/// a connection is cut (both directions shut down) once `cut_after` bytes
+/// have gone through it from the client to the node, until `cuts`
+/// connections have been cut; after that everything passes untouched. It counts the bytes it forwards
 /// from clients to the node.
 pub struct CutProxy {
     pub port: u16,
@@ -772,7 +780,6 @@ impl CutProxy {
         let cut_count = made.clone();
         let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let fwd = forwarded.clone();
-        let conns = Arc::new(AtomicU32::new(0));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -783,7 +790,6 @@ impl CutProxy {
                 // 40 ms to every small request through the proxy.
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let cut_this = conns.fetch_add(1, Ordering::SeqCst) < cuts;
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let made = cut_count.clone();
                 let fwd = fwd.clone();
@@ -802,8 +808,17 @@ impl CutProxy {
                         }
                         sent += n as u64;
                         fwd.fetch_add(n as u64, Ordering::SeqCst);
-                        if cut_this && sent >= cut_after {
-                            made.fetch_add(1, Ordering::SeqCst);
+                        // The first `cuts` connections to carry `cut_after`
+                        // bytes are cut; a short connection (one that the
+                        // agent drops itself, say after a slow handshake)
+                        // does not use up a cut.
+                        if sent >= cut_after
+                            && made
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                                    (m < cuts).then_some(m + 1)
+                                })
+                                .is_ok()
+                        {
                             break;
                         }
                     }

@@ -177,6 +177,10 @@ pub struct GcOutcome {
     pub kept_recent: u64,
     /// The grace period, seconds.
     pub grace_secs: u64,
+    /// Pack objects deleted (object-store backend).
+    pub packs_deleted: u64,
+    /// Pack objects rewritten without their unused chunks.
+    pub packs_rewritten: u64,
 }
 
 /// A stored chunk that failed verification (now quarantined).
@@ -549,6 +553,8 @@ impl Node {
             referenced_again: o.referenced_again,
             kept_recent: o.kept_recent,
             grace_secs: o.grace_secs,
+            packs_deleted: o.packs_deleted,
+            packs_rewritten: o.packs_rewritten,
         })
     }
 

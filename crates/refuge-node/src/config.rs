@@ -20,6 +20,9 @@ pub struct NodeConfig {
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where chunk bodies are kept (`[store]`).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// RocksDB tuning.
     #[serde(default)]
     pub rocksdb: RocksConfig,
@@ -405,6 +408,28 @@ impl Default for GcConfig {
     }
 }
 
+/// Where chunk bodies are kept: in RocksDB with the catalog (the default),
+/// or in pack objects in an S3-compatible bucket.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `rocksdb` or `s3`.
+    pub backend: Backend,
+    /// The bucket (`[store.s3]`), for `backend = "s3"`.
+    pub s3: Option<refuge_store_s3::S3Config>,
+}
+
+/// The store backends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Everything in RocksDB in `data_dir`.
+    #[default]
+    Rocksdb,
+    /// Chunk bodies in packs in a bucket, the rest in RocksDB.
+    S3,
+}
+
 /// RocksDB tuning.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -442,6 +467,12 @@ impl NodeConfig {
         ]
         .into_iter()
         .chain(cfg.drill.client_config.as_mut())
+        .chain(
+            cfg.store
+                .s3
+                .iter_mut()
+                .flat_map(|s| std::iter::once(&mut s.credentials_file).chain(s.ca_file.as_mut())),
+        )
         .chain(cfg.drill.scratch_dir.as_mut())
         .chain(
             cfg.replication
@@ -502,6 +533,19 @@ impl NodeConfig {
             if cfg.drill.client_config.is_none() {
                 bail!("drill.window needs drill.client_config (the identity the node drills with)");
             }
+        }
+        match (cfg.store.backend, &cfg.store.s3) {
+            (Backend::S3, None) => bail!(
+                "store.backend = \"s3\" needs a [store.s3] section (endpoint, bucket, credentials_file)"
+            ),
+            (Backend::Rocksdb, Some(_)) => bail!(
+                "[store.s3] is set but store.backend is \"rocksdb\": set backend = \"s3\" to use the bucket, or remove [store.s3]"
+            ),
+            (Backend::S3, Some(s3)) if !(1..=1024).contains(&s3.pack_mib) => bail!(
+                "store.s3.pack_mib must be between 1 and 1024, got {}",
+                s3.pack_mib
+            ),
+            _ => {}
         }
         if cfg.site.is_empty() || cfg.site.len() > 64 {
             bail!("site must be 1 to 64 characters");

@@ -116,6 +116,9 @@ impl Location {
     }
 }
 
+/// A chunk's uncompressed length and the checksum of its stored body.
+pub type ChunkSum = (u32, Option<[u8; 32]>);
+
 /// A chunk written into a pack, as the catalog records it.
 #[derive(Debug, Clone)]
 pub struct Placed {
@@ -140,7 +143,8 @@ pub struct PackInfo {
     pub tenant: TenantId,
     /// Records in it (0 for an upload in progress).
     pub chunks: u32,
-    /// Its length in bytes (0 for an upload in progress).
+    /// The bytes of its records, without the trailer (0 for an upload in
+    /// progress).
     pub bytes: u64,
 }
 
@@ -348,6 +352,27 @@ impl RocksStore {
         Ok(out)
     }
 
+    /// Every stored pack (reads all pack records: for checks and tests,
+    /// not for a hot path).
+    pub fn stored_packs(&self) -> Result<Vec<PackInfo>> {
+        self.require_packs()?;
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_PACKS),
+            IteratorMode::From(&[STORED], Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(err)?;
+            if k.first() != Some(&STORED) {
+                break;
+            }
+            if let Some(p) = self.pack_info(pack_number(&k, 1)?)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Forgets an upload that never completed, once its object is gone.
     pub fn forget_upload(&self, pack: u64) -> Result<()> {
         self.require_packs()?;
@@ -456,44 +481,55 @@ impl RocksStore {
     }
 
     /// Moves `tenant`'s chunks from pack `from` into pack `to`, durable in
-    /// the bucket and holding exactly `moved` in `bytes` bytes (each with
-    /// its new location, and `was`, where it was): a chunk still at `was`
-    /// now points into `to` and is dead in `from`; one removed or moved
-    /// meanwhile is dead in `to`. Synced: `from` is deleted next.
+    /// the bucket and holding exactly `moved` in `bytes` bytes (each chunk
+    /// with its location in `to`, and where it was in `from`): a chunk
+    /// still where it was now points into `to` and is dead in `from`; one
+    /// removed or moved meanwhile is dead in `to`. Synced: `from` is
+    /// deleted next. Returns how many moved.
     pub fn relocate(
         &self,
         tenant: &TenantId,
         from: u64,
         to: u64,
-        moved: &[(Placed, Location)],
+        moved: &[(ChunkId, Location, Location)],
         bytes: u64,
     ) -> Result<u64> {
         self.require_packs()?;
         let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
-        let ids: Vec<ChunkId> = moved.iter().map(|(c, _)| c.id).collect();
+        let ids: Vec<ChunkId> = moved.iter().map(|(id, _, _)| *id).collect();
         let now = self.chunk_locations(tenant, &ids)?;
         let mut batch = WriteBatch::default();
         let mut n = 0;
-        for ((c, was), at) in moved.iter().zip(now) {
-            if at.as_ref() == Some(was) && was.pack == from {
-                batch.put_cf(self.cf(CF_CHUNKS), key(tenant, &c.id.0), c.at.encode());
+        for ((id, at, was), current) in moved.iter().zip(now) {
+            if current.as_ref() == Some(was) && was.pack == from {
+                batch.put_cf(self.cf(CF_CHUNKS), key(tenant, &id.0), at.encode());
                 batch.put_cf(
                     self.cf(CF_PACK_DEAD),
-                    dead_key(from, &c.id),
+                    dead_key(from, id),
                     was.len.to_le_bytes(),
                 );
                 n += 1;
             } else {
                 batch.put_cf(
                     self.cf(CF_PACK_DEAD),
-                    dead_key(to, &c.id),
-                    c.at.len.to_le_bytes(),
+                    dead_key(to, id),
+                    at.len.to_le_bytes(),
                 );
             }
         }
         self.record_stored(&mut batch, tenant, to, moved.len() as u32, bytes);
         self.db.write_opt(batch, &synced()).map_err(err)?;
         Ok(n)
+    }
+
+    /// For each of `ids`: `tenant`'s chunk's uncompressed length and the
+    /// checksum of its stored body, if it is stored.
+    pub fn chunk_sums(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<ChunkSum>>> {
+        Ok(self
+            .index_entries(tenant, ids)?
+            .into_iter()
+            .map(|e| e.map(|e| (e.raw_len, e.checksum)))
+            .collect())
     }
 
     /// In a packs store: records the chunk at `chunk_key` (about to be
@@ -615,7 +651,7 @@ mod tests {
         let a2 = placed(b"a-chunk", p2, 0);
         let b2 = placed(b"b-chunk", p2, 15);
         let n = s
-            .relocate(&t, p1, p2, &[(a2.clone(), a.at), (b2, b.at)], 30)
+            .relocate(&t, p1, p2, &[(a.id, a2.at, a.at), (b.id, b2.at, b.at)], 30)
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(s.chunk_locations(&t, &[a.id]).unwrap(), vec![Some(a2.at)]);

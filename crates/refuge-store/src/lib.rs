@@ -51,7 +51,7 @@ use refuge_core::{
 };
 
 /// What went wrong in a store, and whether trying again can help.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The disk is full. Retrying after space is freed can help.
     #[error("the store's disk is full: {0}")]
@@ -193,6 +193,11 @@ pub struct GcOutcome {
     pub examined: u64,
     /// Chunks deleted.
     pub deleted: u64,
+    /// Pack objects deleted because none of their chunks was used any
+    /// more (object-store backends).
+    pub packs_deleted: u64,
+    /// Pack objects rewritten without their unused chunks.
+    pub packs_rewritten: u64,
     /// Their stored (compressed) bytes.
     pub bytes: u64,
     /// Entries dropped because a commit referenced the chunk again.
@@ -207,6 +212,8 @@ impl GcOutcome {
     pub fn add(&mut self, o: &GcOutcome) {
         self.examined += o.examined;
         self.deleted += o.deleted;
+        self.packs_deleted += o.packs_deleted;
+        self.packs_rewritten += o.packs_rewritten;
         self.bytes += o.bytes;
         self.referenced_again += o.referenced_again;
         self.kept_recent += o.kept_recent;
@@ -261,6 +268,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A stored chunk, or `None` if `tenant` has no chunk with this id.
     fn get_chunk(&self, tenant: &TenantId, id: &ChunkId) -> Result<Option<StoredChunk>>;
+
+    /// [`Store::get_chunk`] for each of `ids`, in order: a backend whose
+    /// reads have latency (object storage) fetches them together.
+    fn get_chunks(&self, tenant: &TenantId, ids: &[ChunkId]) -> Vec<Result<Option<StoredChunk>>> {
+        ids.iter().map(|id| self.get_chunk(tenant, id)).collect()
+    }
 
     /// Makes every earlier put durable.
     fn sync(&self) -> Result<()>;

@@ -5,11 +5,13 @@
 //! the node's drills and the watches start, and the gates open.
 //!
 //! - `accept`: the accept loop, the TLS handshake and connection limits.
+//! - `backend`: opening the configured store backend, flushing it.
 //! - `gate`: a service that answers UNAVAILABLE until it is opened.
 //! - `metrics_http`: `GET /metrics`.
 //! - `reload`: re-reading the revocation list and disk reserve.
 
 mod accept;
+mod backend;
 mod gate;
 mod metrics_http;
 mod reload;
@@ -28,7 +30,7 @@ use refuge_proto::pb::replication_server::ReplicationServer;
 use refuge_proto::pb::restore_server::RestoreServer;
 use refuge_proto::pb::supervision_server::SupervisionServer;
 use refuge_store::Store;
-use refuge_store_rocksdb::{ReopeningStore, RocksOptions};
+use refuge_store_rocksdb::RocksOptions;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -137,7 +139,8 @@ pub async fn run(
         ..RocksOptions::default()
     };
     let dir = cfg.data_dir.clone();
-    let opened: Arc<std::sync::Mutex<Option<Arc<ReopeningStore>>>> = Arc::default();
+    let opened: Arc<std::sync::Mutex<Option<Arc<backend::Opened>>>> = Arc::default();
+    let store_cfg = cfg.store.clone();
     let slot = opened.clone();
     let open = async move {
         // Tests use this to watch the node before its store is open.
@@ -148,12 +151,13 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let d = dir.clone();
-        let store = tokio::task::spawn_blocking(move || ReopeningStore::open(&d, &opts))
-            .await?
-            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-        let store = Arc::new(store);
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
-        info!(data_dir = %dir.display(), "store open");
+        let opened =
+            tokio::task::spawn_blocking(move || backend::Opened::open(&d, &store_cfg, &opts))
+                .await??;
+        let opened = Arc::new(opened);
+        let store = opened.store();
+        info!(data_dir = %dir.display(), bodies = %opened.describe(), "store open");
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
         Ok::<Arc<dyn Store>, anyhow::Error>(store)
     };
     let served = serve(

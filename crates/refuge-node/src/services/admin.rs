@@ -226,6 +226,8 @@ impl Admin for AdminService {
             referenced_again: o.referenced_again,
             kept_recent: o.kept_recent,
             grace_secs: self.m.grace.as_secs(),
+            packs_deleted: o.packs_deleted,
+            packs_rewritten: o.packs_rewritten,
         }))
     }
 }

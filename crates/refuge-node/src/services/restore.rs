@@ -42,6 +42,8 @@ impl RestoreService {
 /// stream at a time.
 const HANDOFF_CHUNKS: usize = 32;
 const HANDOFF_BYTES: usize = 1 << 20;
+/// Chunk ids read from the store together.
+const FETCH_WINDOW: usize = 64;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
 
@@ -155,45 +157,49 @@ impl Restore for RestoreService {
             let mut sent = 0u64;
             let mut batch = Vec::new();
             let mut batch_bytes = 0usize;
-            for id in ids {
+            // Read `FETCH_WINDOW` ids at a time: a backend with latency
+            // (packs in a bucket) fetches them together.
+            'window: for window in ids.chunks(FETCH_WINDOW) {
                 let found = match &tenant {
-                    Some(t) => store.get_chunk(t, &id),
-                    None => Ok(None),
+                    Some(t) => store.get_chunks(t, window),
+                    None => window.iter().map(|_| Ok(None)).collect(),
                 };
-                let quarantined = |t: &TenantId| store.is_quarantined(t, &id).unwrap_or(false);
-                let item = match found {
-                    Ok(Some(c)) => {
-                        sent += c.data.len() as u64;
-                        batch_bytes += c.data.len();
-                        Ok(refuge_proto::chunk_data_to(&id, c))
+                for (&id, found) in window.iter().zip(found) {
+                    let quarantined = |t: &TenantId| store.is_quarantined(t, &id).unwrap_or(false);
+                    let item = match found {
+                        Ok(Some(c)) => {
+                            sent += c.data.len() as u64;
+                            batch_bytes += c.data.len();
+                            Ok(refuge_proto::chunk_data_to(&id, c))
+                        }
+                        Ok(None) if tenant.as_ref().is_some_and(quarantined) => {
+                            Err(Status::data_loss(format!(
+                                "chunk {id} was found corrupt by verification and is quarantined; \
+                                 the next backup that contains it heals it"
+                            )))
+                        }
+                        Ok(None) => Err(Status::not_found(format!(
+                            "chunk {id} not found on the node"
+                        ))),
+                        Err(e) => {
+                            audit.record(
+                                &who.subject(),
+                                tenant.as_ref().map_or("", |t| t.as_str()),
+                                "chunk_read_failed",
+                                Outcome::Failed,
+                                &format!("chunk {id}: {e}"),
+                            );
+                            Err(store_status(e))
+                        }
+                    };
+                    let stop = item.is_err();
+                    batch.push(item);
+                    if stop || batch.len() >= HANDOFF_CHUNKS || batch_bytes >= HANDOFF_BYTES {
+                        if tx.blocking_send(std::mem::take(&mut batch)).is_err() || stop {
+                            break 'window;
+                        }
+                        batch_bytes = 0;
                     }
-                    Ok(None) if tenant.as_ref().is_some_and(quarantined) => {
-                        Err(Status::data_loss(format!(
-                            "chunk {id} was found corrupt by verification and is quarantined; \
-                             the next backup that contains it heals it"
-                        )))
-                    }
-                    Ok(None) => Err(Status::not_found(format!(
-                        "chunk {id} not found on the node"
-                    ))),
-                    Err(e) => {
-                        audit.record(
-                            &who.subject(),
-                            tenant.as_ref().map_or("", |t| t.as_str()),
-                            "chunk_read_failed",
-                            Outcome::Failed,
-                            &format!("chunk {id}: {e}"),
-                        );
-                        Err(store_status(e))
-                    }
-                };
-                let stop = item.is_err();
-                batch.push(item);
-                if stop || batch.len() >= HANDOFF_CHUNKS || batch_bytes >= HANDOFF_BYTES {
-                    if tx.blocking_send(std::mem::take(&mut batch)).is_err() || stop {
-                        break;
-                    }
-                    batch_bytes = 0;
                 }
             }
             if !batch.is_empty() {

@@ -166,13 +166,15 @@ impl Maintenance {
             "garbage_collected",
             Outcome::Ok,
             &format!(
-                "{} chunks ({} bytes) deleted; {} examined, {} referenced again, {} kept within the {}s grace period",
+                "{} chunks ({} bytes) deleted; {} examined, {} referenced again, {} kept within the {}s grace period; {} packs deleted, {} rewritten",
                 out.deleted,
                 out.bytes,
                 out.examined,
                 out.referenced_again,
                 out.kept_recent,
-                self.grace.as_secs()
+                self.grace.as_secs(),
+                out.packs_deleted,
+                out.packs_rewritten
             ),
         );
         Ok(out)

@@ -1,0 +1,248 @@
+//! The S3 backend against a real Ceph RADOS Gateway (issue 17): chunk
+//! bodies in pack objects in the bucket, the catalog in RocksDB. The
+//! cluster is shared by these tests (`refuge_tests::ceph`), each under a
+//! prefix of its own.
+
+use std::fs;
+use std::path::Path;
+
+use refuge_tests::ceph::Ceph;
+use refuge_tests::{Cluster, assert_same_tree, copy_tree, noise, run};
+
+/// A node whose chunk bodies go to a fresh prefix of the shared bucket,
+/// in packs of `pack_mib`; and that prefix.
+fn node_on_ceph(ceph: &Ceph, pack_mib: usize, extra: &str) -> (Cluster, String) {
+    let prefix = ceph.fresh_prefix("node");
+    let mut c = Cluster::configured("");
+    let toml = ceph.node_toml(c.path(), &prefix, pack_mib);
+    let path = c.path().join("node.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, format!("{text}{extra}{toml}")).unwrap();
+    c.start_node();
+    (c, prefix)
+}
+
+fn make_tree(root: &Path, seed: u64) {
+    fs::create_dir_all(root.join("docs/deep")).unwrap();
+    fs::write(root.join("big.bin"), noise(24 << 20, seed)).unwrap();
+    fs::write(root.join("docs/readme.txt"), b"hello ceph\n").unwrap();
+    fs::write(root.join("docs/deep/notes.md"), noise(300_000, seed + 1)).unwrap();
+    for i in 0..40 {
+        fs::write(
+            root.join(format!("docs/small-{i}")),
+            noise(3_000 + i, seed + 10 + i as u64),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("empty"), b"").unwrap();
+}
+
+fn packs(ceph: &Ceph, prefix: &str) -> Vec<String> {
+    ceph.list(&format!("{prefix}/packs/"))
+}
+
+#[test]
+fn a_tree_goes_to_ceph_in_packs_restores_byte_for_byte_and_an_incremental_sends_only_changes() {
+    let ceph = Ceph::shared();
+    let (c, prefix) = node_on_ceph(&ceph, 8, "");
+    let src = c.path().join("src");
+    make_tree(&src, 1);
+    let first = c.path().join("first");
+    copy_tree(&src, &first);
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+
+    // The bodies are in the bucket, in packs of about 8 MiB, not in
+    // RocksDB: the node's directory holds far less than the data.
+    let after_first = packs(&ceph, &prefix);
+    assert!(
+        (3..=8).contains(&after_first.len()),
+        "{} packs for ~25 MB: {after_first:?}",
+        after_first.len()
+    );
+    assert!(
+        after_first
+            .iter()
+            .all(|k| k.starts_with(&format!("{prefix}/packs/finance/")))
+    );
+    let local: u64 = walk_bytes(&c.path().join("store"));
+    assert!(local < 8 << 20, "the node's RocksDB holds {local} bytes");
+
+    // An incremental: one small file changed, one added.
+    fs::write(src.join("docs/readme.txt"), b"hello ceph, edited\n").unwrap();
+    fs::write(src.join("docs/added.bin"), noise(100_000, 99)).unwrap();
+    let r = run("refuge-agent", c.path(), &["-c", a, "backup", "--json"]).ok();
+    let sent = r.json()[0]["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 1 << 20, "the incremental uploaded {sent} bytes");
+    assert_eq!(packs(&ceph, &prefix).len(), after_first.len() + 1);
+
+    // Both points in time restore byte for byte, read back from the bucket.
+    let ids: Vec<String> = c
+        .snapshots(&agent)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    for (id, want) in [(&ids[0], &first), (&ids[1], &src)] {
+        let out = c.path().join(format!("restored-{}", &id[..8]));
+        c.refuge(&agent, &["restore", id, "--target", out.to_str().unwrap()])
+            .ok();
+        assert_same_tree(want, &out);
+    }
+}
+
+fn walk_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            walk_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+#[test]
+fn garbage_collection_deletes_and_rewrites_packs_and_verification_reads_the_bucket() {
+    let ceph = Ceph::shared();
+    // Packs of 8 MiB: each backup below fills less than one, so each
+    // commit seals one pack of its own.
+    let (c, prefix) = node_on_ceph(&ceph, 8, "[gc]\ngrace_secs = 1\n");
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("kept.bin"), noise(2 << 20, 5)).unwrap();
+    fs::write(src.join("dropped.bin"), noise(4 << 20, 6)).unwrap();
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    fs::remove_file(src.join("dropped.bin")).unwrap();
+    fs::write(src.join("gone-too.bin"), noise(3 << 20, 7)).unwrap();
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    fs::remove_file(src.join("gone-too.bin")).unwrap();
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    let before = packs(&ceph, &prefix);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // Keep only the newest snapshot: the first pack (kept.bin, dropped.bin)
+    // is two thirds unused and is rewritten; the second (gone-too.bin and
+    // the second snapshot's manifest) is unused and is deleted.
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    let ad = admin.to_str().unwrap();
+    c.keep_last(&admin, "finance", 1);
+    run("refuge", c.path(), &["-c", ad, "admin", "prune"]).ok();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let g = run("refuge", c.path(), &["-c", ad, "admin", "gc", "--json"])
+        .ok()
+        .json();
+    assert!(g["deleted"].as_u64().unwrap() >= 10, "{g:#}");
+    assert_eq!(g["packs_deleted"], 1, "{g:#}");
+    assert_eq!(g["packs_rewritten"], 1, "{g:#}");
+    let after = packs(&ceph, &prefix);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(!after.contains(&before[0]) && !after.contains(&before[1]));
+    let bytes: usize = after.iter().map(|k| ceph.get(k).len()).sum();
+    assert!(bytes < 3 << 20, "{bytes} bytes of packs left for 2 MiB");
+    let out = c.path().join("restored");
+    c.restore_latest(&agent, &out).ok();
+    assert_same_tree(&src, &out);
+
+    // Verification reads every chunk back from the bucket: clean, then a
+    // damaged pack is found, its chunks quarantined, and the next backup
+    // heals them.
+    c.assert_verify_clean(&admin);
+    for key in &after {
+        let mut body = ceph.get(key);
+        let mid = body.len() / 3;
+        for b in &mut body[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        ceph.put(key, &body);
+    }
+    let r = run("refuge", c.path(), &["-c", ad, "admin", "verify", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        !r.json()["corrupt"].as_array().unwrap().is_empty(),
+        "{}",
+        r.stdout
+    );
+    run("refuge-agent", c.path(), &["-c", a, "backup", "--rehash"]).ok();
+    c.assert_verify_clean(&admin);
+    let healed = c.path().join("healed");
+    c.restore_latest(&agent, &healed).ok();
+    assert_same_tree(&src, &healed);
+}
+
+#[test]
+fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack() {
+    let ceph = Ceph::shared();
+    let (mut c, prefix) = node_on_ceph(&ceph, 2, "");
+    let src = c.path().join("src");
+    make_tree(&src, 7);
+    let first = c.path().join("first");
+    copy_tree(&src, &first);
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+
+    // A second backup, slowed down, with the node killed under it.
+    fs::write(src.join("big.bin"), noise(24 << 20, 70)).unwrap();
+    let text = fs::read_to_string(&agent).unwrap().replace(
+        "[chunking]",
+        "[limits]\nretries = 0\nmax_upload_rate = 8000000\n\n[chunking]",
+    );
+    fs::write(&agent, text).unwrap();
+    let child = std::process::Command::new(refuge_tests::bin("refuge-agent"))
+        .args(["-c", a, "backup"])
+        .current_dir(c.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Some packs of the second backup reach the bucket, not all.
+    let base = packs(&ceph, &prefix).len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while packs(&ceph, &prefix).len() < base + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    c.kill_node();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the backup cannot have finished");
+    c.start_node();
+
+    // The acknowledged snapshot restores; the next backup completes.
+    assert_eq!(c.snapshots(&agent).len(), 1);
+    let r1 = c.path().join("r1");
+    c.restore_latest(&agent, &r1).ok();
+    assert_same_tree(&first, &r1);
+    let fast = fs::read_to_string(&agent)
+        .unwrap()
+        .replace("max_upload_rate = 8000000\n", "");
+    fs::write(&agent, fast).unwrap();
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    let r2 = c.path().join("r2");
+    c.restore_latest(&agent, &r2).ok();
+    assert_same_tree(&src, &r2);
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    c.assert_verify_clean(&admin);
+
+    // Every object in the bucket is a pack the catalog records, and every
+    // recorded pack is in the bucket: an upload the kill cut was removed.
+    c.stop_node();
+    let opts = refuge_store_rocksdb::RocksOptions {
+        bodies: refuge_store_rocksdb::Bodies::Packs,
+        ..Default::default()
+    };
+    let db =
+        refuge_store_rocksdb::RocksStore::open_read_only(&c.path().join("store"), &opts).unwrap();
+    assert!(db.unfinished_packs().unwrap().is_empty());
+    let mut recorded: Vec<String> = db
+        .stored_packs()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{prefix}/packs/finance/{:016x}", p.pack))
+        .collect();
+    recorded.sort();
+    let mut stored = packs(&ceph, &prefix);
+    stored.sort();
+    assert_eq!(recorded, stored);
+}
