@@ -7,6 +7,10 @@
 #   scripts/ceph.sh stop DIR           kill every daemon of it, remove DIR
 #   scripts/ceph.sh stop-gateway DIR   stop only radosgw (cut the gateway)
 #   scripts/ceph.sh start-gateway DIR  start radosgw again, wait until it answers
+#   scripts/ceph.sh start-gateway DIR PORT   start a further radosgw of the
+#                                      cluster on 127.0.0.1:PORT (same users and
+#                                      buckets), wait until it answers
+#   scripts/ceph.sh stop-gateway DIR PORT    stop that one only
 #   scripts/ceph.sh status DIR         exit 0 if the gateway answers S3 requests
 #
 # The cluster is one monitor, one OSD and one radosgw, and nothing else: the
@@ -45,11 +49,13 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop|stop-gateway|start-gateway|status DIR" >&2
+    echo "usage: $0 start|stop|status DIR" >&2
+    echo "       $0 stop-gateway|start-gateway DIR [PORT]" >&2
     exit 2
 }
-[ $# -eq 2 ] || usage
+[ $# -eq 2 ] || { [ $# -eq 3 ] && [[ "$1" == *-gateway ]]; } || usage
 cmd=$1
+PORT=${3:-}
 [ -n "$2" ] || usage
 # Absolute, normalised; DIR need not exist yet.
 DIR=$(realpath -m -- "$2")
@@ -163,12 +169,14 @@ kill_all() {
 
 # --- S3 -------------------------------------------------------------------
 
-# True if an authenticated S3 request (ListBuckets) succeeds.
+# True if an authenticated S3 request (ListBuckets) to the gateway at $1
+# (default: the cluster's own) succeeds.
 s3_ok() {
     [ -f "$DIR/s3.env" ] || return 1
     local REFUGE_S3_ENDPOINT REFUGE_S3_ACCESS_KEY REFUGE_S3_SECRET_KEY REFUGE_S3_REGION code
     # shellcheck disable=SC1091
     . "$DIR/s3.env"
+    REFUGE_S3_ENDPOINT=${1:-$REFUGE_S3_ENDPOINT}
     # curl 7.88 signs the hash of an empty body but sends no
     # x-amz-content-sha256, which RGW then takes as UNSIGNED-PAYLOAD: say it.
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
@@ -198,15 +206,32 @@ port_busy() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Waits until gateway $1 (default: the cluster's own) answers at $2.
 wait_gateway() {
-    local deadline=$((SECONDS + TIMEOUT))
-    until s3_ok; do
-        daemon_pid "$RGW_NAME" >/dev/null \
-            || die "radosgw exited; see $DIR/log/$RGW_NAME.log and $DIR/log/$RGW_NAME.out"
+    local name=${1:-$RGW_NAME} url=${2:-} deadline=$((SECONDS + TIMEOUT))
+    until s3_ok "$url"; do
+        daemon_pid "$name" >/dev/null \
+            || die "radosgw exited; see $DIR/log/$name.log and $DIR/log/$name.out"
         ((SECONDS < deadline)) \
-            || die "radosgw does not answer S3 requests after ${TIMEOUT}s; see $DIR/log/$RGW_NAME.log"
+            || die "radosgw does not answer S3 requests after ${TIMEOUT}s; see $DIR/log/$name.log"
         sleep 0.3
     done
+}
+
+# A further gateway of the cluster on 127.0.0.1:$1, named rgw-$1 (its own
+# pid file and log, no admin socket), for a test to stop and start without
+# disturbing the gateway the other tests use.
+start_extra_gateway() {
+    local port=$1 name=rgw-$1
+    [[ "$port" =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$port'"
+    if ! daemon_pid "$name" >/dev/null; then
+        ! port_busy "$port" || die "port $port is taken"
+        radosgw -c "$CONF" -n "$RGW_NAME" --rgw-frontends "beast endpoint=127.0.0.1:$port" \
+            --pid-file "$DIR/run/$name.pid" --log-file "$DIR/log/$name.log" --admin-socket "" \
+            </dev/null >>"$DIR/log/$name.out" 2>&1 \
+            || die "radosgw failed to start; see $DIR/log/$name.log and $DIR/log/$name.out"
+    fi
+    wait_gateway "$name" "http://127.0.0.1:$port"
 }
 
 start_gateway() {
@@ -454,7 +479,7 @@ start) cmd_start ;;
 stop) cmd_stop ;;
 stop-gateway)
     [ -f "$MARKER" ] || exit 0
-    stop_daemon "$RGW_NAME"
+    if [ -n "$PORT" ]; then stop_daemon "rgw-$PORT"; else stop_daemon "$RGW_NAME"; fi
     ;;
 start-gateway)
     if [ ! -f "$MARKER" ] || [ ! -f "$DIR/s3.env" ]; then
@@ -463,7 +488,7 @@ start-gateway)
     if ! daemon_pid mon.a >/dev/null || ! daemon_pid osd.0 >/dev/null; then
         die "the monitor or the OSD of $DIR is not running; see $DIR/log/"
     fi
-    start_gateway
+    if [ -n "$PORT" ]; then start_extra_gateway "$PORT"; else start_gateway; fi
     ;;
 status) s3_ok ;;
 *) usage ;;

@@ -40,15 +40,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn health(c: &Cluster, cfg: &str, service: &str) -> String {
-    let r = run(
-        "refuge",
-        c.path(),
-        &["-c", cfg, "health", "--json", "--service", service],
-    );
-    r.json()[0]["status"].as_str().unwrap().to_string()
-}
-
 /// Puts the node's store (not yet started) on a tmpfs of `size` with a
 /// reserve of `reserve_mib`, free space checked every second, and small
 /// RocksDB buffers (memtables of 8 MiB).
@@ -79,8 +70,7 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
     let a = agent.to_str().unwrap();
     run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
     let probe = c.client(&["--role", "auditor", "--name", "probe"]);
-    let p = probe.to_str().unwrap();
-    assert_eq!(health(&c, p, "refuge.v1.Ingest"), "SERVING");
+    assert_eq!(c.health(&probe, "refuge.v1.Ingest"), "SERVING");
 
     // Something else takes most of the disk, then a backup bigger than
     // what is left (incompressible) runs into the reserve.
@@ -91,14 +81,14 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
     let r = run("refuge-agent", c.path(), &["-c", a, "backup"]).fails(1, "nearly full");
     assert!(r.stderr.contains("min_free_mib"), "{}", r.stderr);
     let t = Instant::now();
-    while health(&c, p, "refuge.v1.Ingest") != "NOT_SERVING" {
+    while c.health(&probe, "refuge.v1.Ingest") != "NOT_SERVING" {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "ingest still SERVING"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(health(&c, p, "refuge.v1.Restore"), "SERVING");
+    assert_eq!(c.health(&probe, "refuge.v1.Restore"), "SERVING");
     // Nothing half committed, the earlier snapshot restores, nothing is
     // damaged.
     let snaps = run("refuge", c.path(), &["-c", a, "snapshots", "--json"])
@@ -118,7 +108,7 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
     // resumes from its checkpoint) completes.
     fs::remove_file(disk.0.join("filler")).unwrap();
     let t = Instant::now();
-    while health(&c, p, "refuge.v1.Ingest") != "SERVING" {
+    while c.health(&probe, "refuge.v1.Ingest") != "SERVING" {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "ingest did not come back"
@@ -144,18 +134,6 @@ fn free_mib(dir: &std::path::Path) -> u64 {
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
         .unwrap()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{what}: not after 30 s\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The `LD_PRELOAD` shim (`tests/syncshim`), built beside the binaries.
@@ -195,7 +173,6 @@ fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_res
     let a = agent.to_str().unwrap();
     run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
     let probe = c.client(&["--role", "auditor", "--name", "probe"]);
-    let p = probe.to_str().unwrap();
 
     // 20 MiB free: above the reserve (uploads pass the batch check),
     // below what the node wants before it reopens a stopped store
@@ -214,9 +191,9 @@ fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_res
     assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
     // Ingest stops: health and the audit log say why, the next backup is
     // refused at once, restores keep working, nothing half made is listed.
-    wait_for(
+    refuge_tests::wait_for(
         "ingest NOT_SERVING",
-        || health(&c, p, "refuge.v1.Ingest") == "NOT_SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "NOT_SERVING",
         || format!("backup: {}\nnode log:\n{}", r.stderr, c.node_log()),
     );
     assert!(
@@ -225,7 +202,7 @@ fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_res
         c.node_log()
     );
     run("refuge-agent", c.path(), &["-c", a, "backup"]).fails(1, "once space is freed");
-    assert_eq!(health(&c, p, "refuge.v1.Restore"), "SERVING");
+    assert_eq!(c.health(&probe, "refuge.v1.Restore"), "SERVING");
     assert_eq!(c.snapshots(&agent).len(), 1, "a half snapshot is listed");
     let out = c.path().join("out");
     c.restore_latest(&agent, &out).ok();
@@ -242,9 +219,9 @@ fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_res
     // byte for byte; verification finds nothing damaged.
     fs::remove_file(&flag).unwrap();
     fs::remove_file(disk.0.join("filler")).unwrap();
-    wait_for(
+    refuge_tests::wait_for(
         "ingest SERVING again",
-        || health(&c, p, "refuge.v1.Ingest") == "SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "SERVING",
         || c.node_log(),
     );
     assert!(c.node_log().contains("store_reopened"), "{}", c.node_log());

@@ -77,15 +77,20 @@ fn a_tree_goes_to_ceph_in_packs_restores_byte_for_byte_and_an_incremental_sends_
     assert_eq!(packs(&ceph, &prefix).len(), after_first.len() + 1);
 
     // Both points in time restore byte for byte, read back from the bucket.
+    restores_both(&c, &agent, &first, &src);
+}
+
+/// `agent`'s two snapshots restore byte for byte as `first` and `src`.
+fn restores_both(c: &Cluster, agent: &Path, first: &Path, src: &Path) {
     let ids: Vec<String> = c
-        .snapshots(&agent)
+        .snapshots(agent)
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 2);
-    for (id, want) in [(&ids[0], &first), (&ids[1], &src)] {
+    for (id, want) in [(&ids[0], first), (&ids[1], src)] {
         let out = c.path().join(format!("restored-{}", &id[..8]));
-        c.refuge(&agent, &["restore", id, "--target", out.to_str().unwrap()])
+        c.refuge(agent, &["restore", id, "--target", out.to_str().unwrap()])
             .ok();
         assert_same_tree(want, &out);
     }
@@ -184,26 +189,11 @@ fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack(
     let agent = c.backed_up_agent(&[("data", &src, "tree")]);
     let a = agent.to_str().unwrap();
 
-    // A second backup, slowed down, with the node killed under it.
-    fs::write(src.join("big.bin"), noise(24 << 20, 70)).unwrap();
-    let text = fs::read_to_string(&agent).unwrap().replace(
-        "[chunking]",
-        "[limits]\nretries = 0\nmax_upload_rate = 8000000\n\n[chunking]",
-    );
-    fs::write(&agent, text).unwrap();
-    let child = std::process::Command::new(refuge_tests::bin("refuge-agent"))
-        .args(["-c", a, "backup"])
-        .current_dir(c.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Some packs of the second backup reach the bucket, not all.
+    // A second backup, slowed down, with the node killed under it once
+    // some of its packs (not all) are in the bucket.
     let base = packs(&ceph, &prefix).len();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while packs(&ceph, &prefix).len() < base + 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let child = slow_backup(&c, &agent, &src, 70);
+    wait_for_packs(&ceph, &prefix, base, 2);
     c.kill_node();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "the backup cannot have finished");
@@ -214,10 +204,7 @@ fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack(
     let r1 = c.path().join("r1");
     c.restore_latest(&agent, &r1).ok();
     assert_same_tree(&first, &r1);
-    let fast = fs::read_to_string(&agent)
-        .unwrap()
-        .replace("max_upload_rate = 8000000\n", "");
-    fs::write(&agent, fast).unwrap();
+    fast_again(&agent);
     run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
     let r2 = c.path().join("r2");
     c.restore_latest(&agent, &r2).ok();
@@ -228,6 +215,12 @@ fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack(
     // Every object in the bucket is a pack the catalog records, and every
     // recorded pack is in the bucket: an upload the kill cut was removed.
     c.stop_node();
+    assert_bucket_matches_catalog(&c, &ceph, &prefix);
+}
+
+/// With the node stopped: the packs under `prefix` are exactly those its
+/// catalog records, and no upload is unfinished.
+fn assert_bucket_matches_catalog(c: &Cluster, ceph: &Ceph, prefix: &str) {
     let opts = refuge_store_rocksdb::RocksOptions {
         bodies: refuge_store_rocksdb::Bodies::Packs,
         ..Default::default()
@@ -242,7 +235,113 @@ fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack(
         .map(|p| format!("{prefix}/packs/finance/{:016x}", p.pack))
         .collect();
     recorded.sort();
-    let mut stored = packs(&ceph, &prefix);
+    let mut stored = packs(ceph, prefix);
     stored.sort();
     assert_eq!(recorded, stored);
+}
+
+/// Starts a second backup of `agent`, slowed to 8 MB/s and without
+/// retries, after changing `src`'s big file.
+fn slow_backup(c: &Cluster, agent: &Path, src: &Path, seed: u64) -> std::process::Child {
+    fs::write(src.join("big.bin"), noise(24 << 20, seed)).unwrap();
+    let text = fs::read_to_string(agent).unwrap().replace(
+        "[chunking]",
+        "[limits]\nretries = 0\nmax_upload_rate = 8000000\n\n[chunking]",
+    );
+    fs::write(agent, text).unwrap();
+    std::process::Command::new(refuge_tests::bin("refuge-agent"))
+        .args(["-c", agent.to_str().unwrap(), "backup"])
+        .current_dir(c.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `n` more packs than `base` are under `prefix`.
+fn wait_for_packs(ceph: &Ceph, prefix: &str, base: usize, n: usize) {
+    refuge_tests::wait_for(
+        "packs of the second backup in the bucket",
+        || packs(ceph, prefix).len() >= base + n,
+        || format!("{:?}", packs(ceph, prefix)),
+    );
+}
+
+/// Takes the slowing of [`slow_backup`] out of `agent` again.
+fn fast_again(agent: &Path) {
+    let fast = fs::read_to_string(agent)
+        .unwrap()
+        .replace("max_upload_rate = 8000000\n", "");
+    fs::write(agent, fast).unwrap();
+}
+
+#[test]
+fn the_gateway_stopped_mid_backup_stops_ingest_with_a_clear_error_and_both_recover() {
+    let ceph = Ceph::shared();
+    let (mine, gw) = ceph.own_gateway();
+    let (c, prefix) = node_on_ceph(&mine, 2, "[health]\ncheck_interval_secs = 1\n");
+    let src = c.path().join("src");
+    make_tree(&src, 11);
+    let first = c.path().join("first");
+    copy_tree(&src, &first);
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    let probe = c.client(&["--role", "auditor", "--name", "probe"]);
+    assert_eq!(c.health(&probe, "refuge.v1.Ingest"), "SERVING");
+
+    // The gateway goes while a backup is uploading.
+    let base = packs(&ceph, &prefix).len();
+    let child = slow_backup(&c, &agent, &src, 110);
+    wait_for_packs(&ceph, &prefix, base, 2);
+    gw.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the backup cannot have finished");
+    assert!(
+        stderr.contains("node storage") && stderr.contains(&format!("s3://{}/", ceph.bucket)),
+        "{stderr}"
+    );
+
+    // Ingest goes NOT_SERVING, says why, and refuses the next backup at
+    // once naming the bucket; the snapshot before stays listed.
+    refuge_tests::wait_for(
+        "ingest NOT_SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "NOT_SERVING",
+        || c.node_log(),
+    );
+    assert!(
+        c.node_log().contains("store_writes_stopped"),
+        "{}",
+        c.node_log()
+    );
+    let r = run("refuge-agent", c.path(), &["-c", a, "backup"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("node storage cannot be written") && r.stderr.contains(&mine.endpoint),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(c.snapshots(&agent).len(), 1);
+
+    // The gateway is back: ingest serves again by itself, the backup
+    // completes, and both points restore byte for byte.
+    gw.start();
+    refuge_tests::wait_for(
+        "ingest SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "SERVING",
+        || c.node_log(),
+    );
+    assert!(
+        c.node_log().contains("store_writes_resumed"),
+        "{}",
+        c.node_log()
+    );
+    fast_again(&agent);
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    restores_both(&c, &agent, &first, &src);
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    c.assert_verify_clean(&admin);
+    let mut c = c;
+    c.stop_node();
+    assert_bucket_matches_catalog(&c, &ceph, &prefix);
 }

@@ -76,6 +76,27 @@ impl Ceph {
         }
     }
 
+    /// The same cluster through a gateway of the caller's own (see
+    /// [`Gateway`]), which it may stop and start without disturbing the
+    /// other tests.
+    pub fn own_gateway(&self) -> (Ceph, Gateway) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gw = Gateway {
+            dir: self.dir.clone(),
+            port,
+        };
+        gw.start();
+        let through = Ceph {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            ..self.clone()
+        };
+        (through, gw)
+    }
+
     /// A prefix no other test (of this or an earlier run) uses.
     pub fn fresh_prefix(&self, what: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
@@ -191,5 +212,51 @@ impl Ceph {
             "writing {key}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A further radosgw of the shared cluster on a port of its own
+/// (`scripts/ceph.sh start-gateway DIR PORT`): stopped when dropped.
+pub struct Gateway {
+    dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Gateway {
+    fn script(&self, cmd: &str) {
+        let out = Command::new(repo().join("scripts/ceph.sh"))
+            .arg(cmd)
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output()
+            .expect("running scripts/ceph.sh");
+        assert!(
+            out.status.success(),
+            "scripts/ceph.sh {cmd} {} {}: {}",
+            self.dir.display(),
+            self.port,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts it (again) and waits until it answers S3 requests.
+    pub fn start(&self) {
+        self.script("start-gateway");
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL): its port refuses connections.
+    pub fn stop(&self) {
+        self.script("stop-gateway");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/ceph.sh"))
+            .arg("stop-gateway")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output();
     }
 }

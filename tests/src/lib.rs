@@ -434,6 +434,13 @@ impl Cluster {
         run("refuge", self.path(), &all)
     }
 
+    /// What `refuge health --service SERVICE` as client `cfg` says of
+    /// `service` (`SERVING`, `NOT_SERVING`, ...).
+    pub fn health(&self, cfg: &Path, service: &str) -> String {
+        let r = self.refuge(cfg, &["health", "--json", "--service", service]);
+        r.json()[0]["status"].as_str().unwrap().to_string()
+    }
+
     /// `refuge admin verify` as the admin client `admin` finds no damage.
     pub fn assert_verify_clean(&self, admin: &Path) {
         let v = self.refuge(admin, &["admin", "verify"]).ok();
@@ -755,6 +762,19 @@ pub fn commit_latest_again(
         }
         out
     })
+}
+
+/// Waits up to 30 s for `ok`, failing with `what` and `context()`.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let t = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{what}: not after 30 s\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// A TCP proxy on 127.0.0.1 in front of the node that cuts connections:

@@ -201,7 +201,7 @@ impl Store for ReopeningStore {
         self.with(|s| s.read_audit(from_seq, limit))
     }
 
-    fn writes_stopped(&self) -> Option<String> {
+    fn writes_stopped(&self) -> Option<StoreError> {
         // A flush that failed in the background stops writes before any
         // caller's write has seen it: one small write finds out why.
         // Once per new background error: one that RocksDB recovered from
@@ -215,9 +215,9 @@ impl Store for ReopeningStore {
                 self.note(&s.put_setting(PROBE_KEY, None));
             }
         }
-        self.stopped
-            .load(Ordering::SeqCst)
-            .then(|| self.why.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.stopped.load(Ordering::SeqCst).then(|| {
+            StoreError::NoSpace(self.why.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        })
     }
 
     fn reopen_needs_bytes(&self) -> u64 {
@@ -292,20 +292,20 @@ mod tests {
     #[test]
     fn a_stopped_store_reopens_in_place_with_its_data_and_takes_writes_again() {
         let s = temp();
-        assert_eq!(s.writes_stopped(), None);
+        assert!(s.writes_stopped().is_none());
         assert!(!s.reopen().unwrap(), "nothing to do while writes work");
         s.put_setting("k", Some(b"before")).unwrap();
         // What a NoSpace error from RocksDB records.
         s.stopped.store(true, Ordering::SeqCst);
         *s.why.lock().unwrap() = "IO error: No space left on device".into();
-        assert!(s.writes_stopped().unwrap().contains("No space"));
+        assert!(s.writes_stopped().unwrap().to_string().contains("No space"));
         // Busy (an operation holds the read side): not now, no waiting.
         {
             let _op = s.db.read().unwrap();
             assert!(!s.reopen().unwrap());
         }
         assert!(s.reopen().unwrap());
-        assert_eq!(s.writes_stopped(), None);
+        assert!(s.writes_stopped().is_none());
         assert_eq!(s.get_setting("k").unwrap().as_deref(), Some(&b"before"[..]));
         s.put_setting("k", Some(b"after")).unwrap();
         assert_eq!(s.get_setting("k").unwrap().as_deref(), Some(&b"after"[..]));
@@ -326,7 +326,7 @@ mod tests {
         assert!(s.put_setting("k", Some(b"v2")).is_err(), "read-only");
         drop(blocker);
         assert!(s.reopen().unwrap());
-        assert_eq!(s.writes_stopped(), None);
+        assert!(s.writes_stopped().is_none());
         s.put_setting("k", Some(b"v2")).unwrap();
         assert_eq!(s.get_setting("k").unwrap().as_deref(), Some(&b"v2"[..]));
     }

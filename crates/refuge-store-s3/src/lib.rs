@@ -40,6 +40,7 @@ pub use objects::{Bucket, ObjectError, Objects, S3Config};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use refuge_core::audit::{AuditEvent, AuditRecord};
@@ -94,7 +95,25 @@ pub struct PackStore {
     /// Objects of failed uploads whose deletion failed too: retried by
     /// the next garbage collection.
     orphans: Mutex<Vec<(TenantId, u64)>>,
+    /// Why the last upload failed, while no later write has succeeded.
+    trouble: Mutex<Option<Trouble>>,
+    /// A probe of the bucket is running (one at a time).
+    probing: AtomicBool,
 }
+
+/// A bucket that refused or failed a write.
+#[derive(Debug, Clone)]
+struct Trouble {
+    /// What the upload got.
+    error: StoreError,
+    /// Size of the write that failed: a probe writes as much, so that a
+    /// bucket with room for a few bytes but not for a pack still counts
+    /// as full.
+    len: usize,
+}
+
+/// The object a probe writes (and deletes when it was a large one).
+const PROBE: &str = "probe";
 
 /// The object name of `tenant`'s pack `n`.
 fn pack_name(tenant: &TenantId, n: u64) -> String {
@@ -105,6 +124,15 @@ fn pack_name(tenant: &TenantId, n: u64) -> String {
 /// records as the pack's size, against which dead bytes are weighed.
 fn records_len(entries: &[pack::Entry]) -> u64 {
     entries.iter().map(|e| u64::from(e.len)).sum()
+}
+
+/// A failed write: a missing object there means a missing bucket, not a
+/// damaged one.
+fn write_error(e: ObjectError) -> StoreError {
+    match e {
+        ObjectError::NotFound(m) => StoreError::Backend(m),
+        e => bucket_error(e),
+    }
 }
 
 fn bucket_error(e: ObjectError) -> StoreError {
@@ -137,6 +165,8 @@ impl PackStore {
             packing: Mutex::default(),
             uploaded: Condvar::new(),
             orphans: Mutex::new(unfinished.into_iter().map(|p| (p.tenant, p.pack)).collect()),
+            trouble: Mutex::new(None),
+            probing: AtomicBool::new(false),
         };
         store.remove_orphans();
         Ok(store)
@@ -179,6 +209,34 @@ impl PackStore {
             .extend(left);
     }
 
+    fn set_trouble(&self, t: Option<Trouble>) {
+        let mut g = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(new), None) = (&t, &*g) {
+            warn!(bucket = %self.bucket.describe(), error = %new.error, "the bucket does not take writes: ingest stops until it does");
+        }
+        *g = t;
+    }
+
+    fn trouble(&self) -> Option<Trouble> {
+        self.trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes a probe object as large as the write that failed last (a
+    /// few bytes when none did), and deletes a large one again.
+    fn probe(&self) -> Result<(), ObjectError> {
+        let len = self
+            .trouble()
+            .map_or(16, |t| t.len.clamp(16, self.pack_bytes.max(16)));
+        self.bucket.put(PROBE, vec![0; len])?;
+        if len > 16 {
+            self.bucket.put(PROBE, vec![0; 16])?;
+        }
+        Ok(())
+    }
+
     /// Takes `tenant`'s open pack out for upload.
     fn seal(tenant: &TenantId, t: &mut TenantPacks) -> Sealed {
         t.uploading += 1;
@@ -213,15 +271,22 @@ impl PackStore {
         let name = pack_name(&s.tenant, n);
         let (bytes, entries) = s.pack.finish();
         let total = records_len(&entries);
+        let len = bytes.len();
         if let Err(e) = self.bucket.put(&name, bytes) {
+            let error = write_error(e);
+            self.set_trouble(Some(Trouble {
+                error: error.clone(),
+                len,
+            }));
             // Nothing points into it; what may have arrived goes.
             self.orphans
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((s.tenant.clone(), n));
             self.remove_orphans();
-            return Err(bucket_error(e));
+            return Err(error);
         }
+        self.set_trouble(None);
         let placed: Vec<Placed> = entries
             .iter()
             .zip(&s.meta)
@@ -586,8 +651,38 @@ impl Store for PackStore {
         self.catalog.read_audit(from_seq, limit)
     }
 
-    fn writes_stopped(&self) -> Option<String> {
-        self.catalog.writes_stopped()
+    fn writes_stopped(&self) -> Option<StoreError> {
+        self.catalog
+            .writes_stopped()
+            .or_else(|| self.trouble().map(|t| t.error))
+    }
+
+    fn probe_writes(&self) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match self.probe() {
+            Ok(()) => {
+                self.set_trouble(None);
+                // What failed uploads left while the bucket did not answer.
+                let left = !self
+                    .orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if left {
+                    self.remove_orphans();
+                }
+            }
+            Err(e) => {
+                let len = self.trouble().map_or(16, |t| t.len);
+                self.set_trouble(Some(Trouble {
+                    error: write_error(e),
+                    len,
+                }));
+            }
+        }
+        self.probing.store(false, Ordering::SeqCst);
     }
 
     fn reopen(&self) -> Result<bool> {

@@ -1,23 +1,29 @@
 //! Unit tests of the pack store over an in-memory bucket (the e2e tests
 //! run it against a real Ceph gateway).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use refuge_core::{ChunkRef, HostName, ManifestSummary, SourceKind, SourceName, compress_chunk};
 
 use super::*;
 
-/// An in-memory bucket whose writes can be made to fail.
+/// An in-memory bucket whose writes can be made to fail: all writes and
+/// deletions (`fail_puts`: unreachable), or writes larger than `room` (a
+/// quota).
 struct Faulty {
     inner: Bucket,
     fail_puts: AtomicBool,
+    room: AtomicUsize,
 }
 
 impl Objects for Faulty {
     fn put(&self, name: &str, body: Vec<u8>) -> Result<(), ObjectError> {
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(ObjectError::Other("the gateway is unreachable".into()));
+        }
+        if body.len() > self.room.load(Ordering::SeqCst) {
+            return Err(ObjectError::Full("QuotaExceeded".into()));
         }
         self.inner.put(name, body)
     }
@@ -31,6 +37,9 @@ impl Objects for Faulty {
         self.inner.get_ranges(reads)
     }
     fn delete(&self, name: &str) -> Result<(), ObjectError> {
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(ObjectError::Other("the gateway is unreachable".into()));
+        }
         self.inner.delete(name)
     }
     fn describe(&self) -> String {
@@ -56,6 +65,7 @@ fn faulty() -> Arc<Faulty> {
     Arc::new(Faulty {
         inner: Bucket::over(mem, "node", "memory".into()).unwrap(),
         fail_puts: AtomicBool::new(false),
+        room: AtomicUsize::new(usize::MAX),
     })
 }
 
@@ -130,18 +140,66 @@ fn a_commit_after_a_failed_upload_fails_and_an_upload_again_heals_it() {
     // Forgotten: the agent is told to upload it again.
     assert_eq!(s.missing_chunks(&t, &[id]).unwrap(), vec![0]);
     assert!(s.list_snapshots(&t).unwrap().is_empty());
+    // The object of the failed upload could not be deleted either.
+    assert_eq!(s.orphans.lock().unwrap().len(), 1);
     s.bucket.fail_puts.store(false, Ordering::SeqCst);
     s.put_chunks(&t, &[(id, c.clone())], 30).unwrap();
     s.commit(snapshot(&[id]), 40).unwrap();
     assert_eq!(s.get_chunk(&t, &id).unwrap().unwrap(), c);
-    // Nothing of the failed upload is left in the bucket or the catalog.
+    // The next probe finds the bucket back and removes it: nothing of
+    // the failed upload is left in the bucket or the catalog.
+    assert_eq!(s.orphans.lock().unwrap().len(), 1);
+    s.probe_writes();
+    assert!(s.orphans.lock().unwrap().is_empty());
     assert!(
         s.catalog
             .with_store(|c| c.unfinished_packs())
             .unwrap()
             .is_empty()
     );
-    assert!(s.orphans.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_bucket_that_stops_taking_writes_stops_them_until_a_probe_gets_through() {
+    let s = temp_with(1 << 20);
+    let t = tenant();
+    s.probe_writes();
+    assert!(s.writes_stopped().is_none());
+
+    // Unreachable: found by a probe while idle, cleared by the next one
+    // that gets through.
+    s.bucket.fail_puts.store(true, Ordering::SeqCst);
+    s.probe_writes();
+    let e = s.writes_stopped().unwrap();
+    assert!(
+        matches!(&e, StoreError::Backend(m) if m.contains("unreachable")),
+        "{e:?}"
+    );
+    s.probe_writes();
+    assert!(s.writes_stopped().is_some());
+    s.bucket.fail_puts.store(false, Ordering::SeqCst);
+    s.probe_writes();
+    assert!(s.writes_stopped().is_none());
+
+    // Full: a pack does not fit; a probe of a few bytes would, but the
+    // probe writes as much as the pack that failed, so writes stay
+    // stopped until the bucket has room for that.
+    let chunks: Vec<_> = (0..40).map(chunk).collect();
+    let size: usize = chunks.iter().map(|(_, c)| c.data.len()).sum();
+    s.bucket.room.store(size / 2, Ordering::SeqCst);
+    s.put_chunks(&t, &chunks, 10).unwrap();
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    let e = s.commit(snapshot(&ids), 20).unwrap_err();
+    assert!(matches!(e, StoreError::NoSpace(_)), "{e:?}");
+    assert!(matches!(s.writes_stopped(), Some(StoreError::NoSpace(_))));
+    s.probe_writes();
+    assert!(matches!(s.writes_stopped(), Some(StoreError::NoSpace(_))));
+    s.bucket.room.store(usize::MAX, Ordering::SeqCst);
+    s.probe_writes();
+    assert!(s.writes_stopped().is_none());
+    s.put_chunks(&t, &chunks, 30).unwrap();
+    s.commit(snapshot(&ids), 40).unwrap();
+    assert_eq!(s.get_chunk(&t, &ids[7]).unwrap().unwrap(), chunks[7].1);
 }
 
 #[test]

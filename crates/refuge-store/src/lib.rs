@@ -388,12 +388,21 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` audit records from sequence number `from_seq` on.
     fn read_audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
-    /// Why writes fail until [`Store::reopen`] succeeds, if they do: an
-    /// engine that ran out of space inside (RocksDB keeps such a
-    /// background error until it is reopened). Reads keep working.
-    fn writes_stopped(&self) -> Option<String> {
+    /// Why writes fail now, if they do, as the error a write would get:
+    /// [`StoreError::NoSpace`] for an engine that ran out of space inside
+    /// (RocksDB keeps such a background error until [`Store::reopen`]) or
+    /// a bucket that refuses more, [`StoreError::Backend`] for storage that
+    /// does not answer. Reads keep working as far as the storage answers.
+    /// Cheap: no I/O beyond a local probe.
+    fn writes_stopped(&self) -> Option<StoreError> {
         None
     }
+
+    /// Checks that a write would reach where the store keeps its data
+    /// (for storage across the network: that it answers and takes a
+    /// write), setting or clearing [`Store::writes_stopped`]. The node
+    /// calls it at every health check, off the async threads.
+    fn probe_writes(&self) {}
 
     /// Reopens a store whose [`Store::writes_stopped`] is set, once the
     /// caller has seen space come back: `Ok(true)` if it reopened,

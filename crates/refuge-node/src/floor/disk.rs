@@ -75,14 +75,23 @@ impl Disk {
     }
 
     /// Why ingest refuses now, if it does: free space below the reserve,
-    /// or a store whose writes stopped when its disk filled.
+    /// or a store whose writes stopped (its disk or bucket full: RESOURCE_EXHAUSTED;
+    /// its storage not answering: UNAVAILABLE, which clients retry).
     pub(crate) fn refusal(&self, store: &dyn refuge_store::Store) -> Option<tonic::Status> {
-        if let Some(why) = store.writes_stopped() {
-            return Some(tonic::Status::resource_exhausted(format!(
-                "node storage ran out of space inside its database ({why}); nothing more was \
-                 stored, restores still work; the node reopens its store and takes uploads again \
-                 by itself once space is freed ([health] min_free_mib keeps a reserve against this)"
-            )));
+        if let Some(e) = store.writes_stopped() {
+            return Some(match e {
+                refuge_store::StoreError::NoSpace(why) => {
+                    tonic::Status::resource_exhausted(format!(
+                        "node storage is full ({why}); nothing more was stored, restores still work; \
+                     the node takes uploads again by itself once space is freed ([health] \
+                     min_free_mib keeps a reserve on the node's own disk against this)"
+                    ))
+                }
+                other => tonic::Status::unavailable(format!(
+                    "node storage cannot be written ({other}); nothing more was stored; the node \
+                     takes uploads again by itself once its storage answers"
+                )),
+            });
         }
         if !self.low.load(Ordering::Relaxed) {
             return None;

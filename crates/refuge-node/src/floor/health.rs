@@ -8,6 +8,7 @@
 //! | store opening | NOT_SERVING | NOT_SERVING | NOT_SERVING |
 //! | open | SERVING | SERVING | SERVING |
 //! | free space below `[health] min_free_mib` | `""` SERVING, Ingest NOT_SERVING | SERVING | SERVING |
+//! | the store's writes stopped (disk full inside, bucket full or unreachable) | `""` SERVING, Ingest NOT_SERVING | SERVING | SERVING |
 //! | a peer's last replication pass failed | SERVING | SERVING | NOT_SERVING |
 //! | stopping (SIGTERM) | NOT_SERVING | NOT_SERVING | NOT_SERVING |
 //!

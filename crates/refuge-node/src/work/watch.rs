@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use refuge_store::Store;
+use refuge_store::{Store, StoreError};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::warn;
@@ -40,9 +40,13 @@ pub(crate) async fn watchdog(store: Arc<dyn Store>, mut stop: tokio::sync::watch
     }
 }
 
-/// Checks the free space of `dir` every `every` until `stop`: below the
-/// reserve, ingest goes NOT_SERVING (audited as `disk_low`), and back to
-/// SERVING when space is freed (`disk_ok`).
+/// Checks the free space of `dir` and whether the store takes writes
+/// every `every` until `stop`: below the reserve, ingest goes NOT_SERVING
+/// (audited as `disk_low`), and back to SERVING when space is freed
+/// (`disk_ok`); a store whose writes stopped (full inside, a bucket that
+/// refuses or does not answer) does the same (`store_writes_stopped`,
+/// `store_writes_resumed`), reopened here once its disk has room
+/// (`store_reopened`).
 pub(crate) async fn monitor_disk(
     dir: PathBuf,
     disk: Arc<Disk>,
@@ -56,6 +60,8 @@ pub(crate) async fn monitor_disk(
     // What health says of ingest now (the batch check may set `low`
     // between two runs of this loop).
     let mut ingest_low = disk.low.load(Ordering::Relaxed);
+    // Why the store's writes had stopped at the last check, if they had.
+    let mut was_stopped: Option<StoreError> = None;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -76,6 +82,12 @@ pub(crate) async fn monitor_disk(
         disk.store_bytes.store(used, Ordering::Relaxed);
         let min = disk.min_free.load(Ordering::Relaxed);
         disk.low.store(free < min, Ordering::Relaxed);
+        // Storage across the network is asked whether it takes writes; a
+        // probe that hangs holds up the other checks for a while only (it
+        // goes on by itself, and the store runs one probe at a time).
+        let s = store.clone();
+        let probe = tokio::task::spawn_blocking(move || s.probe_writes());
+        let _ = tokio::time::timeout(every.saturating_mul(3), probe).await;
         // A store whose writes stopped when its disk filled is reopened
         // once there is room again (the reserve and some to spare for
         // what RocksDB writes while it opens).
@@ -109,7 +121,7 @@ pub(crate) async fn monitor_disk(
         }
         let stopped = store.writes_stopped();
         let low = free < min || stopped.is_some();
-        if low != ingest_low {
+        if low != ingest_low || (stopped.is_some() != was_stopped.is_some()) {
             ingest_low = low;
             if *stop.borrow() {
                 return;
@@ -121,25 +133,39 @@ pub(crate) async fn monitor_disk(
                     Outcome::Failed,
                 ),
                 (None, true) => (ServingStatus::NotServing, "disk_low", Outcome::Failed),
+                (None, false) if was_stopped.is_some() => {
+                    (ServingStatus::Serving, "store_writes_resumed", Outcome::Ok)
+                }
                 (None, false) => (ServingStatus::Serving, "disk_ok", Outcome::Ok),
             };
             health.set_service_status(INGEST, status).await;
             systemd(&[sd_notify::NotifyState::Status(match (&stopped, low) {
+                (Some(StoreError::NoSpace(_)), _) => {
+                    "serving; ingest refusing: the store is full, taking uploads again once space is freed"
+                }
                 (Some(_), _) => {
-                    "serving; ingest refusing: the store ran out of space, reopening once space is freed"
+                    "serving; ingest refusing: the store cannot be written, taking uploads again once it answers"
                 }
                 (None, true) => "serving; ingest refusing: free space below [health] min_free_mib",
                 (None, false) => "serving",
             })]);
-            let detail = match &stopped {
-                Some(why) => format!(
-                    "{} MiB free in {}: the store's writes stopped ({why}); ingest refuses until \
-                     it is reopened, which the node does once {} MiB are free",
-                    free >> 20,
-                    dir.display(),
-                    reopen_at >> 20
+            let detail = match (&stopped, &was_stopped) {
+                (Some(e), _) => format!(
+                    "the store's writes stopped ({e}); ingest refuses until they work again (the \
+                     node checks every {} s; a full disk of its own must have {} MiB free in {})",
+                    every.as_secs(),
+                    reopen_at >> 20,
+                    dir.display()
                 ),
-                None => format!(
+                (None, Some(e)) => format!(
+                    "the store takes writes again (they had stopped: {e}); ingest {}",
+                    if low {
+                        "still refuses: free space is below the reserve"
+                    } else {
+                        "accepts again"
+                    }
+                ),
+                (None, None) => format!(
                     "{} MiB free in {} (reserve {} MiB): ingest {}",
                     free >> 20,
                     dir.display(),
@@ -151,6 +177,7 @@ pub(crate) async fn monitor_disk(
                     }
                 ),
             };
+            was_stopped = stopped;
             audit.record("node", "", event, outcome, &detail);
         }
     }
