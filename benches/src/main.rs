@@ -85,6 +85,16 @@ struct E2eArgs {
     /// ratios).
     #[arg(long)]
     no_peers: bool,
+    /// Where the node keeps chunk bodies: `rocksdb` (its default) or `s3`
+    /// (packs in the bucket of a single-node Ceph on this machine, started
+    /// with scripts/ceph.sh in --ceph-dir when it is not running).
+    #[arg(long, default_value = "rocksdb", value_parser = ["rocksdb", "s3"])]
+    backend: String,
+    /// The Ceph cluster's directory for `--backend s3` (default:
+    /// $CARGO_TARGET_DIR/ceph-bench, else the temporary directory). It
+    /// needs a file system with O_DIRECT (not tmpfs).
+    #[arg(long)]
+    ceph_dir: Option<PathBuf>,
 }
 
 fn parse_source_avg(s: &str) -> Result<(String, u32), String> {
@@ -298,6 +308,17 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
             encrypt: a.encrypt,
         },
         peers: !a.no_peers,
+        bucket: if a.backend == "s3" {
+            let dir = a.ceph_dir.unwrap_or_else(|| {
+                std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("ceph-bench")
+            });
+            Some(std::sync::Arc::new(e2e::bucket::Bucket::start(&dir)?))
+        } else {
+            None
+        },
     };
     if o.peers {
         e2e::peers::ensure_installed()?;
@@ -305,7 +326,10 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
     let r = e2e::run(&o)?;
     println!("{}", r.markdown);
     if let Some(out) = &o.out {
-        let key = format!("e2e {}", o.size_text);
+        let key = match &o.bucket {
+            Some(_) => format!("e2e {} s3", o.size_text),
+            None => format!("e2e {}", o.size_text),
+        };
         e2e::report::upsert_file(out, &o.label, &key, &r.markdown)?;
         eprintln!(
             "wrote the results into {} (section {:?})",

@@ -9,19 +9,6 @@ use std::path::Path;
 use refuge_tests::ceph::Ceph;
 use refuge_tests::{Cluster, assert_same_tree, copy_tree, noise, run};
 
-/// A node whose chunk bodies go to a fresh prefix of the shared bucket,
-/// in packs of `pack_mib`; and that prefix.
-fn node_on_ceph(ceph: &Ceph, pack_mib: usize, extra: &str) -> (Cluster, String) {
-    let prefix = ceph.fresh_prefix("node");
-    let mut c = Cluster::configured("");
-    let toml = ceph.node_toml(c.path(), &prefix, pack_mib);
-    let path = c.path().join("node.toml");
-    let text = fs::read_to_string(&path).unwrap();
-    fs::write(&path, format!("{text}{extra}{toml}")).unwrap();
-    c.start_node();
-    (c, prefix)
-}
-
 fn make_tree(root: &Path, seed: u64) {
     fs::create_dir_all(root.join("docs/deep")).unwrap();
     fs::write(root.join("big.bin"), noise(24 << 20, seed)).unwrap();
@@ -44,7 +31,7 @@ fn packs(ceph: &Ceph, prefix: &str) -> Vec<String> {
 #[test]
 fn a_tree_goes_to_ceph_in_packs_restores_byte_for_byte_and_an_incremental_sends_only_changes() {
     let ceph = Ceph::shared();
-    let (c, prefix) = node_on_ceph(&ceph, 8, "");
+    let (c, prefix) = Cluster::on_ceph(&ceph, 8, "");
     let src = c.path().join("src");
     make_tree(&src, 1);
     let first = c.path().join("first");
@@ -114,7 +101,7 @@ fn garbage_collection_deletes_and_rewrites_packs_and_verification_reads_the_buck
     let ceph = Ceph::shared();
     // Packs of 8 MiB: each backup below fills less than one, so each
     // commit seals one pack of its own.
-    let (c, prefix) = node_on_ceph(&ceph, 8, "[gc]\ngrace_secs = 1\n");
+    let (c, prefix) = Cluster::on_ceph(&ceph, 8, "[gc]\ngrace_secs = 1\n");
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("kept.bin"), noise(2 << 20, 5)).unwrap();
@@ -181,7 +168,7 @@ fn garbage_collection_deletes_and_rewrites_packs_and_verification_reads_the_buck
 #[test]
 fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack() {
     let ceph = Ceph::shared();
-    let (mut c, prefix) = node_on_ceph(&ceph, 2, "");
+    let (mut c, prefix) = Cluster::on_ceph(&ceph, 2, "");
     let src = c.path().join("src");
     make_tree(&src, 7);
     let first = c.path().join("first");
@@ -215,29 +202,7 @@ fn a_node_killed_mid_backup_loses_nothing_acknowledged_and_leaves_no_stray_pack(
     // Every object in the bucket is a pack the catalog records, and every
     // recorded pack is in the bucket: an upload the kill cut was removed.
     c.stop_node();
-    assert_bucket_matches_catalog(&c, &ceph, &prefix);
-}
-
-/// With the node stopped: the packs under `prefix` are exactly those its
-/// catalog records, and no upload is unfinished.
-fn assert_bucket_matches_catalog(c: &Cluster, ceph: &Ceph, prefix: &str) {
-    let opts = refuge_store_rocksdb::RocksOptions {
-        bodies: refuge_store_rocksdb::Bodies::Packs,
-        ..Default::default()
-    };
-    let db =
-        refuge_store_rocksdb::RocksStore::open_read_only(&c.path().join("store"), &opts).unwrap();
-    assert!(db.unfinished_packs().unwrap().is_empty());
-    let mut recorded: Vec<String> = db
-        .stored_packs()
-        .unwrap()
-        .iter()
-        .map(|p| format!("{prefix}/packs/finance/{:016x}", p.pack))
-        .collect();
-    recorded.sort();
-    let mut stored = packs(ceph, prefix);
-    stored.sort();
-    assert_eq!(recorded, stored);
+    c.assert_bucket_matches_catalog(&ceph, &prefix);
 }
 
 /// Starts a second backup of `agent`, slowed to 8 MB/s and without
@@ -279,7 +244,7 @@ fn fast_again(agent: &Path) {
 fn the_gateway_stopped_mid_backup_stops_ingest_with_a_clear_error_and_both_recover() {
     let ceph = Ceph::shared();
     let (mine, gw) = ceph.own_gateway();
-    let (c, prefix) = node_on_ceph(&mine, 2, "[health]\ncheck_interval_secs = 1\n");
+    let (c, prefix) = Cluster::on_ceph(&mine, 2, "[health]\ncheck_interval_secs = 1\n");
     let src = c.path().join("src");
     make_tree(&src, 11);
     let first = c.path().join("first");
@@ -343,5 +308,5 @@ fn the_gateway_stopped_mid_backup_stops_ingest_with_a_clear_error_and_both_recov
     c.assert_verify_clean(&admin);
     let mut c = c;
     c.stop_node();
-    assert_bucket_matches_catalog(&c, &ceph, &prefix);
+    c.assert_bucket_matches_catalog(&ceph, &prefix);
 }

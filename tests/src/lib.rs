@@ -147,6 +147,44 @@ impl Cluster {
         c
     }
 
+    /// A started node whose chunk bodies go to a fresh prefix of the
+    /// shared Ceph bucket (through `ceph`'s gateway), in packs of
+    /// `pack_mib`, with `extra` in `node.toml`; and that prefix.
+    pub fn on_ceph(ceph: &ceph::Ceph, pack_mib: usize, extra: &str) -> (Cluster, String) {
+        let prefix = ceph.fresh_prefix("node");
+        let mut c = Self::configured("");
+        let toml = ceph.node_toml(c.path(), &prefix, pack_mib);
+        let path = c.path().join("node.toml");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{text}{extra}{toml}")).unwrap();
+        c.start_node();
+        (c, prefix)
+    }
+
+    /// With the node stopped, on a node made by [`Cluster::on_ceph`]: the
+    /// packs under `prefix` are exactly those its catalog records, and no
+    /// upload is unfinished.
+    pub fn assert_bucket_matches_catalog(&self, ceph: &ceph::Ceph, prefix: &str) {
+        let opts = refuge_store_rocksdb::RocksOptions {
+            bodies: refuge_store_rocksdb::Bodies::Packs,
+            ..Default::default()
+        };
+        let db =
+            refuge_store_rocksdb::RocksStore::open_read_only(&self.path().join("store"), &opts)
+                .unwrap();
+        assert!(db.unfinished_packs().unwrap().is_empty());
+        let mut recorded: Vec<String> = db
+            .stored_packs()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{prefix}/packs/finance/{:016x}", p.pack))
+            .collect();
+        recorded.sort();
+        let mut stored = ceph.list(&format!("{prefix}/packs/"));
+        stored.sort();
+        assert_eq!(recorded, stored);
+    }
+
     /// Certificates and `node.toml` (with `extra`), the node not started.
     pub fn configured(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();

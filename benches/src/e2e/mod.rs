@@ -2,6 +2,7 @@
 //! data set; initial backup, ~5% mutation, incremental backup, verified
 //! restore of every source.
 
+pub mod bucket;
 pub mod cluster;
 pub mod contention;
 pub mod loopback;
@@ -51,6 +52,9 @@ pub struct Options {
     pub agent: cluster::AgentSettings,
     /// Run restic and Borg on the same data in the same run.
     pub peers: bool,
+    /// Chunk bodies in this S3 bucket (`[store] backend = "s3"`) instead
+    /// of RocksDB.
+    pub bucket: Option<std::sync::Arc<bucket::Bucket>>,
 }
 
 /// What the node did during a phase.
@@ -316,6 +320,8 @@ struct RunData {
     sources: Vec<(String, String, u64, u64, u64, String)>,
     store_bytes: u64,
     store_files: u64,
+    /// Of those, in the bucket (bytes, objects) with `--backend s3`.
+    bucket: Option<(u64, u64)>,
     node_start_kib: u64,
     node_peak_kib: u64,
     node_cpu_total: f64,
@@ -380,6 +386,22 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
     cluster::make_certs(dir)?;
     let port = cluster::free_port()?;
     cluster::write_configs(dir, port, &sources, &o.agent)?;
+    // A prefix of this run's own: objects of earlier runs are not counted.
+    let prefix = format!(
+        "bench-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    if let Some(b) = &o.bucket {
+        let extra = b.node_toml(dir, &prefix)?;
+        let mut toml = fs::read_to_string(dir.join("node.toml"))?;
+        toml.push_str(&extra);
+        fs::write(dir.join("node.toml"), toml)?;
+    }
     let mut node = Node::start(dir, port)?;
     let resettable = measure::reset_hwm(node.pid);
     let node_start_kib = measure::vm_rss(node.pid).unwrap_or(0);
@@ -540,13 +562,24 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
 
     let node_cpu_total = measure::proc_cpu(node.pid).unwrap_or(0.0);
     let stop = node.stop()?;
-    let (store_bytes, store_files) = cluster::dir_size(&dir.join("store"))?;
+    let (mut store_bytes, mut store_files) = cluster::dir_size(&dir.join("store"))?;
+    let bucket = match &o.bucket {
+        Some(b) => Some(b.usage(&prefix)?),
+        None => None,
+    };
+    if let Some((bytes, objects)) = bucket {
+        store_bytes += bytes;
+        store_files += objects;
+    }
     log(
         t0,
         format!(
-            "refuged stopped in {:.1} s; store {} in {store_files} files",
+            "refuged stopped in {:.1} s; store {} in {store_files} files{}",
             stop.as_secs_f64(),
-            mb(store_bytes)
+            mb(store_bytes),
+            bucket
+                .map(|(b, n)| format!(" (bucket: {} in {n} objects)", mb(b)))
+                .unwrap_or_default()
         ),
     );
 
@@ -596,6 +629,7 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
             .collect(),
         store_bytes,
         store_files,
+        bucket,
         node_start_kib,
         node_cpu_total,
         load_before,
@@ -648,12 +682,27 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
     let med = |f: &dyn Fn(&RunData) -> f64| median(runs.iter().map(f).collect());
     let _ = writeln!(
         s,
-        "### End-to-end, {} data set (seed {})\n",
-        o.size_text, o.seed
+        "### End-to-end, {} data set (seed {}){}\n",
+        o.size_text,
+        o.seed,
+        if o.bucket.is_some() {
+            ", S3 backend (Ceph)"
+        } else {
+            ""
+        }
+    );
+    let flags = format!(
+        "{}{}",
+        o.agent.flags(),
+        if o.bucket.is_some() {
+            " --backend s3"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
-        "Commit `{}`; {}. `refuge-bench --size {} --seed {}{}{}`: {} (median {:.0} s per run, {:.0} s of it generating data). Agent settings: {}; default node settings; node, agent and CLI on this one machine over 127.0.0.1 with mTLS; the source data is in the page cache. Load average (1 min) before each run: {}.\n",
+        "Commit `{}`; {}. `refuge-bench --size {} --seed {}{}{}`: {} (median {:.0} s per run, {:.0} s of it generating data). Agent settings: {}; default node settings{}; node, agent and CLI on this one machine over 127.0.0.1 with mTLS; the source data is in the page cache. Load average (1 min) before each run: {}.\n",
         m.commit,
         m.line(),
         o.size_text,
@@ -663,7 +712,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         } else {
             String::new()
         },
-        o.agent.flags(),
+        flags,
         if n > 1 {
             format!(
                 "{n} complete runs, each with a fresh node and data set; the table shows medians, and for wall time and MB/s the range"
@@ -674,6 +723,10 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         med(&|r| r.total),
         med(&|r| r.gen_secs),
         o.agent.describe(),
+        o.bucket
+            .as_ref()
+            .map(|b| format!(", {}", b.describe()))
+            .unwrap_or_default(),
         runs.iter()
             .map(|r| format!("{:.2}", r.load_before))
             .collect::<Vec<_>>()
@@ -814,8 +867,16 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
     let both: u64 = first.rows[..3].iter().map(|r| r.logical).sum();
     let _ = writeln!(
         s,
-        "\nStorage: after SIGTERM (the stop took {:.1} s) the store directory holds **{}** in {} files (sum of file sizes) for the three generations: {:.1}% of the current source data ({}), {:.1}% of the {} backed up over the three generations. The agent sent {} in all.\n",
+        "\nStorage: after SIGTERM (the stop took {:.1} s) the store directory{} holds **{}** in {} files (sum of file sizes) for the three generations: {:.1}% of the current source data ({}), {:.1}% of the {} backed up over the three generations. The agent sent {} in all.\n",
         first.stop,
+        first
+            .bucket
+            .map(|(b, n)| format!(
+                " and the bucket ({} in {n} pack objects; the RocksDB catalog {})",
+                mb(b),
+                mb(first.store_bytes - b)
+            ))
+            .unwrap_or_default(),
         mb(first.store_bytes),
         first.store_files,
         100.0 * first.store_bytes as f64 / current.max(1) as f64,
