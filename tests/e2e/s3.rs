@@ -310,3 +310,57 @@ fn the_gateway_stopped_mid_backup_stops_ingest_with_a_clear_error_and_both_recov
     c.stop_node();
     c.assert_bucket_matches_catalog(&ceph, &prefix);
 }
+
+#[test]
+fn a_full_bucket_stops_ingest_with_a_clear_error_and_ingest_resumes_once_it_has_room() {
+    let ceph = Ceph::shared().own_bucket("full");
+    let (c, _prefix) = Cluster::on_ceph(&ceph, 2, "[health]\ncheck_interval_secs = 1\n");
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), noise(6 << 20, 21)).unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    let probe = c.client(&["--role", "auditor", "--name", "probe"]);
+
+    // 1 MiB of quota: the first pack of 2 MiB does not fit.
+    ceph.set_quota(Some(1 << 20));
+    let r = run("refuge-agent", c.path(), &["-c", a, "backup"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("node storage is full") && r.stderr.contains("QuotaExceeded"),
+        "{}",
+        r.stderr
+    );
+    refuge_tests::wait_for(
+        "ingest NOT_SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "NOT_SERVING",
+        || c.node_log(),
+    );
+    // A probe of a few bytes would fit; the node's probe writes as much
+    // as the pack that failed, so ingest stays stopped.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(c.health(&probe, "refuge.v1.Ingest"), "NOT_SERVING");
+    let audit = c.audit(&probe);
+    assert!(
+        audit.iter().any(|e| e["event"] == "store_writes_stopped"
+            && e["detail"].as_str().unwrap_or("").contains("QuotaExceeded")),
+        "{audit:?}"
+    );
+    // The next backup is refused at once, saying why.
+    let r = run("refuge-agent", c.path(), &["-c", a, "backup"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("node storage is full"), "{}", r.stderr);
+    assert!(c.snapshots(&agent).is_empty());
+
+    // Room again: ingest resumes by itself and the backup goes through.
+    ceph.set_quota(None);
+    refuge_tests::wait_for(
+        "ingest SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "SERVING",
+        || c.node_log(),
+    );
+    run("refuge-agent", c.path(), &["-c", a, "backup"]).ok();
+    let out = c.path().join("restored");
+    c.restore_latest(&agent, &out).ok();
+    assert_same_tree(&src, &out);
+}

@@ -97,6 +97,54 @@ impl Ceph {
         (through, gw)
     }
 
+    /// The same cluster with a new bucket of the caller's own, named
+    /// `what-…` (unique), for a test that sets a quota on it.
+    pub fn own_bucket(&self, what: &str) -> Ceph {
+        let bucket = self.fresh_prefix(what).to_ascii_lowercase();
+        let out = self
+            .curl()
+            .args(["-X", "PUT"])
+            .arg(format!("{}/{bucket}", self.endpoint))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating bucket {bucket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ceph {
+            bucket,
+            ..self.clone()
+        }
+    }
+
+    /// Limits this bucket to `max_bytes` (RGW's bucket quota, enforced on
+    /// each upload), or lifts the limit (`None`).
+    pub fn set_quota(&self, max_bytes: Option<u64>) {
+        let conf = self.dir.join("ceph.conf");
+        let admin = |args: &[&str]| {
+            let out = Command::new("radosgw-admin")
+                .arg("-c")
+                .arg(&conf)
+                .args(args)
+                .args(["--quota-scope=bucket", "--bucket", &self.bucket])
+                .output()
+                .expect("running radosgw-admin");
+            assert!(
+                out.status.success(),
+                "radosgw-admin {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        match max_bytes {
+            Some(n) => {
+                admin(&["quota", "set", &format!("--max-size={n}")]);
+                admin(&["quota", "enable"]);
+            }
+            None => admin(&["quota", "disable"]),
+        }
+    }
+
     /// A prefix no other test (of this or an earlier run) uses.
     pub fn fresh_prefix(&self, what: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
