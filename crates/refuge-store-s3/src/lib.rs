@@ -272,7 +272,16 @@ impl PackStore {
         let (bytes, entries) = s.pack.finish();
         let total = records_len(&entries);
         let len = bytes.len();
-        if let Err(e) = self.bucket.put(&name, bytes) {
+        let started = std::time::Instant::now();
+        let put = self.bucket.put(&name, bytes);
+        tracing::debug!(
+            pack = %name,
+            bytes = len,
+            ms = started.elapsed().as_millis() as u64,
+            ok = put.is_ok(),
+            "pack upload"
+        );
+        if let Err(e) = put {
             let error = write_error(e);
             self.set_trouble(Some(Trouble {
                 error: error.clone(),
