@@ -12,9 +12,13 @@
 //! tenant's client holds every upload stream the node allows it.
 //! `replication` measures a primary node's push of the data set to a
 //! replica node (initial copy and a ~5% change) against what loopback TCP
-//! carries.
+//! carries. `scale` drives the node's catalog (RocksDB, no network) through
+//! 1,000 agents' backups to millions of chunks (docs/scale.md).
+//! `--backend s3` keeps the node's chunk bodies in a Ceph bucket on this
+//! machine (scripts/ceph.sh).
 
 mod e2e;
+mod scale;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +183,72 @@ enum Cmd {
         /// Take `refuge`, `refuge-agent` and `refuged` from this directory.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+    },
+    /// The node's catalog (RocksDB) at millions of chunks, without a
+    /// network: agents' backups (FindMissing, packs placed, commits) until
+    /// --chunks distinct chunks, with size on disk, RSS, rates and commit
+    /// latency every --every chunks; then retention, garbage collection,
+    /// a listing of every chunk id and a reopen (docs/scale.md).
+    Scale {
+        /// Distinct chunks to reach (10M, 500k, 2000000).
+        #[arg(long, default_value = "10M", value_parser = scale::parse_count)]
+        chunks: u64,
+        /// Agents (one host and source each).
+        #[arg(long, default_value_t = 1000)]
+        agents: u32,
+        /// Tenants the agents are spread over (--agents must be a multiple).
+        #[arg(long, default_value_t = 50)]
+        tenants: u32,
+        /// Target pack size, MiB.
+        #[arg(long, default_value_t = 32)]
+        pack_mib: u32,
+        /// Nominal chunk size, KiB.
+        #[arg(long, default_value_t = 64)]
+        chunk_kib: u32,
+        /// Share of a snapshot's chunks that are new in the next one, %.
+        #[arg(long, default_value_t = 5.0)]
+        new_pct: f64,
+        /// Generations after the first over which --chunks is reached
+        /// (sets the size of one snapshot).
+        #[arg(long, default_value_t = 10)]
+        generations: u32,
+        /// Generations between garbage collections (0: only at the end).
+        #[arg(long, default_value_t = 4)]
+        gc_every: u32,
+        /// Agents backed up at the same time.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// The store's block cache, MiB (the node's default: 64).
+        #[arg(long, default_value_t = 64)]
+        block_cache_mib: usize,
+        /// `packs` (the s3 backend's catalog) or `inline` (the rocksdb
+        /// backend, bodies of --body-bytes in RocksDB).
+        #[arg(long, default_value = "packs", value_parser = ["packs", "inline"])]
+        bodies: String,
+        /// Body size of a chunk with --bodies inline.
+        #[arg(long, default_value_t = 4096)]
+        body_bytes: usize,
+        /// Report every this many distinct chunks.
+        #[arg(long, default_value = "1M", value_parser = scale::parse_count)]
+        every: u64,
+        /// Seed of the chunk ids.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory in which to create the scratch directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the store.
+        #[arg(long)]
+        keep: bool,
+        /// Markdown file to write the results into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Section (level-2 heading) of --out.
+        #[arg(
+            long,
+            default_value = "Scale: the catalog at 10 million chunks (issue 17)"
+        )]
+        label: String,
     },
 }
 
@@ -380,6 +450,48 @@ fn main() -> ExitCode {
             keep,
             bin_dir,
         }),
+        Some(Cmd::Scale {
+            chunks,
+            agents,
+            tenants,
+            pack_mib,
+            chunk_kib,
+            new_pct,
+            generations,
+            gc_every,
+            threads,
+            block_cache_mib,
+            bodies,
+            body_bytes,
+            every,
+            seed,
+            dir,
+            keep,
+            out,
+            label,
+        }) => scale::main(
+            scale::Options {
+                chunks,
+                agents,
+                tenants,
+                pack_mib,
+                chunk_kib,
+                new_pct,
+                generations,
+                gc_every,
+                threads,
+                block_cache_mib,
+                inline: bodies == "inline",
+                body_bytes,
+                every,
+                seed,
+                dir,
+                keep,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            },
+            out,
+            &label,
+        ),
         None => end_to_end(cli.e2e),
     };
     match r {

@@ -87,9 +87,48 @@ impl Bucket {
         ))
     }
 
+    fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-S", "--fail", "--max-time", "60"])
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .arg("--aws-sigv4")
+            .arg(format!("aws:amz:{}:s3", self.region))
+            .arg("--user")
+            .arg(format!("{}:{}", self.access_key, self.secret_key));
+        c
+    }
+
     /// Bytes and objects under `prefix` (a bucket listing).
     pub fn usage(&self, prefix: &str) -> anyhow::Result<(u64, u64)> {
-        let (mut bytes, mut objects) = (0u64, 0u64);
+        let (bytes, keys) = self.list(prefix)?;
+        Ok((bytes, keys.len() as u64))
+    }
+
+    /// Deletes every object under `prefix`: a run's packs would otherwise
+    /// fill the test cluster's OSD after a few runs (a full Ceph blocks
+    /// writes, and the node then sees time-outs).
+    pub fn remove(&self, prefix: &str) -> anyhow::Result<()> {
+        for key in self.list(prefix)?.1 {
+            let out = self
+                .curl()
+                .args(["-X", "DELETE"])
+                .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
+                .output()
+                .context("running curl")?;
+            if !out.status.success() {
+                bail!(
+                    "deleting {key}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Total bytes and the keys of the objects under `prefix`.
+    fn list(&self, prefix: &str) -> anyhow::Result<(u64, Vec<String>)> {
+        let mut bytes = 0u64;
+        let mut keys = Vec::new();
         let mut after = String::new();
         loop {
             let mut url = format!(
@@ -101,16 +140,7 @@ impl Bucket {
             if !after.is_empty() {
                 url.push_str(&format!("&start-after={}", after.replace('/', "%2F")));
             }
-            let out = Command::new("curl")
-                .args(["-s", "-S", "--fail", "--max-time", "60"])
-                .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-                .arg("--aws-sigv4")
-                .arg(format!("aws:amz:{}:s3", self.region))
-                .arg("--user")
-                .arg(format!("{}:{}", self.access_key, self.secret_key))
-                .arg(&url)
-                .output()
-                .context("running curl")?;
+            let out = self.curl().arg(&url).output().context("running curl")?;
             if !out.status.success() {
                 bail!(
                     "listing {url}: {}",
@@ -125,14 +155,14 @@ impl Bucket {
             };
             let mut last = String::new();
             for entry in xml.split("<Contents>").skip(1) {
-                objects += 1;
                 bytes += field(entry, "Size")
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
                 last = field(entry, "Key").unwrap_or_default();
+                keys.push(last.clone());
             }
             if !xml.contains("<IsTruncated>true</IsTruncated>") || last.is_empty() {
-                return Ok((bytes, objects));
+                return Ok((bytes, keys));
             }
             after = last;
         }

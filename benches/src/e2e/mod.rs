@@ -564,7 +564,13 @@ fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
     let stop = node.stop()?;
     let (mut store_bytes, mut store_files) = cluster::dir_size(&dir.join("store"))?;
     let bucket = match &o.bucket {
-        Some(b) => Some(b.usage(&prefix)?),
+        Some(b) => {
+            let used = b.usage(&prefix)?;
+            if !o.keep {
+                b.remove(&prefix)?;
+            }
+            Some(used)
+        }
         None => None,
     };
     if let Some((bytes, objects)) = bucket {
@@ -872,7 +878,7 @@ fn markdown(o: &Options, m: &Machine, runs: &[RunData]) -> String {
         first
             .bucket
             .map(|(b, n)| format!(
-                " and the bucket ({} in {n} pack objects; the RocksDB catalog {})",
+                " and the bucket ({} in {n} objects; the RocksDB catalog {})",
                 mb(b),
                 mb(first.store_bytes - b)
             ))
