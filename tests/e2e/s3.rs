@@ -364,3 +364,42 @@ fn a_full_bucket_stops_ingest_with_a_clear_error_and_ingest_resumes_once_it_has_
     c.restore_latest(&agent, &out).ok();
     assert_same_tree(&src, &out);
 }
+
+#[test]
+fn wrong_credentials_keep_ingest_not_serving_and_name_the_gateways_refusal() {
+    let right = Ceph::shared();
+    let ceph = right.with_secret_key("not-the-secret-key-of-this-user-00000000");
+    let (c, prefix) = Cluster::on_ceph(&ceph, 2, "[health]\ncheck_interval_secs = 1\n");
+    let probe = c.client(&["--role", "auditor", "--name", "probe"]);
+    // The node's first probe of the bucket is refused: ingest does not
+    // serve, and says why.
+    refuge_tests::wait_for(
+        "ingest NOT_SERVING",
+        || c.health(&probe, "refuge.v1.Ingest") == "NOT_SERVING",
+        || c.node_log(),
+    );
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), noise(1 << 20, 31)).unwrap();
+    let agent = c.default_agent(&[("data", &src, "tree")]);
+    let text = fs::read_to_string(&agent)
+        .unwrap()
+        .replace("[chunking]", "[limits]\nretries = 0\n\n[chunking]");
+    fs::write(&agent, text).unwrap();
+    let r = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    );
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("node storage cannot be written")
+            && r.stderr.contains("SignatureDoesNotMatch")
+            && r.stderr.contains(&format!("s3://{}/{prefix}", ceph.bucket)),
+        "{}",
+        r.stderr
+    );
+    assert!(c.snapshots(&agent).is_empty());
+    // Nothing reached the bucket.
+    assert!(packs(&right, &prefix).is_empty());
+}

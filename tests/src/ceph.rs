@@ -145,6 +145,15 @@ impl Ceph {
         }
     }
 
+    /// The same gateway and bucket with another secret key (a node
+    /// configured with it is refused by the gateway).
+    pub fn with_secret_key(&self, secret_key: &str) -> Ceph {
+        Ceph {
+            secret_key: secret_key.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// A prefix no other test (of this or an earlier run) uses.
     pub fn fresh_prefix(&self, what: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);

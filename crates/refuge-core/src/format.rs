@@ -78,8 +78,8 @@ pub const RETENTION_POLICY_VERSION: u8 = 1;
 pub const CIPHER_NONE: u8 = 0;
 
 /// Cipher id of sealed chunk bodies: XChaCha20-Poly1305, nonce derived from
-/// the chunk id, the id and uncompressed length as associated data
-/// (`crate::crypto`). 0 means not sealed.
+/// the chunk id, the id and uncompressed length as associated data (the
+/// crypto module seals and opens them). 0 means not sealed.
 pub const CIPHER_XCHACHA20_POLY1305: u8 = 1;
 
 /// Hash id of keyed chunk ids: BLAKE3 keyed with the tenant's id key.

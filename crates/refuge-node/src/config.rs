@@ -643,6 +643,34 @@ mod tests {
     }
 
     #[test]
+    fn the_store_section_picks_a_backend_and_refuses_half_configurations() {
+        let base = "listen = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        assert_eq!(
+            NodeConfig::parse(base).unwrap().store.backend,
+            Backend::Rocksdb
+        );
+        let s3 = "[store.s3]\nendpoint = \"http://127.0.0.1:7480\"\nbucket = \"refuge\"\ncredentials_file = \"creds.toml\"\n";
+        let cfg = NodeConfig::parse(&format!("{base}[store]\nbackend = \"s3\"\n{s3}")).unwrap();
+        assert_eq!(cfg.store.backend, Backend::S3);
+        assert_eq!(cfg.store.s3.unwrap().pack_mib, 32);
+        for (extra, needle) in [
+            (
+                "[store]\nbackend = \"s3\"\n".to_string(),
+                "needs a [store.s3]",
+            ),
+            (s3.to_string(), "is set but store.backend is \"rocksdb\""),
+            (
+                format!("[store]\nbackend = \"s3\"\n{s3}pack_mib = 0\n"),
+                "pack_mib",
+            ),
+            ("[store]\nbackend = \"ceph\"\n".to_string(), "backend"),
+        ] {
+            let e = NodeConfig::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{needle}: {e:#}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let base = "listen = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
         NodeConfig::parse(base).unwrap();
