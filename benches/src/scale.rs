@@ -534,7 +534,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
             items: format!("{} entries examined", gc_periodic.2),
             secs: gc_periodic.1,
             note: format!(
-                "{:.0} entries/s; all new chunks since the last run",
+                "{:.0} entries/s; chunks placed and not referenced since the last run",
                 gc_periodic.2 as f64 / gc_periodic.1.max(1e-9)
             ),
         });
@@ -548,7 +548,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
         what: "garbage collection after the last generation".into(),
         items: format!("{} entries examined, {} deleted", out.examined, out.deleted),
         secs: t.elapsed().as_secs_f64(),
-        note: "referenced chunks only leave `unreferenced`".into(),
+        note: "what no commit referenced: committed chunks leave `unreferenced` at their commit".into(),
     });
 
     // Retention: the older half of the generations goes.

@@ -492,6 +492,31 @@ impl RocksStore {
         Ok(out)
     }
 
+    /// Adds `counts` to the reference counts in `batch`, and takes the
+    /// chunks they name out of `unreferenced` (new chunks enter it at
+    /// upload): otherwise every chunk a backup adds would wait there for
+    /// the next garbage collection to find it referenced, which then reads
+    /// every chunk added since the last one. The caller holds `commit`, so
+    /// no deletion adds an entry between the read and the write.
+    fn add_references(
+        &self,
+        batch: &mut WriteBatch,
+        tenant: &TenantId,
+        counts: &[(ChunkId, u64)],
+    ) -> Result<()> {
+        let keys: Vec<Vec<u8>> = counts.iter().map(|(id, _)| key(tenant, &id.0)).collect();
+        let unref = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_UNREF), keys.iter(), false);
+        for ((k, (_, n)), u) in keys.iter().zip(counts).zip(unref) {
+            batch.merge_cf(self.cf(CF_REFCOUNTS), k, (*n as i64).to_le_bytes());
+            if u.map_err(err)?.is_some() {
+                batch.delete_cf(self.cf(CF_UNREF), k);
+            }
+        }
+        Ok(())
+    }
+
     /// Renews the unreferenced time of those of `ids` that have one
     /// (the caller holds the read side of `gc_lock`).
     fn touch_unlocked(
@@ -739,13 +764,7 @@ impl Store for RocksStore {
             v[8..].copy_from_slice(&time.to_le_bytes());
             batch.put_cf(self.cf(CF_COMMIT_TOKENS), k, v);
         }
-        for (id, n) in &counts {
-            batch.merge_cf(
-                self.cf(CF_REFCOUNTS),
-                key(&rec.tenant, &id.0),
-                (*n as i64).to_le_bytes(),
-            );
-        }
+        self.add_references(&mut batch, &rec.tenant, &counts)?;
         let wo = synced();
         self.db.write_opt(batch, &wo).map_err(err)?;
         *last = (seq, time);
@@ -793,13 +812,7 @@ impl Store for RocksStore {
         );
         batch.put_cf(self.cf(CF_SNAPSHOT_IDS), &id_key, pos.to_be_bytes());
         batch.put_cf(self.cf(CF_META), META_SEQ, pos.to_be_bytes());
-        for (id, n) in &counts {
-            batch.merge_cf(
-                self.cf(CF_REFCOUNTS),
-                key(&rec.tenant, &id.0),
-                (*n as i64).to_le_bytes(),
-            );
-        }
+        self.add_references(&mut batch, &rec.tenant, &counts)?;
         self.db.write_opt(batch, &synced()).map_err(err)?;
         last.0 = pos;
         fail_point!("store.import.after_record");
@@ -903,6 +916,7 @@ impl Store for RocksStore {
                 .db
                 .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), cands.iter(), false);
             let mut batch = WriteBatch::default();
+            let mut doomed: Vec<Vec<u8>> = Vec::new();
             for (((k, since), count), idx) in cands.iter().zip(since).zip(counts).zip(index) {
                 let Some(since) = since.map_err(err)? else {
                     continue;
@@ -919,15 +933,19 @@ impl Store for RocksStore {
                             .get(4..8)
                             .and_then(|b| b.try_into().ok())
                             .map_or(0, u32::from_le_bytes);
-                        self.mark_dead(&mut batch, k)?;
-                        batch.delete_cf(self.cf(CF_CHUNKS), k);
-                        batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
+                        doomed.push(k.clone());
                         out.deleted += 1;
                         out.bytes += u64::from(stored);
                     }
                 } else {
                     out.kept_recent += 1;
                 }
+            }
+            // Where the doomed chunks lie, in one read (a packs store).
+            for (k, loc) in doomed.iter().zip(self.dead_locations(&doomed)?) {
+                self.record_dead(&mut batch, k, loc.as_deref())?;
+                batch.delete_cf(self.cf(CF_CHUNKS), k);
+                batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
             }
             fail_point!("store.gc.before_batch");
             self.db.write(batch).map_err(err)?;

@@ -538,10 +538,36 @@ impl RocksStore {
         if self.bodies != Bodies::Packs {
             return Ok(());
         }
-        let Some(v) = self.db.get_cf(self.cf(CF_CHUNKS), chunk_key).map_err(err)? else {
+        let v = self.db.get_cf(self.cf(CF_CHUNKS), chunk_key).map_err(err)?;
+        self.record_dead(batch, chunk_key, v.as_deref())
+    }
+
+    /// The `chunks` entries of `keys` when they are pack locations (a
+    /// packs store), read in one batch for [`Self::record_dead`]; `None`
+    /// for each in an inline store, whose entries are the bodies.
+    pub(crate) fn dead_locations(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        if self.bodies != Bodies::Packs {
+            return Ok(vec![None; keys.len()]);
+        }
+        self.db
+            .batched_multi_get_cf(self.cf(CF_CHUNKS), keys.iter(), false)
+            .into_iter()
+            .map(|r| Ok(r.map_err(err)?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    /// Records the chunk at `chunk_key`, whose `chunks` entry is the pack
+    /// location `loc` (none in an inline store), as dead in its pack.
+    pub(crate) fn record_dead(
+        &self,
+        batch: &mut WriteBatch,
+        chunk_key: &[u8],
+        loc: Option<&[u8]>,
+    ) -> Result<()> {
+        let Some(v) = loc else {
             return Ok(());
         };
-        let at = Location::decode(&v)?;
+        let at = Location::decode(v)?;
         let id: [u8; 32] = chunk_key
             .get(chunk_key.len().saturating_sub(32)..)
             .and_then(|b| b.try_into().ok())

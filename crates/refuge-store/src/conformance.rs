@@ -313,6 +313,46 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     assert_eq!(s.put_chunks(&a, &[(id, c)], 9_000).unwrap().stored, 1);
 }
 
+/// A commit or an import takes the chunks it references out of the
+/// unreferenced set, and a deletion that frees one puts it back: garbage
+/// collection looks only at chunks nothing references.
+pub fn references_leave_the_unreferenced_set(s: &dyn Store) {
+    let a = tenant("alpha");
+    let chunks: Vec<_> = (0..4u8).map(|i| chunk(&[i; 64])).collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    s.put_chunks(&a, &chunks, 100).unwrap();
+    let mut n = new_snapshot("alpha", "etc", ids[0]);
+    n.refs = [ids[0], ids[1]].into();
+    let local = s.commit_snapshot(n, 200).unwrap();
+    let mut far = crate::build_record(new_snapshot("alpha", "var", ids[2]), 1, 150);
+    far.host = HostName::new("host2").unwrap();
+    far.id = far.compute_id();
+    assert_eq!(
+        s.import_snapshot(&far, &[ids[2]].into()).unwrap(),
+        Imported::New
+    );
+    // A cutoff before every event: nothing goes, and only the chunk no
+    // snapshot references is looked at.
+    let o = s.collect_garbage(50, &mut |_| {}).unwrap();
+    let only_orphan = GcOutcome {
+        examined: 1,
+        kept_recent: 1,
+        ..GcOutcome::default()
+    };
+    assert_eq!(o, only_orphan);
+    // The deletion frees ids[1] (ids[0] too: the manifest is referenced
+    // only by the refs the caller passes).
+    assert!(
+        s.delete_snapshot(&a, &local.id, &[ids[0], ids[1]].into(), 300)
+            .unwrap()
+    );
+    let o = s.collect_garbage(250, &mut |_| {}).unwrap();
+    assert_eq!((o.examined, o.deleted, o.kept_recent), (3, 1, 2), "{o:?}");
+    let o = s.collect_garbage(1_000, &mut |_| {}).unwrap();
+    assert_eq!((o.examined, o.deleted), (2, 2), "{o:?}");
+    assert_eq!(s.missing_chunks(&a, &ids).unwrap(), vec![0, 1, 3]);
+}
+
 /// A quarantined chunk is no longer found, is listed with its reason,
 /// and the next upload of the same id heals it; ids are listed in order.
 pub fn quarantine_hides_and_an_upload_heals(s: &dyn Store) {
@@ -559,6 +599,11 @@ macro_rules! conformance_tests {
         fn conformance_gc_deletes_only_old_unreferenced_chunks() {
             let s = $make;
             $crate::conformance::gc_deletes_only_old_unreferenced_chunks(&*s);
+        }
+        #[test]
+        fn conformance_references_leave_the_unreferenced_set() {
+            let s = $make;
+            $crate::conformance::references_leave_the_unreferenced_set(&*s);
         }
         #[test]
         fn conformance_quarantine_hides_and_an_upload_heals() {

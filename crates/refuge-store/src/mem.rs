@@ -147,7 +147,9 @@ impl Store for MemStore {
             return Err(StoreError::missing_chunk(id));
         }
         for (id, n) in counts {
-            *g.refs.entry((new.tenant.clone(), id)).or_insert(0) += n;
+            let k = (new.tenant.clone(), id);
+            g.unref.remove(&k);
+            *g.refs.entry(k).or_insert(0) += n;
         }
         let seq = g.seq + 1;
         let time = now_micros.max(g.last_time.saturating_add(1));
@@ -191,6 +193,7 @@ impl Store for MemStore {
             return Err(StoreError::missing_chunk(id));
         }
         for (id, n) in counts {
+            g.unref.remove(&(t.clone(), id));
             *g.refs.entry((t.clone(), id)).or_insert(0) += n;
         }
         g.seq += 1;

@@ -1,10 +1,10 @@
 //! Store access from the node's async handlers: the blocking pool, the
 //! one mapping of [`StoreError`] to a gRPC [`Status`], and a manifest read
-//! back chunk by chunk from the store ([`StoredStream`]).
+//! back from the store a batch of chunks at a time ([`StoredStream`]).
 
 use std::io::Read;
 
-use refuge_core::{ChunkRef, TenantId, decode_chunk};
+use refuge_core::{ChunkRef, StoredChunk, TenantId, decode_chunk};
 use refuge_store::{Store, StoreError};
 use tonic::Status;
 
@@ -32,11 +32,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
+/// Raw bytes of manifest chunks [`StoredStream`] asks the store for at
+/// once (at least one chunk): one call, so that a packs store reads them
+/// with a few ranged GETs rather than one round trip per chunk.
+const STREAM_BATCH_BYTES: u64 = 8 << 20;
+
 /// Reads a manifest stream from stored chunks, verifying each.
 pub(crate) struct StoredStream<'a> {
     store: &'a dyn Store,
     tenant: &'a TenantId,
-    refs: std::slice::Iter<'a, ChunkRef>,
+    refs: &'a [ChunkRef],
+    /// Fetched and not yet decoded, in order.
+    ahead: std::collections::VecDeque<(&'a ChunkRef, StoredChunk)>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -47,26 +54,48 @@ impl<'a> StoredStream<'a> {
         StoredStream {
             store,
             tenant,
-            refs: refs.iter(),
+            refs,
+            ahead: Default::default(),
             buf: Vec::new(),
             pos: 0,
         }
+    }
+
+    /// Fetches the next refs, up to [`STREAM_BATCH_BYTES`], in one call.
+    fn fetch(&mut self) -> std::io::Result<()> {
+        let mut n = 0;
+        let mut bytes = 0u64;
+        while n < self.refs.len()
+            && (n == 0 || bytes + u64::from(self.refs[n].len) <= STREAM_BATCH_BYTES)
+        {
+            bytes += u64::from(self.refs[n].len);
+            n += 1;
+        }
+        let (now, rest) = self.refs.split_at(n);
+        self.refs = rest;
+        let ids: Vec<_> = now.iter().map(|r| r.id).collect();
+        for (r, got) in now.iter().zip(self.store.get_chunks(self.tenant, &ids)) {
+            let c = got.map_err(std::io::Error::other)?.ok_or_else(|| {
+                std::io::Error::other(format!("manifest chunk {} is missing", r.id))
+            })?;
+            self.ahead.push_back((r, c));
+        }
+        Ok(())
     }
 }
 
 impl Read for StoredStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            let Some(r) = self.refs.next() else {
+            if self.ahead.is_empty() {
+                if self.refs.is_empty() {
+                    return Ok(0);
+                }
+                self.fetch()?;
+            }
+            let Some((r, c)) = self.ahead.pop_front() else {
                 return Ok(0);
             };
-            let c = self
-                .store
-                .get_chunk(self.tenant, &r.id)
-                .map_err(std::io::Error::other)?
-                .ok_or_else(|| {
-                    std::io::Error::other(format!("manifest chunk {} is missing", r.id))
-                })?;
             if c.raw_len != r.len {
                 return Err(std::io::Error::other(format!(
                     "manifest chunk {} has the wrong length",
@@ -131,6 +160,32 @@ mod tests {
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert!(e.to_string().contains("wrong length"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_stream_spans_several_fetches_in_order() {
+        let store = MemStore::new();
+        let t = tenant();
+        // 5 chunks of 3 MiB: fetches of 2, 2 and 1 chunks.
+        let mut refs = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..5u8 {
+            let p = vec![i; 3 << 20];
+            let id = ChunkId::of(&p);
+            store
+                .put_chunks(&t, &[(id, compress_chunk(&p, 1))], 1)
+                .unwrap();
+            refs.push(ChunkRef {
+                id,
+                len: p.len() as u32,
+            });
+            want.extend_from_slice(&p);
+        }
+        let mut out = Vec::new();
+        StoredStream::new(&store, &t, &refs)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == want, "bytes differ");
     }
 
     #[test]
