@@ -548,7 +548,8 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
         what: "garbage collection after the last generation".into(),
         items: format!("{} entries examined, {} deleted", out.examined, out.deleted),
         secs: t.elapsed().as_secs_f64(),
-        note: "what no commit referenced: committed chunks leave `unreferenced` at their commit".into(),
+        note: "what no commit referenced: committed chunks leave `unreferenced` at their commit"
+            .into(),
     });
 
     // Retention: the older half of the generations goes.

@@ -15,6 +15,7 @@ mod health;
 mod hostile;
 mod hostile_wire;
 mod network;
+mod postgres;
 mod power_loss;
 mod rejections;
 mod replication;

@@ -35,7 +35,7 @@ use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::upload::{RateLimiter, Uploader};
 
-fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
+pub(crate) fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
     Entry {
         path,
         kind,
@@ -249,8 +249,24 @@ fn checkpoint_missing(
     Ok(missing)
 }
 
+/// What a tree walk leaves out.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TreeRules {
+    /// Paths (relative, bytes) left out, with everything under them.
+    pub(crate) skip: Option<fn(&[u8]) -> bool>,
+    /// Files that vanish while the walk runs are expected (a database
+    /// drops and creates relation files): left out without a warning.
+    pub(crate) quiet_vanished: bool,
+}
+
+fn vanished(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
+
+#[allow(clippy::too_many_arguments)]
 fn walk_tree(
     root: &Path,
+    rules: TreeRules,
     params: ChunkerParams,
     parents: &mut Parents,
     w: &mut Manifest,
@@ -266,12 +282,19 @@ fn walk_tree(
             root.display()
         );
     }
+    let skipped = |e: &walkdir::DirEntry| match (rules.skip, e.path().strip_prefix(root)) {
+        (Some(skip), Ok(rel)) if !rel.as_os_str().is_empty() => skip(rel.as_os_str().as_bytes()),
+        _ => false,
+    };
     for item in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !skipped(e))
     {
         let ent = match item {
             Ok(e) => e,
+            Err(e) if rules.quiet_vanished && e.io_error().is_some_and(vanished) => continue,
             Err(e) => {
                 let p = e
                     .path()
@@ -292,6 +315,7 @@ fn walk_tree(
         };
         let md = match ent.metadata() {
             Ok(m) => m,
+            Err(e) if rules.quiet_vanished && e.io_error().is_some_and(vanished) => continue,
             Err(e) => {
                 rep.warn(format!(
                     "cannot stat {}: {e}; skipped",
@@ -361,6 +385,9 @@ fn walk_tree(
                     rep.files += 1;
                     bar.set_files(rep.files);
                 }
+                Err(e)
+                    if rules.quiet_vanished
+                        && e.downcast_ref::<std::io::Error>().is_some_and(vanished) => {}
                 Err(e) if e.downcast_ref::<std::io::Error>().is_some() => rep.warn(format!(
                     "cannot read {}: {e}; skipped",
                     ent.path().display()
@@ -605,7 +632,7 @@ fn open_spool(
 
 /// The checkpoint an interrupted run left, if it is readable.
 /// A manifest reader that opens sealed entries when there is a key.
-fn manifest_reader<R: Read>(
+pub(crate) fn manifest_reader<R: Read>(
     input: R,
     key: &Option<Arc<TenantKey>>,
 ) -> Result<ManifestReader<R>, refuge_core::ManifestError> {
@@ -691,7 +718,7 @@ fn backup_blocking(
     };
     rep.parent = parent.as_ref().map(|(id, _)| id.clone());
     let (tree_parent, mut image_parent) = match (source.kind, parent) {
-        (SourceKind::Tree, Some((_, reader))) => (
+        (k, Some((_, reader))) if k.is_tree() => (
             Some(Parent {
                 reader,
                 peeked: None,
@@ -700,7 +727,7 @@ fn backup_blocking(
             }),
             None,
         ),
-        (SourceKind::Image, Some((id, reader))) => match ImageParent::new(reader) {
+        (_, Some((id, reader))) => match ImageParent::new(reader) {
             Ok(p) => (None, p),
             Err(e) => {
                 warn!(
@@ -717,7 +744,7 @@ fn backup_blocking(
     let bar = Progress::new(opts.progress, "backup", None);
     let (spool, paths) = open_spool(opts.state_dir.as_deref(), &source.name)?;
     let checkpoint = match (&paths, source.kind, rehash) {
-        (Some((_, prev)), SourceKind::Tree, false) => open_checkpoint(prev, &opts.key),
+        (Some((_, prev)), k, false) if k.is_tree() => open_checkpoint(prev, &opts.key),
         _ => None,
     };
     let checkpoint_missing = match (&checkpoint, &paths) {
@@ -751,9 +778,11 @@ fn backup_blocking(
         limiter,
         opts.key.clone(),
     );
+    let mut pg = None;
     match source.kind {
         SourceKind::Tree => walk_tree(
             &source.path,
+            TreeRules::default(),
             params,
             &mut parents,
             &mut w,
@@ -761,6 +790,31 @@ fn backup_blocking(
             &mut rep,
             &bar,
         )?,
+        SourceKind::Postgres => {
+            let cfg = source.postgres.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "source {:?} is of kind postgres but has no [source.postgres]",
+                    source.name
+                )
+            })?;
+            let label = format!("refuge {}/{}", node.host, source.name);
+            let session = crate::postgres::Session::start(&rt, cfg, &source.path, &label)?;
+            let rules = TreeRules {
+                skip: Some(crate::postgres::skip),
+                quiet_vanished: true,
+            };
+            walk_tree(
+                &source.path,
+                rules,
+                params,
+                &mut parents,
+                &mut w,
+                &mut up,
+                &mut rep,
+                &bar,
+            )?;
+            pg = Some(session.stop()?);
+        }
         SourceKind::Image => read_image(
             &source.path,
             params,
@@ -778,6 +832,20 @@ fn backup_blocking(
         .into_inner()
         .map_err(|e| anyhow!("writing the manifest: {}", e.error()))?;
     spool.seek(SeekFrom::Start(0))?;
+    if let Some(stopped) = &pg {
+        let mut sink = Sink {
+            up: &mut up,
+            rep: &mut rep,
+            bar: &bar,
+        };
+        spool =
+            crate::pg_copy::complete(spool, &source.path, stopped, params, &opts.key, &mut sink)?;
+        rep.postgres = Some(crate::backup_report::PostgresReport {
+            start_lsn: stopped.start.to_string(),
+            stop_lsn: stopped.stop.to_string(),
+            wal_files: stopped.wal.len() as u64,
+        });
+    }
     let mut manifest = Vec::new();
     for chunk in Chunker::new(BufReader::new(spool), ChunkerParams::manifest()) {
         let chunk = chunk.context("reading back the manifest")?;

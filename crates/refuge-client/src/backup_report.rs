@@ -64,6 +64,21 @@ pub struct BackupReport {
     pub warning_count: u64,
     /// The first warnings.
     pub warnings: Vec<String>,
+    /// A `postgres` source: where the backup started and ended in the
+    /// server's WAL, and the WAL files the snapshot carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresReport>,
+}
+
+/// What a `postgres` backup took from the server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PostgresReport {
+    /// `pg_backup_start`'s WAL position (`0/2000028`).
+    pub start_lsn: String,
+    /// `pg_backup_stop`'s: restored, the cluster is consistent from here.
+    pub stop_lsn: String,
+    /// WAL segments (and timeline history files) added under `pg_wal/`.
+    pub wal_files: u64,
 }
 
 impl BackupReport {

@@ -301,11 +301,15 @@ impl LimitsConfig {
 pub struct SourceConfig {
     /// Name, unique per host (letters, digits, `-`, `_`, `.`).
     pub name: String,
-    /// A directory (kind `tree`) or a file or block device (kind `image`).
+    /// A directory (kind `tree`), a file or block device (kind `image`),
+    /// or a PostgreSQL cluster's data directory (kind `postgres`).
     pub path: PathBuf,
-    /// `tree` (default) or `image`.
+    /// `tree` (default), `image` or `postgres`.
     #[serde(default = "default_kind")]
     pub kind: SourceKind,
+    /// How to reach the server of a `postgres` source.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// Chunking for this source only, over `[chunking]` (for example
     /// smaller chunks for a database whose pages change in place).
     #[serde(default)]
@@ -322,6 +326,51 @@ pub struct SourceConfig {
 
 fn default_schedule() -> String {
     "1h".into()
+}
+
+/// `[source.postgres]`: the server whose data directory a `postgres`
+/// source copies. The role needs `LOGIN REPLICATION`, `pg_read_all_settings`
+/// and EXECUTE on `pg_backup_start` and `pg_backup_stop`
+/// (docs/databases.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Host name, address, or the directory of the server's Unix socket
+    /// (a path starting with `/`).
+    #[serde(default = "default_pg_host")]
+    pub host: String,
+    /// TCP port, or the number in the socket's name.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Role to log in as.
+    #[serde(default = "default_pg_user")]
+    pub user: String,
+    /// File holding the role's password (its first line); none for
+    /// `peer` or `trust` authentication.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Database to connect to (any; the backup covers the whole cluster).
+    #[serde(default = "default_pg_dbname")]
+    pub dbname: String,
+    /// Seconds to wait for the connection.
+    #[serde(default = "default_pg_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_pg_host() -> String {
+    "/var/run/postgresql".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pg_user() -> String {
+    "refuge".into()
+}
+fn default_pg_dbname() -> String {
+    "postgres".into()
+}
+fn default_pg_timeout() -> u64 {
+    10
 }
 
 /// Per-source overrides of `[chunking]`. Giving only `avg_size` sets
@@ -342,9 +391,9 @@ pub struct SourceChunking {
 
 impl SourceConfig {
     /// This source's chunking: its own settings over `global`. An image
-    /// source whose sizes neither `[chunking]` nor its own table change
-    /// gets [`ChunkerParams::image`] (smaller chunks: its blocks change in
-    /// place).
+    /// or postgres source whose sizes neither `[chunking]` nor its own
+    /// table change gets [`ChunkerParams::image`] (smaller chunks: their
+    /// blocks and pages change in place).
     pub fn chunking(&self, global: &ChunkingConfig) -> ChunkingConfig {
         let o = &self.chunking;
         let image = ChunkerParams::image();
@@ -352,7 +401,7 @@ impl SourceConfig {
             && o.min_size.is_none()
             && o.avg_size.is_none()
             && o.max_size.is_none();
-        if self.kind == SourceKind::Image && sizes_untouched {
+        if matches!(self.kind, SourceKind::Image | SourceKind::Postgres) && sizes_untouched {
             return ChunkingConfig {
                 min_size: image.min_size,
                 avg_size: image.avg_size,
@@ -414,6 +463,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
     }
     for s in &mut cfg.sources {
         fix(&mut s.path);
+        if let Some(f) = s.postgres.as_mut().and_then(|p| p.password_file.as_mut()) {
+            fix(f);
+        }
     }
     Ok(cfg)
 }
@@ -448,6 +500,21 @@ impl AgentConfig {
                 .check(&format!("[[source]] {:?} chunking", s.name))?;
             crate::Schedule::parse(&s.schedule)
                 .map_err(|e| anyhow::anyhow!("[[source]] {:?} schedule: {e}", s.name))?;
+            match (s.kind, &s.postgres) {
+                (SourceKind::Postgres, None) => bail!(
+                    "[[source]] {:?}: kind = \"postgres\" needs a [source.postgres] table (host, port, user, password_file)",
+                    s.name
+                ),
+                (SourceKind::Postgres, Some(pg)) if pg.connect_timeout_secs == 0 => bail!(
+                    "[[source]] {:?}: [source.postgres] connect_timeout_secs must be at least 1",
+                    s.name
+                ),
+                (SourceKind::Tree | SourceKind::Image, Some(_)) => bail!(
+                    "[[source]] {:?}: [source.postgres] applies to kind = \"postgres\" only",
+                    s.name
+                ),
+                _ => {}
+            }
             if s.on_change && s.kind != SourceKind::Tree {
                 bail!(
                     "[[source]] {:?}: on_change watches directories; it applies to kind = \"tree\" only",

@@ -265,6 +265,7 @@ pub async fn drill_snapshot(
     };
     let target = match snap.kind {
         SourceKind::Tree => scratch.path().join("tree"),
+        SourceKind::Postgres => scratch.path().join("pgdata"),
         SourceKind::Image => scratch.path().join("image"),
     };
     d.restored_to = target.display().to_string();
@@ -320,7 +321,7 @@ pub async fn drill_snapshot(
             .or(opts.check.as_ref())
     {
         let dir = match snap.kind {
-            SourceKind::Tree => target.clone(),
+            SourceKind::Tree | SourceKind::Postgres => target.clone(),
             SourceKind::Image => scratch.path().to_path_buf(),
         };
         let image = (snap.kind == SourceKind::Image).then_some(target.as_path());
@@ -533,8 +534,8 @@ fn verify_restored(
                 v.checked += 1;
                 let on_disk = match snap.kind {
                     SourceKind::Image => target.to_path_buf(),
-                    SourceKind::Tree if e.path == b"." => target.to_path_buf(),
-                    SourceKind::Tree => target.join(std::ffi::OsStr::from_bytes(&e.path)),
+                    _ if e.path == b"." => target.to_path_buf(),
+                    _ => target.join(std::ffi::OsStr::from_bytes(&e.path)),
                 };
                 match check_entry(&e, &on_disk, snap.kind) {
                     Ok(Some(file)) => {
@@ -619,8 +620,7 @@ fn check_entry(e: &Entry, p: &Path, kind: SourceKind) -> Result<Option<File>, St
                     e.mode & 0o7777
                 ));
             }
-            if kind == SourceKind::Tree
-                && (m.mtime(), m.mtime_nsec() as u32) != (e.mtime_secs, e.mtime_nanos)
+            if kind.is_tree() && (m.mtime(), m.mtime_nsec() as u32) != (e.mtime_secs, e.mtime_nanos)
             {
                 return Err(format!(
                     "modified at {}.{:09}, the snapshot has {}.{:09}",

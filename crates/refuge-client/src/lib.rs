@@ -18,6 +18,8 @@ mod config;
 mod connect;
 mod drill;
 mod file_chunks;
+mod pg_copy;
+mod postgres;
 mod progress;
 mod remote;
 mod restore;
@@ -42,7 +44,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub use backup::{BackupOptions, backup_source, new_commit_token};
-pub use backup_report::BackupReport;
+pub use backup_report::{BackupReport, PostgresReport};
 pub use calls::{
     CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
     PruneDecision, Pruned, Purpose, RecordedDrill, ReplicationRow, Retention, Selection,
@@ -51,7 +53,7 @@ pub use calls::{
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
-    LimitsConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
+    LimitsConfig, PostgresConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,

@@ -721,7 +721,9 @@ fn restore_blocking(
     .context("reading the snapshot's manifest")?;
     let mut writer = Writer::new(&rt, &node, &tenant, &opts.key, opts.threads, &bar);
     let result = match snap.kind {
-        SourceKind::Tree => restore_tree(&mut reader, &mut writer, &opts, &mut rep),
+        SourceKind::Tree | SourceKind::Postgres => {
+            restore_tree(&mut reader, &mut writer, &opts, &mut rep)
+        }
         SourceKind::Image => {
             if opts.include.is_some() {
                 Err(anyhow!(

@@ -54,6 +54,9 @@ pub const COMPRESSION_ZSTD: u8 = 1;
 pub const SOURCE_TREE: u8 = 1;
 /// Source kind id: one file or block device read as a byte stream.
 pub const SOURCE_IMAGE: u8 = 2;
+/// Source kind id: a PostgreSQL data directory taken with the server's
+/// backup API, with its `backup_label` and WAL (a tree manifest).
+pub const SOURCE_POSTGRES: u8 = 3;
 
 /// Largest chunk the protocol allows, before compression (16 MiB, the
 /// largest maximum FastCDC accepts).

@@ -4,7 +4,8 @@ use std::fmt;
 
 use crate::codec::{Dec, Enc};
 use crate::format::{
-    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_TREE,
+    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_POSTGRES,
+    SOURCE_TREE,
 };
 use crate::manifest::ChunkRef;
 use crate::names::{HostName, SourceName, TenantId};
@@ -17,6 +18,10 @@ pub enum SourceKind {
     Tree,
     /// One file or block device, read as a byte stream.
     Image,
+    /// A PostgreSQL cluster's data directory, copied between the server's
+    /// backup start and stop with the WAL that makes it consistent (and
+    /// the server's `backup_label`): a tree that starts as a database.
+    Postgres,
 }
 
 impl SourceKind {
@@ -25,6 +30,7 @@ impl SourceKind {
         match self {
             SourceKind::Tree => SOURCE_TREE,
             SourceKind::Image => SOURCE_IMAGE,
+            SourceKind::Postgres => SOURCE_POSTGRES,
         }
     }
     /// From a format id.
@@ -32,15 +38,22 @@ impl SourceKind {
         match id {
             SOURCE_TREE => Some(SourceKind::Tree),
             SOURCE_IMAGE => Some(SourceKind::Image),
+            SOURCE_POSTGRES => Some(SourceKind::Postgres),
             _ => None,
         }
     }
-    /// `tree` or `image`.
+    /// `tree`, `image` or `postgres`.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Tree => "tree",
             SourceKind::Image => "image",
+            SourceKind::Postgres => "postgres",
         }
+    }
+    /// Whether its manifest is a directory tree (restored, compared and
+    /// drilled as one): every kind but `image`.
+    pub fn is_tree(self) -> bool {
+        self != SourceKind::Image
     }
 }
 

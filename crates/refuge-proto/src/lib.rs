@@ -76,6 +76,7 @@ pub fn source_kind(v: i32) -> Result<SourceKind, WireError> {
     match pb::SourceKind::try_from(v) {
         Ok(pb::SourceKind::Tree) => Ok(SourceKind::Tree),
         Ok(pb::SourceKind::Image) => Ok(SourceKind::Image),
+        Ok(pb::SourceKind::Postgres) => Ok(SourceKind::Postgres),
         _ => Err(WireError(format!("unknown source kind {v}"))),
     }
 }
@@ -85,6 +86,7 @@ pub fn source_kind_to(k: SourceKind) -> i32 {
     match k {
         SourceKind::Tree => pb::SourceKind::Tree as i32,
         SourceKind::Image => pb::SourceKind::Image as i32,
+        SourceKind::Postgres => pb::SourceKind::Postgres as i32,
     }
 }
 
