@@ -19,6 +19,9 @@ command -v make >/dev/null 2>&1 || need+=(make)
 dpkg -s libfaketime >/dev/null 2>&1 || need+=(libfaketime)
 # The tests check the systemd unit files with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The postgres source's tests run servers of their own (initdb, pg_ctl,
+# pgbench, pg_amcheck, pg_basebackup from Debian's PostgreSQL).
+compgen -G "/usr/lib/postgresql/*/bin/pg_amcheck" >/dev/null || need+=(postgresql postgresql-contrib)
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]} with apt-get" >&2
     SUDO=""
