@@ -10,7 +10,6 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,26 +30,10 @@ use crate::backup_report::BackupReport;
 use crate::config::{AgentConfig, SourceConfig};
 use crate::connect::{Node, rpc_error};
 use crate::file_chunks::{ParentRefs, Sink, chunk_against_parent, chunk_file};
+use crate::manifest_io::{base_entry, manifest_reader, manifest_writer};
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
 use crate::upload::{RateLimiter, Uploader};
-
-pub(crate) fn base_entry(path: Vec<u8>, kind: EntryKind, md: &std::fs::Metadata) -> Entry {
-    Entry {
-        path,
-        kind,
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        mtime_secs: md.mtime(),
-        mtime_nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-        ctime_secs: md.ctime(),
-        ctime_nanos: md.ctime_nsec().clamp(0, 999_999_999) as u32,
-        inode: md.ino(),
-        size: 0,
-        target: Vec::new(),
-    }
-}
 
 type Manifest = ManifestWriter<BufWriter<File>>;
 
@@ -631,17 +614,6 @@ fn open_spool(
 }
 
 /// The checkpoint an interrupted run left, if it is readable.
-/// A manifest reader that opens sealed entries when there is a key.
-pub(crate) fn manifest_reader<R: Read>(
-    input: R,
-    key: &Option<Arc<TenantKey>>,
-) -> Result<ManifestReader<R>, refuge_core::ManifestError> {
-    match key {
-        Some(k) => ManifestReader::with_key(input, k.clone()),
-        None => ManifestReader::new(input),
-    }
-}
-
 fn open_checkpoint(path: &Path, key: &Option<Arc<TenantKey>>) -> Option<Parent> {
     let f = File::open(path).ok()?;
     match manifest_reader(Box::new(BufReader::new(f)) as Box<dyn Read + Send>, key) {
@@ -758,10 +730,7 @@ fn backup_blocking(
         quarantined: quarantined.unwrap_or_default(),
     };
     let out = BufWriter::with_capacity(64 << 10, spool);
-    let mut w = match &opts.key {
-        Some(k) => ManifestWriter::new_sealed(out, source.kind, k.clone())?,
-        None => ManifestWriter::new(out, source.kind)?,
-    };
+    let mut w = manifest_writer(out, source.kind, &opts.key)?;
     let limiter = RateLimiter::new(opts.max_upload_rate);
     let (threads, batch) = crate::upload::plan(
         opts.memory_budget,
@@ -780,28 +749,30 @@ fn backup_blocking(
     );
     let mut pg = None;
     match source.kind {
-        SourceKind::Tree => walk_tree(
-            &source.path,
-            TreeRules::default(),
-            params,
-            &mut parents,
-            &mut w,
-            &mut up,
-            &mut rep,
-            &bar,
-        )?,
-        SourceKind::Postgres => {
-            let cfg = source.postgres.as_ref().ok_or_else(|| {
-                anyhow!(
+        SourceKind::Tree | SourceKind::Postgres => {
+            // A postgres source: the walk runs between the server's backup
+            // start and stop, without what the server rebuilds.
+            let session = match (source.kind, &source.postgres) {
+                (SourceKind::Postgres, Some(cfg)) => {
+                    let label = format!("refuge {}/{}", node.host, source.name);
+                    Some(crate::postgres::Session::start(
+                        &rt,
+                        cfg,
+                        &source.path,
+                        &label,
+                    )?)
+                }
+                (SourceKind::Postgres, None) => bail!(
                     "source {:?} is of kind postgres but has no [source.postgres]",
                     source.name
-                )
-            })?;
-            let label = format!("refuge {}/{}", node.host, source.name);
-            let session = crate::postgres::Session::start(&rt, cfg, &source.path, &label)?;
+                ),
+                _ => None,
+            };
             let rules = TreeRules {
-                skip: Some(crate::postgres::skip),
-                quiet_vanished: true,
+                skip: session
+                    .as_ref()
+                    .map(|_| crate::postgres::skip as fn(&[u8]) -> bool),
+                quiet_vanished: session.is_some(),
             };
             walk_tree(
                 &source.path,
@@ -813,7 +784,7 @@ fn backup_blocking(
                 &mut rep,
                 &bar,
             )?;
-            pg = Some(session.stop()?);
+            pg = session.map(crate::postgres::Session::stop).transpose()?;
         }
         SourceKind::Image => read_image(
             &source.path,

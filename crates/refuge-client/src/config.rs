@@ -647,6 +647,42 @@ mod tests {
         ))
         .unwrap_err();
         assert!(format!("{e:#}").contains("unknown variant"), "{e:#}");
+        // A postgres source needs its server, and only it has one.
+        for (src, word) in [
+            ("kind = \"postgres\"\n", "needs a [source.postgres]"),
+            (
+                "kind = \"tree\"\npostgres = { port = 5432 }\n",
+                "applies to kind = \"postgres\" only",
+            ),
+            (
+                "kind = \"postgres\"\npostgres = { connect_timeout_secs = 0 }\n",
+                "connect_timeout_secs must be at least 1",
+            ),
+            (
+                "kind = \"postgres\"\npostgres = { prot = 1 }\n",
+                "unknown field",
+            ),
+        ] {
+            let e = AgentConfig::parse(&format!(
+                "{base}[[source]]\nname = \"pg\"\npath = \"/var/lib/pg\"\n{src}"
+            ))
+            .unwrap_err();
+            assert!(format!("{e:#}").contains(word), "{src}: {e:#}");
+        }
+        let ok = AgentConfig::parse(&format!(
+            "{base}[[source]]\nname = \"pg\"\npath = \"/var/lib/pg\"\nkind = \"postgres\"\npostgres = {{ user = \"bk\" }}\n"
+        ))
+        .unwrap();
+        let pg = ok.sources[0].postgres.as_ref().unwrap();
+        assert_eq!(
+            (pg.user.as_str(), pg.port, pg.host.as_str()),
+            ("bk", 5432, "/var/run/postgresql")
+        );
+        // Its pages change in place: the image's smaller chunks.
+        assert_eq!(
+            ok.sources[0].chunking(&ok.chunking).params(),
+            ChunkerParams::image()
+        );
         let e = AgentConfig::parse(&format!(
             "{base}[[source]]\nname = \"db\"\npath = \"/\"\nchunking = {{ avg_size = 100 }}\n"
         ))

@@ -18,6 +18,7 @@ mod config;
 mod connect;
 mod drill;
 mod file_chunks;
+mod manifest_io;
 mod pg_copy;
 mod postgres;
 mod progress;

@@ -13,12 +13,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use refuge_core::crypto::TenantKey;
-use refuge_core::{
-    ChunkerParams, Entry, EntryKind, ManifestRecord, ManifestWriter, SourceKind, walk_order,
-};
+use refuge_core::{ChunkerParams, Entry, EntryKind, ManifestRecord, SourceKind, walk_order};
 
-use crate::backup::{base_entry, manifest_reader};
 use crate::file_chunks::{RefList, Sink, chunk_file};
+use crate::manifest_io::{base_entry, manifest_reader, manifest_writer};
 use crate::postgres::Stopped;
 
 /// Reads and uploads the added files, and writes the walk's manifest
@@ -37,10 +35,7 @@ pub(crate) fn complete(
     let mut reader = manifest_reader(BufReader::new(walked), key)
         .map_err(|e| anyhow!("reading back the walk's manifest: {e}"))?;
     let out = BufWriter::with_capacity(64 << 10, tempfile::tempfile()?);
-    let mut w = match key {
-        Some(k) => ManifestWriter::new_sealed(out, SourceKind::Postgres, k.clone())?,
-        None => ManifestWriter::new(out, SourceKind::Postgres)?,
-    };
+    let mut w = manifest_writer(out, SourceKind::Postgres, key)?;
     let mut added = added.into_iter().peekable();
     while let Some(rec) = reader.next_record()? {
         match rec {
