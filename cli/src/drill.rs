@@ -71,6 +71,7 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
         scratch: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         check: a.check.clone(),
         checks: cfg.drill.checks.clone(),
+        postgres: cfg.drill.postgres.clone(),
         check_timeout: Duration::from_secs(
             a.check_timeout_secs.unwrap_or(cfg.drill.check_timeout_secs),
         ),
@@ -137,6 +138,7 @@ fn print_summary(r: &DrillReport) {
         "RPO age",
         "Behind newest",
         "Check",
+        "Database",
         "Result",
     ]);
     for s in &r.sources {
@@ -155,6 +157,15 @@ fn print_summary(r: &DrillReport) {
                 None => "-".into(),
                 Some(c) if c.passed => "ok".into(),
                 Some(c) => format!("exit {}", c.exit_code),
+            },
+            match &s.database {
+                None => "-".into(),
+                Some(db) if db.passed => format!(
+                    "up {}, query {}",
+                    secs_text(db.recovery_secs),
+                    secs_text(db.first_query_secs)
+                ),
+                Some(_) => "FAILED".into(),
             },
             if s.passed { "PASSED" } else { "FAILED" }.into(),
         ]);
@@ -225,6 +236,8 @@ struct DrillRow {
     first_failure: String,
     check_command: String,
     check_exit_code: Option<i32>,
+    /// A database source: its restored server started and checked.
+    database: Option<refuge_client::RecordedDatabase>,
 }
 
 /// `refuge drills`: the node's drill history.
@@ -257,6 +270,7 @@ pub async fn drills(path: &Path, sel: Selection, limit: u32, json: bool) -> Outc
             first_failure: d.first_failure,
             check_command: d.check_command,
             check_exit_code: d.check_exit_code,
+            database: d.database,
         })
         .collect();
     if json {

@@ -252,3 +252,263 @@ fn a_postgres_source_that_cannot_be_backed_up_fails_clearly_and_commits_nothing(
     .ok();
     assert_eq!(c.snapshots(&cfg).len(), 1);
 }
+
+/// `refuge drill --json` of the `pg` source with scratch space in `dir`
+/// and `extra` arguments.
+fn drill(c: &Cluster, cfg: &Path, scratch: &Path, extra: &[&str]) -> refuge_tests::Run {
+    let reports = c.path().join("reports");
+    let mut args = vec![
+        "-c",
+        cfg.to_str().unwrap(),
+        "drill",
+        "--json",
+        "--source",
+        "pg",
+        "--report-dir",
+        reports.to_str().unwrap(),
+        "--scratch",
+        scratch.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run("refuge", c.path(), &args)
+}
+
+/// The node's newest drill record.
+fn newest_drill(c: &Cluster, cfg: &Path) -> serde_json::Value {
+    let hist = run(
+        "refuge",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "drills", "--json"],
+    )
+    .ok()
+    .json();
+    hist.as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|d| d["seq"].as_u64())
+        .unwrap()
+        .clone()
+}
+
+/// `cfg` with `[drill.postgres.pg]` set to `table`.
+fn with_drill(c: &Cluster, cfg: &Path, name: &str, table: &str) -> std::path::PathBuf {
+    let text = fs::read_to_string(cfg).unwrap();
+    let out = c.path().join(name);
+    fs::write(&out, format!("{text}\n[drill.postgres.pg]\n{table}")).unwrap();
+    out
+}
+
+#[test]
+fn a_drill_of_a_postgres_source_starts_the_restored_cluster_checks_it_and_reports_its_timings() {
+    let c = Cluster::start();
+    let dir = postgres_dir();
+    let pg = Postgres::init(dir.path(), "main");
+    pg.run_tool("pgbench", &["-i", "-q", "-s", "2", "postgres"]);
+    pg.sql(
+        "postgres",
+        "CREATE TABLE marks (id bigint PRIMARY KEY); \
+         INSERT INTO marks SELECT generate_series(1, 123)",
+    );
+    let base = agent(&c, &pg, None, PASSWORD);
+    backup_json(&c, &base);
+    let scratch = dir.path().join("scratch");
+
+    // Queries, row counts and amcheck in the started copy; the source
+    // server keeps running beside it on its own socket.
+    let cfg = with_drill(
+        &c,
+        &base,
+        "checks.toml",
+        "queries = [\"SELECT max(id) FROM marks\", \"SELECT count(*) FROM pgbench_branches\"]\n\
+         tables = [\"public.pgbench_accounts\", \"marks\"]\namcheck = true\n",
+    );
+    let r = drill(&c, &cfg, &scratch, &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rep = r.json();
+    let s = &rep["sources"][0];
+    assert_eq!(s["kind"], "postgres");
+    let db = &s["database"];
+    assert_eq!(db["passed"], true, "{db:#}");
+    assert!(db["version"].as_str().unwrap().starts_with("15"), "{db:#}");
+    let rec = db["recovery_secs"].as_f64().unwrap();
+    let first = db["first_query_secs"].as_f64().unwrap();
+    assert!(rec > 0.0 && first >= rec, "{db:#}");
+    assert_eq!(db["queries"][0]["value"], "123");
+    assert_eq!(db["queries"][1]["value"], "2");
+    assert_eq!(db["tables"][0]["rows"], 200000);
+    assert_eq!(db["tables"][1]["rows"], 123);
+    assert_eq!(db["amcheck"]["passed"], true, "{db:#}");
+    assert_eq!(db["log"], "", "the log is kept only for failures");
+    // The scratch space is gone, and the source server still answers.
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_eq!(pg.sql("postgres", "SELECT count(*) FROM marks"), "123");
+    // The report and the node's history carry the timings.
+    let md = fs::read_dir(c.path().join("reports"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .unwrap();
+    let md = fs::read_to_string(md.path()).unwrap();
+    assert!(md.contains("Database (postgres 15"), "{md}");
+    assert!(md.contains("Table `marks`: 123 rows"), "{md}");
+    let h = newest_drill(&c, &cfg);
+    assert_eq!(h["database"]["passed"], true, "{h:#}");
+    assert_eq!(h["database"]["recovery_secs"].as_f64().unwrap(), rec);
+
+    // Without a [drill.postgres.pg] table: SELECT 1 as the default user.
+    let r = drill(&c, &base, &scratch, &["--no-record"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(
+        r.json()["sources"][0]["database"]["queries"][0]["value"],
+        "1"
+    );
+
+    // A table that is not there and a query that fails: the drill fails,
+    // naming them, after every other check ran.
+    let cfg = with_drill(
+        &c,
+        &base,
+        "missing.toml",
+        "queries = [\"SELECT 1/0\"]\ntables = [\"public.no_such_table\", \"marks\"]\n",
+    );
+    let r = drill(&c, &cfg, &scratch, &[]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let s = &r.json()["sources"][0];
+    assert_eq!(s["passed"], false);
+    assert_eq!(s["failure_count"], 0, "the files were fine: {s:#}");
+    let db = &s["database"];
+    assert!(
+        db["queries"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero"),
+        "{db:#}"
+    );
+    assert!(
+        db["tables"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{db:#}"
+    );
+    assert_eq!(db["tables"][1]["rows"], 123);
+    assert!(
+        db["log"].as_str().unwrap().contains("division by zero"),
+        "{db:#}"
+    );
+    let h = newest_drill(&c, &cfg);
+    assert_eq!(h["passed"], false, "{h:#}");
+    assert_eq!(h["database"]["passed"], false);
+    assert!(
+        h["first_failure"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero"),
+        "{h:#}"
+    );
+
+    // A server that cannot start: its own words, from its log.
+    let cfg = with_drill(
+        &c,
+        &base,
+        "bad-setting.toml",
+        "settings = { shared_buffers = \"lots\" }\n",
+    );
+    let r = drill(&c, &cfg, &scratch, &["--no-record"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let db = &r.json()["sources"][0]["database"];
+    assert!(
+        db["error"].as_str().unwrap().contains("did not start"),
+        "{db:#}"
+    );
+    assert!(
+        db["log"].as_str().unwrap().contains("shared_buffers"),
+        "{db:#}"
+    );
+
+    // Scratch space the data's owner cannot reach (inside a directory
+    // that is root's, 0700): the server says so and the drill fails.
+    let private = c.path().join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let r = drill(&c, &base, &private.join("scratch"), &["--no-record"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let db = &r.json()["sources"][0]["database"];
+    assert!(
+        db["log"].as_str().unwrap().contains("Permission denied"),
+        "{db:#}"
+    );
+    assert!(
+        db["error"]
+            .as_str()
+            .unwrap()
+            .contains("reachable by the data directory's owner"),
+        "{db:#}"
+    );
+
+    // A check that hangs is cut at the check timeout and the server is
+    // still stopped.
+    let cfg = with_drill(
+        &c,
+        &base,
+        "slow.toml",
+        "queries = [\"SELECT pg_sleep(60)\"]\n",
+    );
+    let r = drill(&c, &cfg, &scratch, &["--no-record", "--check-timeout", "8"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let db = &r.json()["sources"][0]["database"];
+    assert!(
+        db["queries"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("check timeout"),
+        "{db:#}"
+    );
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+
+    // The node keeps the database's word: a record saying passed with a
+    // failed database, or database figures without a database, is
+    // refused.
+    let hexed = rep["sources"][0]["snapshot"].as_str().unwrap();
+    let snapshot: Vec<u8> = (0..hexed.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hexed[i..i + 2], 16).unwrap())
+        .collect();
+    let forged = |db: (bool, bool, f64)| {
+        use refuge_proto::pb;
+        let base = base.clone();
+        let snapshot = snapshot.clone();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let cfg = refuge_client::load_config(&base).unwrap();
+                let node = refuge_client::connect(&cfg.node).await.unwrap();
+                node.supervision
+                    .clone()
+                    .record_drill(pb::RecordDrillRequest {
+                        result: Some(pb::DrillResult {
+                            tenant: "finance".into(),
+                            snapshot_id: snapshot,
+                            passed: true,
+                            database_checked: db.0,
+                            database_passed: db.1,
+                            database_recovery_secs: db.2,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .map(|_| ())
+            })
+    };
+    let e = forged((true, false, 1.0)).unwrap_err();
+    assert!(e.message().contains("failed database"), "{e:?}");
+    let e = forged((false, false, 1.0)).unwrap_err();
+    assert!(e.message().contains("without database_checked"), "{e:?}");
+    let e = forged((true, true, f64::NAN)).unwrap_err();
+    assert!(e.message().contains("database_recovery_secs"), "{e:?}");
+    forged((true, true, 1.0)).unwrap();
+}

@@ -373,6 +373,19 @@ pub struct RecordedDrill {
     pub check_command: String,
     /// Its exit code, if it ran.
     pub check_exit_code: Option<i32>,
+    /// A database source's restored server, if it was started.
+    pub database: Option<RecordedDatabase>,
+}
+
+/// The started database of a recorded drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedDatabase {
+    /// It started, answered and passed its checks.
+    pub passed: bool,
+    /// Seconds from its start to its first accepted connection.
+    pub recovery_secs: f64,
+    /// Seconds from its start to its first query's answer.
+    pub first_query_secs: f64,
 }
 
 impl RecordedDrill {
@@ -402,6 +415,11 @@ impl RecordedDrill {
             first_failure: r.first_failure,
             check_command: r.check_command,
             check_exit_code: r.check_ran.then_some(r.check_exit_code),
+            database: r.database_checked.then_some(RecordedDatabase {
+                passed: r.database_passed,
+                recovery_secs: r.database_recovery_secs,
+                first_query_secs: r.database_first_query_secs,
+            }),
         })
     }
 }

@@ -43,12 +43,16 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DrillClientConfig {
     /// A check command per source name, run (`sh -c`) in the restored data
-    /// of that source: for example start PostgreSQL on a restored data
-    /// directory and run a query. Its exit code decides. `--check`
+    /// of that source: for example start an application on the restored
+    /// data and ask it something. Its exit code decides. `--check`
     /// applies to sources without one.
     pub checks: std::collections::BTreeMap<String, String>,
     /// Seconds a check may run before it is killed (and fails).
     pub check_timeout_secs: u64,
+    /// What the drill of a `postgres` source checks once the restored
+    /// cluster has started, per source name (`[drill.postgres.NAME]`); a
+    /// source without a table here gets the defaults (`SELECT 1`).
+    pub postgres: std::collections::BTreeMap<String, PostgresDrillConfig>,
 }
 
 impl Default for DrillClientConfig {
@@ -56,6 +60,49 @@ impl Default for DrillClientConfig {
         DrillClientConfig {
             checks: Default::default(),
             check_timeout_secs: 600,
+            postgres: Default::default(),
+        }
+    }
+}
+
+/// `[drill.postgres.NAME]`: the drill of a `postgres` source starts the
+/// restored cluster (the server of its `PG_VERSION`, as the data
+/// directory's owner, on a Unix socket in the scratch space, archiving
+/// off), then runs these checks, and stops it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresDrillConfig {
+    /// Role the checks log in as (trust, on the drill's private socket).
+    pub user: String,
+    /// Database the checks run in.
+    pub dbname: String,
+    /// SQL statements that must succeed (the first value of each is
+    /// reported); none given: `SELECT 1`.
+    pub queries: Vec<String>,
+    /// Tables (`schema.table`) whose rows are counted and reported; one
+    /// that is missing fails the drill.
+    pub tables: Vec<String>,
+    /// Also run `pg_amcheck --all --heapallindexed` (installs amcheck in
+    /// the restored cluster).
+    pub amcheck: bool,
+    /// The server's `bin` directory; default
+    /// `/usr/lib/postgresql/MAJOR/bin` for the cluster's `PG_VERSION`.
+    pub bin_dir: Option<PathBuf>,
+    /// Further server settings for the drill (`shared_buffers = "128MB"`
+    /// where the source's does not fit the drill host).
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for PostgresDrillConfig {
+    fn default() -> Self {
+        PostgresDrillConfig {
+            user: "postgres".into(),
+            dbname: "postgres".into(),
+            queries: Vec::new(),
+            tables: Vec::new(),
+            amcheck: false,
+            bin_dir: None,
+            settings: Default::default(),
         }
     }
 }
@@ -556,7 +603,12 @@ mod tests {
             cfg.drill.check_timeout_secs,
             DrillClientConfig::default().check_timeout_secs
         );
-        assert!(cfg.drill.checks.contains_key("pgdata"));
+        let pg = &cfg.drill.postgres["pg"];
+        assert_eq!(
+            (pg.user.as_str(), pg.dbname.as_str()),
+            ("postgres", "postgres")
+        );
+        assert_eq!(pg.queries.len(), 1);
         // Sources without their own say follow the default schedule.
         assert!(
             cfg.sources
@@ -565,6 +617,25 @@ mod tests {
         );
         // New deployments copied from the template are encrypted.
         assert!(cfg.encryption.key_file.is_some());
+    }
+
+    #[test]
+    fn drill_postgres_tables_have_defaults_and_refuse_unknown_keys() {
+        let base = "[node]\naddress = \"x:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let cfg = AgentConfig::parse(&format!(
+            "{base}[drill.postgres.pg]\ntables = [\"public.t\"]\nsettings = {{ shared_buffers = \"64MB\" }}\n"
+        ))
+        .unwrap();
+        let pg = &cfg.drill.postgres["pg"];
+        assert_eq!(pg.user, "postgres");
+        assert_eq!(pg.tables, ["public.t"]);
+        assert!(pg.queries.is_empty() && !pg.amcheck && pg.bin_dir.is_none());
+        assert_eq!(pg.settings["shared_buffers"], "64MB");
+        let e = AgentConfig::parse(&format!(
+            "{base}[drill.postgres.pg]\nquery = \"SELECT 1\"\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub struct DrillOptions {
     /// Check commands per source name (`[drill.checks]` in the client
     /// configuration); a source without one gets `check`.
     pub checks: BTreeMap<String, String>,
-    /// The check command is killed after this long (and fails).
+    /// What the drills of `postgres` sources check in the started
+    /// cluster, per source name (`[drill.postgres.NAME]`).
+    pub postgres: BTreeMap<String, crate::config::PostgresDrillConfig>,
+    /// The check command is killed after this long (and fails); so is a
+    /// restored database that has not started and been checked by then.
     pub check_timeout: Duration,
     /// Keep the restored data (the report names where).
     pub keep: bool,
@@ -99,7 +103,7 @@ pub struct SourceDrill {
     pub host: String,
     /// Source.
     pub source: String,
-    /// `tree` or `image`.
+    /// `tree`, `image` or `postgres`.
     pub kind: &'static str,
     /// Full snapshot id.
     pub snapshot: String,
@@ -137,6 +141,8 @@ pub struct SourceDrill {
     pub failures: Vec<DrillFailure>,
     /// The check command, if one ran.
     pub check: Option<CheckOutcome>,
+    /// A `postgres` source: the restored cluster started and checked.
+    pub database: Option<crate::drill_postgres::DatabaseCheck>,
     /// Where the restored data is (kept with `--keep`, else removed).
     pub restored_to: String,
     /// Whether it was kept.
@@ -170,6 +176,13 @@ impl Node {
                 check_exit_code: check.map(|c| c.exit_code).unwrap_or(0),
                 check_ran: check.is_some(),
                 drill_id: drill_id.to_string(),
+                database_checked: d.database.is_some(),
+                database_passed: d.database.as_ref().is_some_and(|db| db.passed),
+                database_recovery_secs: d.database.as_ref().map_or(0.0, |db| db.recovery_secs),
+                database_first_query_secs: d
+                    .database
+                    .as_ref()
+                    .map_or(0.0, |db| db.first_query_secs),
                 ..Default::default()
             }),
         };
@@ -188,8 +201,9 @@ impl SourceDrill {
         match self.failures.first() {
             Some(f) if f.path.is_empty() => f.reason.clone(),
             Some(f) => format!("{}: {}", f.path, f.reason),
-            None => match &self.check {
-                Some(c) if !c.passed => format!("check command exited {}", c.exit_code),
+            None => match (&self.check, &self.database) {
+                (Some(c), _) if !c.passed => format!("check command exited {}", c.exit_code),
+                (_, Some(db)) if !db.passed => format!("database: {}", db.first_problem()),
                 _ => String::new(),
             },
         }
@@ -239,6 +253,7 @@ pub async fn drill_snapshot(
         failure_count: 0,
         failures: Vec::new(),
         check: None,
+        database: None,
         restored_to: String::new(),
         kept: opts.keep,
     };
@@ -338,7 +353,32 @@ pub async fn drill_snapshot(
             });
         d.check = Some(c);
     }
-    d.passed = d.failure_count == 0 && d.check.as_ref().is_none_or(|c| c.passed);
+    if d.failure_count == 0 && snap.kind == SourceKind::Postgres {
+        let cfg = opts
+            .postgres
+            .get(snap.source.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let (data, dir, timeout) = (
+            target.clone(),
+            scratch.path().to_path_buf(),
+            opts.check_timeout,
+        );
+        let rt = Handle::current();
+        let db = tokio::task::spawn_blocking(move || {
+            crate::drill_postgres::check(&rt, &data, &dir, &cfg, timeout)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            crate::drill_postgres::DatabaseCheck::failed(format!(
+                "database check worker failed: {e}"
+            ))
+        });
+        d.database = Some(db);
+    }
+    d.passed = d.failure_count == 0
+        && d.check.as_ref().is_none_or(|c| c.passed)
+        && d.database.as_ref().is_none_or(|db| db.passed);
     if opts.keep {
         let _ = scratch.keep();
     } else if let Err(e) = scratch.close() {
@@ -952,10 +992,16 @@ pub fn drill_markdown(r: &DrillReport) -> String {
             secs_text(s.rto_secs),
             secs_text(s.rpo_age_secs),
             secs_text(s.rpo_behind_newest_secs),
-            match &s.check {
-                None => "none".to_string(),
-                Some(c) if c.passed => "passed".to_string(),
-                Some(c) => format!("failed (exit {})", c.exit_code),
+            match (&s.check, &s.database) {
+                (None, None) => "none".to_string(),
+                (Some(c), _) if !c.passed => format!("failed (exit {})", c.exit_code),
+                (_, Some(db)) if !db.passed => "database failed".to_string(),
+                (_, Some(db)) => format!(
+                    "database up in {}, first query {}",
+                    secs_text(db.recovery_secs),
+                    secs_text(db.first_query_secs)
+                ),
+                (Some(_), None) => "passed".to_string(),
             },
             if s.passed { "PASSED" } else { "FAILED" }
         );
@@ -1025,6 +1071,9 @@ pub fn drill_markdown(r: &DrillReport) -> String {
                 );
             }
         }
+        if let Some(db) = &s.database {
+            database_markdown(&mut m, db);
+        }
     }
     for u in &r.unavailable {
         let _ = writeln!(
@@ -1034,6 +1083,81 @@ pub fn drill_markdown(r: &DrillReport) -> String {
         );
     }
     m
+}
+
+/// The database part of a source's section.
+fn database_markdown(m: &mut String, db: &crate::drill_postgres::DatabaseCheck) {
+    let _ = writeln!(
+        m,
+        "- Database ({} {}): {}",
+        db.engine,
+        db.version,
+        if db.passed { "passed" } else { "FAILED" }
+    );
+    if db.recovery_secs > 0.0 {
+        let _ = writeln!(
+            m,
+            "  - Started and recovered (first connection): {:.2} s; first query answered: {:.2} s; clean shutdown: {:.2} s",
+            db.recovery_secs, db.first_query_secs, db.stop_secs
+        );
+    }
+    for q in &db.queries {
+        match &q.error {
+            None => {
+                let _ = writeln!(
+                    m,
+                    "  - Query `{}`: {} ({:.3} s)",
+                    q.sql,
+                    q.value.as_deref().unwrap_or("no value"),
+                    q.secs
+                );
+            }
+            Some(e) => {
+                let _ = writeln!(m, "  - Query `{}`: FAILED: {e}", q.sql);
+            }
+        }
+    }
+    for t in &db.tables {
+        match (&t.rows, &t.error) {
+            (Some(n), _) => {
+                let _ = writeln!(m, "  - Table `{}`: {n} rows", t.table);
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    m,
+                    "  - Table `{}`: FAILED: {}",
+                    t.table,
+                    e.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    if let Some(a) = &db.amcheck {
+        let _ = writeln!(
+            m,
+            "  - `pg_amcheck --all --heapallindexed`: {} (exit {}, {:.2} s)",
+            if a.passed { "clean" } else { "FAILED" },
+            a.exit_code,
+            a.secs
+        );
+        if !a.passed && !a.output.is_empty() {
+            let _ = writeln!(
+                m,
+                "\n```text\n{}\n```",
+                a.output.trim_end().replace("```", "'''")
+            );
+        }
+    }
+    if let Some(e) = &db.error {
+        let _ = writeln!(m, "  - {e}");
+    }
+    if !db.log.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nThe end of the server's log:\n\n```text\n{}\n```",
+            db.log.trim_end().replace("```", "'''")
+        );
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod command;
 mod config;
 mod connect;
 mod drill;
+mod drill_postgres;
 mod file_chunks;
 mod manifest_io;
 mod pg_copy;
@@ -48,13 +49,14 @@ pub use backup::{BackupOptions, backup_source, new_commit_token};
 pub use backup_report::{BackupReport, PostgresReport};
 pub use calls::{
     CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
-    PruneDecision, Pruned, Purpose, RecordedDrill, ReplicationRow, Retention, Selection,
-    SnapshotQuery, SourceStatus, TenantStatus, Verified,
+    PruneDecision, Pruned, Purpose, RecordedDatabase, RecordedDrill, ReplicationRow, Retention,
+    Selection, SnapshotQuery, SourceStatus, TenantStatus, Verified,
 };
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
-    LimitsConfig, PostgresConfig, ServiceConfig, SourceChunking, SourceConfig, load_config,
+    LimitsConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig, SourceChunking, SourceConfig,
+    load_config,
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
@@ -64,6 +66,7 @@ pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,
     Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, secs_text,
 };
+pub use drill_postgres::{DatabaseCheck, QueryOutcome, TableRows};
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};
 pub use schedule::Schedule;

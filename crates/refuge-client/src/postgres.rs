@@ -166,7 +166,7 @@ fn within<T>(
 }
 
 /// A server error in its own words, with what to do for the common ones.
-fn explain(e: &tokio_postgres::Error) -> String {
+pub(crate) fn explain(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
         // Connection-level: refused, reset, TLS, timeout.
         let mut s = e.to_string();

@@ -133,6 +133,11 @@ pub(crate) fn record(
         ("restore_secs", result.restore_secs),
         ("verify_secs", result.verify_secs),
         ("check_secs", result.check_secs),
+        ("database_recovery_secs", result.database_recovery_secs),
+        (
+            "database_first_query_secs",
+            result.database_first_query_secs,
+        ),
     ] {
         if !v.is_finite() || v < 0.0 {
             return Err(Status::invalid_argument(format!(
@@ -149,9 +154,22 @@ pub(crate) fn record(
     result.first_failure = clip(std::mem::take(&mut result.first_failure));
     result.check_command = clip(std::mem::take(&mut result.check_command));
     result.drill_id = clip(std::mem::take(&mut result.drill_id));
-    if result.passed && (result.failures > 0 || (result.check_ran && result.check_exit_code != 0)) {
+    if result.passed
+        && (result.failures > 0
+            || (result.check_ran && result.check_exit_code != 0)
+            || (result.database_checked && !result.database_passed))
+    {
         return Err(Status::invalid_argument(
-            "a drill with failures or a failed check cannot be recorded as passed",
+            "a drill with failures, a failed check or a failed database cannot be recorded as passed",
+        ));
+    }
+    if !result.database_checked
+        && (result.database_passed
+            || result.database_recovery_secs != 0.0
+            || result.database_first_query_secs != 0.0)
+    {
+        return Err(Status::invalid_argument(
+            "database results without database_checked",
         ));
     }
     let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());

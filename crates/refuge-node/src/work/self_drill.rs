@@ -67,6 +67,7 @@ pub(crate) async fn run(
         scratch,
         check: None,
         checks: cfg.drill.checks.clone(),
+        postgres: cfg.drill.postgres.clone(),
         check_timeout: Duration::from_secs(cfg.drill.check_timeout_secs),
         keep: false,
         threads: cfg.limits.restore_threads(),
