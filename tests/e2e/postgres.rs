@@ -3,7 +3,8 @@
 //! that starts, passes `pg_amcheck`, keeps pgbench's balances in step and
 //! has every transaction committed before the backup; the next backup
 //! sends only what changed; servers that cannot be backed up get a clear
-//! error and no snapshot.
+//! error and no snapshot; a drill starts the restored cluster, checks it
+//! and reports its timings.
 
 use std::fs;
 use std::path::Path;
