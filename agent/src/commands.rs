@@ -161,6 +161,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             state_dir: Some(cfg.state_dir.clone()),
             key: key.clone(),
             commit_token: None,
+            only: None,
         };
         match backup_with_retries(&cfg, &mut node, s, opts).await {
             Ok(r) => {

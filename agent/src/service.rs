@@ -284,6 +284,7 @@ pub async fn run(path: &Path) -> Outcome {
             state_dir: Some(cfg.state_dir.clone()),
             key: key.clone(),
             commit_token: None,
+            only: None,
         };
         let source = slot.source.clone();
         let result = {

@@ -48,6 +48,21 @@ enum Command {
     Run,
     /// Check the configuration file and exit.
     CheckConfig,
+    /// Archive one WAL file of a postgres source: PostgreSQL's
+    /// archive_command (`refuge-agent -c CONFIG wal-push --source NAME %p`).
+    /// Exits 0 only once the node has committed it as a snapshot of the
+    /// source's WAL source NAME.wal; the server retries on any other exit.
+    WalPush {
+        /// The postgres source (default: the only one in the config).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the snapshot's JSON summary.
+        #[arg(long)]
+        json: bool,
+        /// The WAL file (`%p`: relative to the data directory, the
+        /// command's working directory).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +89,15 @@ fn main() -> ExitCode {
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
                 r
             }
+            Err(e) => Err(refuge_agent::Failure::Failed(e.into())),
+        },
+        Command::WalPush { source, json, file } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(refuge_agent::wal::wal_push(
+                &args.config,
+                source.as_deref(),
+                &file,
+                json,
+            )),
             Err(e) => Err(refuge_agent::Failure::Failed(e.into())),
         },
         Command::Backup {

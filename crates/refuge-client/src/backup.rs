@@ -233,10 +233,13 @@ fn checkpoint_missing(
 }
 
 /// What a tree walk leaves out.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct TreeRules {
     /// Paths (relative, bytes) left out, with everything under them.
     pub(crate) skip: Option<fn(&[u8]) -> bool>,
+    /// Only this entry of the root (a file name) is taken: a WAL file
+    /// pushed from `pg_wal`.
+    pub(crate) only: Option<Vec<u8>>,
     /// Files that vanish while the walk runs are expected (a database
     /// drops and creates relation files): left out without a warning.
     pub(crate) quiet_vanished: bool,
@@ -265,8 +268,15 @@ fn walk_tree(
             root.display()
         );
     }
-    let skipped = |e: &walkdir::DirEntry| match (rules.skip, e.path().strip_prefix(root)) {
-        (Some(skip), Ok(rel)) if !rel.as_os_str().is_empty() => skip(rel.as_os_str().as_bytes()),
+    let skipped = |e: &walkdir::DirEntry| match e.path().strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => {
+            let rel = rel.as_os_str().as_bytes();
+            rules
+                .only
+                .as_ref()
+                .is_some_and(|only| rel != only.as_slice())
+                || rules.skip.is_some_and(|skip| skip(rel))
+        }
         _ => false,
     };
     for item in walkdir::WalkDir::new(root)
@@ -483,6 +493,9 @@ pub struct BackupOptions {
     /// same for each of its tries, so that a commit resent after a lost
     /// answer is answered with the snapshot it made (`None`: a fresh one).
     pub commit_token: Option<[u8; 16]>,
+    /// Take only this entry (a file name) of the source's directory: a WAL
+    /// file pushed from `pg_wal` (`None`: the whole tree).
+    pub only: Option<Vec<u8>>,
 }
 
 /// A fresh random commit token.
@@ -749,7 +762,7 @@ fn backup_blocking(
     );
     let mut pg = None;
     match source.kind {
-        SourceKind::Tree | SourceKind::Postgres => {
+        SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal => {
             // A postgres source: the walk runs between the server's backup
             // start and stop, without what the server rebuilds.
             let session = match (source.kind, &source.postgres) {
@@ -772,6 +785,7 @@ fn backup_blocking(
                 skip: session
                     .as_ref()
                     .map(|_| crate::postgres::skip as fn(&[u8]) -> bool),
+                only: opts.only.clone(),
                 quiet_vanished: session.is_some(),
             };
             walk_tree(

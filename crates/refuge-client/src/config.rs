@@ -437,6 +437,19 @@ pub struct SourceChunking {
 }
 
 impl SourceConfig {
+    /// The WAL source of a `postgres` source: `NAME.wal`, the files of its
+    /// `pg_wal` directory pushed one at a time (`None` for other kinds).
+    pub fn wal_source(&self) -> Option<SourceConfig> {
+        (self.kind == SourceKind::Postgres).then(|| SourceConfig {
+            name: refuge_core::wal_source_of(&self.name),
+            path: self.path.join("pg_wal"),
+            kind: SourceKind::PostgresWal,
+            postgres: None,
+            on_change: false,
+            ..self.clone()
+        })
+    }
+
     /// This source's chunking: its own settings over `global`. An image
     /// or postgres source whose sizes neither `[chunking]` nor its own
     /// table change gets [`ChunkerParams::image`] (smaller chunks: their
@@ -556,11 +569,30 @@ impl AgentConfig {
                     "[[source]] {:?}: [source.postgres] connect_timeout_secs must be at least 1",
                     s.name
                 ),
+                (SourceKind::PostgresWal, _) => bail!(
+                    "[[source]] {:?}: kind = \"postgres-wal\" is not configured: `refuge-agent wal-push` makes it for a kind = \"postgres\" source (docs/databases.md)",
+                    s.name
+                ),
                 (SourceKind::Tree | SourceKind::Image, Some(_)) => bail!(
                     "[[source]] {:?}: [source.postgres] applies to kind = \"postgres\" only",
                     s.name
                 ),
                 _ => {}
+            }
+            if s.kind == SourceKind::Postgres {
+                let wal = refuge_core::wal_source_of(&s.name);
+                SourceName::new(wal.clone()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "[[source]] {:?}: its WAL source: {e} (use a shorter name)",
+                        s.name
+                    )
+                })?;
+                if cfg.sources.iter().any(|o| o.name == wal) {
+                    bail!(
+                        "[[source]] {:?}: the name {wal:?} is its WAL source's; name the other source differently",
+                        s.name
+                    );
+                }
             }
             if s.on_change && s.kind != SourceKind::Tree {
                 bail!(

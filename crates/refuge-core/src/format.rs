@@ -57,6 +57,10 @@ pub const SOURCE_IMAGE: u8 = 2;
 /// Source kind id: a PostgreSQL data directory taken with the server's
 /// backup API, with its `backup_label` and WAL (a tree manifest).
 pub const SOURCE_POSTGRES: u8 = 3;
+/// Source kind id: WAL files a PostgreSQL server archived (`archive_command
+/// = 'refuge-agent wal-push ...'`), one snapshot per file, of the source
+/// `NAME.wal` beside the `postgres` source `NAME` (a tree manifest).
+pub const SOURCE_POSTGRES_WAL: u8 = 4;
 
 /// Largest chunk the protocol allows, before compression (16 MiB, the
 /// largest maximum FastCDC accepts).

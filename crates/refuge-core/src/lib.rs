@@ -31,4 +31,7 @@ pub use manifest::{
     ManifestWriter, validate_entry_path, walk_order,
 };
 pub use names::{HostName, NameError, SourceName, TenantId};
-pub use snapshot::{SnapshotId, SnapshotRecord, SourceKind, format_time_micros, parse_time_micros};
+pub use snapshot::{
+    SnapshotId, SnapshotRecord, SourceKind, WAL_SOURCE_SUFFIX, base_of_wal, format_time_micros,
+    parse_time_micros, wal_source_of,
+};

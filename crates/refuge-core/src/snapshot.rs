@@ -5,7 +5,7 @@ use std::fmt;
 use crate::codec::{Dec, Enc};
 use crate::format::{
     HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_POSTGRES,
-    SOURCE_TREE,
+    SOURCE_POSTGRES_WAL, SOURCE_TREE,
 };
 use crate::manifest::ChunkRef;
 use crate::names::{HostName, SourceName, TenantId};
@@ -22,6 +22,11 @@ pub enum SourceKind {
     /// backup start and stop with the WAL that makes it consistent (and
     /// the server's `backup_label`): a tree that starts as a database.
     Postgres,
+    /// WAL files a PostgreSQL server archived through `refuge-agent
+    /// wal-push`, one file per snapshot (a tree holding that file), of the
+    /// source `NAME.wal` beside the `postgres` source `NAME`.
+    #[serde(rename = "postgres-wal")]
+    PostgresWal,
 }
 
 impl SourceKind {
@@ -31,6 +36,7 @@ impl SourceKind {
             SourceKind::Tree => SOURCE_TREE,
             SourceKind::Image => SOURCE_IMAGE,
             SourceKind::Postgres => SOURCE_POSTGRES,
+            SourceKind::PostgresWal => SOURCE_POSTGRES_WAL,
         }
     }
     /// From a format id.
@@ -39,15 +45,17 @@ impl SourceKind {
             SOURCE_TREE => Some(SourceKind::Tree),
             SOURCE_IMAGE => Some(SourceKind::Image),
             SOURCE_POSTGRES => Some(SourceKind::Postgres),
+            SOURCE_POSTGRES_WAL => Some(SourceKind::PostgresWal),
             _ => None,
         }
     }
-    /// `tree`, `image` or `postgres`.
+    /// `tree`, `image`, `postgres` or `postgres-wal`.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Tree => "tree",
             SourceKind::Image => "image",
             SourceKind::Postgres => "postgres",
+            SourceKind::PostgresWal => "postgres-wal",
         }
     }
     /// Whether its manifest is a directory tree (restored, compared and
@@ -55,6 +63,20 @@ impl SourceKind {
     pub fn is_tree(self) -> bool {
         self != SourceKind::Image
     }
+}
+
+/// The suffix of a `postgres` source's WAL source: `NAME.wal`.
+pub const WAL_SOURCE_SUFFIX: &str = ".wal";
+
+/// The name of the WAL source of the `postgres` source `base`.
+pub fn wal_source_of(base: &str) -> String {
+    format!("{base}{WAL_SOURCE_SUFFIX}")
+}
+
+/// The `postgres` source whose WAL the source `wal` holds.
+pub fn base_of_wal(wal: &str) -> Option<&str> {
+    wal.strip_suffix(WAL_SOURCE_SUFFIX)
+        .filter(|b| !b.is_empty())
 }
 
 /// A snapshot's id: BLAKE3 over its identifying fields.

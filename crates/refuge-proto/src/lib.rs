@@ -77,6 +77,7 @@ pub fn source_kind(v: i32) -> Result<SourceKind, WireError> {
         Ok(pb::SourceKind::Tree) => Ok(SourceKind::Tree),
         Ok(pb::SourceKind::Image) => Ok(SourceKind::Image),
         Ok(pb::SourceKind::Postgres) => Ok(SourceKind::Postgres),
+        Ok(pb::SourceKind::PostgresWal) => Ok(SourceKind::PostgresWal),
         _ => Err(WireError(format!("unknown source kind {v}"))),
     }
 }
@@ -87,6 +88,7 @@ pub fn source_kind_to(k: SourceKind) -> i32 {
         SourceKind::Tree => pb::SourceKind::Tree as i32,
         SourceKind::Image => pb::SourceKind::Image as i32,
         SourceKind::Postgres => pb::SourceKind::Postgres as i32,
+        SourceKind::PostgresWal => pb::SourceKind::PostgresWal as i32,
     }
 }
 
