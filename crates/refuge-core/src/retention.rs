@@ -15,6 +15,11 @@
 //!
 //! A policy with no rule keeps everything: pruning never removes data
 //! because nobody configured it.
+//!
+//! The WAL of a `postgres` source (`NAME.wal`) follows its base backups,
+//! not the policy ([`decide_wal`]): a point-in-time restore from the
+//! oldest kept base needs every WAL file archived since that base
+//! started, so WAL snapshots committed after the base before it stay.
 
 use time::OffsetDateTime;
 
@@ -203,9 +208,89 @@ pub fn decide(policy: &Policy, snaps: &[Candidate], now_micros: i64) -> Vec<Deci
     out
 }
 
+/// Decides for the WAL snapshots of a `postgres` source, given what was
+/// decided for its base snapshots (`bases`: sequence number and kept).
+/// Kept: every WAL snapshot committed after the newest removed base that
+/// is older than the oldest kept base (the WAL archived while that kept
+/// base ran is among them), pinned ones, and the newest; all of them while
+/// the source has no base. Newest first.
+pub fn decide_wal(snaps: &[Candidate], bases: &[(u64, bool)]) -> Vec<Decision> {
+    let oldest_kept = bases.iter().filter(|b| b.1).map(|b| b.0).min();
+    let floor = oldest_kept.map(|k| {
+        bases
+            .iter()
+            .filter(|b| b.0 < k)
+            .map(|b| b.0)
+            .max()
+            .unwrap_or(0)
+    });
+    let mut order: Vec<&Candidate> = snaps.iter().collect();
+    order.sort_by(|a, b| b.time_micros.cmp(&a.time_micros).then(b.seq.cmp(&a.seq)));
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut reasons = Vec::new();
+            match floor {
+                None => reasons.push("no base"),
+                Some(f) if c.seq > f => reasons.push("wal of a kept base"),
+                Some(_) => {}
+            }
+            if i == 0 {
+                reasons.push("newest");
+            }
+            if c.pinned {
+                reasons.push("pinned");
+            }
+            Decision {
+                seq: c.seq,
+                keep: !reasons.is_empty(),
+                reasons,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_follows_the_oldest_kept_base() {
+        // Bases at seq 10, 20, 30; WAL at every other seq.
+        let wal: Vec<Candidate> = [5, 12, 15, 22, 25, 32]
+            .iter()
+            .map(|&s| Candidate {
+                seq: s,
+                time_micros: s as i64,
+                pinned: s == 5,
+            })
+            .collect();
+        let kept = |d: &[Decision]| -> Vec<u64> {
+            let mut k: Vec<u64> = d.iter().filter(|d| d.keep).map(|d| d.seq).collect();
+            k.sort_unstable();
+            k
+        };
+        // 20 and 30 kept, 10 removed: WAL after 10 stays (20 may have
+        // started before 15 was archived), 5 only because it is pinned.
+        let d = decide_wal(&wal, &[(10, false), (20, true), (30, true)]);
+        assert_eq!(kept(&d), [5, 12, 15, 22, 25, 32]);
+        let d = decide_wal(&wal, &[(10, false), (20, false), (30, true)]);
+        assert_eq!(kept(&d), [5, 22, 25, 32]);
+        assert!(
+            d.iter()
+                .any(|d| d.seq == 12 && !d.keep && d.reasons.is_empty())
+        );
+        // Every base kept: all WAL since the first base's start, which is
+        // after nothing: everything stays.
+        let d = decide_wal(&wal, &[(10, true), (20, true), (30, true)]);
+        assert_eq!(kept(&d), [5, 12, 15, 22, 25, 32]);
+        // No base at all: nothing is judged, everything stays.
+        assert_eq!(kept(&decide_wal(&wal, &[])), [5, 12, 15, 22, 25, 32]);
+        // The newest WAL stays whatever happens.
+        let d = decide_wal(&wal[..1], &[(10, false), (40, true)]);
+        assert_eq!(d[0].reasons, ["newest", "pinned"]);
+    }
 
     const HOUR: i64 = 3_600_000_000;
     const DAY: i64 = 24 * HOUR;

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use refuge_core::retention::{Candidate, Decision, Policy, decide};
-use refuge_core::{ChunkId, SnapshotRecord, TenantId};
+use refuge_core::retention::{Candidate, Decision, Policy, decide, decide_wal};
+use refuge_core::{ChunkId, SnapshotRecord, SourceKind, TenantId, base_of_wal};
 use refuge_proto::pb;
 use refuge_store::{GcOutcome, RefCounts, Store};
 use tonic::Status;
@@ -69,7 +69,9 @@ impl Maintenance {
         policy(&*self.store, t, self.default_policy)
     }
 
-    /// Decisions for every snapshot of `t`, grouped by host and source.
+    /// Decisions for every snapshot of `t`, grouped by host and source;
+    /// a `postgres` source's WAL source follows what was decided for its
+    /// bases (`decide_wal`), so its groups come last.
     fn plan(&self, t: &TenantId, now: i64) -> Result<Vec<Planned>, Status> {
         let (policy, _) = self.policy(t)?;
         let pins = pins(&*self.store, t)?;
@@ -80,8 +82,13 @@ impl Maintenance {
                 .or_default()
                 .push(rec);
         }
+        let is_wal =
+            |recs: &[SnapshotRecord]| recs.iter().any(|r| r.kind == SourceKind::PostgresWal);
+        let (wal, bases): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(_, r)| is_wal(r));
+        let mut decided: BTreeMap<(String, String), Vec<(u64, bool)>> = BTreeMap::new();
         let mut out = Vec::new();
-        for (_, recs) in groups {
+        for ((host, source), recs) in bases.into_iter().chain(wal) {
+            let wal_group = is_wal(&recs);
             let cands: Vec<Candidate> = recs
                 .iter()
                 .map(|r| Candidate {
@@ -92,7 +99,21 @@ impl Maintenance {
                 .collect();
             let mut by_seq: BTreeMap<u64, SnapshotRecord> =
                 recs.into_iter().map(|r| (r.seq, r)).collect();
-            for d in decide(&policy, &cands, now) {
+            let decisions = if wal_group {
+                let base = base_of_wal(&source).map(|b| (host.clone(), b.to_string()));
+                let bases = base
+                    .and_then(|b| decided.get(&b))
+                    .map_or(&[][..], |v| v.as_slice());
+                decide_wal(&cands, bases)
+            } else {
+                let d = decide(&policy, &cands, now);
+                decided.insert(
+                    (host.clone(), source.clone()),
+                    d.iter().map(|d| (d.seq, d.keep)).collect(),
+                );
+                d
+            };
+            for d in decisions {
                 let rec = by_seq
                     .remove(&d.seq)
                     .ok_or_else(|| Status::internal("retention decided on an unknown snapshot"))?;
