@@ -39,7 +39,11 @@ pub fn is_wal_file_name(name: &str) -> bool {
 /// `refuge-agent wal-push [--source NAME] FILE` (`%p`, relative to the data
 /// directory, which is the command's working directory).
 pub async fn wal_push(path: &Path, source: Option<&str>, file: &Path, json: bool) -> Outcome {
-    let cfg = config(path)?;
+    let mut cfg = config(path)?;
+    // One quick retry at most: the server keeps the file and calls again
+    // (after a minute at the latest), and a failure it sees soon shows in
+    // pg_stat_archiver.
+    cfg.limits.retries = cfg.limits.retries.min(1);
     let base = match source {
         Some(name) => cfg.source(name).map_err(Failure::Usage)?.clone(),
         None => {

@@ -7,7 +7,7 @@ use refuge_client::{
     ProgressMode, Purpose, RestoreOptions, Selection, SnapshotQuery, command_config as config,
     connect,
 };
-use refuge_core::{SnapshotRecord, format_time_micros, parse_time_micros};
+use refuge_core::{SnapshotRecord, SourceKind, format_time_micros, parse_time_micros};
 use serde::Serialize;
 
 use crate::{Failure, Outcome, human_bytes, print_json, table};
@@ -102,6 +102,8 @@ pub struct RestoreArgs {
     pub json: bool,
     /// Keep and verify what an interrupted restore already wrote.
     pub resume: bool,
+    /// A postgres base without its archived WAL.
+    pub no_wal: bool,
 }
 
 /// `refuge restore`.
@@ -130,20 +132,41 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             purpose: Purpose::Restore,
         })
         .await?;
-    let report = refuge_client::restore_snapshot(
-        &node,
-        &snap,
-        RestoreOptions {
-            target: a.target.clone(),
-            include: a.include,
-            progress: ProgressMode::for_command(a.json),
-            resume: a.resume,
-            threads: cfg.limits.restore_threads(),
-            key: cfg.tenant_key().map_err(Failure::Usage)?,
-        },
-    )
-    .await
-    .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
+    // A postgres base at a point in time, or the latest with everything
+    // archived since: its WAL comes too, replayed when the cluster starts.
+    let with_wal = snap.kind == SourceKind::Postgres
+        && !a.no_wal
+        && a.include.is_none()
+        && (a.at.is_some() || a.snapshot.as_deref() == Some("latest"));
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        include: a.include,
+        progress: ProgressMode::for_command(a.json),
+        resume: a.resume,
+        threads: cfg.limits.restore_threads(),
+        key: cfg.tenant_key().map_err(Failure::Usage)?,
+    };
+    // Checked before a byte is written: a point the archive cannot reach
+    // fails here.
+    let wal = match with_wal {
+        true => refuge_client::plan_wal(&node, &snap, a.at.is_some().then_some(at)).await?,
+        false => None,
+    };
+    let mut report = refuge_client::restore_snapshot(&node, &snap, opts.clone())
+        .await
+        .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
+    if let Some(plan) = wal {
+        let w = refuge_client::add_wal(&node, plan, &a.target, &opts)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "the base {} is restored to {}, but its WAL is not: {e:#}",
+                    snap.id.short(),
+                    a.target.display()
+                )
+            })?;
+        report.postgres_wal = Some(w);
+    }
     if a.json {
         print_json(&report)?;
     } else {
@@ -162,6 +185,24 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             human_bytes(report.bytes_kept),
             report.duration_secs
         );
+        if let Some(w) = &report.postgres_wal {
+            println!(
+                "added {} archived WAL files ({}, archive up to {}) in {}/{}: the cluster replays them {} when it starts, then promotes",
+                w.files,
+                human_bytes(w.bytes),
+                w.archive_end,
+                a.target.display(),
+                refuge_client::WAL_DIR,
+                match &w.target_time {
+                    Some(t) => format!("up to {t}"),
+                    None => "to the end of the archive".to_string(),
+                }
+            );
+        } else if snap.kind == SourceKind::Postgres {
+            println!(
+                "the cluster starts consistent as of the end of this base backup (no archived WAL added)"
+            );
+        }
     }
     Ok(0)
 }

@@ -513,3 +513,240 @@ fn a_drill_of_a_postgres_source_starts_the_restored_cluster_checks_it_and_report
     assert!(e.message().contains("database_recovery_secs"), "{e:?}");
     forged((true, true, 1.0)).unwrap();
 }
+
+/// The server's clock now, RFC 3339 in UTC with microseconds.
+fn server_now(pg: &Postgres) -> String {
+    pg.sql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// Switches to a new WAL segment and waits until the server has archived
+/// the one it closed.
+fn archive_now(pg: &Postgres) {
+    let seg = pg.sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    refuge_tests::wait_for(
+        &format!("the server to archive {seg}"),
+        || {
+            pg.sql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            )
+            .as_str()
+                >= seg.as_str()
+        },
+        || {
+            format!(
+                "{}\n{}",
+                pg.sql("postgres", "SELECT * FROM pg_stat_archiver"),
+                pg.log()
+            )
+        },
+    );
+}
+
+/// The ids in `t` of a cluster restored at `target`, started without
+/// archiving (it must not push its new timeline into the source's WAL).
+fn restored_ids(dir: &Path, target: &Path) -> (String, String) {
+    let mut r = Postgres::adopt(target.to_path_buf(), dir);
+    r.start_with("-c archive_mode=off");
+    let ids = r.sql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    );
+    let log = r.log();
+    r.stop();
+    (ids, log)
+}
+
+fn wal_snapshots(c: &Cluster, cfg: &Path) -> Vec<serde_json::Value> {
+    c.snapshots(cfg)
+        .into_iter()
+        .filter(|s| s["source"] == "pg.wal")
+        .collect()
+}
+
+#[test]
+fn archived_wal_restores_to_a_point_in_time_between_two_transactions() {
+    let mut c = Cluster::start();
+    let dir = postgres_dir();
+    let mut pg = Postgres::init(dir.path(), "main");
+    let cfg = agent(&c, &pg, None, PASSWORD);
+    let command = refuge_tests::postgres::wal_push_command(dir.path(), &cfg, "pg");
+    pg.sql("postgres", "ALTER SYSTEM SET archive_mode = on");
+    pg.sql(
+        "postgres",
+        &format!("ALTER SYSTEM SET archive_command = '{command}'"),
+    );
+    pg.stop();
+    pg.start();
+    pg.sql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    archive_now(&pg);
+    let before_base = wal_snapshots(&c, &cfg).len();
+    assert!(before_base >= 1, "nothing archived before the base");
+    for s in wal_snapshots(&c, &cfg) {
+        assert_eq!(s["kind"], "postgres-wal", "{s:#}");
+        assert_eq!(s["files"], 1, "{s:#}");
+    }
+
+    // The base, then two transactions with a point between them, and the
+    // segment holding them archived.
+    backup_json(&c, &cfg);
+    let t0 = server_now(&pg);
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (1)");
+    let t1 = server_now(&pg);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (2)");
+    archive_now(&pg);
+
+    // Between the two: the first only.
+    let cwd = c.path().to_path_buf();
+    let restore = |name: &str, args: &[&str]| {
+        let target = dir.path().join(name);
+        let mut a = vec![
+            "-c",
+            cfg.to_str().unwrap(),
+            "restore",
+            "--source",
+            "pg",
+            "--json",
+            "--target",
+            target.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        let r = run("refuge", &cwd, &a);
+        (target, r)
+    };
+    let (target, r) = restore("at-t1", &["--at", &t1]);
+    let rep = r.ok().json();
+    let w = &rep["postgres_wal"];
+    assert!(w["files"].as_u64().unwrap() >= 1, "{rep:#}");
+    assert_eq!(w["source"], "pg.wal");
+    assert!(w["target_time"].as_str().is_some(), "{rep:#}");
+    assert!(target.join("recovery.signal").exists());
+    let (ids, log) = restored_ids(dir.path(), &target);
+    assert_eq!(ids, "1", "{log}");
+    assert!(log.contains("recovery stopping before commit"), "{log}");
+    // Before the first: neither.
+    let (target, r) = restore("at-t0", &["--at", &t0]);
+    r.ok();
+    assert_eq!(restored_ids(dir.path(), &target).0, "");
+    // latest: everything archived.
+    let (target, r) = restore("latest", &["latest"]);
+    let rep = r.ok().json();
+    assert!(rep["postgres_wal"]["target_time"].is_null(), "{rep:#}");
+    assert_eq!(restored_ids(dir.path(), &target).0, "1,2");
+    // --no-wal: the base alone, as of its end.
+    let (target, r) = restore("base-only", &["latest", "--no-wal"]);
+    let rep = r.ok().json();
+    assert!(rep.get("postgres_wal").is_none(), "{rep:#}");
+    assert!(!target.join("recovery.signal").exists());
+    assert_eq!(restored_ids(dir.path(), &target).0, "");
+
+    // A point after the archive's end is refused before anything is
+    // written.
+    let (target, r) = restore("future", &["--at", "2999-01-01T00:00:00Z"]);
+    r.fails(1, "is after it");
+    assert!(!target.exists());
+
+    // The node down: the archiver's pushes fail (exit 1) and the server
+    // keeps the segment and retries; the node back, it is archived.
+    c.stop_node();
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (3)");
+    let seg = pg.sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    refuge_tests::wait_for(
+        "a failed archive attempt",
+        || pg.sql("postgres", "SELECT failed_count FROM pg_stat_archiver") != "0",
+        || pg.log(),
+    );
+    assert!(pg.log().contains("was not archived"), "{}", pg.log());
+    assert!(pg.data.join("pg_wal").join(&seg).exists());
+    c.start_node();
+    refuge_tests::wait_for(
+        "the segment archived once the node is back",
+        || {
+            pg.sql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            ) >= seg
+        },
+        || pg.log(),
+    );
+
+    // Bad calls are refused with a reason.
+    let push = |file: &str| {
+        run(
+            "refuge-agent",
+            &pg.data,
+            &[
+                "-c",
+                cfg.to_str().unwrap(),
+                "wal-push",
+                "--source",
+                "pg",
+                file,
+            ],
+        )
+    };
+    push("pg_wal/not-a-segment").fails(2, "is not a WAL file name");
+    push("000000010000000000000001").fails(2, "is not in source \"pg\"'s WAL directory");
+    push("pg_wal/0000000100000000000000FF").fails(1, "No such file");
+    run(
+        "refuge-agent",
+        &pg.data,
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "wal-push",
+            "--source",
+            "nope",
+            "pg_wal/x",
+        ],
+    )
+    .fails(2, "no source named");
+
+    // Retention: with the next base and one base kept, the WAL archived
+    // before the first base goes, the WAL since it stays (the kept base
+    // may have started before some of it was archived), and latest still
+    // restores with every row.
+    backup_json(&c, &cfg);
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (4)");
+    archive_now(&pg);
+    let time = |s: &serde_json::Value| s["time_unix_micros"].as_i64().unwrap();
+    let first_base = c
+        .snapshots(&cfg)
+        .iter()
+        .filter(|s| s["source"] == "pg")
+        .map(time)
+        .min()
+        .unwrap();
+    let ids = |v: Vec<serde_json::Value>| -> Vec<String> {
+        v.iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = wal_snapshots(&c, &cfg);
+    let (since, before): (Vec<_>, Vec<_>) = all.into_iter().partition(|s| time(s) > first_base);
+    assert!(before.len() >= before_base && !since.is_empty());
+    let admin = c.client(&["--role", "admin", "--name", "ops"]);
+    c.keep_last(&admin, "finance", 1);
+    c.refuge(&admin, &["admin", "prune"]).ok();
+    assert_eq!(
+        ids(wal_snapshots(&c, &cfg)),
+        ids(since),
+        "the WAL committed before the first base is gone, the rest stays"
+    );
+    let bases: Vec<_> = c
+        .snapshots(&cfg)
+        .into_iter()
+        .filter(|s| s["source"] == "pg")
+        .collect();
+    assert_eq!(bases.len(), 1);
+    let (target, r) = restore("after-prune", &["latest"]);
+    r.ok();
+    assert_eq!(restored_ids(dir.path(), &target).0, "1,2,3,4");
+}

@@ -149,26 +149,38 @@ impl Postgres {
     /// Starts it and waits until it accepts connections (recovery
     /// included).
     pub fn start(&mut self) {
+        self.start_with("");
+    }
+
+    /// [`Postgres::start`] with more server options (`-c name=value ...`).
+    pub fn start_with(&mut self, extra: &str) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {extra}",
             self.port,
             self.socket_dir.display()
         );
         let log = self.data.with_extension("log");
-        as_postgres(
-            &self.bin.join("pg_ctl"),
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "-t",
-                "120",
-                "start",
-            ],
+        let started = std::panic::catch_unwind(|| {
+            as_postgres(
+                &self.bin.join("pg_ctl"),
+                &[
+                    "-D",
+                    self.data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-t",
+                    "120",
+                    "start",
+                ],
+            )
+        });
+        assert!(
+            started.is_ok(),
+            "the server did not start; its log:\n{}",
+            self.log()
         );
         self.running = true;
     }
@@ -292,6 +304,57 @@ impl Postgres {
             password_file.display()
         )
     }
+}
+
+/// Makes `refuge-agent wal-push` runnable by the server's user, as
+/// PostgreSQL runs its archive_command: the agent binary and a copy of the
+/// agent config `cfg` with its certificates in `dir/walpush`, owned by
+/// `postgres`. Returns the archive_command for source `source`.
+pub fn wal_push_command(dir: &Path, cfg: &Path, source: &str) -> String {
+    let loaded = refuge_client::load_config(cfg).unwrap();
+    let own = dir.join("walpush");
+    std::fs::create_dir_all(&own).unwrap();
+    let mut text = String::new();
+    for line in std::fs::read_to_string(cfg).unwrap().lines() {
+        let copy = |what: &str, from: &Path| {
+            let to = own.join(from.file_name().unwrap());
+            std::fs::copy(from, &to).unwrap();
+            format!("{what} = \"{}\"", to.display())
+        };
+        let line = if line.starts_with("ca = ") {
+            copy("ca", &loaded.node.ca)
+        } else if line.starts_with("cert = ") {
+            copy("cert", &loaded.node.cert)
+        } else if line.starts_with("key = ") {
+            copy("key", &loaded.node.key)
+        } else if line.starts_with("state_dir = ") {
+            format!("state_dir = \"{}\"", own.join("state").display())
+        } else {
+            line.to_string()
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let conf = own.join("agent.toml");
+    std::fs::write(&conf, text).unwrap();
+    let bin = own.join("refuge-agent");
+    if std::fs::hard_link(crate::bin("refuge-agent"), &bin).is_err() {
+        std::fs::copy(crate::bin("refuge-agent"), &bin).unwrap();
+    }
+    let (uid, gid) = postgres_ids();
+    // The binary stays root's (a hard link shares the build's inode); it
+    // is executable by everyone.
+    for e in std::fs::read_dir(&own).unwrap().flatten() {
+        if e.file_name() != "refuge-agent" {
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::os::unix::fs::chown(&own, Some(uid), Some(gid)).unwrap();
+    format!(
+        "{} -c {} wal-push --source {source} %p",
+        bin.display(),
+        conf.display()
+    )
 }
 
 impl Drop for Postgres {

@@ -55,7 +55,9 @@ enum Command {
         /// Snapshot id, unique id prefix, or `latest`.
         snapshot: Option<String>,
         /// Restore the newest snapshot at or before this RFC 3339 time
-        /// (for example 2026-11-22T10:00:00Z).
+        /// (for example 2026-11-22T10:00:00Z). A postgres source with
+        /// archived WAL (wal-push) is set up to replay it up to this time
+        /// when the cluster starts.
         #[arg(long)]
         at: Option<String>,
         /// Host of the snapshot (needed when several hosts match).
@@ -78,6 +80,10 @@ enum Command {
         /// (each chunk re-hashed locally) and fetch only the rest.
         #[arg(long)]
         resume: bool,
+        /// A postgres source: restore the base only, without its archived
+        /// WAL (`latest` otherwise replays everything archived since it).
+        #[arg(long)]
+        no_wal: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -511,6 +517,7 @@ fn main() -> ExitCode {
                         include,
                         json,
                         resume,
+                        no_wal,
                     } => {
                         refuge_cli::commands::restore(
                             &cfg,
@@ -522,6 +529,7 @@ fn main() -> ExitCode {
                                 include,
                                 json,
                                 resume,
+                                no_wal,
                             },
                         )
                         .await

@@ -21,6 +21,7 @@ mod drill_postgres;
 mod file_chunks;
 mod manifest_io;
 mod pg_copy;
+mod pg_restore;
 mod postgres;
 mod progress;
 mod remote;
@@ -67,6 +68,7 @@ pub use drill::{
     Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, secs_text,
 };
 pub use drill_postgres::{DatabaseCheck, QueryOutcome, TableRows};
+pub use pg_restore::{WAL_DIR, WalPlan, WalReplay, add_wal, plan_wal};
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};
 pub use schedule::Schedule;
