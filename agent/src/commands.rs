@@ -41,6 +41,20 @@ pub fn check_config(path: &Path) -> Outcome {
             }
         );
     }
+    for b in &cfg.sources {
+        if let Some(w) = b.wal_source() {
+            println!(
+                "source {}: archived WAL goes to source {} with archive_command = '{} -c {} wal-push --source {} %p'",
+                b.name,
+                w.name,
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "refuge-agent".into()),
+                path.display(),
+                b.name
+            );
+        }
+    }
     for name in cfg.drill.checks.keys() {
         if !cfg.sources.iter().any(|s| &s.name == name) {
             eprintln!(

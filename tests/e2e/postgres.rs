@@ -573,6 +573,18 @@ fn archived_wal_restores_to_a_point_in_time_between_two_transactions() {
     let dir = postgres_dir();
     let mut pg = Postgres::init(dir.path(), "main");
     let cfg = agent(&c, &pg, None, PASSWORD);
+    let check = run(
+        "refuge-agent",
+        c.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+    )
+    .ok();
+    assert!(
+        check.stdout.contains("archived WAL goes to source pg.wal")
+            && check.stdout.contains("wal-push --source pg %p"),
+        "{}",
+        check.stdout
+    );
     let command = refuge_tests::postgres::wal_push_command(dir.path(), &cfg, "pg");
     pg.sql("postgres", "ALTER SYSTEM SET archive_mode = on");
     pg.sql(
@@ -678,7 +690,7 @@ fn archived_wal_restores_to_a_point_in_time_between_two_transactions() {
     );
 
     // Bad calls are refused with a reason.
-    let push = |file: &str| {
+    let push = |source: &str, file: &str| {
         run(
             "refuge-agent",
             &pg.data,
@@ -687,27 +699,15 @@ fn archived_wal_restores_to_a_point_in_time_between_two_transactions() {
                 cfg.to_str().unwrap(),
                 "wal-push",
                 "--source",
-                "pg",
+                source,
                 file,
             ],
         )
     };
-    push("pg_wal/not-a-segment").fails(2, "is not a WAL file name");
-    push("000000010000000000000001").fails(2, "is not in source \"pg\"'s WAL directory");
-    push("pg_wal/0000000100000000000000FF").fails(1, "No such file");
-    run(
-        "refuge-agent",
-        &pg.data,
-        &[
-            "-c",
-            cfg.to_str().unwrap(),
-            "wal-push",
-            "--source",
-            "nope",
-            "pg_wal/x",
-        ],
-    )
-    .fails(2, "no source named");
+    push("pg", "pg_wal/not-a-segment").fails(2, "is not a WAL file name");
+    push("pg", "000000010000000000000001").fails(2, "is not in source \"pg\"'s WAL directory");
+    push("pg", "pg_wal/0000000100000000000000FF").fails(1, "No such file");
+    push("nope", "pg_wal/x").fails(2, "no source named");
 
     // Retention: with the next base and one base kept, the WAL archived
     // before the first base goes, the WAL since it stays (the kept base
