@@ -126,6 +126,34 @@ enum Cmd {
         #[arg(long, default_value = "Latest run")]
         label: String,
     },
+    /// A PostgreSQL cluster (Debian's server, pgbench data): `postgres`
+    /// base backups beside pg_basebackup, pgbench's throughput with WAL
+    /// archiving off, through `cp` and through `refuge-agent wal-push`
+    /// (with each push's latency), and a restore of the latest point with
+    /// the cluster's replay. Runs as root (the server runs as `postgres`).
+    Postgres {
+        /// pgbench scale (about 15 MB each).
+        #[arg(long, default_value_t = 50)]
+        scale: u32,
+        /// Seconds of each pgbench load.
+        #[arg(long, default_value_t = 30)]
+        load_secs: u32,
+        /// pgbench clients.
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        /// Markdown file to write the results into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Section (level-2 heading) of --out.
+        #[arg(long, default_value = "Latest run")]
+        label: String,
+        /// Directory in which to create the scratch directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the scratch directory.
+        #[arg(long)]
+        keep: bool,
+    },
     /// One tenant's backup throughput on a quiet node and while another
     /// tenant's client holds every upload stream the node allows it.
     Contention {
@@ -306,6 +334,17 @@ fn replication(a: ReplicationArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn postgres(o: e2e::postgres::Options, out: Option<PathBuf>, label: &str) -> anyhow::Result<()> {
+    let body = e2e::postgres::run(&o)?;
+    println!("{body}");
+    if let Some(out) = out {
+        let key = format!("postgres scale {}", o.scale);
+        e2e::report::upsert_file(&out, label, &key, &body)?;
+        eprintln!("wrote the postgres tables into {}", out.display());
+    }
+    Ok(())
+}
+
 fn contention(
     size_text: String,
     runs: usize,
@@ -421,6 +460,25 @@ fn main() -> ExitCode {
             out,
             label,
         }) => micro_report(criterion_dir, out, &label),
+        Some(Cmd::Postgres {
+            scale,
+            load_secs,
+            clients,
+            out,
+            label,
+            dir,
+            keep,
+        }) => postgres(
+            e2e::postgres::Options {
+                scale,
+                load_secs,
+                clients,
+                dir,
+                keep,
+            },
+            out,
+            &label,
+        ),
         Some(Cmd::Contention {
             size,
             runs,

@@ -167,6 +167,9 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             })?;
         report.postgres_wal = Some(w);
     }
+    if let Some(g) = report.postgres_wal.as_ref().and_then(|w| w.gap.as_ref()) {
+        eprintln!("warning: {g}");
+    }
     if a.json {
         print_json(&report)?;
     } else {

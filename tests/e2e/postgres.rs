@@ -333,7 +333,7 @@ fn a_drill_of_a_postgres_source_starts_the_restored_cluster_checks_it_and_report
     assert!(db["version"].as_str().unwrap().starts_with("15"), "{db:#}");
     let rec = db["recovery_secs"].as_f64().unwrap();
     let first = db["first_query_secs"].as_f64().unwrap();
-    assert!(rec > 0.0 && first >= rec, "{db:#}");
+    assert!(rec > 0.0 && first > 0.0, "{db:#}");
     assert_eq!(db["queries"][0]["value"], "123");
     assert_eq!(db["queries"][1]["value"], "2");
     assert_eq!(db["tables"][0]["rows"], 200000);
@@ -551,6 +551,12 @@ fn archive_now(pg: &Postgres) {
 fn restored_ids(dir: &Path, target: &Path) -> (String, String) {
     let mut r = Postgres::adopt(target.to_path_buf(), dir);
     r.start_with("-c archive_mode=off");
+    // Archive recovery takes read-only connections before it ends.
+    refuge_tests::wait_for(
+        "the end of recovery",
+        || r.sql("postgres", "SELECT pg_is_in_recovery()") == "f",
+        || r.log(),
+    );
     let ids = r.sql(
         "postgres",
         "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
@@ -748,5 +754,34 @@ fn archived_wal_restores_to_a_point_in_time_between_two_transactions() {
     assert_eq!(bases.len(), 1);
     let (target, r) = restore("after-prune", &["latest"]);
     r.ok();
+    assert_eq!(restored_ids(dir.path(), &target).0, "1,2,3,4");
+
+    // A hole in the archive (a segment "archived" by something else): the
+    // restore says where recovery will stop, and it stops there.
+    pg.sql("postgres", "ALTER SYSTEM SET archive_command = '/bin/true'");
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (5)");
+    archive_now(&pg);
+    pg.sql(
+        "postgres",
+        &format!("ALTER SYSTEM SET archive_command = '{command}'"),
+    );
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    pg.sql("postgres", "INSERT INTO t (id) VALUES (6)");
+    archive_now(&pg);
+    let (target, r) = restore("with-a-hole", &["latest"]);
+    assert!(
+        r.stderr.contains("warning: the archive has no WAL after"),
+        "{}",
+        r.stderr
+    );
+    let rep = r.ok().json();
+    assert!(
+        rep["postgres_wal"]["gap"]
+            .as_str()
+            .unwrap()
+            .contains("recovery stops"),
+        "{rep:#}"
+    );
     assert_eq!(restored_ids(dir.path(), &target).0, "1,2,3,4");
 }

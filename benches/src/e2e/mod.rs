@@ -10,6 +10,7 @@ pub mod machine;
 pub mod measure;
 pub mod peers;
 mod peers_report;
+pub mod postgres;
 pub mod replication;
 mod replication_report;
 pub mod report;

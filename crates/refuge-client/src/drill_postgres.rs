@@ -43,8 +43,10 @@ pub struct DatabaseCheck {
     /// Started, answered, every query and count succeeded, amcheck (if
     /// asked for) clean, and stopped within the check timeout.
     pub passed: bool,
-    /// Seconds from starting the server to its first accepted connection:
-    /// crash recovery and the replay of the snapshot's WAL.
+    /// Seconds from starting the server to the end of its recovery (the
+    /// replay of the snapshot's WAL): its first accepted connection, or,
+    /// when it answers read-only during archive recovery, the moment it
+    /// says it is out of recovery.
     pub recovery_secs: f64,
     /// Seconds from starting the server to the answer of its first query.
     pub first_query_secs: f64,
@@ -422,7 +424,7 @@ fn run(
             Err(_) => continue,
         }
     };
-    out.recovery_secs = started.elapsed().as_secs_f64();
+    let connected = started.elapsed().as_secs_f64();
     let left = || deadline.saturating_duration_since(Instant::now());
     let first = rt.block_on(tokio::time::timeout(
         left(),
@@ -434,6 +436,31 @@ fn run(
         Err(_) => return Err("first query: no answer within the check timeout".into()),
     }
     out.first_query_secs = started.elapsed().as_secs_f64();
+    // Archive recovery (a restore with WAL to replay) answers read-only
+    // queries before it ends: recovery is over once the server says so.
+    let mut polls = 0;
+    loop {
+        let r = rt.block_on(tokio::time::timeout(
+            left(),
+            client.query_one("SELECT pg_is_in_recovery()", &[]),
+        ));
+        match r {
+            Ok(Ok(row)) if !row.get::<_, bool>(0) => break,
+            Ok(Ok(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(Err(e)) => return Err(format!("recovery: {}", crate::postgres::explain(&e))),
+            Err(_) => {
+                return Err(format!(
+                    "the restored cluster was still recovering at the check timeout ({} s)",
+                    timeout.as_secs()
+                ));
+            }
+        }
+        polls += 1;
+    }
+    out.recovery_secs = match polls {
+        0 => connected,
+        _ => started.elapsed().as_secs_f64(),
+    };
 
     let queries = if cfg.queries.is_empty() {
         vec!["SELECT 1".to_string()]

@@ -41,6 +41,11 @@ pub struct WalReplay {
     pub target_time: Option<String>,
     /// Seconds fetching them took.
     pub duration_secs: f64,
+    /// A segment missing from the archive after the base's start while
+    /// later ones are there (archiving was off or failed for a while):
+    /// recovery stops before it. Names the last segment it reaches and
+    /// the next one archived.
+    pub gap: Option<String>,
 }
 
 /// The archived WAL a restore of a base will add.
@@ -183,6 +188,11 @@ pub async fn add_wal(
     write_recovery(target, target_time.as_deref(), owner.uid(), owner.gid())?;
     std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()))
         .with_context(|| format!("{}", dir.display()))?;
+    let gap = find_gap(target).map(|(last, next)| {
+        format!(
+            "the archive has no WAL after {last} up to {next}: recovery stops at the end of {last}"
+        )
+    });
     Ok(WalReplay {
         source: wal_name,
         files,
@@ -190,7 +200,59 @@ pub async fn add_wal(
         archive_end: format_time_micros(newest),
         target_time,
         duration_secs: started.elapsed().as_secs_f64(),
+        gap,
     })
+}
+
+/// A segment name's timeline and number, for `per_id` segments per log id.
+fn segment(name: &str, per_id: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..], 16).ok()?;
+    Some((tli, log * per_id + seg))
+}
+
+/// The last segment recovery reaches from the base's start (its own
+/// `pg_wal` and `refuge_wal/` together) and the next one present after a
+/// missing one, on the base's timeline; `None` when there is no gap.
+fn find_gap(target: &Path) -> Option<(String, String)> {
+    let label = fs::read_to_string(target.join("backup_label")).ok()?;
+    let start = label.lines().find_map(|l| {
+        let l = l.strip_prefix("START WAL LOCATION:")?;
+        let i = l.find("(file ")? + "(file ".len();
+        l.get(i..i + 24).map(str::to_string)
+    })?;
+    let seg_size = fs::metadata(target.join("pg_wal").join(&start)).ok()?.len();
+    if seg_size == 0 || !seg_size.is_power_of_two() {
+        return None;
+    }
+    let per_id = 0x1_0000_0000 / seg_size;
+    let (tli, first) = segment(&start, per_id)?;
+    let mut have = std::collections::BTreeSet::new();
+    for dir in ["pg_wal", WAL_DIR] {
+        for e in fs::read_dir(target.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some((t, n)) = e.file_name().to_str().and_then(|n| segment(n, per_id))
+                && t == tli
+                && n >= first
+            {
+                have.insert(n);
+            }
+        }
+    }
+    let mut last = first;
+    while have.contains(&(last + 1)) {
+        last += 1;
+    }
+    let next = have.range(last + 1..).next()?;
+    let name = |n: u64| format!("{tli:08X}{:08X}{:08X}", n / per_id, n % per_id);
+    Some((name(last), name(*next)))
 }
 
 /// An RFC 3339 time in UTC as the server's settings take it
@@ -237,6 +299,41 @@ fn write_recovery(target: &Path, at: Option<&str>, uid: u32, gid: u32) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hole_in_the_archive_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path();
+        fs::create_dir_all(t.join("pg_wal")).unwrap();
+        fs::create_dir_all(t.join(WAL_DIR)).unwrap();
+        fs::write(
+            t.join("backup_label"),
+            "START WAL LOCATION: 0/FE000028 (file 0000000100000000000000FE)\nCHECKPOINT LOCATION: 0/FE000060\n",
+        )
+        .unwrap();
+        let seg = |dir: &str, name: &str| {
+            let f = fs::File::create(t.join(dir).join(name)).unwrap();
+            f.set_len(16 << 20).unwrap();
+        };
+        seg("pg_wal", "0000000100000000000000FE");
+        seg(WAL_DIR, "0000000100000000000000FF");
+        // Across the log id: FF is followed by 1/00.
+        seg(WAL_DIR, "000000010000000100000000");
+        assert_eq!(find_gap(t), None);
+        seg(WAL_DIR, "000000010000000100000002");
+        assert_eq!(
+            find_gap(t),
+            Some((
+                "000000010000000100000000".to_string(),
+                "000000010000000100000002".to_string()
+            ))
+        );
+        // Other timelines and older segments do not count.
+        fs::remove_file(t.join(WAL_DIR).join("000000010000000100000002")).unwrap();
+        seg(WAL_DIR, "000000020000000100000005");
+        seg(WAL_DIR, "000000010000000000000010");
+        assert_eq!(find_gap(t), None);
+    }
 
     #[test]
     fn times_are_written_as_the_server_reads_them() {
