@@ -213,6 +213,12 @@ impl Drop for Server {
     }
 }
 
+/// The data directory's bytes without `pg_wal`: what a base backup copies
+/// (both tools add only the WAL of the backup's own range).
+fn relation_bytes(data: &Path) -> anyhow::Result<u64> {
+    Ok(cluster::dir_size(data)?.0 - cluster::dir_size(&data.join("pg_wal"))?.0)
+}
+
 /// One archiving mode's load.
 struct Load {
     mode: &'static str,
@@ -336,7 +342,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
     let mut node = Node::start(&root, port)?;
     let logs = root.join("logs");
     fs::create_dir_all(&logs)?;
-    let (data_bytes, _) = cluster::dir_size(&pg.data)?;
+    let data_bytes = relation_bytes(&pg.data)?;
     let backup = |name: &str| -> anyhow::Result<(Measured, serde_json::Value)> {
         let mut c = cluster::command("refuge-agent", &root)?;
         c.args(["-c", "agent.toml", "backup", "--source", "pg", "--json"]);
@@ -407,7 +413,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
     let loaded_secs = o.load_secs * 3;
     eprintln!("[postgres] base backup after the loads");
     pg.sql("CHECKPOINT")?;
-    let after_bytes = cluster::dir_size(&pg.data)?.0;
+    let after_bytes = relation_bytes(&pg.data)?;
     let (second, second_json) = backup("refuge-after-load")?;
     let bb_second = basebackup("pg_basebackup-2")?;
     // More transactions after that base, archived by wal-push.
@@ -464,7 +470,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "### PostgreSQL: backups, WAL shipping, restore of the latest point\n\nCommit `{}`; {}. `refuge-bench postgres --scale {} --load-secs {} --clients {}`: PostgreSQL {} from Debian's packages (shared_buffers 256 MB, max_wal_size 1 GB), `pgbench -i -s {}` ({} data directory), node, agent and server on this one machine (mTLS over 127.0.0.1); one run.\n",
+        "### PostgreSQL: backups, WAL shipping, restore of the latest point\n\nCommit `{}`; {}. `refuge-bench postgres --scale {} --load-secs {} --clients {}`: PostgreSQL {} from Debian's packages (shared_buffers 256 MB, max_wal_size 1 GB), `pgbench -i -s {}` ({} in the data directory without `pg_wal`, the Data column and MB/s below), node, agent and server on this one machine (mTLS over 127.0.0.1); one run.\n",
         m.commit,
         m.line(),
         o.scale,
