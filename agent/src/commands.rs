@@ -177,7 +177,7 @@ pub async fn backup(path: &Path, only: Option<&str>, json: bool, rehash: bool) -
             commit_token: None,
             only: None,
         };
-        match backup_with_retries(&cfg, &mut node, s, opts).await {
+        match crate::prepare::backup_source_prepared(&cfg, &mut node, s, opts).await {
             Ok(r) => {
                 warned |= r.warning_count > 0;
                 if !json {

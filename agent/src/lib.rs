@@ -11,6 +11,7 @@
 pub mod agent_metrics;
 pub mod commands;
 pub mod limits;
+mod prepare;
 pub mod service;
 pub mod wal;
 

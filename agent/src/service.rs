@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::agent_metrics::AgentMetrics;
-use crate::commands::{backup_with_retries, report_failure};
+use crate::commands::report_failure;
 use crate::{Failure, Outcome};
 
 /// Waits after a source's failed backup (once its own retries are spent).
@@ -288,7 +288,7 @@ pub async fn run(path: &Path) -> Outcome {
         };
         let source = slot.source.clone();
         let result = {
-            let work = backup_with_retries(&cfg, &mut node, &source, opts);
+            let work = crate::prepare::backup_source_prepared(&cfg, &mut node, &source, opts);
             tokio::pin!(work);
             loop {
                 tokio::select! {

@@ -260,7 +260,7 @@ fn a_check_command_decides_and_a_corrupt_chunk_fails_the_drill_naming_the_file()
         r.json()["sources"][0]["check"]["output"]
             .as_str()
             .unwrap()
-            .contains("killed after 1s")
+            .contains("killed after its timeout of 1 s")
     );
 
     // Damage the stored chunks: the drill fails and names the file.

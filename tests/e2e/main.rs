@@ -12,6 +12,7 @@ mod drill;
 mod failpoints;
 mod full_disk;
 mod health;
+mod hooks;
 mod hostile;
 mod hostile_wire;
 mod network;

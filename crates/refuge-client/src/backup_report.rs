@@ -45,6 +45,10 @@ pub struct BackupReport {
     pub hole_bytes_unread: u64,
     /// The parent snapshot compared against, if any.
     pub parent: Option<String>,
+    /// Where the data was read from when not the source's path: the
+    /// filesystem snapshot made for this backup (`snapshot` in the
+    /// source's configuration).
+    pub read_from: Option<String>,
     /// Chunks of file data (with repeats).
     pub chunks: u64,
     /// Chunks the node lacked and that were uploaded (data and manifest).
@@ -82,7 +86,8 @@ pub struct PostgresReport {
 }
 
 impl BackupReport {
-    pub(crate) fn warn(&mut self, msg: String) {
+    /// Adds a warning (logged, counted, the first ones kept).
+    pub fn warn(&mut self, msg: String) {
         warn!("{msg}");
         self.warning_count += 1;
         if self.warnings.len() < MAX_WARNINGS_KEPT {

@@ -369,10 +369,46 @@ pub struct SourceConfig {
     /// (inotify; tree sources only).
     #[serde(default)]
     pub on_change: bool,
+    /// Run before the backup (`sh -c`, in the source's directory); a
+    /// non-zero exit or a timeout fails the backup before anything is
+    /// read (for example: flush and freeze an application).
+    #[serde(default)]
+    pub pre: Option<String>,
+    /// Run after the backup, also after a failed one or a failed `pre`
+    /// (`REFUGE_BACKUP_RESULT` = `ok` or `failed`); its failure after a
+    /// committed snapshot is a warning.
+    #[serde(default)]
+    pub post: Option<String>,
+    /// Seconds each hook may run before it is killed.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_secs: u64,
+    /// Read the source from a snapshot made for the backup and removed
+    /// after it: `btrfs` (a read-only snapshot of the subvolume at
+    /// `path`) or `lvm` (a snapshot of the logical volume mounted at
+    /// `path`, or whose device `path` is for an image).
+    #[serde(default)]
+    pub snapshot: Option<SnapshotMethod>,
+    /// `lvm`: the snapshot's copy-on-write space (`lvcreate -L`, "2G").
+    #[serde(default)]
+    pub snapshot_size: Option<String>,
+}
+
+/// How a source's snapshot is made.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMethod {
+    /// `btrfs subvolume snapshot -r`.
+    Btrfs,
+    /// `lvcreate --snapshot`.
+    Lvm,
 }
 
 fn default_schedule() -> String {
     "1h".into()
+}
+
+fn default_hook_timeout() -> u64 {
+    600
 }
 
 /// `[source.postgres]`: the server whose data directory a `postgres`
@@ -446,6 +482,9 @@ impl SourceConfig {
             kind: SourceKind::PostgresWal,
             postgres: None,
             on_change: false,
+            pre: None,
+            post: None,
+            snapshot: None,
             ..self.clone()
         })
     }
@@ -594,6 +633,31 @@ impl AgentConfig {
                     );
                 }
             }
+            if s.hook_timeout_secs == 0 {
+                bail!(
+                    "[[source]] {:?}: hook_timeout_secs must be at least 1",
+                    s.name
+                );
+            }
+            match (s.snapshot, s.kind, &s.snapshot_size) {
+                (Some(_), SourceKind::Postgres, _) => bail!(
+                    "[[source]] {:?}: a postgres source is consistent through the server's backup API; snapshot does not apply",
+                    s.name
+                ),
+                (Some(SnapshotMethod::Btrfs), SourceKind::Image, _) => bail!(
+                    "[[source]] {:?}: snapshot = \"btrfs\" snapshots a subvolume: it applies to kind = \"tree\"",
+                    s.name
+                ),
+                (Some(SnapshotMethod::Lvm), _, None) => bail!(
+                    "[[source]] {:?}: snapshot = \"lvm\" needs snapshot_size (its copy-on-write space, for example \"2G\")",
+                    s.name
+                ),
+                (None, _, Some(_)) => bail!(
+                    "[[source]] {:?}: snapshot_size applies to snapshot = \"lvm\" only",
+                    s.name
+                ),
+                _ => {}
+            }
             if s.on_change && s.kind != SourceKind::Tree {
                 bail!(
                     "[[source]] {:?}: on_change watches directories; it applies to kind = \"tree\" only",
@@ -649,6 +713,40 @@ mod tests {
         );
         // New deployments copied from the template are encrypted.
         assert!(cfg.encryption.key_file.is_some());
+    }
+
+    #[test]
+    fn snapshots_and_hooks_are_checked() {
+        let base = "[node]\naddress = \"x:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let parse =
+            |src: &str| AgentConfig::parse(&format!("{base}[[source]]\nname = \"s\"\n{src}"));
+        let err = |src: &str| format!("{:#}", parse(src).unwrap_err());
+        let ok = parse("path = \"/srv\"\nsnapshot = \"btrfs\"\npre = \"true\"\npost = \"true\"\n")
+            .unwrap();
+        let s = &ok.sources[0];
+        assert_eq!(s.snapshot, Some(SnapshotMethod::Btrfs));
+        assert_eq!((s.pre.as_deref(), s.hook_timeout_secs), (Some("true"), 600));
+        assert!(err("path = \"/srv\"\nsnapshot = \"lvm\"\n").contains("needs snapshot_size"));
+        assert!(
+            err("path = \"/x\"\nkind = \"image\"\nsnapshot = \"btrfs\"\n")
+                .contains("applies to kind = \"tree\"")
+        );
+        assert!(err("path = \"/x\"\nsnapshot_size = \"1G\"\n").contains("snapshot = \"lvm\" only"));
+        assert!(err("path = \"/x\"\nsnapshot = \"zfs\"\n").contains("unknown variant"));
+        assert!(err("path = \"/x\"\nhook_timeout_secs = 0\n").contains("at least 1"));
+        assert!(
+            err("path = \"/x\"\nkind = \"postgres\"\nsnapshot = \"lvm\"\nsnapshot_size = \"1G\"\n[source.postgres]\nuser = \"u\"\n")
+                .contains("snapshot does not apply")
+        );
+        parse(
+            "path = \"/dev/vg/lv\"\nkind = \"image\"\nsnapshot = \"lvm\"\nsnapshot_size = \"1G\"\n",
+        )
+        .unwrap();
+        assert!(err("path = \"/x\"\nkind = \"postgres-wal\"\n").contains("wal-push"));
+        assert!(
+            err("path = \"/x\"\nkind = \"postgres\"\n[source.postgres]\nuser = \"u\"\n[[source]]\nname = \"s.wal\"\npath = \"/y\"\n")
+                .contains("its WAL source's")
+        );
     }
 
     #[test]

@@ -343,7 +343,7 @@ pub async fn drill_snapshot(
         let image = (snap.kind == SourceKind::Image).then_some(target.as_path());
         let (cmd, env) = (cmd.clone(), check_env(snap, &dir, image));
         let timeout = opts.check_timeout;
-        let c = tokio::task::spawn_blocking(move || run_check(&cmd, &dir, &env, timeout))
+        let c = tokio::task::spawn_blocking(move || run_shell(&cmd, &dir, &env, timeout))
             .await
             .unwrap_or_else(|e| CheckOutcome {
                 command: String::new(),
@@ -415,8 +415,14 @@ fn check_env(snap: &SnapshotRecord, dir: &Path, image: Option<&Path>) -> Vec<(St
 }
 
 /// Runs `sh -c cmd` in `dir`, its output going to a temporary file, and
-/// kills it (and its process group) after `timeout`.
-fn run_check(cmd: &str, dir: &Path, env: &[(String, String)], timeout: Duration) -> CheckOutcome {
+/// kills it (and its process group) after `timeout`: drill checks and the
+/// agent's pre/post hooks.
+pub fn run_shell(
+    cmd: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> CheckOutcome {
     use std::os::unix::process::CommandExt;
     let started = Instant::now();
     let mut out = CheckOutcome {
@@ -485,7 +491,7 @@ fn run_check(cmd: &str, dir: &Path, env: &[(String, String)], timeout: Duration)
         }
         None => {
             out.output.push_str(&format!(
-                "\n[refuge: killed after {}s (--check-timeout)]",
+                "\n[refuge: killed after its timeout of {} s]",
                 timeout.as_secs()
             ));
         }
@@ -1182,7 +1188,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("marker"), b"x").unwrap();
         let env = vec![("REFUGE_DRILL_DIR".to_string(), "d".to_string())];
-        let ok = run_check(
+        let ok = run_shell(
             "test -f marker && echo seen $REFUGE_DRILL_DIR",
             dir.path(),
             &env,
@@ -1191,7 +1197,7 @@ mod tests {
         assert!(ok.passed, "{ok:?}");
         assert_eq!(ok.exit_code, 0);
         assert!(ok.output.contains("seen d"), "{ok:?}");
-        let bad = run_check(
+        let bad = run_shell(
             "echo broken >&2; exit 3",
             dir.path(),
             &env,
@@ -1200,7 +1206,7 @@ mod tests {
         assert!(!bad.passed);
         assert_eq!(bad.exit_code, 3);
         assert!(bad.output.contains("broken"));
-        let slow = run_check("sleep 30", dir.path(), &env, Duration::from_millis(300));
+        let slow = run_shell("sleep 30", dir.path(), &env, Duration::from_millis(300));
         assert!(!slow.passed);
         assert_eq!(slow.exit_code, -1);
         assert!(slow.output.contains("killed after"), "{slow:?}");

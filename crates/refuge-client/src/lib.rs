@@ -56,8 +56,8 @@ pub use calls::{
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
-    LimitsConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig, SourceChunking, SourceConfig,
-    load_config,
+    LimitsConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig, SnapshotMethod,
+    SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
@@ -65,7 +65,8 @@ pub use connect::{
 };
 pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,
-    Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, secs_text,
+    Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, run_shell,
+    secs_text,
 };
 pub use drill_postgres::{DatabaseCheck, QueryOutcome, TableRows};
 pub use pg_restore::{WAL_DIR, WalPlan, WalReplay, add_wal, plan_wal};
