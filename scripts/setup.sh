@@ -22,6 +22,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The postgres source's tests run servers of their own (initdb, pg_ctl,
 # pgbench, pg_amcheck, pg_basebackup from Debian's PostgreSQL).
 compgen -G "/usr/lib/postgresql/*/bin/pg_amcheck" >/dev/null || need+=(postgresql postgresql-contrib)
+# mariadb sources: the server, its client and mariadb-backup.
+command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-server mariadb-backup)
 # Sources read from a btrfs snapshot (the tests make a btrfs filesystem on a
 # loop device).
 command -v mkfs.btrfs >/dev/null 2>&1 || need+=(btrfs-progs)

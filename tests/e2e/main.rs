@@ -15,6 +15,7 @@ mod health;
 mod hooks;
 mod hostile;
 mod hostile_wire;
+mod mariadb;
 mod network;
 mod postgres;
 mod power_loss;

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 pub mod ceph;
+pub mod mariadb;
 pub mod postgres;
 
 use std::fs;

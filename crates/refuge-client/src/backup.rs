@@ -800,6 +800,26 @@ fn backup_blocking(
             )?;
             pg = session.map(crate::postgres::Session::stop).transpose()?;
         }
+        SourceKind::Mariadb => {
+            let cfg = source.mariadb.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "source {:?} is of kind mariadb but has no [source.mariadb]",
+                    source.name
+                )
+            })?;
+            let staged = crate::mariadb::stage(cfg, &source, opts.state_dir.as_deref())?;
+            walk_tree(
+                &staged.dir,
+                TreeRules::default(),
+                params,
+                &mut parents,
+                &mut w,
+                &mut up,
+                &mut rep,
+                &bar,
+            )?;
+            rep.read_from = Some(staged.dir.display().to_string());
+        }
         SourceKind::Image => read_image(
             &source.path,
             params,

@@ -357,6 +357,9 @@ pub struct SourceConfig {
     /// How to reach the server of a `postgres` source.
     #[serde(default)]
     pub postgres: Option<PostgresConfig>,
+    /// How to reach the server of a `mariadb` source.
+    #[serde(default)]
+    pub mariadb: Option<MariadbConfig>,
     /// Chunking for this source only, over `[chunking]` (for example
     /// smaller chunks for a database whose pages change in place).
     #[serde(default)]
@@ -440,6 +443,38 @@ pub struct PostgresConfig {
     pub connect_timeout_secs: u64,
 }
 
+/// `[source.mariadb]`: the server whose data directory a `mariadb` source
+/// copies with `mariadb-backup` (docs/databases.md: the user's grants).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MariadbConfig {
+    /// The server's Unix socket.
+    #[serde(default = "default_mariadb_socket")]
+    pub socket: PathBuf,
+    /// User to log in as.
+    #[serde(default = "default_pg_user")]
+    pub user: String,
+    /// File holding the user's password (its first line); none for
+    /// `unix_socket` authentication.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Where `mariadb-backup` copies and prepares the data before it is
+    /// chunked (emptied before and removed after each backup; needs room
+    /// for the whole data directory); default `STATE_DIR/mariadb-NAME`.
+    #[serde(default)]
+    pub staging_dir: Option<PathBuf>,
+    /// The `mariadb-backup` program.
+    #[serde(default = "default_mariadb_backup")]
+    pub mariadb_backup: PathBuf,
+}
+
+fn default_mariadb_socket() -> PathBuf {
+    "/run/mysqld/mysqld.sock".into()
+}
+fn default_mariadb_backup() -> PathBuf {
+    "mariadb-backup".into()
+}
+
 fn default_pg_host() -> String {
     "/var/run/postgresql".into()
 }
@@ -481,6 +516,7 @@ impl SourceConfig {
             path: self.path.join("pg_wal"),
             kind: SourceKind::PostgresWal,
             postgres: None,
+            mariadb: None,
             on_change: false,
             pre: None,
             post: None,
@@ -500,7 +536,11 @@ impl SourceConfig {
             && o.min_size.is_none()
             && o.avg_size.is_none()
             && o.max_size.is_none();
-        if matches!(self.kind, SourceKind::Image | SourceKind::Postgres) && sizes_untouched {
+        if matches!(
+            self.kind,
+            SourceKind::Image | SourceKind::Postgres | SourceKind::Mariadb
+        ) && sizes_untouched
+        {
             return ChunkingConfig {
                 min_size: image.min_size,
                 avg_size: image.avg_size,
@@ -612,8 +652,19 @@ impl AgentConfig {
                     "[[source]] {:?}: kind = \"postgres-wal\" is not configured: `refuge-agent wal-push` makes it for a kind = \"postgres\" source (docs/databases.md)",
                     s.name
                 ),
-                (SourceKind::Tree | SourceKind::Image, Some(_)) => bail!(
+                (SourceKind::Tree | SourceKind::Image | SourceKind::Mariadb, Some(_)) => bail!(
                     "[[source]] {:?}: [source.postgres] applies to kind = \"postgres\" only",
+                    s.name
+                ),
+                _ => {}
+            }
+            match (s.kind, &s.mariadb) {
+                (SourceKind::Mariadb, None) => bail!(
+                    "[[source]] {:?}: kind = \"mariadb\" needs a [source.mariadb] table (socket, user, password_file)",
+                    s.name
+                ),
+                (k, Some(_)) if k != SourceKind::Mariadb => bail!(
+                    "[[source]] {:?}: [source.mariadb] applies to kind = \"mariadb\" only",
                     s.name
                 ),
                 _ => {}
@@ -640,8 +691,8 @@ impl AgentConfig {
                 );
             }
             match (s.snapshot, s.kind, &s.snapshot_size) {
-                (Some(_), SourceKind::Postgres, _) => bail!(
-                    "[[source]] {:?}: a postgres source is consistent through the server's backup API; snapshot does not apply",
+                (Some(_), SourceKind::Postgres | SourceKind::Mariadb, _) => bail!(
+                    "[[source]] {:?}: a database source is consistent through the server's own backup; snapshot does not apply",
                     s.name
                 ),
                 (Some(SnapshotMethod::Btrfs), SourceKind::Image, _) => bail!(

@@ -282,6 +282,7 @@ pub async fn drill_snapshot(
         SourceKind::Tree => scratch.path().join("tree"),
         SourceKind::Postgres => scratch.path().join("pgdata"),
         SourceKind::PostgresWal => scratch.path().join("wal"),
+        SourceKind::Mariadb => scratch.path().join("datadir"),
         SourceKind::Image => scratch.path().join("image"),
     };
     d.restored_to = target.display().to_string();
@@ -337,7 +338,10 @@ pub async fn drill_snapshot(
             .or(opts.check.as_ref())
     {
         let dir = match snap.kind {
-            SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal => target.clone(),
+            SourceKind::Tree
+            | SourceKind::Postgres
+            | SourceKind::PostgresWal
+            | SourceKind::Mariadb => target.clone(),
             SourceKind::Image => scratch.path().to_path_buf(),
         };
         let image = (snap.kind == SourceKind::Image).then_some(target.as_path());

@@ -20,6 +20,7 @@ mod drill;
 mod drill_postgres;
 mod file_chunks;
 mod manifest_io;
+mod mariadb;
 mod pg_copy;
 mod pg_restore;
 mod postgres;
@@ -56,8 +57,8 @@ pub use calls::{
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
-    LimitsConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig, SnapshotMethod,
-    SourceChunking, SourceConfig, load_config,
+    LimitsConfig, MariadbConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig,
+    SnapshotMethod, SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,

@@ -725,7 +725,7 @@ fn restore_blocking(
     .context("reading the snapshot's manifest")?;
     let mut writer = Writer::new(&rt, &node, &tenant, &opts.key, opts.threads, &bar);
     let result = match snap.kind {
-        SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal => {
+        SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal | SourceKind::Mariadb => {
             restore_tree(&mut reader, &mut writer, &opts, &mut rep)
         }
         SourceKind::Image => {

@@ -61,6 +61,10 @@ pub const SOURCE_POSTGRES: u8 = 3;
 /// = 'refuge-agent wal-push ...'`), one snapshot per file, of the source
 /// `NAME.wal` beside the `postgres` source `NAME` (a tree manifest).
 pub const SOURCE_POSTGRES_WAL: u8 = 4;
+/// Source kind id: a MariaDB/MySQL data directory copied with
+/// `mariadb-backup` and prepared (a tree manifest that starts as a
+/// server).
+pub const SOURCE_MARIADB: u8 = 5;
 
 /// Largest chunk the protocol allows, before compression (16 MiB, the
 /// largest maximum FastCDC accepts).

@@ -4,8 +4,8 @@ use std::fmt;
 
 use crate::codec::{Dec, Enc};
 use crate::format::{
-    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_POSTGRES,
-    SOURCE_POSTGRES_WAL, SOURCE_TREE,
+    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_MARIADB,
+    SOURCE_POSTGRES, SOURCE_POSTGRES_WAL, SOURCE_TREE,
 };
 use crate::manifest::ChunkRef;
 use crate::names::{HostName, SourceName, TenantId};
@@ -27,6 +27,9 @@ pub enum SourceKind {
     /// source `NAME.wal` beside the `postgres` source `NAME`.
     #[serde(rename = "postgres-wal")]
     PostgresWal,
+    /// A MariaDB (or MySQL) data directory copied with `mariadb-backup`
+    /// and prepared: a tree that starts as a server.
+    Mariadb,
 }
 
 impl SourceKind {
@@ -37,6 +40,7 @@ impl SourceKind {
             SourceKind::Image => SOURCE_IMAGE,
             SourceKind::Postgres => SOURCE_POSTGRES,
             SourceKind::PostgresWal => SOURCE_POSTGRES_WAL,
+            SourceKind::Mariadb => SOURCE_MARIADB,
         }
     }
     /// From a format id.
@@ -46,16 +50,18 @@ impl SourceKind {
             SOURCE_IMAGE => Some(SourceKind::Image),
             SOURCE_POSTGRES => Some(SourceKind::Postgres),
             SOURCE_POSTGRES_WAL => Some(SourceKind::PostgresWal),
+            SOURCE_MARIADB => Some(SourceKind::Mariadb),
             _ => None,
         }
     }
-    /// `tree`, `image`, `postgres` or `postgres-wal`.
+    /// `tree`, `image`, `postgres`, `postgres-wal` or `mariadb`.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Tree => "tree",
             SourceKind::Image => "image",
             SourceKind::Postgres => "postgres",
             SourceKind::PostgresWal => "postgres-wal",
+            SourceKind::Mariadb => "mariadb",
         }
     }
     /// Whether its manifest is a directory tree (restored, compared and

@@ -78,6 +78,7 @@ pub fn source_kind(v: i32) -> Result<SourceKind, WireError> {
         Ok(pb::SourceKind::Image) => Ok(SourceKind::Image),
         Ok(pb::SourceKind::Postgres) => Ok(SourceKind::Postgres),
         Ok(pb::SourceKind::PostgresWal) => Ok(SourceKind::PostgresWal),
+        Ok(pb::SourceKind::Mariadb) => Ok(SourceKind::Mariadb),
         _ => Err(WireError(format!("unknown source kind {v}"))),
     }
 }
@@ -89,6 +90,7 @@ pub fn source_kind_to(k: SourceKind) -> i32 {
         SourceKind::Image => pb::SourceKind::Image as i32,
         SourceKind::Postgres => pb::SourceKind::Postgres as i32,
         SourceKind::PostgresWal => pb::SourceKind::PostgresWal as i32,
+        SourceKind::Mariadb => pb::SourceKind::Mariadb as i32,
     }
 }
 
