@@ -72,6 +72,7 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
         check: a.check.clone(),
         checks: cfg.drill.checks.clone(),
         postgres: cfg.drill.postgres.clone(),
+        mariadb: cfg.drill.mariadb.clone(),
         check_timeout: Duration::from_secs(
             a.check_timeout_secs.unwrap_or(cfg.drill.check_timeout_secs),
         ),

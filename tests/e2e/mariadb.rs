@@ -138,6 +138,75 @@ fn a_mariadb_backup_under_writes_restores_to_a_server_that_starts_with_every_com
         "the copy was not compared block by block: {r:#}"
     );
     assert!(r[0]["bytes_new"].as_u64().unwrap() < 8 << 20, "{r:#}");
+
+    // A drill starts the restored server beside the running one and checks it.
+    let scratch = dir.path().join("scratch");
+    let drill = |table: &str| {
+        let with = c.path().join(format!("drill-{}.toml", stamp()));
+        fs::write(
+            &with,
+            format!(
+                "{}\n[drill.mariadb.db]\n{table}",
+                fs::read_to_string(&cfg).unwrap()
+            ),
+        )
+        .unwrap();
+        run(
+            "refuge",
+            c.path(),
+            &[
+                "-c",
+                with.to_str().unwrap(),
+                "drill",
+                "--json",
+                "--no-record",
+                "--source",
+                "db",
+                "--report-dir",
+                c.path().join("reports").to_str().unwrap(),
+                "--scratch",
+                scratch.to_str().unwrap(),
+            ],
+        )
+    };
+    let r = drill(
+        "queries = [\"SELECT COUNT(*) FROM app.old\"]\ntables = [\"app.marks\", \"app.old\"]\n",
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let db = r.json()["sources"][0]["database"].clone();
+    assert_eq!(db["engine"], "mariadb");
+    assert_eq!(db["passed"], true, "{db:#}");
+    assert!(
+        db["version"].as_str().unwrap().contains("MariaDB"),
+        "{db:#}"
+    );
+    assert!(db["recovery_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(db["queries"][0]["value"], "3");
+    assert_eq!(db["tables"][1]["rows"], 3);
+    assert!(
+        db["tables"][0]["rows"].as_u64().unwrap() >= before,
+        "{db:#}"
+    );
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_eq!(m.sql("SELECT COUNT(*) FROM app.old"), "3");
+    // A missing table fails it; so does a server that cannot start.
+    let r = drill("tables = [\"app.nope\"]\n");
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let db = r.json()["sources"][0]["database"].clone();
+    assert!(
+        db["tables"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("doesn't exist"),
+        "{db:#}"
+    );
+    let r = drill("settings = { innodb_buffer_pool_size = \"lots\" }\n");
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let db = r.json()["sources"][0]["database"].clone();
+    assert!(
+        db["error"].as_str().unwrap().contains("did not start"),
+        "{db:#}"
+    );
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct DrillClientConfig {
     /// cluster has started, per source name (`[drill.postgres.NAME]`); a
     /// source without a table here gets the defaults (`SELECT 1`).
     pub postgres: std::collections::BTreeMap<String, PostgresDrillConfig>,
+    /// The same for `mariadb` sources (`[drill.mariadb.NAME]`).
+    pub mariadb: std::collections::BTreeMap<String, MariadbDrillConfig>,
 }
 
 impl Default for DrillClientConfig {
@@ -61,6 +63,40 @@ impl Default for DrillClientConfig {
             checks: Default::default(),
             check_timeout_secs: 600,
             postgres: Default::default(),
+            mariadb: Default::default(),
+        }
+    }
+}
+
+/// `[drill.mariadb.NAME]`: the drill of a `mariadb` source starts the
+/// restored data directory (`mariadbd --no-defaults`, as its owner, on a
+/// Unix socket in the scratch space, no network, no grant tables), runs
+/// these checks with the `mariadb` client, and stops it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MariadbDrillConfig {
+    /// SQL statements that must succeed (the first value of each is
+    /// reported); none given: `SELECT 1`.
+    pub queries: Vec<String>,
+    /// Tables (`db.table`) whose rows are counted and which must pass
+    /// `CHECK TABLE`; one that is missing fails the drill.
+    pub tables: Vec<String>,
+    /// The server program.
+    pub mariadbd: PathBuf,
+    /// The client program.
+    pub client: PathBuf,
+    /// Further server options (`innodb_buffer_pool_size = "128M"`).
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for MariadbDrillConfig {
+    fn default() -> Self {
+        MariadbDrillConfig {
+            queries: Vec::new(),
+            tables: Vec::new(),
+            mariadbd: "/usr/sbin/mariadbd".into(),
+            client: "mariadb".into(),
+            settings: Default::default(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct DrillOptions {
     /// What the drills of `postgres` sources check in the started
     /// cluster, per source name (`[drill.postgres.NAME]`).
     pub postgres: BTreeMap<String, crate::config::PostgresDrillConfig>,
+    /// The same for `mariadb` sources (`[drill.mariadb.NAME]`).
+    pub mariadb: BTreeMap<String, crate::config::MariadbDrillConfig>,
     /// The check command is killed after this long (and fails); so is a
     /// restored database that has not started and been checked by then.
     pub check_timeout: Duration,
@@ -142,7 +144,7 @@ pub struct SourceDrill {
     /// The check command, if one ran.
     pub check: Option<CheckOutcome>,
     /// A `postgres` source: the restored cluster started and checked.
-    pub database: Option<crate::drill_postgres::DatabaseCheck>,
+    pub database: Option<crate::drill_db::DatabaseCheck>,
     /// Where the restored data is (kept with `--keep`, else removed).
     pub restored_to: String,
     /// Whether it was kept.
@@ -358,26 +360,33 @@ pub async fn drill_snapshot(
             });
         d.check = Some(c);
     }
-    if d.failure_count == 0 && snap.kind == SourceKind::Postgres {
-        let cfg = opts
-            .postgres
-            .get(snap.source.as_str())
-            .cloned()
-            .unwrap_or_default();
+    if d.failure_count == 0 && matches!(snap.kind, SourceKind::Postgres | SourceKind::Mariadb) {
+        let kind = snap.kind;
+        let source = snap.source.to_string();
+        let (pg, maria) = (
+            opts.postgres.get(&source).cloned().unwrap_or_default(),
+            opts.mariadb.get(&source).cloned().unwrap_or_default(),
+        );
         let (data, dir, timeout) = (
             target.clone(),
             scratch.path().to_path_buf(),
             opts.check_timeout,
         );
         let rt = Handle::current();
-        let db = tokio::task::spawn_blocking(move || {
-            crate::drill_postgres::check(&rt, &data, &dir, &cfg, timeout)
+        let db = tokio::task::spawn_blocking(move || match kind {
+            SourceKind::Mariadb => crate::drill_mariadb::check(&data, &dir, &maria, timeout),
+            _ => crate::drill_postgres::check(&rt, &data, &dir, &pg, timeout),
         })
         .await
         .unwrap_or_else(|e| {
-            crate::drill_postgres::DatabaseCheck::failed(format!(
-                "database check worker failed: {e}"
-            ))
+            crate::drill_db::DatabaseCheck::failed(
+                if kind == SourceKind::Mariadb {
+                    "mariadb"
+                } else {
+                    "postgres"
+                },
+                format!("database check worker failed: {e}"),
+            )
         });
         d.database = Some(db);
     }
@@ -1097,7 +1106,7 @@ pub fn drill_markdown(r: &DrillReport) -> String {
 }
 
 /// The database part of a source's section.
-fn database_markdown(m: &mut String, db: &crate::drill_postgres::DatabaseCheck) {
+fn database_markdown(m: &mut String, db: &crate::drill_db::DatabaseCheck) {
     let _ = writeln!(
         m,
         "- Database ({} {}): {}",

@@ -12,164 +12,22 @@
 //! cluster starts with an empty one plus the drill's `settings`.
 
 use std::fs;
-use std::io::{Read, Seek};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio_postgres::error::SqlState;
 
 use crate::config::PostgresDrillConfig;
+use crate::drill_db::{
+    AmcheckOutcome, DatabaseCheck, MAX_LOG, QueryOutcome, Server, TableRows, did_not_start,
+    open_to_owner, owner, stop_checked, tail,
+};
 
-/// The end of the server's log kept in a report.
-const MAX_LOG: u64 = 8 << 10;
 /// The socket's number (its file name); nothing listens on TCP.
 const PORT: u16 = 5432;
-/// How long a stopping server gets before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// What the started database showed.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct DatabaseCheck {
-    /// `postgres`.
-    pub engine: &'static str,
-    /// The server's version as it reports it (`PG_VERSION` until it
-    /// answers).
-    pub version: String,
-    /// Started, answered, every query and count succeeded, amcheck (if
-    /// asked for) clean, and stopped within the check timeout.
-    pub passed: bool,
-    /// Seconds from starting the server to the end of its recovery (the
-    /// replay of the snapshot's WAL): its first accepted connection, or,
-    /// when it answers read-only during archive recovery, the moment it
-    /// says it is out of recovery.
-    pub recovery_secs: f64,
-    /// Seconds from starting the server to the answer of its first query.
-    pub first_query_secs: f64,
-    /// The configured queries (or `SELECT 1`).
-    pub queries: Vec<QueryOutcome>,
-    /// Row counts of the configured tables.
-    pub tables: Vec<TableRows>,
-    /// `pg_amcheck` run, if configured.
-    pub amcheck: Option<AmcheckOutcome>,
-    /// Seconds the clean shutdown took.
-    pub stop_secs: f64,
-    /// Why it failed, when the failure is not one query's or table's.
-    pub error: Option<String>,
-    /// The end of the server's log (only kept when it failed).
-    pub log: String,
-}
-
-/// One query.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueryOutcome {
-    /// The SQL.
-    pub sql: String,
-    /// The first column of its first row, as text (`null` for NULL or no
-    /// row).
-    pub value: Option<String>,
-    /// The error, if it failed.
-    pub error: Option<String>,
-    /// Seconds it took.
-    pub secs: f64,
-}
-
-/// One table's row count.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableRows {
-    /// The table as configured.
-    pub table: String,
-    /// Its rows, if counted.
-    pub rows: Option<i64>,
-    /// The error, if it could not be counted.
-    pub error: Option<String>,
-}
-
-/// What `pg_amcheck` said.
-#[derive(Debug, Clone, Serialize)]
-pub struct AmcheckOutcome {
-    /// It exited 0.
-    pub passed: bool,
-    /// Its exit code (-1 when killed or not started).
-    pub exit_code: i32,
-    /// Seconds it ran.
-    pub secs: f64,
-    /// The end of its output.
-    pub output: String,
-}
-
-impl DatabaseCheck {
-    /// A check that could not even start.
-    pub(crate) fn failed(why: String) -> DatabaseCheck {
-        DatabaseCheck {
-            engine: "postgres",
-            error: Some(why),
-            ..Default::default()
-        }
-    }
-
-    /// The first thing that was wrong, as one line.
-    pub fn first_problem(&self) -> String {
-        if let Some(e) = &self.error {
-            return e.clone();
-        }
-        if let Some(q) = self.queries.iter().find(|q| q.error.is_some()) {
-            return format!("query `{}`: {}", q.sql, q.error.as_deref().unwrap_or(""));
-        }
-        if let Some(t) = self.tables.iter().find(|t| t.error.is_some()) {
-            return format!("table {}: {}", t.table, t.error.as_deref().unwrap_or(""));
-        }
-        if let Some(a) = self.amcheck.as_ref().filter(|a| !a.passed) {
-            return format!("pg_amcheck exited {}", a.exit_code);
-        }
-        String::new()
-    }
-}
-
-/// The server process, stopped (fast shutdown, then killed) at drop.
-struct Server {
-    child: Option<Child>,
-    stop_secs: f64,
-}
-
-impl Server {
-    /// Fast shutdown (SIGINT); killed after [`STOP_GRACE`]. Returns
-    /// whether it stopped by itself.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let started = Instant::now();
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-        }
-        let clean = loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break true,
-                Ok(None) if started.elapsed() < STOP_GRACE => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break false;
-                }
-            }
-        };
-        self.stop_secs = started.elapsed().as_secs_f64();
-        clean
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The server binaries for a data directory: `bin_dir`, or Debian's
 /// `/usr/lib/postgresql/MAJOR/bin` for its `PG_VERSION`.
@@ -197,28 +55,6 @@ fn binaries(data: &Path, cfg: &PostgresDrillConfig) -> Result<(String, PathBuf),
     Ok((version, bin))
 }
 
-/// The user the server runs as: the data directory's owner. A server does
-/// not run as root, so a restored directory owned by root (restored by a
-/// user who could not keep owners... or a root-owned source) is refused.
-fn owner(data: &Path) -> Result<(u32, u32), String> {
-    let m = fs::metadata(data).map_err(|e| format!("{}: {e}", data.display()))?;
-    if m.uid() == 0 {
-        return Err(format!(
-            "the restored data directory {} is owned by root, and PostgreSQL does not run as root",
-            data.display()
-        ));
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if me != 0 && me != m.uid() {
-        return Err(format!(
-            "the restored data directory is owned by uid {}; the drill runs as uid {me} and can \
-             only start it as root or as that user",
-            m.uid()
-        ));
-    }
-    Ok((m.uid(), m.gid()))
-}
-
 /// `schema.table` with each part quoted as an identifier, as written.
 fn table_ident(t: &str) -> Result<String, String> {
     let parts: Vec<&str> = t.split('.').collect();
@@ -230,18 +66,6 @@ fn table_ident(t: &str) -> Result<String, String> {
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join("."))
-}
-
-/// The end of a file, as text.
-fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(std::io::SeekFrom::Start(len.saturating_sub(max)));
-    let mut b = Vec::new();
-    let _ = f.read_to_end(&mut b);
-    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Starts the cluster restored at `data` (inside the drill's `scratch`),
@@ -258,20 +82,10 @@ pub(crate) fn check(
         ..Default::default()
     };
     let log = scratch.join("run").join("postgres.log");
-    match run(rt, data, scratch, cfg, timeout, &mut out) {
-        Ok(()) => {}
-        Err(e) => {
-            out.error = Some(e);
-        }
+    if let Err(e) = run(rt, data, scratch, cfg, timeout, &mut out) {
+        out.error = Some(e);
     }
-    out.passed = out.error.is_none()
-        && out.queries.iter().all(|q| q.error.is_none())
-        && out.tables.iter().all(|t| t.error.is_none())
-        && out.amcheck.as_ref().is_none_or(|a| a.passed);
-    if !out.passed {
-        out.log = tail(&log, MAX_LOG);
-    }
-    out
+    out.finish(&log)
 }
 
 fn run(
@@ -302,20 +116,11 @@ fn run(
         fs::write(&c, "").map_err(|e| format!("{}: {e}", c.display()))?;
         conf_file = Some(c);
     }
-    if rustix::process::geteuid().is_root() {
-        // The server's user must reach the data inside the scratch space
-        // (made 0700 for the user who runs the drill) and own its run
-        // directory; nobody else gets to list either.
-        for p in [&run_dir, &hba, &ident]
-            .into_iter()
-            .chain(conf_file.as_ref())
-        {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        fs::set_permissions(scratch, fs::Permissions::from_mode(0o711))
-            .map_err(|e| format!("{}: {e}", scratch.display()))?;
-    }
+    let owned: Vec<&Path> = [run_dir.as_path(), &hba, &ident]
+        .into_iter()
+        .chain(conf_file.as_deref())
+        .collect();
+    open_to_owner(scratch, &owned, uid, gid)?;
     let log = fs::File::create(run_dir.join("postgres.log"))
         .map_err(|e| format!("cannot make the server's log: {e}"))?;
     if rustix::process::geteuid().is_root() {
@@ -362,6 +167,7 @@ fn run(
     let mut server = Server {
         child: Some(child),
         stop_secs: 0.0,
+        signal: rustix::process::Signal::INT,
     };
 
     // Connect as soon as it accepts: 57P03 while it recovers, no socket
@@ -379,17 +185,11 @@ fn run(
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
         {
-            let hint = if tail(&run_dir.join("postgres.log"), MAX_LOG).contains("Permission denied")
-            {
-                format!(
-                    " (the scratch space must be reachable by the data directory's owner, uid {uid}: \
-                     every directory above it needs the x bit for that user)"
-                )
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "the restored cluster did not start ({status}){hint}; its log is below"
+            return Err(did_not_start(
+                status,
+                &run_dir.join("postgres.log"),
+                uid,
+                "cluster",
             ));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -514,20 +314,7 @@ fn run(
     if cfg.amcheck {
         out.amcheck = Some(amcheck(&bin, &run_dir, cfg, left()));
     }
-    if !server.stop() {
-        return Err(format!(
-            "the restored cluster did not shut down within {} s and was killed",
-            STOP_GRACE.as_secs()
-        ));
-    }
-    out.stop_secs = server.stop_secs;
-    if started.elapsed() > timeout {
-        return Err(format!(
-            "the database checks took longer than the check timeout ({} s)",
-            timeout.as_secs()
-        ));
-    }
-    Ok(())
+    stop_checked(&mut server, out, started, timeout, "cluster")
 }
 
 /// The server is up but still recovering, or not listening yet.
@@ -649,7 +436,7 @@ mod tests {
 
     #[test]
     fn problems_are_named_in_order() {
-        let mut c = DatabaseCheck::failed("did not start".into());
+        let mut c = DatabaseCheck::failed("postgres", "did not start".into());
         assert_eq!(c.first_problem(), "did not start");
         c.error = None;
         c.tables.push(TableRows {

@@ -17,6 +17,8 @@ mod command;
 mod config;
 mod connect;
 mod drill;
+mod drill_db;
+mod drill_mariadb;
 mod drill_postgres;
 mod file_chunks;
 mod manifest_io;
@@ -57,8 +59,8 @@ pub use calls::{
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
-    LimitsConfig, MariadbConfig, PostgresConfig, PostgresDrillConfig, ServiceConfig,
-    SnapshotMethod, SourceChunking, SourceConfig, load_config,
+    LimitsConfig, MariadbConfig, MariadbDrillConfig, PostgresConfig, PostgresDrillConfig,
+    ServiceConfig, SnapshotMethod, SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{
     Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
@@ -69,7 +71,7 @@ pub use drill::{
     Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, run_shell,
     secs_text,
 };
-pub use drill_postgres::{DatabaseCheck, QueryOutcome, TableRows};
+pub use drill_db::{AmcheckOutcome, DatabaseCheck, QueryOutcome, TableRows};
 pub use pg_restore::{WAL_DIR, WalPlan, WalReplay, add_wal, plan_wal};
 pub use progress::ProgressMode;
 pub use restore::{RestoreOptions, RestoreReport, restore_snapshot};

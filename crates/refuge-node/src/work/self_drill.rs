@@ -68,6 +68,7 @@ pub(crate) async fn run(
         check: None,
         checks: cfg.drill.checks.clone(),
         postgres: cfg.drill.postgres.clone(),
+        mariadb: cfg.drill.mariadb.clone(),
         check_timeout: Duration::from_secs(cfg.drill.check_timeout_secs),
         keep: false,
         threads: cfg.limits.restore_threads(),
