@@ -12,6 +12,7 @@ pub mod agent_metrics;
 pub mod commands;
 pub mod limits;
 mod prepare;
+mod retry;
 pub mod service;
 pub mod wal;
 

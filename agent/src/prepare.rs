@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use refuge_client::{AgentConfig, BackupOptions, BackupReport, Node, SnapshotMethod, SourceConfig};
 
-use crate::commands::backup_with_retries;
+use crate::retry::backup_with_retries;
 
 /// Backs up `source`: `pre`, the snapshot, the backup with its retries on
 /// it, the snapshot removed, `post` (also after a failure). A failed

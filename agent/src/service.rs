@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::agent_metrics::AgentMetrics;
-use crate::commands::report_failure;
+use crate::retry::report_failure;
 use crate::{Failure, Outcome};
 
 /// Waits after a source's failed backup (once its own retries are spent).

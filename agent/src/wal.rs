@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use refuge_client::{ProgressMode, command_config as config};
 
-use crate::commands::{backup_with_retries, report_failure};
+use crate::retry::{backup_with_retries, report_failure};
 use crate::{Failure, Outcome};
 
 /// Whether `name` is a file PostgreSQL archives: a segment

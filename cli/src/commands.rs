@@ -106,6 +106,16 @@ pub struct RestoreArgs {
     pub no_wal: bool,
 }
 
+/// `refuge restore --json`: the restore's report, and for a `postgres`
+/// base the archived WAL set up for replay.
+#[derive(Serialize)]
+struct RestoreJson<'a> {
+    #[serde(flatten)]
+    report: &'a refuge_client::RestoreReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres_wal: Option<&'a refuge_client::WalReplay>,
+}
+
 /// `refuge restore`.
 pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
     let at = match (&a.snapshot, &a.at) {
@@ -152,9 +162,10 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
         true => refuge_client::plan_wal(&node, &snap, a.at.is_some().then_some(at)).await?,
         false => None,
     };
-    let mut report = refuge_client::restore_snapshot(&node, &snap, opts.clone())
+    let report = refuge_client::restore_snapshot(&node, &snap, opts.clone())
         .await
         .map_err(|e| anyhow!("restore of snapshot {} failed: {e:#}", snap.id.short()))?;
+    let mut postgres_wal = None;
     if let Some(plan) = wal {
         let w = refuge_client::add_wal(&node, plan, &a.target, &opts)
             .await
@@ -165,13 +176,16 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
                     a.target.display()
                 )
             })?;
-        report.postgres_wal = Some(w);
+        postgres_wal = Some(w);
     }
-    if let Some(g) = report.postgres_wal.as_ref().and_then(|w| w.gap.as_ref()) {
+    if let Some(g) = postgres_wal.as_ref().and_then(|w| w.gap.as_ref()) {
         eprintln!("warning: {g}");
     }
     if a.json {
-        print_json(&report)?;
+        print_json(&RestoreJson {
+            report: &report,
+            postgres_wal: postgres_wal.as_ref(),
+        })?;
     } else {
         println!(
             "restored snapshot {} ({} {} at {}) to {}: {} files, {} dirs, {} symlinks, {} ({} fetched, {} kept) in {:.1}s",
@@ -188,7 +202,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
             human_bytes(report.bytes_kept),
             report.duration_secs
         );
-        if let Some(w) = &report.postgres_wal {
+        if let Some(w) = &postgres_wal {
             println!(
                 "added {} archived WAL files ({}, archive up to {}) in {}/{}: the cluster replays them {} when it starts, then promotes",
                 w.files,

@@ -762,7 +762,7 @@ fn backup_blocking(
     );
     let mut pg = None;
     match source.kind {
-        SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal => {
+        SourceKind::Tree | SourceKind::Postgres | SourceKind::PostgresWal | SourceKind::Mariadb => {
             // A postgres source: the walk runs between the server's backup
             // start and stop, without what the server rebuilds.
             let session = match (source.kind, &source.postgres) {
@@ -781,6 +781,20 @@ fn backup_blocking(
                 ),
                 _ => None,
             };
+            // A mariadb source: the walk reads mariadb-backup's prepared
+            // copy (removed when it is dropped).
+            let staged = match (source.kind, &source.mariadb) {
+                (SourceKind::Mariadb, Some(cfg)) => Some(crate::mariadb::stage(
+                    cfg,
+                    &source,
+                    opts.state_dir.as_deref(),
+                )?),
+                (SourceKind::Mariadb, None) => bail!(
+                    "source {:?} is of kind mariadb but has no [source.mariadb]",
+                    source.name
+                ),
+                _ => None,
+            };
             let rules = TreeRules {
                 skip: session
                     .as_ref()
@@ -788,8 +802,11 @@ fn backup_blocking(
                 only: opts.only.clone(),
                 quiet_vanished: session.is_some(),
             };
+            let root = staged
+                .as_ref()
+                .map_or(source.path.as_path(), |s| s.dir.as_path());
             walk_tree(
-                &source.path,
+                root,
                 rules,
                 params,
                 &mut parents,
@@ -798,27 +815,10 @@ fn backup_blocking(
                 &mut rep,
                 &bar,
             )?;
+            if let Some(s) = &staged {
+                rep.read_from = Some(s.dir.display().to_string());
+            }
             pg = session.map(crate::postgres::Session::stop).transpose()?;
-        }
-        SourceKind::Mariadb => {
-            let cfg = source.mariadb.as_ref().ok_or_else(|| {
-                anyhow!(
-                    "source {:?} is of kind mariadb but has no [source.mariadb]",
-                    source.name
-                )
-            })?;
-            let staged = crate::mariadb::stage(cfg, &source, opts.state_dir.as_deref())?;
-            walk_tree(
-                &staged.dir,
-                TreeRules::default(),
-                params,
-                &mut parents,
-                &mut w,
-                &mut up,
-                &mut rep,
-                &bar,
-            )?;
-            rep.read_from = Some(staged.dir.display().to_string());
         }
         SourceKind::Image => read_image(
             &source.path,

@@ -104,10 +104,6 @@ pub struct RestoreReport {
     pub chunks: u64,
     /// Seconds.
     pub duration_secs: f64,
-    /// A `postgres` base: the archived WAL set up for replay
-    /// ([`crate::add_wal`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub postgres_wal: Option<crate::pg_restore::WalReplay>,
 }
 
 /// Restores `snap` as `opts` say.
