@@ -2,11 +2,12 @@
 //! tenant and source (newest snapshot, recovery point now, last backup,
 //! last drill), per tenant (stored bytes, dedup) and of the node
 //! (disk, store size, certificate expiry, failed authentications,
-//! replication to and from its peers).
+//! replication to and from its peers), and the recovery targets
+//! (`[slo]`) each source breaches.
 
 use std::path::Path;
 
-use refuge_client::{ReplicationRow, TenantStatus, command_config as config, connect};
+use refuge_client::{ReplicationRow, SloBreach, TenantStatus, command_config as config, connect};
 use refuge_core::format_time_micros;
 use serde::Serialize;
 
@@ -26,6 +27,9 @@ struct SourceJson {
     last_backup_time: String,
     last_backup_error: String,
     last_drill: Option<DrillJson>,
+    rpo_target_secs: u64,
+    drill_age_target_secs: u64,
+    breaches: Vec<SloBreach>,
 }
 
 #[derive(Serialize)]
@@ -112,6 +116,9 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
                     rto_secs: d.rto_secs,
                     failure: d.failure.clone(),
                 }),
+                rpo_target_secs: s.rpo_target_secs,
+                drill_age_target_secs: s.drill_age_target_secs,
+                breaches: s.breaches.clone(),
             })
             .collect(),
         replication: r.replication.clone(),
@@ -170,6 +177,7 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
             "RPO",
             "Last backup",
             "Last drill",
+            "Breach",
         ]);
         for (s, raw) in out.sources.iter().zip(&r.sources) {
             t.add_row([
@@ -195,6 +203,16 @@ pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome 
                     None => "never".to_string(),
                     Some(d) if d.passed => format!("passed {} (RTO {:.1}s)", d.time, d.rto_secs),
                     Some(d) => format!("FAILED {}: {}", d.time, d.failure),
+                },
+                if s.breaches.is_empty() {
+                    "-".to_string()
+                } else {
+                    let b: Vec<String> = s
+                        .breaches
+                        .iter()
+                        .map(|b| format!("{}: {}", b.kind, b.detail))
+                        .collect();
+                    b.join("; ")
                 },
             ]);
         }

@@ -313,6 +313,21 @@ pub struct SourceStatus {
     pub last_backup_error: String,
     /// The last drill, if any was recorded.
     pub last_drill: Option<LastDrill>,
+    /// The tenant's RPO target (node.toml `[slo]`), seconds; 0: none.
+    pub rpo_target_secs: u64,
+    /// The tenant's drill-age target, seconds; 0: none.
+    pub drill_age_target_secs: u64,
+    /// The targets breached now.
+    pub breaches: Vec<SloBreach>,
+}
+
+/// A recovery target a source breaches (in [`SourceStatus`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SloBreach {
+    /// `rpo`, `drill_age` or `drill_failed`.
+    pub kind: String,
+    /// The target and how far the source is from it.
+    pub detail: String,
 }
 
 /// The last drill of a source in [`SourceStatus`].
@@ -672,6 +687,16 @@ impl Node {
                         rto_secs: s.last_drill_rto_secs,
                         failure: s.last_drill_failure,
                     }),
+                    rpo_target_secs: s.rpo_target_secs,
+                    drill_age_target_secs: s.drill_age_target_secs,
+                    breaches: s
+                        .breaches
+                        .into_iter()
+                        .map(|b| SloBreach {
+                            kind: b.kind,
+                            detail: b.detail,
+                        })
+                        .collect(),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

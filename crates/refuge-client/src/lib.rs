@@ -54,7 +54,7 @@ pub use backup_report::{BackupReport, PostgresReport};
 pub use calls::{
     CorruptChunk, GcOutcome, Health, HealthPort, LastDrill, NodeDrillReport, NodeStatus,
     PruneDecision, Pruned, Purpose, RecordedDatabase, RecordedDrill, ReplicationRow, Retention,
-    Selection, SnapshotQuery, SourceStatus, TenantStatus, Verified,
+    Selection, SloBreach, SnapshotQuery, SourceStatus, TenantStatus, Verified,
 };
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{

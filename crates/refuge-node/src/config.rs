@@ -58,6 +58,12 @@ pub struct NodeConfig {
     /// Peers this node copies snapshots to or from (`[[replication]]`).
     #[serde(default)]
     pub replication: Vec<ReplicationPeer>,
+    /// The web console (`[console]`, docs/console.md).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Recovery targets per tenant (`[slo]`): what counts as a breach.
+    #[serde(default)]
+    pub slo: SloConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -287,6 +293,61 @@ impl EncryptionPolicy {
     /// Whether `tenant` must back up encrypted.
     pub fn requires(&self, tenant: &str) -> bool {
         self.required || self.tenants.iter().any(|t| t == tenant)
+    }
+}
+
+/// The web console: HTTPS with the node's certificate and CA, client
+/// certificates of the auditor, admin or operator role (docs/console.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Address to serve the console on; none: no console.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Recovery targets: a source breaches when its newest snapshot is older
+/// than `rpo_secs`, or its last drill is older than `drill_age_secs` (or it
+/// was never drilled), or its last drill failed. 0 switches a target off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    /// Largest recovery point (age of the newest snapshot), seconds.
+    pub rpo_secs: u64,
+    /// Largest age of the last drill, seconds.
+    pub drill_age_secs: u64,
+    /// Overrides per tenant (`[slo.tenants.NAME]`).
+    pub tenants: std::collections::BTreeMap<String, SloTarget>,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        SloConfig {
+            rpo_secs: 86_400,
+            drill_age_secs: 30 * 86_400,
+            tenants: Default::default(),
+        }
+    }
+}
+
+/// One tenant's recovery targets (unset: the `[slo]` default).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloTarget {
+    /// Overrides `slo.rpo_secs`.
+    pub rpo_secs: Option<u64>,
+    /// Overrides `slo.drill_age_secs`.
+    pub drill_age_secs: Option<u64>,
+}
+
+impl SloConfig {
+    /// `tenant`'s targets: (RPO, drill age) in seconds, 0 for none.
+    pub fn targets(&self, tenant: &str) -> (u64, u64) {
+        let t = self.tenants.get(tenant);
+        (
+            t.and_then(|t| t.rpo_secs).unwrap_or(self.rpo_secs),
+            t.and_then(|t| t.drill_age_secs)
+                .unwrap_or(self.drill_age_secs),
+        )
     }
 }
 
@@ -585,6 +646,15 @@ impl NodeConfig {
                 );
             }
         }
+        for t in cfg.slo.tenants.keys() {
+            refuge_core::TenantId::new(t.clone())
+                .map_err(|e| anyhow::anyhow!("slo.tenants: {e}"))?;
+        }
+        if let (Some(c), l) = (cfg.console.listen, cfg.listen)
+            && c == l
+        {
+            bail!("console.listen ({c}) must differ from listen (the gRPC port)");
+        }
         for s in &cfg.tls.revoked_serials {
             refuge_tls::normalize_serial(s)
                 .map_err(|e| anyhow::anyhow!("tls.revoked_serials: {e}"))?;
@@ -613,6 +683,8 @@ mod tests {
         assert_eq!(cfg.drill, DrillConfig::default());
         assert_eq!(cfg.site, "node");
         assert!(cfg.replication.is_empty());
+        assert_eq!(cfg.console, ConsoleConfig::default());
+        assert_eq!(cfg.slo, SloConfig::default());
     }
 
     #[test]

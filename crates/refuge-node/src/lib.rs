@@ -14,7 +14,8 @@
 //!
 //! | floor | modules | holds |
 //! |---|---|---|
-//! | 6 | `server` | `run`, `serve`, the accept loop, gates, the metrics endpoint, reloads |
+//! | 7 | `server` | `run`, `serve`, the accept loop, gates, the metrics endpoint, reloads |
+//! | 6 | `console` | the web console: its HTTPS listener and pages |
 //! | 5 | `services` | one module per gRPC service, handlers only |
 //! | 4 | `work` | ingest checks, maintenance, the node's drills (the only client use), the watches |
 //! | 3 | `policy` | access (roles, tenants), quotas, the audit log |
@@ -36,6 +37,7 @@
 
 mod catalog;
 mod config;
+mod console;
 mod floor;
 mod policy;
 mod server;
@@ -43,8 +45,9 @@ mod services;
 mod work;
 
 pub use config::{
-    DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, MetricsConfig, NodeConfig,
-    QuotaConfig, RetentionConfig, RocksConfig, TenantQuota, TlsFiles, VerifyConfig,
+    ConsoleConfig, DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig,
+    MetricsConfig, NodeConfig, QuotaConfig, RetentionConfig, RocksConfig, SloConfig, SloTarget,
+    TenantQuota, TlsFiles, VerifyConfig,
 };
 pub use server::{ServeOptions, run, serve};
 pub use services::supervision::NodeFacts;

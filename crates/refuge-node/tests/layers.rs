@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors, bottom first.
-const FLOORS: [&str; 7] = [
-    "config", "floor", "catalog", "policy", "work", "services", "server",
+const FLOORS: [&str; 8] = [
+    "config", "floor", "catalog", "policy", "work", "services", "console", "server",
 ];
 
 /// Every source file under `dir`.

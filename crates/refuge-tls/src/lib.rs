@@ -542,13 +542,39 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Server side: TLS 1.3 only, a client certificate signed by `ca_pem` is
 /// required, ALPN `h2`.
 pub fn server_config(ca_pem: &str, node: &CertPair) -> Result<ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-            .build()
-            .map_err(|e| TlsError::Pem {
-                what: "CA certificate".into(),
-                why: e.to_string(),
-            })?;
+    server_with(ca_pem, node, ClientCerts::Required, b"h2")
+}
+
+/// The web console's side: TLS 1.3 only, the node's certificate, ALPN
+/// `http/1.1`, and a client certificate asked for but not required. A
+/// certificate that is offered must be valid and signed by `ca_pem` (the
+/// handshake fails otherwise); a browser without one gets through the
+/// handshake so that the console can say, in a page, why it refuses.
+pub fn console_server_config(ca_pem: &str, node: &CertPair) -> Result<ServerConfig, TlsError> {
+    server_with(ca_pem, node, ClientCerts::Optional, b"http/1.1")
+}
+
+#[derive(PartialEq)]
+enum ClientCerts {
+    Required,
+    Optional,
+}
+
+fn server_with(
+    ca_pem: &str,
+    node: &CertPair,
+    client: ClientCerts,
+    alpn: &[u8],
+) -> Result<ServerConfig, TlsError> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider());
+    if client == ClientCerts::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| TlsError::Pem {
+        what: "CA certificate".into(),
+        why: e.to_string(),
+    })?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -556,7 +582,7 @@ pub fn server_config(ca_pem: &str, node: &CertPair) -> Result<ServerConfig, TlsE
             parse_certs("node certificate", &node.cert_pem)?,
             parse_key("node key", &node.key_pem)?,
         )?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
 }
 

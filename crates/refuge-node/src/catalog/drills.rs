@@ -61,6 +61,15 @@ pub(crate) fn last_drill(
             .try_into()
             .map_err(|_| Status::data_loss("stored drill_last is not 8 bytes"))?,
     );
+    get_drill(store, tenant, seq)
+}
+
+/// Drill record `seq` of `tenant`, if there is one.
+pub(crate) fn get_drill(
+    store: &dyn Store,
+    tenant: &TenantId,
+    seq: u64,
+) -> Result<Option<pb::DrillRecord>, Status> {
     match store.get_setting(&key(tenant, seq)).map_err(store_status)? {
         Some(r) => decode_drill_record(&r)
             .map(Some)

@@ -9,14 +9,16 @@
 //! - `drills`: drill records (`drill/TENANT/SEQ`, `drill_last/...`) and
 //!   the reports of the node's own drills (`drill_report/ID`).
 //! - `failures`: backup failures agents reported (`backup_failure/...`).
-//! - `status`: per-source and per-tenant status, for `Status` and the
-//!   metrics scrape.
+//! - `status`: per-source and per-tenant status, for `Status`, the
+//!   metrics scrape and the console.
+//! - `slo`: which sources breach their recovery targets (`[slo]`).
 //!
-//! Imports from the rest of the crate: `floor` only.
+//! Imports from the rest of the crate: `config` and `floor` only.
 
 pub(crate) mod drills;
 pub(crate) mod failures;
 pub(crate) mod retention;
+pub(crate) mod slo;
 pub(crate) mod snapshots;
 pub(crate) mod status;
 

@@ -12,6 +12,8 @@ use tonic::Status;
 
 use super::drills::last_drill;
 use super::failures::{failure_prefix, get_failure};
+use super::slo::judge;
+use crate::config::SloConfig;
 use crate::floor::store::store_status;
 
 /// Per tenant: snapshots, logical bytes, stored chunks and dedup. Reads
@@ -42,11 +44,13 @@ pub(crate) fn usage_of(
 }
 
 /// Per tenant and source: the newest snapshot and the recovery point at
-/// `now`, the last backup's result, the last drill. Reads snapshot, drill
-/// and failure records only.
+/// `now`, the last backup's result, the last drill, and the recovery
+/// targets of `slo` it breaches. Reads snapshot, drill and failure records
+/// only.
 pub(crate) fn sources_of(
     store: &dyn Store,
     tenants: &[TenantId],
+    slo: &SloConfig,
     now: i64,
 ) -> Result<Vec<pb::SourceStatus>, Status> {
     let mut sources = Vec::new();
@@ -115,8 +119,12 @@ pub(crate) fn sources_of(
                 last_drill_failure: drill
                     .map(|(_, d)| d.first_failure.clone())
                     .unwrap_or_default(),
+                ..Default::default()
             });
         }
+    }
+    for s in &mut sources {
+        judge(s, slo, now);
     }
     Ok(sources)
 }

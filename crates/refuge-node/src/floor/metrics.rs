@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     drill_ok: Family<Labels, FGauge>,
     drill_seconds: Family<Labels, FGauge>,
     drill_time: Family<Labels, FGauge>,
+    slo_breached: Family<Labels, FGauge>,
     disk_free: FGauge,
     disk_total: FGauge,
     disk_reserve: FGauge,
@@ -86,6 +87,12 @@ impl Metrics {
         let drill_ok = Family::<Labels, FGauge>::default();
         let drill_seconds = Family::<Labels, FGauge>::default();
         let drill_time = Family::<Labels, FGauge>::default();
+        let slo_breached = Family::<Labels, FGauge>::default();
+        r.register(
+            "refuge_slo_breached",
+            "Per source and recovery target ([slo]; kind rpo, drill_age or drill_failed): 1 while breached",
+            Family::<Labels, FGauge>::clone(&slo_breached),
+        );
         let (disk_free, disk_total, disk_reserve, store_bytes) = Default::default();
         let (repl_lag, repl_pending, repl_failing) = Default::default();
         let (repl_snapshots, repl_chunks, repl_bytes) = Default::default();
@@ -225,6 +232,7 @@ impl Metrics {
             drill_ok,
             drill_seconds,
             drill_time,
+            slo_breached,
             disk_free,
             disk_total,
             disk_reserve,
@@ -368,6 +376,7 @@ impl Metrics {
             &self.drill_ok,
             &self.drill_seconds,
             &self.drill_time,
+            &self.slo_breached,
         ] {
             f.clear();
         }
@@ -393,6 +402,23 @@ impl Metrics {
                 self.drill_time
                     .get_or_create(&l)
                     .set(s.last_drill_unix_micros as f64 / 1e6);
+            }
+            // Every target the source has, breached (1) or not (0).
+            let kinds = [
+                ("rpo", s.rpo_target_secs > 0),
+                ("drill_age", s.drill_age_target_secs > 0),
+                ("drill_failed", s.drilled),
+            ];
+            for (kind, applies) in kinds {
+                let breached = s.breaches.iter().any(|b| b.kind == kind);
+                if !(applies || breached) {
+                    continue;
+                }
+                let mut l = l.clone();
+                l.push(("kind".into(), kind.into()));
+                self.slo_breached
+                    .get_or_create(&l)
+                    .set(if breached { 1.0 } else { 0.0 });
             }
         }
     }
@@ -423,10 +449,26 @@ mod tests {
             snapshots: 1,
             newest_snapshot_unix_micros: 5_000_000,
             rpo_micros: 2_000_000,
+            rpo_target_secs: 60,
+            breaches: vec![pb::SloBreach {
+                kind: "drill_age".into(),
+                detail: "never drilled".into(),
+            }],
             ..Default::default()
         };
         m.set_gauges(&disk, Some(std::slice::from_ref(&src)));
         let t = m.text();
+        assert!(
+            t.contains(r#"refuge_slo_breached{tenant="t",host="h",source="s",kind="rpo"} 0.0"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                r#"refuge_slo_breached{tenant="t",host="h",source="s",kind="drill_age"} 1.0"#
+            ),
+            "{t}"
+        );
+        assert!(!t.contains(r#"kind="drill_failed""#), "{t}");
         assert!(t.contains("refuge_disk_free_bytes 7340032"), "{t}");
         assert!(
             t.contains(r#"refuge_replication_lag_seconds{tenant="t",host="h",source="s"} 2.0"#),

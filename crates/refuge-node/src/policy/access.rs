@@ -73,9 +73,25 @@ impl Access {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown peer".into());
+        let leaf = req.peer_certs();
+        let leaf = leaf.as_ref().map(|c| c.first().map(|c| c.as_ref()));
+        self.admit_cert(&peer, leaf, rpc, roles)
+    }
+
+    /// Like [`Access::admit`], for the certificate chain's leaf of a
+    /// connection from `peer` that is not a gRPC call (the console):
+    /// `None` when the connection has no certificates, `Some(None)` for an
+    /// empty chain. UNAUTHENTICATED and PERMISSION_DENIED as there.
+    pub(crate) fn admit_cert(
+        &self,
+        peer: &str,
+        leaf: Option<Option<&[u8]>>,
+        rpc: &str,
+        roles: &[Role],
+    ) -> Result<ClientIdentity, Status> {
         let refuse = |why: String| {
             self.audit.record(
-                &peer,
+                peer,
                 "",
                 "auth_failed",
                 Outcome::Refused,
@@ -83,11 +99,8 @@ impl Access {
             );
             Status::unauthenticated(why)
         };
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| refuse("no client certificate on this connection".into()))?;
-        let leaf = certs
-            .first()
+        let leaf = leaf
+            .ok_or_else(|| refuse("no client certificate on this connection".into()))?
             .ok_or_else(|| refuse("empty client certificate chain".into()))?;
         let who = identity_from_cert(leaf).map_err(|e| refuse(e.to_string()))?;
         if self.is_revoked(&who.serial) {

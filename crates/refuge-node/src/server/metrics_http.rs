@@ -11,15 +11,22 @@ use refuge_store::Store;
 use tracing::{info, warn};
 
 use crate::catalog::status::sources_of;
+use crate::config::SloConfig;
 use crate::floor::clock::now_micros;
 use crate::floor::disk::Disk;
 use crate::floor::metrics::Metrics;
 use crate::work::replicate::Board;
 
 /// One scrape (blocking): the gauges refreshed, then the text.
-fn scrape(metrics: &Metrics, store: &dyn Store, disk: &Disk, board: &Board) -> String {
+fn scrape(
+    metrics: &Metrics,
+    store: &dyn Store,
+    disk: &Disk,
+    board: &Board,
+    slo: &SloConfig,
+) -> String {
     let sources = match store.list_tenants() {
-        Ok(tenants) => match sources_of(store, &tenants, now_micros()) {
+        Ok(tenants) => match sources_of(store, &tenants, slo, now_micros()) {
             Ok(s) => Some(s),
             Err(e) => {
                 warn!(error = %e.message(), "metrics: cannot read the catalog");
@@ -43,6 +50,7 @@ pub(crate) async fn serve(
     store: Arc<dyn Store>,
     disk: Arc<Disk>,
     board: Board,
+    slo: Arc<SloConfig>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
@@ -50,11 +58,12 @@ pub(crate) async fn serve(
         "/metrics",
         axum::routing::get(move || {
             let (m, store, disk) = (metrics.clone(), store.clone(), disk.clone());
-            let board = board.clone();
+            let (board, slo) = (board.clone(), slo.clone());
             async move {
-                let text = tokio::task::spawn_blocking(move || scrape(&m, &*store, &disk, &board))
-                    .await
-                    .unwrap_or_default();
+                let text =
+                    tokio::task::spawn_blocking(move || scrape(&m, &*store, &disk, &board, &slo))
+                        .await
+                        .unwrap_or_default();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -41,8 +41,9 @@ use tracing::{info, warn};
 use self::gate::Gate;
 use crate::config::{
     DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, NodeConfig, QuotaConfig,
-    ReplicationPeer, RetentionConfig, VerifyConfig, parse_window,
+    ReplicationPeer, RetentionConfig, SloConfig, VerifyConfig, parse_window,
 };
+use crate::console::Console;
 use crate::floor::changes::Changes;
 use crate::floor::disk::Disk;
 use crate::floor::health::{INGEST, clear_all, set_all, systemd};
@@ -55,7 +56,7 @@ use crate::services::audit::AuditService;
 use crate::services::ingest::IngestService;
 use crate::services::replication::ReplicationService;
 use crate::services::restore::RestoreService;
-use crate::services::supervision::{NodeFacts, SupervisionService};
+use crate::services::supervision::{NodeFacts, Supervised, SupervisionService};
 use crate::work::drills::NodeDrills;
 use crate::work::maintenance::Maintenance;
 use crate::work::replicate::{Board, Local, PeerTask};
@@ -94,6 +95,12 @@ pub struct ServeOptions {
     pub drill: DrillConfig,
     /// Peers to replicate with.
     pub replication: Vec<ReplicationPeer>,
+    /// Recovery targets.
+    pub slo: SloConfig,
+    /// Where to serve the web console, if anywhere, and its TLS
+    /// configuration (client certificates optional: a page says why one
+    /// is needed).
+    pub console: Option<(SocketAddr, rustls_config::ServerConfig)>,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -121,6 +128,14 @@ pub async fn run(
         key_pem: read(&cfg.tls.key, "node key")?,
     };
     let tls = refuge_tls::server_config(&ca, &pair).context("building the TLS configuration")?;
+    let console = match cfg.console.listen {
+        Some(at) => Some((
+            at,
+            refuge_tls::console_server_config(&ca, &pair)
+                .context("building the console's TLS configuration")?,
+        )),
+        None => None,
+    };
     let expiry = |pem: &str| {
         refuge_tls::not_after(pem)
             .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
@@ -179,6 +194,8 @@ pub async fn run(
             facts,
             drill: cfg.drill,
             replication: cfg.replication,
+            slo: cfg.slo,
+            console,
         },
         shutdown,
     )
@@ -215,6 +232,12 @@ pub async fn serve(
     let plain_health = match opts.health.plaintext_listen {
         Some(at) => Some(TcpListener::bind(at).await.with_context(|| {
             format!("cannot listen for plaintext health checks on {at} ([health] plaintext_listen)")
+        })?),
+        None => None,
+    };
+    let console_listener = match &opts.console {
+        Some((at, _)) => Some(TcpListener::bind(at).await.with_context(|| {
+            format!("cannot listen for the console on {at} ([console] listen)")
         })?),
         None => None,
     };
@@ -333,12 +356,13 @@ pub async fn serve(
     let disk = Disk::new(opts.health.min_free_mib, opts.data_dir.clone());
     let board = Board::default();
     let changes = Changes::new();
+    let slo = Arc::new(opts.slo);
     if let Some(l) = metrics_listener {
         let stop = stop_rx.clone();
         let (metrics, store, disk) = (metrics.clone(), store.clone(), disk.clone());
-        let board = board.clone();
+        let (board, slo) = (board.clone(), slo.clone());
         tokio::spawn(async move {
-            if let Err(e) = metrics_http::serve(l, metrics, store, disk, board, stop).await {
+            if let Err(e) = metrics_http::serve(l, metrics, store, disk, board, slo, stop).await {
                 tracing::error!("metrics endpoint failed: {e:#}");
             }
         });
@@ -403,18 +427,20 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
     );
+    let supervised = Arc::new(Supervised {
+        store: store.clone(),
+        access: access.clone(),
+        disk: disk.clone(),
+        metrics: metrics.clone(),
+        facts: opts.facts.clone(),
+        drills: node_drills.clone(),
+        replication: board.clone(),
+        slo: slo.clone(),
+    });
     supervision_gate.open(
-        SupervisionServer::new(SupervisionService::new(
-            store.clone(),
-            access.clone(),
-            disk.clone(),
-            metrics.clone(),
-            opts.facts.clone(),
-            node_drills.clone(),
-            board.clone(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max),
+        SupervisionServer::new(SupervisionService::new(supervised.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
     );
     audit_gate.open(
         AuditServer::new(AuditService::new(store.clone(), access.clone()))
@@ -486,6 +512,20 @@ pub async fn serve(
             health: health.clone(),
         };
         tokio::spawn(task.run(stop_rx.clone()));
+    }
+    if let (Some(l), Some((_, tls))) = (console_listener, opts.console) {
+        let mut form_key = [0u8; 32];
+        getrandom::getrandom(&mut form_key).context("no randomness for the console's forms")?;
+        let console = Arc::new(Console {
+            node: supervised.clone(),
+            form_key,
+        });
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::console::serve(l, tls, console, stop).await {
+                tracing::error!("web console failed: {e:#}");
+            }
+        });
     }
     tokio::spawn(watchdog(store.clone(), stop_rx.clone()));
     tokio::spawn(monitor_disk(

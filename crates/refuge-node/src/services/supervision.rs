@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::drills::{list_drills, record, report};
 use crate::catalog::status::{sources_of, usage_of};
+use crate::config::SloConfig;
 use crate::floor::clock::{now_micros, random_u64};
 use crate::floor::disk::Disk;
 use crate::floor::metrics::Metrics;
@@ -39,38 +40,31 @@ pub struct NodeFacts {
     pub site: String,
 }
 
+/// What the node shows those who supervise it: this service and the web
+/// console (`console`) read the same.
+pub(crate) struct Supervised {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) access: Arc<Access>,
+    pub(crate) disk: Arc<Disk>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) facts: NodeFacts,
+    pub(crate) drills: Arc<NodeDrills>,
+    pub(crate) replication: Board,
+    pub(crate) slo: Arc<SloConfig>,
+}
+
 /// The supervision service.
 pub struct SupervisionService {
-    store: Arc<dyn Store>,
-    access: Arc<Access>,
+    node: Arc<Supervised>,
     /// Serialises sequence numbers.
     seq: Arc<Mutex<()>>,
-    disk: Arc<Disk>,
-    metrics: Arc<Metrics>,
-    facts: NodeFacts,
-    drills: Arc<NodeDrills>,
-    replication: Board,
 }
 
 impl SupervisionService {
-    pub(crate) fn new(
-        store: Arc<dyn Store>,
-        access: Arc<Access>,
-        disk: Arc<Disk>,
-        metrics: Arc<Metrics>,
-        facts: NodeFacts,
-        drills: Arc<NodeDrills>,
-        replication: Board,
-    ) -> Self {
+    pub(crate) fn new(node: Arc<Supervised>) -> Self {
         SupervisionService {
-            store,
-            access,
+            node,
             seq: Arc::new(Mutex::new(())),
-            disk,
-            metrics,
-            facts,
-            drills,
-            replication,
         }
     }
 }
@@ -82,6 +76,7 @@ impl Supervision for SupervisionService {
         req: Request<pb::RecordDrillRequest>,
     ) -> Result<Response<pb::DrillRecord>, Status> {
         let who = self
+            .node
             .access
             .admit(&req, "RecordDrill", &[Role::Agent, Role::Operator])?;
         let result = req
@@ -99,15 +94,15 @@ impl Supervision for SupervisionService {
             }
         };
         let (store, lock, t, by, site) = (
-            self.store.clone(),
+            self.node.store.clone(),
             self.seq.clone(),
             tenant.clone(),
             who.subject(),
-            self.facts.site.clone(),
+            self.node.facts.site.clone(),
         );
         let rec = blocking(move || record(&*store, &lock, &t, result, by, site)).await?;
         let r = rec.result.as_ref().expect("set above");
-        self.access.audit.record(
+        self.node.access.audit.record(
             &who.subject(),
             tenant.as_str(),
             "drill_recorded",
@@ -139,7 +134,7 @@ impl Supervision for SupervisionService {
         req: Request<pb::ListDrillsRequest>,
     ) -> Result<Response<pb::ListDrillsResponse>, Status> {
         let all = [Role::Admin, Role::Auditor];
-        let who = self.access.admit(
+        let who = self.node.access.admit(
             &req,
             "ListDrills",
             &[Role::Agent, Role::Operator, Role::Admin, Role::Auditor],
@@ -149,7 +144,7 @@ impl Supervision for SupervisionService {
             0 => DEFAULT_LIST,
             n => n.min(MAX_LIST),
         };
-        let store = self.store.clone();
+        let store = self.node.store.clone();
         let drills = blocking(move || {
             let tenants = Access::listed_tenants_seen_by(&*store, &who, &r.tenant, &all)?;
             list_drills(&*store, &tenants, &r.host, &r.source, limit)
@@ -163,19 +158,19 @@ impl Supervision for SupervisionService {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let all = [Role::Admin, Role::Auditor];
-        let who = self.access.admit(
+        let who = self.node.access.admit(
             &req,
             "Status",
             &[Role::Operator, Role::Admin, Role::Auditor],
         )?;
         let r = req.into_inner();
-        let store = self.store.clone();
+        let (store, slo) = (self.node.store.clone(), self.node.slo.clone());
         let now = now_micros();
         let node_wide = all.contains(&who.role) && r.tenant.is_empty();
         let (sources, tenants, names) = blocking(move || {
             let tenants = Access::listed_tenants_seen_by(&*store, &who, &r.tenant, &all)?;
             Ok((
-                sources_of(&*store, &tenants, now)?,
+                sources_of(&*store, &tenants, &slo, now)?,
                 usage_of(&*store, &tenants)?,
                 tenants,
             ))
@@ -184,6 +179,7 @@ impl Supervision for SupervisionService {
         // Rows of tenants in scope; a peer's own failure (no tenant) only
         // for the node-wide roles.
         let replication = self
+            .node
             .replication
             .rows()
             .into_iter()
@@ -199,16 +195,16 @@ impl Supervision for SupervisionService {
             now_unix_micros: now,
             sources,
             tenants,
-            disk_free_bytes: self.disk.free.load(Relaxed),
-            disk_total_bytes: self.disk.total.load(Relaxed),
-            store_bytes: self.disk.store_bytes.load(Relaxed),
-            disk_reserve_bytes: self.disk.min_free.load(Relaxed),
-            ingest_serving: !self.disk.low.load(Relaxed),
-            node_cert_not_after_unix_micros: self.facts.node_cert_not_after,
-            ca_cert_not_after_unix_micros: self.facts.ca_cert_not_after,
-            auth_failures_last_hour: self.metrics.auth_failures_last_hour(),
+            disk_free_bytes: self.node.disk.free.load(Relaxed),
+            disk_total_bytes: self.node.disk.total.load(Relaxed),
+            store_bytes: self.node.disk.store_bytes.load(Relaxed),
+            disk_reserve_bytes: self.node.disk.min_free.load(Relaxed),
+            ingest_serving: !self.node.disk.low.load(Relaxed),
+            node_cert_not_after_unix_micros: self.node.facts.node_cert_not_after,
+            ca_cert_not_after_unix_micros: self.node.facts.ca_cert_not_after,
+            auth_failures_last_hour: self.node.metrics.auth_failures_last_hour(),
             node_version: env!("CARGO_PKG_VERSION").to_string(),
-            site: self.facts.site.clone(),
+            site: self.node.facts.site.clone(),
             replication,
         }))
     }
@@ -218,6 +214,7 @@ impl Supervision for SupervisionService {
         req: Request<pb::StartDrillRequest>,
     ) -> Result<Response<pb::StartDrillResponse>, Status> {
         let who = self
+            .node
             .access
             .admit(&req, "StartDrill", &[Role::Admin, Role::Auditor])?;
         let r = req.into_inner();
@@ -238,7 +235,7 @@ impl Supervision for SupervisionService {
             source: r.source,
             random_seed: r.random_point.then(random_u64),
         };
-        let drills = self.drills.clone();
+        let drills = self.node.drills.clone();
         let by = who.subject();
         let drill_id = blocking(move || drills.start(ask, &by)).await?;
         Ok(Response::new(pb::StartDrillResponse { drill_id }))
@@ -248,7 +245,8 @@ impl Supervision for SupervisionService {
         &self,
         req: Request<pb::GetDrillReportRequest>,
     ) -> Result<Response<pb::GetDrillReportResponse>, Status> {
-        self.access
+        self.node
+            .access
             .admit(&req, "GetDrillReport", &[Role::Admin, Role::Auditor])?;
         let id = req.into_inner().drill_id;
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -256,7 +254,7 @@ impl Supervision for SupervisionService {
                 "{id:?} is not a drill id"
             )));
         }
-        let store = self.store.clone();
+        let store = self.node.store.clone();
         let k = blocking(move || report(&*store, &id)).await?;
         Ok(Response::new(pb::GetDrillReportResponse {
             state: k.state,
