@@ -27,12 +27,29 @@ command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-server mariadb-backu
 # Sources read from a btrfs snapshot (the tests make a btrfs filesystem on a
 # loop device).
 command -v mkfs.btrfs >/dev/null 2>&1 || need+=(btrfs-progs)
+# The console's tests drive a real headless Chromium, signed in with client
+# certificates put into its NSS database (certutil, pk12util).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v pk12util >/dev/null 2>&1 || need+=(libnss3-tools)
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]} with apt-get" >&2
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# A headless Chromium cannot ask which client certificate to send: this
+# managed policy makes it send the one it has to https://127.0.0.1 (the
+# console's tests; tests/src/browser.rs). Loopback only.
+policy=/etc/chromium/policies/managed/refuge-tests.json
+if ! grep -q AutoSelectCertificateForUrls "$policy" 2>/dev/null; then
+    echo "setup: writing the Chromium policy $policy" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO mkdir -p "$(dirname "$policy")"
+    echo '{"AutoSelectCertificateForUrls": ["{\"pattern\":\"https://127.0.0.1:*\",\"filter\":{}}"]}' \
+        | $SUDO tee "$policy" >/dev/null
 fi
 
 # The health tests probe the node with a gRPC health client refuge did not

@@ -6,6 +6,7 @@
 
 mod backup_restore;
 mod clock;
+mod console;
 mod crash;
 mod delta;
 mod drill;

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod browser;
 pub mod ceph;
 pub mod mariadb;
 pub mod postgres;

@@ -29,8 +29,8 @@ use tonic::{Code, Status};
 use super::chart::{Chart, Point};
 use super::views::{
     AuditPage, AuditRow, DrillPage, DrillRow, Fleet, Message, Nav, NodeDrillPage, NodePage,
-    SnapshotRow, SourcePage, SourceRow, TenantBlock, UsageRow, age, bytes, duration, short_id,
-    time,
+    SnapshotRow, SourcePage, SourceRow, TenantBlock, UsageRow, age, bytes, duration, markdown,
+    short_id, time,
 };
 use super::{Console, Peer};
 use crate::catalog::drills::{get_drill, list_drills, report};
@@ -588,7 +588,7 @@ async fn node_drill(
             running: k.state == "running",
             state: k.state,
             error: k.error,
-            report: k.report_markdown,
+            report: markdown(&k.report_markdown),
         },
     ))
 }

@@ -197,6 +197,19 @@ pub(crate) struct DrillPage {
     pub(crate) failure: String,
 }
 
+/// Markdown (a node drill's report) as HTML. Raw HTML in it (a file name,
+/// a check's output) is shown as text, never interpreted.
+pub(crate) fn markdown(md: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser, html};
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES).map(|e| match e {
+        Event::Html(t) | Event::InlineHtml(t) => Event::Text(t),
+        e => e,
+    });
+    let mut out = String::new();
+    html::push_html(&mut out, events);
+    out
+}
+
 /// `/drills/ID`: a node drill started from the console (or `StartDrill`).
 #[derive(Template)]
 #[template(path = "console/node_drill.html")]
@@ -205,6 +218,7 @@ pub(crate) struct NodeDrillPage {
     pub(crate) id: String,
     pub(crate) state: String,
     pub(crate) error: String,
+    /// The report as HTML ([`markdown`]).
     pub(crate) report: String,
     pub(crate) running: bool,
 }
@@ -328,6 +342,17 @@ mod tests {
         assert_eq!(time(1_700_000_000_123_456), "2023-11-14 22:13:20Z");
         assert_eq!(target(0), "none");
         assert_eq!(short_id(&[0xab; 32]), "abababababab");
+    }
+
+    #[test]
+    fn markdown_reports_render_and_html_in_them_stays_text() {
+        let h = markdown(
+            "**Result: PASSED**\n\n| a | b |\n|---|---|\n| 1 | <img src=x> |\n\n<script>x</script>\n",
+        );
+        assert!(h.contains("<strong>Result: PASSED</strong>"), "{h}");
+        assert!(h.contains("<table>"), "{h}");
+        assert!(!h.contains("<img") && !h.contains("<script>"), "{h}");
+        assert!(h.contains("&lt;script&gt;"), "{h}");
     }
 
     #[test]
