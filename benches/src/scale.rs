@@ -310,6 +310,7 @@ impl Sim<'_> {
             },
             bytes_uploaded: missing.len() as u64 * chunk_bytes,
             warnings: 0,
+            duration_micros: 0,
             refs,
             token: Some(blake3::hash(&now.to_le_bytes()).as_bytes()[..16].try_into()?),
         };

@@ -29,6 +29,8 @@ struct SnapshotJson {
     logical_bytes: u64,
     bytes_uploaded: u64,
     warnings: u64,
+    /// How long the backup took as its agent reported it (0: not known).
+    duration_secs: f64,
 }
 
 impl From<&SnapshotRecord> for SnapshotJson {
@@ -48,6 +50,7 @@ impl From<&SnapshotRecord> for SnapshotJson {
             logical_bytes: s.logical_bytes,
             bytes_uploaded: s.bytes_uploaded,
             warnings: s.warnings,
+            duration_secs: s.duration_micros as f64 / 1e6,
         }
     }
 }

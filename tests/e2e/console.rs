@@ -206,7 +206,14 @@ fn the_console_shows_the_fleet_and_breaches_and_starts_a_drill_for_a_signed_in_a
     b.click("a[href=\"/source/finance/db1/data\"]");
     let text = b.text();
     assert!(text.contains("Within every recovery target"), "{text}");
-    assert_eq!(b.eval("document.querySelectorAll('svg.chart').length"), "3");
+    assert_eq!(b.eval("document.querySelectorAll('svg.chart').length"), "4");
+    // Each backup's duration, as its agent reported it, is in the table.
+    assert_eq!(
+        b.eval("Array.from(document.querySelectorAll('#snapshots tbody td:nth-child(6)')).filter(e => e.innerText.endsWith('s')).length"),
+        "2"
+    );
+    // No page runs a script: they work with JavaScript off.
+    assert_eq!(b.eval("document.scripts.length"), "0");
     assert_eq!(
         b.eval("document.querySelectorAll('#snapshots tbody tr').length"),
         "2"
@@ -246,6 +253,7 @@ fn the_console_shows_the_fleet_and_breaches_and_starts_a_drill_for_a_signed_in_a
     b.open(&format!("{}/audit", f.url));
     let text = b.text();
     assert!(text.contains("Chain verified"), "{text}");
+    assert_eq!(b.eval("document.scripts.length"), "0");
     b.open(&format!("{}/audit?event=drill_requested", f.url));
     let events = b.eval(
         "Array.from(document.querySelectorAll('#audit tbody tr td:nth-child(5)')).map(e => e.innerText).join(',')",

@@ -75,6 +75,7 @@ fn commit_forged(cfg: &Path, entries: &[(Entry, Option<&[u8]>)]) {
                 }],
                 bytes_uploaded: 0,
                 warnings: 0,
+                duration_micros: 0,
                 commit_token: Vec::new(),
             })
             .await

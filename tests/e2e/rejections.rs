@@ -327,6 +327,7 @@ fn a_commit_that_references_a_missing_chunk_is_refused() {
             manifest: vec![mref],
             bytes_uploaded: 0,
             warnings: 0,
+            duration_micros: 0,
             commit_token: Vec::new(),
         };
 

@@ -875,6 +875,7 @@ fn backup_blocking(
         manifest: manifest.iter().map(refuge_proto::chunk_ref_to).collect(),
         bytes_uploaded: rep.bytes_sent,
         warnings: rep.warning_count,
+        duration_micros: started.elapsed().as_micros() as u64,
         commit_token: commit_token.to_vec(),
     };
     let mut ingest = node.ingest.clone();

@@ -15,8 +15,11 @@ pub const MANIFEST_VERSION: u8 = 1;
 /// Stored chunk record format version (node's chunk store value).
 pub const CHUNK_RECORD_VERSION: u8 = 1;
 
-/// Snapshot catalog record format version.
+/// Snapshot catalog record format version 1 (read, no longer written).
 pub const SNAPSHOT_RECORD_VERSION: u8 = 1;
+/// Snapshot catalog record format version 2: version 1 with the backup's
+/// duration (u64 µs) after the warnings. Written since 2026-12-07.
+pub const SNAPSHOT_RECORD_VERSION_2: u8 = 2;
 
 /// Manifest record tag: an entry.
 pub const MANIFEST_TAG_ENTRY: u8 = 1;

@@ -4,8 +4,8 @@ use std::fmt;
 
 use crate::codec::{Dec, Enc};
 use crate::format::{
-    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SOURCE_IMAGE, SOURCE_MARIADB,
-    SOURCE_POSTGRES, SOURCE_POSTGRES_WAL, SOURCE_TREE,
+    HASH_BLAKE3, SNAPSHOT_ID_DOMAIN, SNAPSHOT_RECORD_VERSION, SNAPSHOT_RECORD_VERSION_2,
+    SOURCE_IMAGE, SOURCE_MARIADB, SOURCE_POSTGRES, SOURCE_POSTGRES_WAL, SOURCE_TREE,
 };
 use crate::manifest::ChunkRef;
 use crate::names::{HostName, SourceName, TenantId};
@@ -144,6 +144,9 @@ pub struct SnapshotRecord {
     pub bytes_uploaded: u64,
     /// Warnings during the walk (unreadable or vanished files; reported).
     pub warnings: u64,
+    /// How long the backup took, µs, as its agent measured it (reported;
+    /// 0 when not known, as in records of version 1).
+    pub duration_micros: u64,
 }
 
 impl SnapshotRecord {
@@ -171,7 +174,7 @@ impl SnapshotRecord {
     /// The catalog record bytes (docs/format.md, "Snapshot record").
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
-        e.u8(SNAPSHOT_RECORD_VERSION)
+        e.u8(SNAPSHOT_RECORD_VERSION_2)
             .u8(HASH_BLAKE3)
             .raw(&self.id.0)
             .bytes16(self.tenant.as_str().as_bytes())
@@ -186,6 +189,7 @@ impl SnapshotRecord {
             .u64(self.chunk_refs)
             .u64(self.bytes_uploaded)
             .u64(self.warnings)
+            .u64(self.duration_micros)
             .u32(self.manifest.len() as u32);
         for r in &self.manifest {
             e.raw(&r.id.0).u32(r.len);
@@ -198,7 +202,7 @@ impl SnapshotRecord {
         let mut d = Dec::new(buf);
         let t = |_| "snapshot record is truncated".to_string();
         let v = d.u8().map_err(t)?;
-        if v != SNAPSHOT_RECORD_VERSION {
+        if v != SNAPSHOT_RECORD_VERSION && v != SNAPSHOT_RECORD_VERSION_2 {
             return Err(format!("unsupported snapshot record version {v}"));
         }
         let alg = d.u8().map_err(t)?;
@@ -223,6 +227,11 @@ impl SnapshotRecord {
         let chunk_refs = d.u64().map_err(t)?;
         let bytes_uploaded = d.u64().map_err(t)?;
         let warnings = d.u64().map_err(t)?;
+        let duration_micros = if v == SNAPSHOT_RECORD_VERSION_2 {
+            d.u64().map_err(t)?
+        } else {
+            0
+        };
         let n = d.u32().map_err(t)? as usize;
         if d.remaining() != n * 36 {
             return Err("snapshot record manifest list does not match its count".into());
@@ -249,6 +258,7 @@ impl SnapshotRecord {
             chunk_refs,
             bytes_uploaded,
             warnings,
+            duration_micros,
         };
         if rec.compute_id() != rec.id {
             return Err(format!(
@@ -305,10 +315,21 @@ mod tests {
             chunk_refs: 4,
             bytes_uploaded: 50,
             warnings: 0,
+            duration_micros: 1_500_000,
         };
         r.id = r.compute_id();
         let buf = r.encode();
+        assert_eq!(buf[0], SNAPSHOT_RECORD_VERSION_2);
         assert_eq!(SnapshotRecord::decode(&buf).unwrap(), r);
+        // A version 1 record (no duration) still reads, with duration 0.
+        let mut v1 = buf.clone();
+        v1[0] = SNAPSHOT_RECORD_VERSION;
+        let at = v1.len() - 4 - 36 * r.manifest.len() - 8;
+        v1.drain(at..at + 8);
+        let old = SnapshotRecord::decode(&v1).unwrap();
+        assert_eq!(old.duration_micros, 0);
+        assert_eq!(old.warnings, r.warnings);
+        assert_eq!(old.id, r.id);
         // A changed field no longer matches the id.
         let mut tampered = r.clone();
         tampered.time_micros += 1;

@@ -132,6 +132,7 @@ proptest! {
             chunk_refs: nums[3],
             bytes_uploaded: nums[4],
             warnings: nums[5],
+            duration_micros: 0,
         };
         r.id = r.compute_id();
         let back = SnapshotRecord::decode(&r.encode()).unwrap();

@@ -175,6 +175,7 @@ pub fn snapshot_to(r: &SnapshotRecord) -> pb::Snapshot {
         chunk_refs: r.chunk_refs,
         bytes_uploaded: r.bytes_uploaded,
         warnings: r.warnings,
+        duration_micros: r.duration_micros,
     }
 }
 
@@ -203,6 +204,7 @@ pub fn snapshot(s: pb::Snapshot) -> Result<SnapshotRecord, WireError> {
         chunk_refs: s.chunk_refs,
         bytes_uploaded: s.bytes_uploaded,
         warnings: s.warnings,
+        duration_micros: s.duration_micros,
     })
 }
 

@@ -1234,6 +1234,7 @@ mod tests {
                 summary: Default::default(),
                 bytes_uploaded: 0,
                 warnings: 0,
+                duration_micros: 0,
                 refs: [id, id].into(),
                 token: None,
             };
@@ -1258,6 +1259,7 @@ mod tests {
             summary: Default::default(),
             bytes_uploaded: 0,
             warnings: 0,
+            duration_micros: 0,
             refs: RefCounts::new(),
             token: None,
         };

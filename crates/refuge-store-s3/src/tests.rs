@@ -121,6 +121,7 @@ fn snapshot(refs: &[ChunkId]) -> NewSnapshot {
         summary: ManifestSummary::default(),
         bytes_uploaded: 0,
         warnings: 0,
+        duration_micros: 0,
         refs: counts,
         token: None,
     }

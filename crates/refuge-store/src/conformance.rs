@@ -42,6 +42,7 @@ fn new_snapshot(t: &str, source: &str, manifest: ChunkId) -> NewSnapshot {
         },
         bytes_uploaded: 5,
         warnings: 0,
+        duration_micros: 0,
         refs: RefCounts::new(),
         token: None,
     }

@@ -146,6 +146,8 @@ pub struct NewSnapshot {
     pub bytes_uploaded: u64,
     /// Reported by the agent.
     pub warnings: u64,
+    /// Reported by the agent: how long the backup took, µs.
+    pub duration_micros: u64,
     /// Every stored chunk the snapshot references: its manifest chunks and
     /// the data chunks in the manifest, holes excluded, each counted as
     /// often as it occurs. The commit adds these references.
@@ -512,6 +514,7 @@ pub fn build_record(new: NewSnapshot, seq: u64, time_micros: i64) -> SnapshotRec
         chunk_refs: new.summary.chunk_refs,
         bytes_uploaded: new.bytes_uploaded,
         warnings: new.warnings,
+        duration_micros: new.duration_micros,
     };
     rec.id = rec.compute_id();
     rec

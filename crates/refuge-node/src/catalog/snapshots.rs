@@ -167,6 +167,7 @@ mod tests {
             chunk_refs: 0,
             bytes_uploaded: 0,
             warnings: 0,
+            duration_micros: 0,
         };
         r.id = r.compute_id();
         r

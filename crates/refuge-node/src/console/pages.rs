@@ -391,6 +391,25 @@ async fn source(
         time: chart_time,
     }
     .svg();
+    let duration_chart = Chart {
+        title: "Backup duration over time",
+        series: vec![(
+            "a",
+            recent
+                .iter()
+                .filter(|s| s.duration_micros > 0)
+                .map(|s| Point {
+                    t: s.time_micros,
+                    v: s.duration_micros as f64 / 1e6,
+                    failed: false,
+                })
+                .collect(),
+        )],
+        target: None,
+        unit: duration,
+        time: chart_time,
+    }
+    .svg();
     let rto_chart = Chart {
         title: "Drill restore time over time",
         series: vec![("a", rto)],
@@ -409,6 +428,11 @@ async fn source(
             files: s.files,
             size: bytes(s.logical_bytes as f64),
             uploaded: bytes(s.bytes_uploaded as f64),
+            duration: if s.duration_micros == 0 {
+                "—".into()
+            } else {
+                duration(s.duration_micros as f64 / 1e6)
+            },
         })
         .collect();
     let drill_token = NODE_WIDE.contains(&who.role).then(|| form_token(&c, &who));
@@ -419,6 +443,7 @@ async fn source(
             row: SourceRow::of(&status),
             rpo_chart,
             size_chart,
+            duration_chart,
             rto_chart,
             snapshots,
             snapshots_total: snaps.len(),

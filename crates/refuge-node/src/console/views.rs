@@ -140,6 +140,7 @@ pub(crate) struct SnapshotRow {
     pub(crate) files: u64,
     pub(crate) size: String,
     pub(crate) uploaded: String,
+    pub(crate) duration: String,
 }
 
 /// One drill in a source's history or the node's drill list.
@@ -176,6 +177,7 @@ pub(crate) struct SourcePage {
     pub(crate) row: SourceRow,
     pub(crate) rpo_chart: String,
     pub(crate) size_chart: String,
+    pub(crate) duration_chart: String,
     pub(crate) rto_chart: String,
     pub(crate) snapshots: Vec<SnapshotRow>,
     pub(crate) snapshots_total: usize,

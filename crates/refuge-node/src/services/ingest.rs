@@ -21,7 +21,7 @@ use crate::floor::store::{blocking, store_status};
 use crate::policy::access::{Access, Agent};
 use crate::policy::audit::Outcome;
 use crate::policy::quota::Quotas;
-use crate::work::ingest::{check_and_commit, missing_and_touch, verify_and_put};
+use crate::work::ingest::{Reported, check_and_commit, missing_and_touch, verify_and_put};
 
 /// Largest batch of verified chunks written to the store at once.
 const PUT_BATCH_BYTES: usize = 32 << 20;
@@ -333,8 +333,11 @@ impl Ingest for IngestService {
                 source,
                 kind,
                 manifest,
-                req.bytes_uploaded,
-                req.warnings,
+                Reported {
+                    bytes_uploaded: req.bytes_uploaded,
+                    warnings: req.warnings,
+                    duration_micros: req.duration_micros,
+                },
                 token,
             )?;
             if !done.replayed {

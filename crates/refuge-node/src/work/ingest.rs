@@ -254,18 +254,24 @@ pub(crate) fn read_manifest(
     })
 }
 
+/// What an agent reports about its backup, kept in the record as it says.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reported {
+    pub(crate) bytes_uploaded: u64,
+    pub(crate) warnings: u64,
+    pub(crate) duration_micros: u64,
+}
+
 /// Checks a snapshot's manifest and every chunk it references (stored, with
 /// the referenced length), and commits it. A crash anywhere before the
 /// store's synced commit leaves no snapshot.
-#[allow(clippy::too_many_arguments)] // the parts of one request, checked
 pub(crate) fn check_and_commit(
     store: &dyn Store,
     who: &Agent,
     source: SourceName,
     kind: SourceKind,
     manifest: Vec<ChunkRef>,
-    bytes_uploaded: u64,
-    warnings: u64,
+    reported: Reported,
     token: Option<CommitToken>,
 ) -> Result<Committed, Status> {
     let reject = |msg: String| {
@@ -298,8 +304,9 @@ pub(crate) fn check_and_commit(
         kind,
         manifest,
         summary,
-        bytes_uploaded,
-        warnings,
+        bytes_uploaded: reported.bytes_uploaded,
+        warnings: reported.warnings,
+        duration_micros: reported.duration_micros,
         refs: all_refs,
         token,
     };
