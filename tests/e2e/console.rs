@@ -337,6 +337,48 @@ fn the_console_refuses_without_a_certificate_and_scopes_operators_to_their_tenan
     assert!(e.contains("net::ERR_"), "{e}");
     drop(stranger);
 
+    // A revoked certificate is signed out at its next request.
+    let serial = run(
+        "refuge",
+        f.c.path(),
+        &[
+            "certs",
+            "show",
+            &format!("{}.pem", identity(&f.c, &f.operator).display()),
+            "--json",
+        ],
+    )
+    .ok()
+    .json()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let toml = f.c.path().join("node.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    fs::write(
+        &toml,
+        text.replace(
+            "[tls]\n",
+            &format!("[tls]\nrevoked_serials = [\"{serial}\"]\n"),
+        ),
+    )
+    .unwrap();
+    let ops = Browser::new(&ca, Some(&identity(&f.c, &f.operator)));
+    refuge_tests::wait_for(
+        "the revocation to reach the console",
+        || {
+            ops.open(&format!("{}/", f.url));
+            ops.text_of("#message-title") == "Sign in with a client certificate"
+        },
+        || ops.text(),
+    );
+    assert!(
+        ops.text_of("#message").contains("has been revoked"),
+        "{}",
+        ops.text()
+    );
+    drop(ops);
+
     // Every refusal is on the record.
     let log = f.c.audit(&f.auditor);
     let refused = |needle: &str| {

@@ -865,3 +865,34 @@ async fn not_found(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo
         &Status::not_found("no such page"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_lines_name_the_peer_its_lag_or_its_error_per_tenant() {
+        let row = |peer: &str, tenant: &str, error: &str| pb::ReplicationStatus {
+            peer: peer.into(),
+            direction: "push".into(),
+            tenant: tenant.into(),
+            lag_secs: 125.0,
+            pending_snapshots: 3,
+            last_error: error.into(),
+            ..Default::default()
+        };
+        let rows = [
+            row("dr", "finance", ""),
+            row("dr", "health", ""),
+            row("dr", "", "connection refused"),
+        ];
+        assert_eq!(
+            replication_lines(&rows, Some("finance")),
+            ["dr (push finance): lag 2m, 3 pending"]
+        );
+        assert_eq!(
+            replication_lines(&rows, None)[2],
+            "dr (push): failing: connection refused"
+        );
+    }
+}
