@@ -396,3 +396,77 @@ fn the_console_refuses_without_a_certificate_and_scopes_operators_to_their_tenan
     }));
     let _ = &f.agent;
 }
+
+#[test]
+fn the_fleet_shows_quarantined_chunks_and_replication_to_the_other_site() {
+    use crate::replication::{append, push_to, replica_cert};
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    let to_prov = replica_cert(&prov, "city");
+    let port = free_local_port();
+    append(
+        &city,
+        &format!(
+            "{}[console]\nlisten = \"127.0.0.1:{port}\"\n",
+            push_to(&prov, "prov", &to_prov, &prov)
+        ),
+    );
+    city.start_node();
+    let src = city.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), noise(2 << 20, 21)).unwrap();
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    let a = agent.to_str().unwrap();
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    // Chunk bodies damaged on disk before the province exists: replication
+    // finds them, quarantines them and sends nothing.
+    city.stop_node();
+    city.flip_blob_bytes(64);
+    prov.start_node();
+    city.start_node();
+    let auditor = city.client(&["--role", "auditor", "--name", "supervision"]);
+    let b = Browser::new(
+        &city.path().join("certs/ca.pem"),
+        Some(&identity(&city, &auditor)),
+    );
+    let url = format!("https://127.0.0.1:{port}/");
+    refuge_tests::wait_for(
+        "the quarantine in the fleet view",
+        || {
+            b.open(&url);
+            b.text_of("#tenant-finance h2")
+                .contains("quarantined chunks")
+        },
+        || b.text(),
+    );
+    let line = b.text_of("#tenant-finance .replication");
+    assert!(line.contains("prov (push finance): failing:"), "{line}");
+    assert!(line.contains("quarantined"), "{line}");
+    b.screenshot(&shots().join("quarantine.png"));
+    b.open(&format!("https://127.0.0.1:{port}/node"));
+    let usage = b.text_of("#usage");
+    assert!(usage.contains("finance"), "{usage}");
+    // The tenant's row is red: it has quarantined chunks.
+    assert_eq!(class_of(&b, "#usage tbody tr"), "breach", "{usage}");
+
+    // The next backup heals the chunks; the snapshots reach the province
+    // and the fleet shows the lag instead of the failure.
+    run("refuge-agent", city.path(), &["-c", a, "backup"]).ok();
+    refuge_tests::wait_for(
+        "replication to catch up in the fleet view",
+        || {
+            b.open(&url);
+            b.text_of("#tenant-finance .replication")
+                .contains("0 pending")
+        },
+        || b.text(),
+    );
+    let text = b.text_of("#tenant-finance");
+    assert!(!text.contains("quarantined chunks"), "{text}");
+    assert!(text.contains("prov (push finance): lag"), "{text}");
+    b.screenshot(&shots().join("replication.png"));
+    drop(b);
+    for c in [&mut city, &mut prov] {
+        c.stop_node();
+    }
+}

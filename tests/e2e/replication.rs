@@ -23,7 +23,7 @@ mod faults;
 mod forged;
 
 /// Appends `text` to `c`'s node.toml.
-fn append(c: &Cluster, text: &str) {
+pub(crate) fn append(c: &Cluster, text: &str) {
     let p = c.path().join("node.toml");
     let mut s = fs::read_to_string(&p).unwrap();
     s.push('\n');
@@ -33,7 +33,7 @@ fn append(c: &Cluster, text: &str) {
 
 /// Issues, with `to`'s CA, a replica certificate named `name` for every
 /// tenant; returns its path without extension.
-fn replica_cert(to: &Cluster, name: &str) -> String {
+pub(crate) fn replica_cert(to: &Cluster, name: &str) -> String {
     run(
         "refuge",
         to.path(),
@@ -55,7 +55,7 @@ fn replica_cert(to: &Cluster, name: &str) -> String {
 
 /// A `[[replication]]` entry pushing to `to` with the certificate `cert`
 /// (path without extension), passes every second and after each change.
-fn push_to(to: &Cluster, name: &str, cert: &str, ca_of: &Cluster) -> String {
+pub(crate) fn push_to(to: &Cluster, name: &str, cert: &str, ca_of: &Cluster) -> String {
     entry(
         name,
         "push",
