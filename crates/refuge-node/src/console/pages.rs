@@ -833,19 +833,7 @@ async fn node(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Peer
         })
         .collect();
     let node_wide = NODE_WIDE.contains(&who.role);
-    let rows: Vec<pb::ReplicationStatus> = c
-        .node
-        .replication
-        .rows()
-        .into_iter()
-        .filter(|r| {
-            if r.tenant.is_empty() {
-                node_wide
-            } else {
-                tenants.iter().any(|t| t.as_str() == r.tenant)
-            }
-        })
-        .collect();
+    let rows = c.node.replication.rows_seen(&tenants, node_wide);
     Ok(html(
         StatusCode::OK,
         &NodePage {

@@ -178,19 +178,7 @@ impl Supervision for SupervisionService {
         .await?;
         // Rows of tenants in scope; a peer's own failure (no tenant) only
         // for the node-wide roles.
-        let replication = self
-            .node
-            .replication
-            .rows()
-            .into_iter()
-            .filter(|r| {
-                if r.tenant.is_empty() {
-                    node_wide
-                } else {
-                    names.iter().any(|t| t.as_str() == r.tenant)
-                }
-            })
-            .collect();
+        let replication = self.node.replication.rows_seen(&names, node_wide);
         Ok(Response::new(pb::StatusResponse {
             now_unix_micros: now,
             sources,

@@ -70,6 +70,25 @@ impl Board {
             .collect()
     }
 
+    /// The rows a caller may see: those of `tenants`, and a peer's own
+    /// failure (no tenant) only for a `node_wide` caller.
+    pub(crate) fn rows_seen(
+        &self,
+        tenants: &[TenantId],
+        node_wide: bool,
+    ) -> Vec<pb::ReplicationStatus> {
+        self.rows()
+            .into_iter()
+            .filter(|r| {
+                if r.tenant.is_empty() {
+                    node_wide
+                } else {
+                    tenants.iter().any(|t| t.as_str() == r.tenant)
+                }
+            })
+            .collect()
+    }
+
     fn update(
         &self,
         peer: &ReplicationPeer,
