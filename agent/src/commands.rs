@@ -64,10 +64,12 @@ pub fn check_config(path: &Path) -> Outcome {
     }
     match &key {
         Some(k) => println!(
-            "{}: ok ({} sources; encrypted with the key of tenant {}, fingerprint {})",
+            "{}: ok ({} sources; encrypted with the key of tenant {}, suite {} ({}), fingerprint {})",
             path.display(),
             cfg.sources.len(),
             k.tenant(),
+            k.suite().as_str(),
+            k.suite().describe(),
             k.fingerprint()
         ),
         None => println!(

@@ -7,19 +7,27 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use refuge_core::TenantId;
-use refuge_core::crypto::TenantKey;
+use refuge_core::crypto::{Suite, TenantKey};
 
 use crate::{Failure, Outcome};
 
-/// Creates a new random key for `tenant` in `out` (never overwriting).
-pub fn create(tenant: &str, out: &Path) -> Outcome {
+fn suite_of(name: &str) -> Result<Suite, Failure> {
+    Suite::parse(name).ok_or_else(|| Failure::Usage(anyhow!("--suite: unknown suite {name:?}")))
+}
+
+/// Creates a new random key of `suite` for `tenant` in `out` (never
+/// overwriting).
+pub fn create(tenant: &str, out: &Path, suite: &str) -> Outcome {
     let tenant = TenantId::new(tenant).map_err(|e| Failure::Usage(anyhow!("--tenant: {e}")))?;
-    let key = TenantKey::generate(tenant, now()?).map_err(anyhow::Error::from)?;
+    let suite = suite_of(suite)?;
+    let key = TenantKey::generate_with(tenant, now()?, suite).map_err(anyhow::Error::from)?;
     crate::certs::write_new(out, &key.to_text(), true)?;
     println!(
-        "created the key of tenant {} in {} (fingerprint {})",
+        "created the key of tenant {} in {} (suite {}: {}; fingerprint {})",
         key.tenant(),
         out.display(),
+        suite.as_str(),
+        suite.describe(),
         key.fingerprint()
     );
     println!(
@@ -41,15 +49,21 @@ fn read_key(path: &Path) -> Result<TenantKey, Failure> {
 /// Writes a new key file `out` that replaces the key in `input`: new data
 /// is sealed with the new key, the old ones stay in the file to read what
 /// they sealed.
-pub fn rotate(input: &Path, out: &Path) -> Outcome {
+pub fn rotate(input: &Path, out: &Path, suite: Option<&str>) -> Outcome {
     let old = read_key(input)?;
-    let new = old.rotate(now()?).map_err(anyhow::Error::from)?;
+    let suite = match suite {
+        Some(s) => suite_of(s)?,
+        None => old.suite(),
+    };
+    let new = old.rotate_to(now()?, suite).map_err(anyhow::Error::from)?;
     crate::certs::write_new(out, &new.to_text(), true)?;
     println!(
-        "rotated the key of tenant {}: {} (new) replaces {} in {}",
+        "rotated the key of tenant {}: {} (new, suite {}) replaces {} (suite {}) in {}",
         new.tenant(),
         new.fingerprint(),
+        new.suite().as_str(),
         old.fingerprint(),
+        old.suite().as_str(),
         out.display()
     );
     println!(
@@ -62,7 +76,8 @@ pub fn rotate(input: &Path, out: &Path) -> Outcome {
     Ok(0)
 }
 
-/// Shows a key file's tenant, creation time and fingerprint (never the key).
+/// Shows a key file's tenant, suite, creation time and fingerprint (never
+/// the key).
 pub fn show(path: &Path, json: bool) -> Outcome {
     let key = read_key(path)?;
     if json {
@@ -70,6 +85,8 @@ pub fn show(path: &Path, json: bool) -> Outcome {
             "{:#}",
             serde_json::json!({
                 "tenant": key.tenant().as_str(),
+                "suite": key.suite().as_str(),
+                "algorithms": key.suite().describe(),
                 "created": key.created(),
                 "fingerprint": key.fingerprint(),
                 "previous": key.previous_fingerprints(),
@@ -77,6 +94,11 @@ pub fn show(path: &Path, json: bool) -> Outcome {
         );
     } else {
         println!("tenant:      {}", key.tenant());
+        println!(
+            "suite:       {} ({})",
+            key.suite().as_str(),
+            key.suite().describe()
+        );
         println!("created:     {}", key.created());
         println!("fingerprint: {}", key.fingerprint());
         for f in key.previous_fingerprints() {

@@ -28,5 +28,6 @@ mod scrub;
 mod sealed;
 mod security;
 mod service;
+mod sm_suite;
 mod status;
 mod systemd;

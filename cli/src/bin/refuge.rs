@@ -355,6 +355,10 @@ enum KeyCmd {
         /// Where to write it (mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// The algorithms: `standard` (BLAKE3 keyed ids, XChaCha20-Poly1305)
+        /// or `sm` (HMAC-SM3 keyed ids, SM4-GCM: GB/T 32905, GB/T 32907).
+        #[arg(long, default_value = "standard", value_parser = ["standard", "sm"])]
+        suite: String,
     },
     /// Make a new key file that replaces a tenant's key: new data is
     /// encrypted with the new key, and the file still reads everything
@@ -366,8 +370,12 @@ enum KeyCmd {
         /// Where to write the new one (mode 0600, never overwrites).
         #[arg(long)]
         out: PathBuf,
+        /// The new key's suite (`standard` or `sm`); default: the current
+        /// key's. The old keys keep reading what they sealed.
+        #[arg(long, value_parser = ["standard", "sm"])]
+        suite: Option<String>,
     },
-    /// Show a key file's tenant, creation time and fingerprint.
+    /// Show a key file's tenant, suite, creation time and fingerprint.
     Show {
         /// The key file.
         file: PathBuf,
@@ -491,9 +499,13 @@ fn main() -> ExitCode {
             out: out_dir,
         }),
         Command::Certs(Certs::Show { file, json }) => refuge_cli::certs::show(&file, json),
-        Command::Key(KeyCmd::Create { tenant, out }) => refuge_cli::keys::create(&tenant, &out),
+        Command::Key(KeyCmd::Create { tenant, out, suite }) => {
+            refuge_cli::keys::create(&tenant, &out, &suite)
+        }
         Command::Key(KeyCmd::Show { file, json }) => refuge_cli::keys::show(&file, json),
-        Command::Key(KeyCmd::Rotate { input, out }) => refuge_cli::keys::rotate(&input, &out),
+        Command::Key(KeyCmd::Rotate { input, out, suite }) => {
+            refuge_cli::keys::rotate(&input, &out, suite.as_deref())
+        }
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {

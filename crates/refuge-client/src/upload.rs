@@ -364,7 +364,7 @@ fn worker(
             let mut c = zstd.compress(data);
             if let (true, Some(k)) = (seal, key) {
                 c.data = k.seal(id, c.raw_len, &c.data);
-                c.cipher = refuge_core::Cipher::XChaCha20Poly1305;
+                c.cipher = k.cipher();
             }
             sent.bytes_sent += c.data.len() as u64;
             uploads.push(refuge_proto::upload_to(id, c));

@@ -16,8 +16,17 @@
 //!   uncompressed length are authenticated as associated data, so a sealed
 //!   body cannot be moved to another id.
 //!
-//! The algorithm ids are in [`crate::format`]: a national-standard cipher
-//! would be a new id beside `CIPHER_XCHACHA20_POLY1305`.
+//! A key of the national-standard suite (`suite sm`, [`Suite::Sm`]) does
+//! the same with SM algorithms (`sm.rs`): sub-keys are HMAC-SM3 of the
+//! master key over each purpose's context, chunk ids are HMAC-SM3 with the
+//! id key, bodies and manifest entries are sealed with SM4-GCM under a
+//! 96-bit nonce derived the same way (HMAC-SM3 of the id). A nonce repeats
+//! only for the same chunk (the same content, so the same sealed bytes)
+//! or on a 96-bit collision of HMAC outputs: with n chunks under one key
+//! the chance is about n²/2⁹⁷, 2⁻³³ at four billion chunks.
+//!
+//! The algorithm ids are in [`crate::format`]: `CIPHER_XCHACHA20_POLY1305`
+//! and `HASH_BLAKE3_KEYED`, `CIPHER_SM4_GCM` and `HASH_SM3_KEYED`.
 //!
 //! The agent uses these with `[encryption] key_file`; the node never holds
 //! a key (docs/security.md, "Client-side encryption").
@@ -27,10 +36,65 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 pub use crate::format::SEAL_OVERHEAD;
 use crate::format::{
-    KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_ENTRY, KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID,
-    KEY_CONTEXT_NONCE, TENANT_KEY_MAGIC,
+    HASH_BLAKE3_KEYED, HASH_SM3_KEYED, KEY_CONTEXT_ENCRYPT, KEY_CONTEXT_ENTRY,
+    KEY_CONTEXT_FINGERPRINT, KEY_CONTEXT_ID, KEY_CONTEXT_NONCE, SUITE_SM, SUITE_STANDARD,
+    TENANT_KEY_MAGIC,
 };
-use crate::{ChunkId, TenantId};
+use crate::{ChunkId, Cipher, TenantId, sm};
+
+/// The algorithms a tenant key uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// BLAKE3 (keyed ids, key derivation) and XChaCha20-Poly1305.
+    #[default]
+    Standard,
+    /// The national-standard suite: HMAC-SM3 (keyed ids, key derivation)
+    /// and SM4-GCM.
+    Sm,
+}
+
+impl Suite {
+    /// The name in key files and on the command line (`standard`, `sm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suite::Standard => SUITE_STANDARD,
+            Suite::Sm => SUITE_SM,
+        }
+    }
+
+    /// From its name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            SUITE_STANDARD => Some(Suite::Standard),
+            SUITE_SM => Some(Suite::Sm),
+            _ => None,
+        }
+    }
+
+    /// What the suite's algorithms are, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Suite::Standard => "BLAKE3 keyed ids, XChaCha20-Poly1305",
+            Suite::Sm => "HMAC-SM3 keyed ids (GB/T 32905), SM4-GCM (GB/T 32907)",
+        }
+    }
+
+    /// The cipher id its sealed chunks carry.
+    pub fn cipher(self) -> Cipher {
+        match self {
+            Suite::Standard => Cipher::XChaCha20Poly1305,
+            Suite::Sm => Cipher::Sm4Gcm,
+        }
+    }
+
+    /// The hash id of its keyed chunk ids (an encrypted manifest's header).
+    pub fn hash_id(self) -> u8 {
+        match self {
+            Suite::Standard => HASH_BLAKE3_KEYED,
+            Suite::Sm => HASH_SM3_KEYED,
+        }
+    }
+}
 
 /// Why a key or a sealed chunk could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +114,7 @@ pub enum CryptoError {
 pub struct TenantKey {
     tenant: TenantId,
     created: String,
+    suite: Suite,
     master: [u8; 32],
     id_key: [u8; 32],
     enc_key: [u8; 32],
@@ -106,7 +171,8 @@ const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// unchanged chunks is the only work left). The node keeps the
 /// single-threaded [`chunk_id_with`]: its tasks already fill the cores.
 pub fn chunk_id_parallel(key: Option<&TenantKey>, data: &[u8]) -> ChunkId {
-    if data.len() < PARALLEL_HASH_MIN {
+    // SM3 has no tree mode to spread over cores.
+    if data.len() < PARALLEL_HASH_MIN || key.is_some_and(|k| k.suite == Suite::Sm) {
         return chunk_id_with(key, data);
     }
     let mut h = match key {
@@ -160,18 +226,32 @@ fn master_of(hexkey: &str) -> Result<[u8; 32], String> {
     Ok(m)
 }
 
+/// A sub-key: the suite's key derivation of `master` for `context`.
+fn derive(suite: Suite, context: &str, master: &[u8; 32]) -> [u8; 32] {
+    match suite {
+        Suite::Standard => blake3::derive_key(context, master),
+        Suite::Sm => sm::hmac_sm3(master, &[context.as_bytes()]),
+    }
+}
+
 impl TenantKey {
-    fn from_master(tenant: TenantId, created: String, master: [u8; 32]) -> Self {
+    fn from_master(tenant: TenantId, created: String, suite: Suite, master: [u8; 32]) -> Self {
         TenantKey {
-            id_key: blake3::derive_key(KEY_CONTEXT_ID, &master),
-            enc_key: blake3::derive_key(KEY_CONTEXT_ENCRYPT, &master),
-            nonce_key: blake3::derive_key(KEY_CONTEXT_NONCE, &master),
-            entry_key: blake3::derive_key(KEY_CONTEXT_ENTRY, &master),
+            id_key: derive(suite, KEY_CONTEXT_ID, &master),
+            enc_key: derive(suite, KEY_CONTEXT_ENCRYPT, &master),
+            nonce_key: derive(suite, KEY_CONTEXT_NONCE, &master),
+            entry_key: derive(suite, KEY_CONTEXT_ENTRY, &master),
             tenant,
             created,
+            suite,
             master,
             previous: Vec::new(),
         }
+    }
+
+    /// The algorithms of this key (not of the previous ones in its ring).
+    pub fn suite(&self) -> Suite {
+        self.suite
     }
 
     /// This key and the ones it replaced, newest first.
@@ -184,10 +264,16 @@ impl TenantKey {
     /// read what they sealed. The first backup after a rotation uploads
     /// everything again (ids change with the key).
     pub fn rotate(&self, created: String) -> Result<Self, CryptoError> {
-        let mut k = Self::generate(self.tenant.clone(), created)?;
+        self.rotate_to(created, self.suite)
+    }
+
+    /// Like [`Self::rotate`], the new key of `suite` (moving a tenant to
+    /// the national-standard suite or back; the old keys still read).
+    pub fn rotate_to(&self, created: String, suite: Suite) -> Result<Self, CryptoError> {
+        let mut k = Self::generate_with(self.tenant.clone(), created, suite)?;
         k.previous = self
             .ring()
-            .map(|o| Self::from_master(o.tenant.clone(), o.created.clone(), o.master))
+            .map(|o| Self::from_master(o.tenant.clone(), o.created.clone(), o.suite, o.master))
             .collect();
         Ok(k)
     }
@@ -199,9 +285,18 @@ impl TenantKey {
 
     /// A new random key for `tenant`, created at `created` (RFC 3339).
     pub fn generate(tenant: TenantId, created: String) -> Result<Self, CryptoError> {
+        Self::generate_with(tenant, created, Suite::Standard)
+    }
+
+    /// A new random key of `suite` for `tenant`.
+    pub fn generate_with(
+        tenant: TenantId,
+        created: String,
+        suite: Suite,
+    ) -> Result<Self, CryptoError> {
         let mut master = [0u8; 32];
         getrandom::getrandom(&mut master).map_err(|e| CryptoError::Random(e.to_string()))?;
-        Ok(Self::from_master(tenant, created, master))
+        Ok(Self::from_master(tenant, created, suite, master))
     }
 
     /// The tenant this key belongs to.
@@ -217,7 +312,7 @@ impl TenantKey {
     /// 16 hex digits that name the key without revealing it (the same
     /// key always has the same fingerprint).
     pub fn fingerprint(&self) -> String {
-        hex(&blake3::derive_key(KEY_CONTEXT_FINGERPRINT, &self.master)[..8])
+        hex(&derive(self.suite, KEY_CONTEXT_FINGERPRINT, &self.master)[..8])
     }
 
     /// The key file's text. Whoever has it can read the tenant's backups.
@@ -228,17 +323,27 @@ impl TenantKey {
              # Keep a copy offline, away from the hosts and the node.\n\
              {TENANT_KEY_MAGIC}\n\
              tenant {t}\n\
-             created {c}\n\
+             created {c}\n{s}\
              key {k}\n\
              fingerprint {f}\n{p}",
             t = self.tenant,
             c = self.created,
+            s = match self.suite {
+                Suite::Standard => String::new(),
+                Suite::Sm => format!("suite {SUITE_SM}\n"),
+            },
             k = hex(&self.master),
             f = self.fingerprint(),
             p = self
                 .previous
                 .iter()
-                .map(|o| format!("previous {} {}\n", hex(&o.master), o.created))
+                .map(|o| {
+                    let tag = match o.suite {
+                        Suite::Standard => "previous",
+                        Suite::Sm => "previous-sm",
+                    };
+                    format!("{tag} {} {}\n", hex(&o.master), o.created)
+                })
                 .collect::<String>()
         )
     }
@@ -254,19 +359,26 @@ impl TenantKey {
             return Err(bad(&format!("the first line is not {TENANT_KEY_MAGIC:?}")));
         }
         let (mut tenant, mut created, mut key, mut fp) = (None, None, None, None);
-        let mut previous: Vec<([u8; 32], String)> = Vec::new();
+        let mut suite = None;
+        let mut previous: Vec<([u8; 32], String, Suite)> = Vec::new();
         for l in lines {
             let (k, v) = l
                 .split_once(' ')
                 .ok_or_else(|| bad(&format!("line {l:?} is not `name value`")))?;
-            if k == "previous" {
+            if k == "previous" || k == "previous-sm" {
                 let (hexkey, when) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
-                previous.push((master_of(hexkey).map_err(|m| bad(&m))?, when.to_string()));
+                let s = if k == "previous" {
+                    Suite::Standard
+                } else {
+                    Suite::Sm
+                };
+                previous.push((master_of(hexkey).map_err(|m| bad(&m))?, when.to_string(), s));
                 continue;
             }
             let slot = match k {
                 "tenant" => &mut tenant,
                 "created" => &mut created,
+                "suite" => &mut suite,
                 "key" => &mut key,
                 "fingerprint" => &mut fp,
                 other => return Err(bad(&format!("unknown line {other:?}"))),
@@ -279,10 +391,18 @@ impl TenantKey {
             .map_err(|e| bad(&e.to_string()))?;
         let key = key.ok_or_else(|| bad("no key line"))?;
         let master = master_of(&key).map_err(|m| bad(&m))?;
-        let mut k = Self::from_master(tenant.clone(), created.unwrap_or_default(), master);
+        let suite = match suite {
+            None => Suite::Standard,
+            Some(s) => Suite::parse(&s).ok_or_else(|| {
+                bad(&format!(
+                    "unknown suite {s:?} (this build knows {SUITE_STANDARD} and {SUITE_SM})"
+                ))
+            })?,
+        };
+        let mut k = Self::from_master(tenant.clone(), created.unwrap_or_default(), suite, master);
         k.previous = previous
             .into_iter()
-            .map(|(m, when)| Self::from_master(tenant.clone(), when, m))
+            .map(|(m, when, s)| Self::from_master(tenant.clone(), when, s, m))
             .collect();
         if let Some(fp) = fp
             && fp != k.fingerprint()
@@ -294,14 +414,43 @@ impl TenantKey {
         Ok(k)
     }
 
-    /// The id of a chunk of this tenant: BLAKE3 keyed with the id key.
+    /// The id of a chunk of this tenant: BLAKE3 keyed with the id key
+    /// (HMAC-SM3 for the `sm` suite).
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
-        ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+        match self.suite {
+            Suite::Standard => ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes()),
+            Suite::Sm => ChunkId(sm::hmac_sm3(&self.id_key, &[plaintext])),
+        }
+    }
+
+    /// 32 bytes of the suite's keyed hash of `parts` under the nonce key;
+    /// a nonce is its first 24 (XChaCha20) or 12 (SM4-GCM) bytes.
+    fn nonce_bytes(&self, parts: &[&[u8]]) -> [u8; 32] {
+        match self.suite {
+            Suite::Standard => {
+                let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+                for p in parts {
+                    h.update(p);
+                }
+                *h.finalize().as_bytes()
+            }
+            Suite::Sm => sm::hmac_sm3(&self.nonce_key, parts),
+        }
     }
 
     fn nonce(&self, id: &ChunkId) -> XNonce {
-        let h = blake3::keyed_hash(&self.nonce_key, &id.0);
-        *XNonce::from_slice(&h.as_bytes()[..24])
+        *XNonce::from_slice(&self.nonce_bytes(&[&id.0])[..24])
+    }
+
+    fn sm_nonce(&self, parts: &[&[u8]]) -> [u8; sm::NONCE_LEN] {
+        let mut n = [0u8; sm::NONCE_LEN];
+        n.copy_from_slice(&self.nonce_bytes(parts)[..sm::NONCE_LEN]);
+        n
+    }
+
+    /// The cipher id this key's sealed chunks carry.
+    pub fn cipher(&self) -> Cipher {
+        self.suite.cipher()
     }
 
     fn aad(id: &ChunkId, raw_len: u32) -> [u8; 36] {
@@ -314,8 +463,11 @@ impl TenantKey {
     /// Seals a chunk body (compressed bytes) for chunk `id` of `raw_len`
     /// uncompressed bytes; the result is [`SEAL_OVERHEAD`] bytes longer.
     pub fn seal(&self, id: &ChunkId, raw_len: u32, body: &[u8]) -> Vec<u8> {
-        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
         let aad = Self::aad(id, raw_len);
+        if self.suite == Suite::Sm {
+            return sm::seal(&self.enc_key, &self.sm_nonce(&[&id.0]), &aad, body);
+        }
+        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
         cipher
             .encrypt(
                 &self.nonce(id),
@@ -338,8 +490,12 @@ impl TenantKey {
     }
 
     fn open_one(&self, id: &ChunkId, raw_len: u32, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
         let aad = Self::aad(id, raw_len);
+        if self.suite == Suite::Sm {
+            return sm::open(&self.enc_key, &self.sm_nonce(&[&id.0]), &aad, sealed)
+                .ok_or(CryptoError::Open(*id));
+        }
+        let cipher = XChaCha20Poly1305::new((&self.enc_key).into());
         cipher
             .decrypt(
                 &self.nonce(id),
@@ -353,17 +509,19 @@ impl TenantKey {
 }
 
 impl TenantKey {
-    /// Seals an encoded manifest entry: a 24-byte nonce (derived from the
-    /// entry, so an unchanged entry seals to the same bytes and unchanged
-    /// manifests still deduplicate) followed by the ciphertext and tag.
-    /// `clear` (the entry's kind and size, which stay readable) is
-    /// authenticated with it.
+    /// Seals an encoded manifest entry: a 24-byte nonce (12 for the `sm`
+    /// suite; derived from the entry, so an unchanged entry seals to the
+    /// same bytes and unchanged manifests still deduplicate) followed by
+    /// the ciphertext and tag. `clear` (the entry's kind and size, which
+    /// stay readable) is authenticated with it.
     pub fn seal_entry(&self, clear: &[u8], entry: &[u8]) -> Vec<u8> {
-        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
-        h.update(b"entry");
-        h.update(clear);
-        h.update(entry);
-        let nonce = *XNonce::from_slice(&h.finalize().as_bytes()[..24]);
+        if self.suite == Suite::Sm {
+            let nonce = self.sm_nonce(&[b"entry", clear, entry]);
+            let mut out = nonce.to_vec();
+            out.extend_from_slice(&sm::seal(&self.entry_key, &nonce, clear, entry));
+            return out;
+        }
+        let nonce = *XNonce::from_slice(&self.nonce_bytes(&[b"entry", clear, entry])[..24]);
         let cipher = XChaCha20Poly1305::new((&self.entry_key).into());
         let ct = cipher
             .encrypt(
@@ -386,6 +544,13 @@ impl TenantKey {
     }
 
     fn open_entry_one(&self, clear: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if self.suite == Suite::Sm {
+            if sealed.len() < sm::NONCE_LEN + SEAL_OVERHEAD {
+                return None;
+            }
+            let (nonce, ct) = sealed.split_at(sm::NONCE_LEN);
+            return sm::open(&self.entry_key, nonce.try_into().ok()?, clear, ct);
+        }
         if sealed.len() < 24 + SEAL_OVERHEAD {
             return None;
         }
@@ -411,7 +576,7 @@ impl TenantKey {
         let id = self.chunk_id(plaintext);
         let mut c = compressor.compress(plaintext);
         c.data = self.seal(&id, c.raw_len, &c.data);
-        c.cipher = crate::Cipher::XChaCha20Poly1305;
+        c.cipher = self.cipher();
         (id, c)
     }
 
@@ -423,14 +588,15 @@ impl TenantKey {
         chunk: &crate::StoredChunk,
         max_len: u32,
     ) -> Result<Vec<u8>, crate::FrameError> {
-        if chunk.cipher != crate::Cipher::XChaCha20Poly1305 {
+        if chunk.cipher == Cipher::None {
             // A plain chunk in an encrypted tenant: checkable by anyone.
             return crate::decode_chunk(id, chunk, max_len);
         }
         crate::frame::verify_stored(id, chunk, max_len)?;
-        // The key of the ring that sealed it also named it.
+        // The key of the ring that sealed it (with its cipher) also named it.
         let (k, opened) = self
             .ring()
+            .filter(|k| k.cipher() == chunk.cipher)
             .find_map(|k| {
                 k.open_one(id, chunk.raw_len, &chunk.data)
                     .ok()
@@ -619,5 +785,104 @@ mod tests {
         let mut bad = sealed.clone();
         bad[3] ^= 1;
         assert!(a.open(&id, 33, &bad).is_err());
+    }
+
+    fn sm_key() -> TenantKey {
+        TenantKey::generate_with(
+            TenantId::new("finance").unwrap(),
+            "2026-12-07T10:00:00Z".into(),
+            Suite::Sm,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_sm_key_names_its_suite_in_its_file_and_round_trips() {
+        let k = sm_key();
+        assert_eq!(k.suite(), Suite::Sm);
+        let text = k.to_text();
+        assert!(text.contains("\nsuite sm\n"), "{text}");
+        let back = TenantKey::parse(&text).unwrap();
+        assert_eq!(back.suite(), Suite::Sm);
+        assert_eq!(back.fingerprint(), k.fingerprint());
+        assert_eq!(back.chunk_id(b"x"), k.chunk_id(b"x"));
+        // The same master key in the other suite is another key.
+        let std = TenantKey::parse(&text.replace("suite sm\n", "")).unwrap_err();
+        assert!(std.to_string().contains("fingerprint"), "{std}");
+        let e = TenantKey::parse(&text.replace("suite sm", "suite gost")).unwrap_err();
+        assert!(e.to_string().contains("unknown suite"), "{e}");
+        // A standard key's file has no suite line (files made before read).
+        assert!(!key().to_text().contains("suite"));
+    }
+
+    #[test]
+    fn sm_chunks_and_entries_round_trip_and_refuse_the_wrong_key_and_damage() {
+        let k = sm_key();
+        let other = sm_key();
+        let data = b"national standard".repeat(100);
+        let mut comp = crate::ChunkCompressor::new(3);
+        let (id, c) = k.encode_chunk(&mut comp, &data);
+        assert_eq!(c.cipher, Cipher::Sm4Gcm);
+        assert_eq!(id, ChunkId(sm::hmac_sm3(&k.id_key, &[&data])));
+        assert_ne!(id, ChunkId::of(&data));
+        // The node checks what it can without the key.
+        crate::frame::verify_stored(&id, &c, 1 << 20).unwrap();
+        assert_eq!(k.decode_chunk(&id, &c, 1 << 20).unwrap(), data);
+        assert!(other.decode_chunk(&id, &c, 1 << 20).is_err());
+        for i in [0, c.data.len() / 2, c.data.len() - 1] {
+            let mut bad = c.clone();
+            bad.data[i] ^= 0x40;
+            assert!(k.decode_chunk(&id, &bad, 1 << 20).is_err());
+        }
+        // Deterministic: the same content seals to the same bytes.
+        assert_eq!(k.encode_chunk(&mut comp, &data).1.data, c.data);
+        // Entries.
+        let sealed = k.seal_entry(b"clear", b"entry bytes");
+        assert_eq!(sealed.len(), 12 + 11 + SEAL_OVERHEAD);
+        assert_eq!(k.open_entry(b"clear", &sealed).unwrap(), b"entry bytes");
+        assert!(k.open_entry(b"other", &sealed).is_none());
+        assert!(other.open_entry(b"clear", &sealed).is_none());
+        // A standard key does not open the SM suite's chunk, and the
+        // reverse.
+        assert!(key().decode_chunk(&id, &c, 1 << 20).is_err());
+        let (sid, sc) = key().encode_chunk(&mut comp, &data);
+        assert!(k.decode_chunk(&sid, &sc, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_tenant_moves_to_the_sm_suite_and_still_reads_its_old_chunks() {
+        let old = key();
+        let mut comp = crate::ChunkCompressor::new(3);
+        let (oid, oc) = old.encode_chunk(&mut comp, b"before");
+        let new = old
+            .rotate_to("2026-12-07T11:00:00Z".into(), Suite::Sm)
+            .unwrap();
+        assert_eq!(new.suite(), Suite::Sm);
+        let back = TenantKey::parse(&new.to_text()).unwrap();
+        assert_eq!(back.decode_chunk(&oid, &oc, 1 << 20).unwrap(), b"before");
+        let (nid, nc) = back.encode_chunk(&mut comp, b"after");
+        assert_eq!(nc.cipher, Cipher::Sm4Gcm);
+        assert_eq!(back.decode_chunk(&nid, &nc, 1 << 20).unwrap(), b"after");
+        // And back again: the SM key stays in the ring as previous-sm.
+        let again = back
+            .rotate_to("2026-12-07T12:00:00Z".into(), Suite::Standard)
+            .unwrap();
+        let text = again.to_text();
+        assert!(text.contains("previous-sm "), "{text}");
+        let again = TenantKey::parse(&text).unwrap();
+        assert_eq!(again.decode_chunk(&nid, &nc, 1 << 20).unwrap(), b"after");
+        assert_eq!(again.decode_chunk(&oid, &oc, 1 << 20).unwrap(), b"before");
+    }
+
+    #[test]
+    fn parallel_ids_of_an_sm_key_are_its_ids() {
+        let k = sm_key();
+        let big = vec![7u8; PARALLEL_HASH_MIN * 2];
+        assert_eq!(chunk_id_parallel(Some(&k), &big), k.chunk_id(&big));
+        let parts: Vec<&[u8]> = vec![&big[..100], &big[..], b"x"];
+        let ids = chunk_ids_parallel(Some(&k), &parts);
+        for (p, id) in parts.iter().zip(ids) {
+            assert_eq!(id, k.chunk_id(p));
+        }
     }
 }

@@ -99,6 +99,23 @@ pub const CIPHER_XCHACHA20_POLY1305: u8 = 1;
 /// Hash id of keyed chunk ids: BLAKE3 keyed with the tenant's id key.
 pub const HASH_BLAKE3_KEYED: u8 = 2;
 
+/// Cipher id of sealed chunk bodies of the national-standard suite
+/// (`suite sm`): SM4-GCM (GB/T 32907 in GCM, 96-bit nonce derived from the
+/// chunk id, 128-bit tag), the id and uncompressed length as associated
+/// data.
+pub const CIPHER_SM4_GCM: u8 = 2;
+
+/// Hash id of keyed chunk ids of the national-standard suite: HMAC-SM3
+/// (GB/T 32905) with the tenant's id key.
+pub const HASH_SM3_KEYED: u8 = 3;
+
+/// The key file line that names the national-standard suite (`suite sm`);
+/// a file without a `suite` line is of the standard suite (BLAKE3,
+/// XChaCha20-Poly1305).
+pub const SUITE_SM: &str = "sm";
+/// See [`SUITE_SM`].
+pub const SUITE_STANDARD: &str = "standard";
+
 /// First line of a tenant key file (version 1).
 pub const TENANT_KEY_MAGIC: &str = "refuge-tenant-key v1";
 

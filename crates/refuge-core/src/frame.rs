@@ -7,8 +7,8 @@
 //! bytes that do not match their id.
 
 use crate::format::{
-    CHUNK_RECORD_VERSION, CIPHER_NONE, CIPHER_XCHACHA20_POLY1305, COMPRESSION_NONE,
-    COMPRESSION_ZSTD, HASH_BLAKE3, HASH_BLAKE3_KEYED, MAX_CHUNK_LEN,
+    CHUNK_RECORD_VERSION, CIPHER_NONE, CIPHER_SM4_GCM, CIPHER_XCHACHA20_POLY1305, COMPRESSION_NONE,
+    COMPRESSION_ZSTD, HASH_BLAKE3, HASH_BLAKE3_KEYED, HASH_SM3_KEYED, MAX_CHUNK_LEN,
 };
 use crate::id::ChunkId;
 
@@ -22,6 +22,9 @@ pub enum Cipher {
     /// XChaCha20-Poly1305 over the compressed bytes (sealed by the crypto module); the
     /// id is a keyed BLAKE3 that only the tenant's key holders can check.
     XChaCha20Poly1305,
+    /// SM4-GCM over the compressed bytes (the national-standard suite);
+    /// the id is an HMAC-SM3 that only the tenant's key holders can check.
+    Sm4Gcm,
 }
 
 impl Cipher {
@@ -30,6 +33,7 @@ impl Cipher {
         match self {
             Cipher::None => CIPHER_NONE,
             Cipher::XChaCha20Poly1305 => CIPHER_XCHACHA20_POLY1305,
+            Cipher::Sm4Gcm => CIPHER_SM4_GCM,
         }
     }
 
@@ -38,6 +42,7 @@ impl Cipher {
         match id {
             CIPHER_NONE => Some(Cipher::None),
             CIPHER_XCHACHA20_POLY1305 => Some(Cipher::XChaCha20Poly1305),
+            CIPHER_SM4_GCM => Some(Cipher::Sm4Gcm),
             _ => None,
         }
     }
@@ -47,6 +52,7 @@ impl Cipher {
         match self {
             Cipher::None => HASH_BLAKE3,
             Cipher::XChaCha20Poly1305 => HASH_BLAKE3_KEYED,
+            Cipher::Sm4Gcm => HASH_SM3_KEYED,
         }
     }
 }
@@ -271,7 +277,7 @@ pub fn decode_chunk(
 pub fn verify_stored(id: &ChunkId, chunk: &StoredChunk, max_len: u32) -> Result<(), FrameError> {
     match chunk.cipher {
         Cipher::None => decode_chunk(id, chunk, max_len).map(|_| ()),
-        Cipher::XChaCha20Poly1305 => {
+        Cipher::XChaCha20Poly1305 | Cipher::Sm4Gcm => {
             let declared = chunk.raw_len;
             if declared > MAX_CHUNK_LEN || declared > max_len {
                 return Err(FrameError::TooLarge(declared));

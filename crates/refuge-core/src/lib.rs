@@ -18,6 +18,7 @@ mod id;
 mod manifest;
 mod names;
 pub mod retention;
+mod sm;
 mod snapshot;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams, Cutter};

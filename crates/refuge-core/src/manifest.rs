@@ -18,8 +18,9 @@ use crate::crypto::TenantKey;
 
 use crate::codec::{Dec, Enc};
 use crate::format::{
-    HASH_BLAKE3, HASH_BLAKE3_KEYED, MANIFEST_MAGIC, MANIFEST_TAG_SEALED_ENTRY as TAG_SEALED,
-    MANIFEST_VERSION, MAX_CHUNK_LEN, MAX_MANIFEST_RECORD, MAX_PATH_LEN, MAX_REFS_PER_RUN,
+    HASH_BLAKE3, HASH_BLAKE3_KEYED, HASH_SM3_KEYED, MANIFEST_MAGIC,
+    MANIFEST_TAG_SEALED_ENTRY as TAG_SEALED, MANIFEST_VERSION, MAX_CHUNK_LEN, MAX_MANIFEST_RECORD,
+    MAX_PATH_LEN, MAX_REFS_PER_RUN,
 };
 use crate::id::ChunkId;
 use crate::snapshot::SourceKind;
@@ -331,10 +332,9 @@ impl<W: Write> ManifestWriter<W> {
         let mut h = Enc::default();
         h.raw(MANIFEST_MAGIC)
             .u8(MANIFEST_VERSION)
-            .u8(if key.is_some() {
-                HASH_BLAKE3_KEYED
-            } else {
-                HASH_BLAKE3
+            .u8(match &key {
+                Some(k) => k.suite().hash_id(),
+                None => HASH_BLAKE3,
             })
             .u8(kind.id());
         out.write_all(&h.buf)?;
@@ -459,7 +459,7 @@ impl<R: Read> ManifestReader<R> {
         if h[6] != MANIFEST_VERSION {
             return Err(malformed(format!("unsupported manifest version {}", h[6])));
         }
-        if h[7] != HASH_BLAKE3 && h[7] != HASH_BLAKE3_KEYED {
+        if ![HASH_BLAKE3, HASH_BLAKE3_KEYED, HASH_SM3_KEYED].contains(&h[7]) {
             return Err(malformed(format!("unknown hash algorithm id {}", h[7])));
         }
         let kind = SourceKind::from_id(h[8])
@@ -470,7 +470,7 @@ impl<R: Read> ManifestReader<R> {
             rules: Rules::default(),
             done: false,
             buf: Vec::new(),
-            sealed: h[7] == HASH_BLAKE3_KEYED,
+            sealed: h[7] != HASH_BLAKE3,
             key,
         })
     }
