@@ -84,6 +84,10 @@ struct E2eArgs {
     /// Encrypt on the agent (a fresh tenant key, `[encryption] key_file`).
     #[arg(long)]
     encrypt: bool,
+    /// The encryption's suite: `standard` (keyed BLAKE3, XChaCha20-Poly1305)
+    /// or `sm` (HMAC-SM3, SM4-GCM); `sm` implies --encrypt.
+    #[arg(long, default_value = "standard", value_parser = ["standard", "sm"])]
+    suite: String,
     /// Do not run restic and Borg on the same data (they run by default,
     /// installed with apt-get when missing, and the report gives the
     /// ratios).
@@ -414,7 +418,8 @@ fn end_to_end(a: E2eArgs) -> anyhow::Result<()> {
             } else {
                 a.source_avg_size
             },
-            encrypt: a.encrypt,
+            encrypt: a.encrypt || a.suite == "sm",
+            sm: a.suite == "sm",
         },
         peers: !a.no_peers,
         bucket: if a.backend == "s3" {

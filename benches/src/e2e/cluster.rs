@@ -133,6 +133,9 @@ pub struct AgentSettings {
     pub source_avg_size: Vec<(String, u32)>,
     /// Client-side encryption with a fresh tenant key.
     pub encrypt: bool,
+    /// With `encrypt`: the key's suite is the national-standard one
+    /// (HMAC-SM3 ids, SM4-GCM), not BLAKE3 and XChaCha20-Poly1305.
+    pub sm: bool,
 }
 
 impl AgentSettings {
@@ -147,6 +150,9 @@ impl AgentSettings {
         }
         if self.encrypt {
             f.push_str(" --encrypt");
+        }
+        if self.sm {
+            f.push_str(" --suite sm");
         }
         f
     }
@@ -179,7 +185,9 @@ impl AgentSettings {
                 kib(avg * 4)
             ));
         }
-        if self.encrypt {
+        if self.encrypt && self.sm {
+            s.push_str("; encrypted with the national-standard suite (HMAC-SM3 ids, SM4-GCM)");
+        } else if self.encrypt {
             s.push_str("; encrypted (keyed BLAKE3 ids, XChaCha20-Poly1305)");
         }
         s
@@ -217,6 +225,8 @@ pub fn write_configs(
                 TENANT,
                 "--out",
                 "certs/tenant.key",
+                "--suite",
+                if settings.sm { "sm" } else { "standard" },
             ]);
             run_ok(key, "refuge key create")?;
         }
