@@ -658,6 +658,31 @@ mod tests {
     }
 
     #[test]
+    fn an_sm_sealed_manifest_names_its_suite_and_reads_back_only_with_its_key() {
+        let key = Arc::new(
+            TenantKey::generate_with(
+                crate::TenantId::new("finance").unwrap(),
+                "t".into(),
+                crate::crypto::Suite::Sm,
+            )
+            .unwrap(),
+        );
+        let buf = sealed_sample(&key);
+        assert_eq!(buf[7], crate::format::HASH_SM3_KEYED);
+        assert!(!buf.windows(7).any(|w| w == b"payroll"));
+        // The node sees it as sealed (an encryption policy accepts it) and
+        // counts it without the key.
+        let mut r = ManifestReader::new(&buf[..]).unwrap();
+        assert!(r.is_sealed());
+        while r.next_record().unwrap().is_some() {}
+        assert_eq!(r.summary().files, 1);
+        let recs = all(ManifestReader::with_key(&buf[..], key.clone()).unwrap()).unwrap();
+        assert!(matches!(&recs[1], ManifestRecord::Entry(e) if e.path == b"payroll-secret.xlsx"));
+        // A standard key of the same tenant does not open it.
+        assert!(all(ManifestReader::with_key(&buf[..], tenant_key()).unwrap()).is_err());
+    }
+
+    #[test]
     fn sealed_entries_hide_paths_keep_refs_readable_and_need_the_key() {
         let key = tenant_key();
         let buf = sealed_sample(&key);
