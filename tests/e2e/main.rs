@@ -31,3 +31,4 @@ mod service;
 mod sm_suite;
 mod status;
 mod systemd;
+mod wire;

@@ -178,9 +178,14 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 fn explain_tls(text: &str, server_name: &str) -> String {
     if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         "the node's certificate is not signed by the configured CA (check `ca` in [node])".into()
-    } else if text.contains("NotValidForName") {
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        // rustls names the names the certificate is valid for: keep them.
+        let valid = text
+            .split_once("certificate is only valid for")
+            .map(|(_, v)| format!("; it is valid for{v}"))
+            .unwrap_or_default();
         format!(
-            "the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node])"
+            "the node's certificate is not valid for the name {server_name:?} (check `server_name` in [node]){valid}"
         )
     } else if text.contains("Expired")
         || text.contains("NotValidYet")
