@@ -31,20 +31,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // One line per event on stderr (journald under systemd); one JSON
-    // object per line with REFUGE_LOG_FORMAT=json.
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    if std::env::var("REFUGE_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        b.json().init();
-    } else {
-        b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    // journald with priorities under systemd, else stderr (refuge-log).
+    refuge_log::init("refuged", "info", true);
     let cfg = match refuge_node::NodeConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -16,6 +16,7 @@ mod health;
 mod hooks;
 mod hostile;
 mod hostile_wire;
+mod journald;
 mod mariadb;
 mod network;
 mod postgres;

@@ -57,20 +57,17 @@ pub fn command_config(path: &Path) -> Result<AgentConfig, Failure> {
     load_config(path).map_err(Failure::Usage)
 }
 
-/// Logs to stderr (journald under systemd); `RUST_LOG` overrides
-/// `default`; `REFUGE_LOG_FORMAT=json` writes one JSON object per line.
+/// Logs as `refuge_log` decides (journald with priorities under systemd,
+/// else stderr); `RUST_LOG` overrides `default`. The journal identifier
+/// is the program's name.
 pub fn init_logging(default: &str) {
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if std::env::var("REFUGE_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        b.json().init();
-    } else {
-        b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    let name = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "refuge".into());
+    refuge_log::init(&name, default, false);
 }
