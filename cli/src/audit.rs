@@ -1,6 +1,8 @@
 //! `refuge audit` and `refuge audit verify`: read the node's audit log
 //! (auditor certificates only) and check its hash chain here, on the
-//! client, over exactly the bytes the node stores.
+//! client, over exactly the bytes the node stores; `--export` writes it
+//! to a file for assessors and `verify --file` checks such a file
+//! (`audit_export`).
 
 use std::path::Path;
 
@@ -34,6 +36,63 @@ fn hex(h: &[u8; 32]) -> String {
 async fn read_all(cfg_path: &Path) -> Result<Vec<AuditRecord>, Failure> {
     let node = connect(&command_config(cfg_path)?.node).await?;
     Ok(node.read_audit(1).await?)
+}
+
+/// `refuge audit --export FILE`: the whole log to a file an assessor can
+/// check without the node (`audit_export`); exit 1 if its chain is
+/// broken (the file is written all the same, and says so).
+pub async fn export(cfg_path: &Path, file: &Path) -> Outcome {
+    let cfg = command_config(cfg_path)?;
+    let node = connect(&cfg.node).await?;
+    let recs = node.read_audit(1).await?;
+    let c = crate::audit_export::write(file, &cfg.node.address, &recs)?;
+    println!(
+        "exported {} audit records to {}; head {}",
+        c.records,
+        file.display(),
+        c.head.as_deref().unwrap_or("(empty)")
+    );
+    match c.broken {
+        None => {
+            println!(
+                "chain verified on export; check the file anywhere with `refuge audit verify --file {}`",
+                file.display()
+            );
+            Ok(0)
+        }
+        Some((seq, reason)) => Err(Failure::Failed(anyhow!(
+            "exported, but the audit log's chain is broken at record {seq}: {reason}"
+        ))),
+    }
+}
+
+/// `refuge audit verify --file FILE`: checks an export without the node.
+pub fn verify_file(file: &Path, json: bool) -> Outcome {
+    let c = crate::audit_export::check(file).map_err(Failure::Usage)?;
+    if json {
+        print_json(&VerifyJson {
+            intact: c.broken.is_none(),
+            records: c.records,
+            head: c.head.clone(),
+            broken_at: c.broken.as_ref().map(|b| b.0),
+            reason: c.broken.as_ref().map(|b| b.1.clone()),
+        })?;
+    }
+    match c.broken {
+        None => {
+            if !json {
+                println!(
+                    "export intact: {} records; head {}",
+                    c.records,
+                    c.head.as_deref().unwrap_or("(empty)")
+                );
+            }
+            Ok(0)
+        }
+        Some((seq, reason)) => Err(Failure::Failed(anyhow!(
+            "the export's chain is broken at record {seq}: {reason}"
+        ))),
+    }
 }
 
 /// `refuge audit [--since TIME] [--json]`.

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_export;
 pub mod certs;
 pub mod commands;
 pub mod drill;

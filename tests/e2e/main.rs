@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod audit_export;
 mod backup_restore;
 mod clock;
 mod console;

@@ -106,6 +106,11 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Write the whole log to this file for assessors (JSON Lines with
+        /// each record's bytes; mode 0600, never overwrites), its chain
+        /// verified on export; check it later with `audit verify --file`.
+        #[arg(long, conflicts_with_all = ["since", "json"])]
+        export: Option<PathBuf>,
     },
     /// Retention, pruning, pins and garbage collection (admin
     /// certificates only).
@@ -397,6 +402,10 @@ enum AuditCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Check an export (`refuge audit --export`) instead of the node's
+        /// log: needs no node and no certificate.
+        #[arg(long, conflicts_with = "expect_head")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -506,6 +515,15 @@ fn main() -> ExitCode {
         Command::Key(KeyCmd::Rotate { input, out, suite }) => {
             refuge_cli::keys::rotate(&input, &out, suite.as_deref())
         }
+        Command::Audit {
+            verify:
+                Some(AuditCmd::Verify {
+                    file: Some(file),
+                    json,
+                    ..
+                }),
+            ..
+        } => refuge_cli::audit::verify_file(&file, json),
         cmd => match tokio::runtime::Runtime::new() {
             Err(e) => Err(refuge_cli::Failure::Failed(e.into())),
             Ok(rt) => rt.block_on(async {
@@ -548,13 +566,22 @@ fn main() -> ExitCode {
                     }
                     Command::Whoami { json } => refuge_cli::commands::whoami(&cfg, json).await,
                     Command::Audit {
-                        verify: Some(AuditCmd::Verify { expect_head, json }),
+                        verify:
+                            Some(AuditCmd::Verify {
+                                expect_head, json, ..
+                            }),
                         ..
                     } => refuge_cli::audit::verify(&cfg, expect_head.as_deref(), json).await,
                     Command::Audit {
                         verify: None,
+                        export: Some(file),
+                        ..
+                    } => refuge_cli::audit::export(&cfg, &file).await,
+                    Command::Audit {
+                        verify: None,
                         since,
                         json,
+                        export: None,
                     } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
                     Command::Admin(cmd) => admin(&cfg, cmd).await,
                     Command::Drill {
