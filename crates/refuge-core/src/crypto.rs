@@ -41,6 +41,7 @@ use crate::format::{
     TENANT_KEY_MAGIC,
 };
 use crate::{ChunkId, Cipher, TenantId, sm};
+use zeroize::ZeroizeOnDrop;
 
 /// The algorithms a tenant key uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,10 +111,16 @@ pub enum CryptoError {
     Open(ChunkId),
 }
 
-/// A tenant's encryption key and the sub-keys derived from it.
+/// A tenant's encryption key and the sub-keys derived from it. Dropping
+/// it wipes the key bytes (`zeroize`; the previous keys of its ring with
+/// it).
+#[derive(ZeroizeOnDrop)]
 pub struct TenantKey {
+    #[zeroize(skip)]
     tenant: TenantId,
+    #[zeroize(skip)]
     created: String,
+    #[zeroize(skip)]
     suite: Suite,
     master: [u8; 32],
     id_key: [u8; 32],
@@ -121,7 +128,8 @@ pub struct TenantKey {
     nonce_key: [u8; 32],
     entry_key: [u8; 32],
     /// Keys this one replaced (newest first): they still open what they
-    /// sealed, and are never used to seal.
+    /// sealed, and are never used to seal. Each wipes itself.
+    #[zeroize(skip)]
     previous: Vec<TenantKey>,
 }
 
@@ -131,24 +139,6 @@ impl std::fmt::Debug for TenantKey {
             .field("tenant", &self.tenant)
             .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for TenantKey {
-    fn drop(&mut self) {
-        // Best effort: do not leave key bytes in freed memory.
-        for k in [
-            &mut self.master,
-            &mut self.id_key,
-            &mut self.enc_key,
-            &mut self.nonce_key,
-            &mut self.entry_key,
-        ] {
-            for b in k.iter_mut() {
-                // black_box keeps the compiler from dropping the stores.
-                *b = std::hint::black_box(0);
-            }
-        }
     }
 }
 

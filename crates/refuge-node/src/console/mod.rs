@@ -57,7 +57,8 @@ const MAX_HANDSHAKES: usize = 64;
 /// key of the forms' tokens (random per start of the node).
 pub(crate) struct Console {
     pub(crate) node: Arc<Supervised>,
-    pub(crate) form_key: [u8; 32],
+    /// Wiped from memory when the console stops.
+    pub(crate) form_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// Who is on the other end of a connection: its address and the leaf of

@@ -514,8 +514,8 @@ pub async fn serve(
         tokio::spawn(task.run(stop_rx.clone()));
     }
     if let (Some(l), Some((_, tls))) = (console_listener, opts.console) {
-        let mut form_key = [0u8; 32];
-        getrandom::getrandom(&mut form_key).context("no randomness for the console's forms")?;
+        let mut form_key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut *form_key).context("no randomness for the console's forms")?;
         let console = Arc::new(Console {
             node: supervised.clone(),
             form_key,
