@@ -7,7 +7,7 @@
 //! node's scrub and refused by the restore.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use refuge_core::{Cipher, TenantId};
@@ -17,17 +17,15 @@ use refuge_tests::{Cluster, assert_same_tree, noise, run, tree_contains};
 
 const MARKER: &[u8] = b"SM-MARKER-7f3a: provincial budget 2027 ";
 
-fn with_key(c: &Cluster, base: &Path, key: &str, name: &str) -> PathBuf {
-    let cfg = c.path().join(name);
-    fs::write(
-        &cfg,
-        format!(
-            "{}\n[encryption]\nkey_file = \"{key}\"\n",
-            fs::read_to_string(base).unwrap()
-        ),
+/// `refuge key create --tenant TENANT --suite SUITE --out OUT` in `c`.
+fn key_create(c: &Cluster, tenant: &str, suite: &str, out: &str) -> refuge_tests::Run {
+    run(
+        "refuge",
+        c.path(),
+        &[
+            "key", "create", "--tenant", tenant, "--suite", suite, "--out", out,
+        ],
     )
-    .unwrap();
-    cfg
 }
 
 fn tree(dir: &Path, seed: u64) {
@@ -52,21 +50,7 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
     let admin = c.client(&["--role", "admin", "--name", "root1"]);
 
     // The keys: finance on the SM suite, hr on the standard one.
-    let r = run(
-        "refuge",
-        c.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            "finance",
-            "--suite",
-            "sm",
-            "--out",
-            "certs/finance.key",
-        ],
-    )
-    .ok();
+    let r = key_create(&c, "finance", "sm", "certs/finance.key").ok();
     assert!(
         r.stdout.contains("suite sm") && r.stdout.contains("SM4-GCM"),
         "{}",
@@ -80,47 +64,14 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
     .ok()
     .json();
     assert_eq!(shown["suite"], "sm", "{shown:#}");
-    run(
-        "refuge",
-        c.path(),
-        &["key", "create", "--tenant", "hr", "--out", "certs/hr.key"],
-    )
-    .ok();
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            "finance",
-            "--suite",
-            "sm",
-            "--out",
-            "certs/wrong.key",
-        ],
-    )
-    .ok();
-    run(
-        "refuge",
-        c.path(),
-        &[
-            "key",
-            "create",
-            "--tenant",
-            "finance",
-            "--suite",
-            "nope",
-            "--out",
-            "certs/x.key",
-        ],
-    )
-    .fails(2, "invalid value");
+    key_create(&c, "hr", "standard", "certs/hr.key").ok();
+    key_create(&c, "finance", "sm", "certs/wrong.key").ok();
+    key_create(&c, "finance", "nope", "certs/x.key").fails(2, "invalid value");
 
     let src = c.path().join("fin");
     tree(&src, 3);
     let plain = c.default_agent(&[("data", &src, "tree")]);
-    let fin = with_key(&c, &plain, "certs/finance.key", "fin-sm.toml");
+    let fin = c.with_key(&plain, "certs/finance.key", "fin-sm.toml");
     let r = run(
         "refuge-agent",
         c.path(),
@@ -162,7 +113,7 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
         "certs/ca.pem",
         &[("files", &hr_src, "tree")],
     );
-    let hr = with_key(&c, &hr_plain, "certs/hr.key", "hr-std.toml");
+    let hr = c.with_key(&hr_plain, "certs/hr.key", "hr-std.toml");
     run(
         "refuge-agent",
         c.path(),
@@ -179,7 +130,7 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
     }
     c.restore_latest(&plain, &c.path().join("nokey"))
         .fails(1, "encrypted");
-    let wrong = with_key(&c, &plain, "certs/wrong.key", "fin-wrong.toml");
+    let wrong = c.with_key(&plain, "certs/wrong.key", "fin-wrong.toml");
     c.restore_latest(&wrong, &c.path().join("wrongkey"))
         .fails(1, "wrong tenant key");
 
@@ -200,7 +151,7 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
         prov.path().join("finance.key"),
     )
     .unwrap();
-    let prov_fin = with_key(&prov, &prov_agent, "finance.key", "fin-prov-sm.toml");
+    let prov_fin = prov.with_key(&prov_agent, "finance.key", "fin-prov-sm.toml");
     let ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while prov.snapshots(&ops).is_empty() {
@@ -212,7 +163,7 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
         std::thread::sleep(Duration::from_millis(300));
     }
     let copy = prov.path().join("copy");
-    let ops_key = with_key(&prov, &ops, "finance.key", "ops-sm.toml");
+    let ops_key = prov.with_key(&ops, "finance.key", "ops-sm.toml");
     prov.restore_latest(&ops_key, &copy).ok();
     assert_same_tree(&src, &copy);
     let _ = prov_fin;

@@ -536,12 +536,18 @@ impl Cluster {
         )
         .ok();
         let plain = self.default_agent(sources);
-        let cfg = self.path().join("sealed.toml");
+        self.with_key(&plain, key, "sealed.toml")
+    }
+
+    /// Writes `name`: the client config `base` with `[encryption] key_file
+    /// = key` added.
+    pub fn with_key(&self, base: &Path, key: &str, name: &str) -> PathBuf {
+        let cfg = self.path().join(name);
         fs::write(
             &cfg,
             format!(
                 "{}\n[encryption]\nkey_file = \"{key}\"\n",
-                fs::read_to_string(&plain).unwrap()
+                fs::read_to_string(base).unwrap()
             ),
         )
         .unwrap();
