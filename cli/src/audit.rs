@@ -32,20 +32,25 @@ fn hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Every record of the log, decoded.
-async fn read_all(cfg_path: &Path) -> Result<Vec<AuditRecord>, Failure> {
+/// Every record of the node's log, or of its copy of peer `site`'s,
+/// decoded.
+async fn read_all(cfg_path: &Path, site: Option<&str>) -> Result<Vec<AuditRecord>, Failure> {
     let node = connect(&command_config(cfg_path)?.node).await?;
-    Ok(node.read_audit(1).await?)
+    Ok(node.read_audit_of(1, site).await?)
 }
 
 /// `refuge audit --export FILE`: the whole log to a file an assessor can
 /// check without the node (`audit_export`); exit 1 if its chain is
 /// broken (the file is written all the same, and says so).
-pub async fn export(cfg_path: &Path, file: &Path) -> Outcome {
+pub async fn export(cfg_path: &Path, site: Option<&str>, file: &Path) -> Outcome {
     let cfg = command_config(cfg_path)?;
     let node = connect(&cfg.node).await?;
-    let recs = node.read_audit(1).await?;
-    let c = crate::audit_export::write(file, &cfg.node.address, &recs)?;
+    let recs = node.read_audit_of(1, site).await?;
+    let from = match site {
+        Some(s) => format!("{} (its copy of {s}'s log)", cfg.node.address),
+        None => cfg.node.address.clone(),
+    };
+    let c = crate::audit_export::write(file, &from, &recs)?;
     println!(
         "exported {} audit records to {}; head {}",
         c.records,
@@ -96,12 +101,12 @@ pub fn verify_file(file: &Path, json: bool) -> Outcome {
 }
 
 /// `refuge audit [--since TIME] [--json]`.
-pub async fn list(cfg_path: &Path, since: Option<&str>, json: bool) -> Outcome {
+pub async fn list(cfg_path: &Path, site: Option<&str>, since: Option<&str>, json: bool) -> Outcome {
     let since = since
         .map(parse_time_micros)
         .transpose()
         .map_err(|e| Failure::Usage(anyhow!(e)))?;
-    let recs = read_all(cfg_path).await?;
+    let recs = read_all(cfg_path, site).await?;
     let intact = verify_chain(&recs, 1, [0; 32]);
     let shown: Vec<&AuditRecord> = recs
         .iter()
@@ -176,12 +181,17 @@ struct VerifyJson {
 
 /// `refuge audit verify [--expect-head SEQ:HASH] [--json]`: exit 0 when
 /// the chain holds (and contains the expected head), 1 when it does not.
-pub async fn verify(cfg_path: &Path, expect_head: Option<&str>, json: bool) -> Outcome {
+pub async fn verify(
+    cfg_path: &Path,
+    site: Option<&str>,
+    expect_head: Option<&str>,
+    json: bool,
+) -> Outcome {
     let expect = expect_head
         .map(parse_head)
         .transpose()
         .map_err(Failure::Usage)?;
-    let recs = read_all(cfg_path).await?;
+    let recs = read_all(cfg_path, site).await?;
     let mut result = verify_chain(&recs, 1, [0; 32]).map_err(|b| (b.seq, b.reason));
     if result.is_ok()
         && let Some((seq, hash)) = &expect

@@ -500,3 +500,73 @@ fn deletions_follow_only_a_pulling_node_that_asks_and_never_a_snapshot_pinned_th
     )
     .fails(2, "follow_deletions needs direction = \"pull\"");
 }
+
+#[test]
+fn a_pushing_node_keeps_a_copy_of_its_audit_log_at_the_replica_with_the_chain_intact() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    let to_prov = replica_cert(&prov, "city");
+    append(&city, &push_to(&prov, "prov", &to_prov, &prov));
+    prov.start_node();
+    city.start_node();
+    let src = city.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), b"audited").unwrap();
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    run(
+        "refuge-agent",
+        city.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let city_auditor = city.client(&["--role", "auditor", "--name", "aud"]);
+    let prov_auditor = prov.client(&["--role", "auditor", "--name", "aud"]);
+    let own = city.audit(&city_auditor);
+    let want = own.len();
+    // The copy catches up with what the city had logged by then.
+    let copy = |p: &Cluster| {
+        p.refuge(&prov_auditor, &["audit", "--site", "city", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    wait_until("the audit copy at the province", 30, || {
+        copy(&prov).len() >= want
+    });
+    let copied = copy(&prov);
+    for (a, b) in own.iter().zip(&copied) {
+        assert_eq!(a["seq"], b["seq"]);
+        assert_eq!(a["hash"], b["hash"], "record {} differs", a["seq"]);
+    }
+    let v = prov
+        .refuge(
+            &prov_auditor,
+            &["audit", "verify", "--site", "city", "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(v["intact"], true, "{v:#}");
+    // The province's own log is another chain, and does not hold them.
+    let prov_own = prov.audit(&prov_auditor);
+    assert!(!prov_own.iter().any(|e| e["event"] == "snapshot_committed"));
+    // The copy exports and verifies like any log.
+    let f = prov.path().join("city-audit.jsonl");
+    prov.refuge(
+        &prov_auditor,
+        &["audit", "--site", "city", "--export", f.to_str().unwrap()],
+    )
+    .ok();
+    run(
+        "refuge",
+        prov.path(),
+        &["audit", "verify", "--file", f.to_str().unwrap()],
+    )
+    .ok();
+    // Losing the city loses none of its audit trail up to the last pass.
+    city.stop_node();
+    let after = copy(&prov);
+    assert!(after.len() >= want);
+    prov.stop_node();
+}

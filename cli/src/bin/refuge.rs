@@ -111,6 +111,10 @@ enum Command {
         /// verified on export; check it later with `audit verify --file`.
         #[arg(long, conflicts_with_all = ["since", "json"])]
         export: Option<PathBuf>,
+        /// Read the copy this node keeps of a peer node's log (the peer's
+        /// name in its replica certificate) instead of its own.
+        #[arg(long, global = true)]
+        site: Option<String>,
     },
     /// Retention, pruning, pins and garbage collection (admin
     /// certificates only).
@@ -570,19 +574,32 @@ fn main() -> ExitCode {
                             Some(AuditCmd::Verify {
                                 expect_head, json, ..
                             }),
+                        site,
                         ..
-                    } => refuge_cli::audit::verify(&cfg, expect_head.as_deref(), json).await,
+                    } => {
+                        refuge_cli::audit::verify(
+                            &cfg,
+                            site.as_deref(),
+                            expect_head.as_deref(),
+                            json,
+                        )
+                        .await
+                    }
                     Command::Audit {
                         verify: None,
                         export: Some(file),
+                        site,
                         ..
-                    } => refuge_cli::audit::export(&cfg, &file).await,
+                    } => refuge_cli::audit::export(&cfg, site.as_deref(), &file).await,
                     Command::Audit {
                         verify: None,
                         since,
                         json,
                         export: None,
-                    } => refuge_cli::audit::list(&cfg, since.as_deref(), json).await,
+                        site,
+                    } => {
+                        refuge_cli::audit::list(&cfg, site.as_deref(), since.as_deref(), json).await
+                    }
                     Command::Admin(cmd) => admin(&cfg, cmd).await,
                     Command::Drill {
                         tenant,

@@ -632,8 +632,22 @@ impl Node {
     /// (auditor). The chain is not checked here: see
     /// `refuge_core::audit::verify_chain`.
     pub async fn read_audit(&self, from_seq: u64) -> anyhow::Result<Vec<AuditRecord>> {
+        self.read_audit_of(from_seq, None).await
+    }
+
+    /// [`Self::read_audit`] of the node's own log (`None`) or of the copy
+    /// it keeps of peer `origin`'s log.
+    pub async fn read_audit_of(
+        &self,
+        from_seq: u64,
+        origin: Option<&str>,
+    ) -> anyhow::Result<Vec<AuditRecord>> {
         const WHAT: &str = "reading the audit log";
-        let req = pb::ReadAuditRequest { from_seq, limit: 0 };
+        let req = pb::ReadAuditRequest {
+            from_seq,
+            limit: 0,
+            origin: origin.unwrap_or_default().to_string(),
+        };
         let mut stream = answer(WHAT, self.audit.clone().read_audit(req)).await?;
         let mut out = Vec::new();
         while let Some(batch) = stream.message().await.map_err(|s| rpc_error(WHAT, &s))? {

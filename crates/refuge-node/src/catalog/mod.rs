@@ -12,9 +12,11 @@
 //! - `status`: per-source and per-tenant status, for `Status`, the
 //!   metrics scrape and the console.
 //! - `slo`: which sources breach their recovery targets (`[slo]`).
+//! - `audit_copy`: the copies of peers' audit logs (`audit_copy/...`).
 //!
 //! Imports from the rest of the crate: `config` and `floor` only.
 
+pub(crate) mod audit_copy;
 pub(crate) mod drills;
 pub(crate) mod failures;
 pub(crate) mod retention;

@@ -238,6 +238,8 @@ pub(crate) fn tenant_text(who: &ClientIdentity) -> String {
 #[derive(Clone)]
 pub(crate) struct Replica {
     pub(crate) subject: String,
+    /// The peer node's name (the certificate's CN).
+    pub(crate) name: String,
     pub(crate) grant: TenantScope,
     pub(crate) audit: AuditLog,
 }
@@ -248,6 +250,7 @@ impl Replica {
         let who = access.admit(req, rpc, &[Role::Replica])?;
         Ok(Replica {
             subject: who.subject(),
+            name: who.name.clone(),
             grant: who.tenants,
             audit: access.audit.clone(),
         })

@@ -11,6 +11,7 @@ use refuge_store::Store;
 use refuge_tls::Role;
 use tonic::{Request, Response, Status};
 
+use crate::catalog::audit_copy;
 use crate::floor::store::store_status;
 use crate::policy::access::Access;
 use crate::policy::audit::Outcome;
@@ -47,33 +48,51 @@ impl Audit for AuditService {
             "",
             "audit_read",
             Outcome::Ok,
-            &format!("from record {}", r.from_seq.max(1)),
+            &match r.origin.as_str() {
+                "" => format!("from record {}", r.from_seq.max(1)),
+                o => format!("the copy of {o}'s log, from record {}", r.from_seq.max(1)),
+            },
         );
         // What was recorded before this read (its own record included) is
         // in the store before reading starts.
         self.access.audit.flush().await;
         let mut next = r.from_seq.max(1);
         let mut left = if r.limit == 0 { u64::MAX } else { r.limit };
+        let origin = if r.origin.is_empty() {
+            None
+        } else {
+            Some(
+                refuge_core::HostName::new(r.origin.clone())
+                    .map_err(|e| Status::invalid_argument(format!("origin: {e}")))?
+                    .to_string(),
+            )
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             while left > 0 {
                 let want = (AUDIT_BATCH as u64).min(left) as usize;
-                let item = match store.read_audit(next, want) {
+                // This node's own log, or the copy of a peer's.
+                let read = match &origin {
+                    None => store
+                        .read_audit(next, want)
+                        .map(|recs| recs.iter().map(|r| r.encode()).collect::<Vec<_>>())
+                        .map_err(store_status),
+                    Some(o) => audit_copy::read(&*store, o, next, want),
+                };
+                let item = match read {
                     Ok(recs) if recs.is_empty() => break,
                     Ok(recs) => {
-                        next = recs.last().map_or(next, |r| r.seq + 1);
+                        next += recs.len() as u64;
                         left -= recs.len() as u64;
                         let short = recs.len() < want;
-                        let batch = pb::AuditBatch {
-                            records: recs.iter().map(|r| r.encode()).collect(),
-                        };
+                        let batch = pb::AuditBatch { records: recs };
                         if tx.blocking_send(Ok(batch)).is_err() || short {
                             break;
                         }
                         continue;
                     }
-                    Err(e) => Err(store_status(e)),
+                    Err(e) => Err(e),
                 };
                 let _ = tx.blocking_send(item);
                 break;

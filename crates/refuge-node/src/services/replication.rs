@@ -2,6 +2,8 @@
 //! calls to push snapshots here or pull them from here, for the tenants
 //! its certificate grants ([`Replica::admit`], [`Replica::tenant`]). The
 //! checks are `work::replica`'s; imports and denials are audited here.
+//! Also the copy of a pushing peer's audit log (`AuditCopyHead`,
+//! `PutAuditCopy`; `catalog::audit_copy`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use refuge_proto::{MAX_FIND_IDS, MAX_GET_IDS};
 use refuge_store::{Imported, Store};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::audit_copy;
 use crate::config::EncryptionPolicy;
 use crate::floor::changes::Changes;
 use crate::floor::disk::Disk;
@@ -45,7 +48,12 @@ pub struct ReplicationService {
     encryption: EncryptionPolicy,
     max_chunk: u32,
     changes: Changes,
+    /// One append to an audit copy at a time.
+    copy_lock: Arc<std::sync::Mutex<()>>,
 }
+
+/// Most audit records one `PutAuditCopy` carries.
+const MAX_AUDIT_COPY_BATCH: usize = 1024;
 
 impl ReplicationService {
     pub(crate) fn new(
@@ -63,7 +71,23 @@ impl ReplicationService {
             encryption,
             max_chunk,
             changes,
+            copy_lock: Arc::default(),
         }
+    }
+
+    /// The origin of an audit copy: the replica certificate's name, if it
+    /// grants every tenant (the log covers them all).
+    fn copy_origin(who: &Replica, rpc: &str) -> Result<String, Status> {
+        if who.grant != refuge_tls::TenantScope::All {
+            let why = format!(
+                "{rpc}: copying the audit log needs a replica certificate for every tenant (--all-tenants); this one grants some"
+            );
+            who.record("", "permission_denied", Outcome::Denied, &why);
+            return Err(Status::permission_denied(why));
+        }
+        refuge_core::HostName::new(who.name.clone())
+            .map(|h| h.to_string())
+            .map_err(|e| Status::invalid_argument(format!("{rpc}: the replica's name: {e}")))
     }
 
     /// Refuses a write while the disk is below its reserve (or the store
@@ -173,6 +197,64 @@ impl Replication for ReplicationService {
             deleted: self
                 .which(&who, &r.tenant, &r.ids, "DeletedSnapshots", deleted)
                 .await?,
+        }))
+    }
+
+    async fn audit_copy_head(
+        &self,
+        req: Request<pb::AuditCopyHeadRequest>,
+    ) -> Result<Response<pb::AuditCopyHead>, Status> {
+        let who = Replica::admit(&self.access, &req, "AuditCopyHead")?;
+        let origin = Self::copy_origin(&who, "AuditCopyHead")?;
+        let store = self.store.clone();
+        let (seq, hash) = blocking(move || audit_copy::head(&*store, &origin)).await?;
+        Ok(Response::new(pb::AuditCopyHead {
+            seq,
+            hash: if seq == 0 { vec![] } else { hash.to_vec() },
+        }))
+    }
+
+    async fn put_audit_copy(
+        &self,
+        req: Request<pb::PutAuditCopyRequest>,
+    ) -> Result<Response<pb::AuditCopyHead>, Status> {
+        let who = Replica::admit(&self.access, &req, "PutAuditCopy")?;
+        let origin = Self::copy_origin(&who, "PutAuditCopy")?;
+        self.writable()?;
+        let records = req.into_inner().records;
+        if records.len() > MAX_AUDIT_COPY_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "PutAuditCopy: {} records in one call (at most {MAX_AUDIT_COPY_BATCH})",
+                records.len()
+            )));
+        }
+        let (store, lock, o) = (self.store.clone(), self.copy_lock.clone(), origin.clone());
+        let n = records.len();
+        let done = blocking(move || {
+            let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
+            audit_copy::append(&*store, &o, &records)
+        })
+        .await;
+        let (seq, hash) = match done {
+            Ok(h) => h,
+            Err(s) => {
+                who.record(
+                    "",
+                    "audit_copy_refused",
+                    Outcome::Refused,
+                    &format!("audit records of {origin}: {}", s.message()),
+                );
+                return Err(s);
+            }
+        };
+        // Not an audit record of its own: two nodes that push to each
+        // other would otherwise make each other a record every pass.
+        if n > 0 {
+            tracing::info!(%origin, records = n, head = seq, "audit records of a peer copied");
+        }
+        Ok(Response::new(pb::AuditCopyHead {
+            seq,
+            hash: hash.to_vec(),
         }))
     }
 

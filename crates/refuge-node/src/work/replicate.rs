@@ -489,6 +489,49 @@ impl End for Remote {
     }
 }
 
+/// Audit records sent to a peer per call.
+const AUDIT_COPY_BATCH: usize = 1024;
+
+impl Remote {
+    /// Sends this node's audit records the peer's copy lacks, in order;
+    /// returns how many were sent.
+    async fn copy_audit(&self, store: &Arc<dyn Store>) -> anyhow::Result<u64> {
+        let head = self
+            .call(
+                "asking for the copy of our audit log",
+                self.client
+                    .clone()
+                    .audit_copy_head(self.req(pb::AuditCopyHeadRequest {})),
+            )
+            .await?;
+        let mut next = head.seq + 1;
+        let mut sent = 0;
+        loop {
+            let s = store.clone();
+            let recs = blocking(move || s.read_audit(next, AUDIT_COPY_BATCH).map_err(store_status))
+                .await
+                .map_err(status_error)?;
+            let Some(last) = recs.last() else { break };
+            let n = recs.len();
+            let to = last.seq;
+            let records: Vec<Vec<u8>> = recs.iter().map(|r| r.encode()).collect();
+            self.call(
+                "copying our audit log",
+                self.client
+                    .clone()
+                    .put_audit_copy(self.req(pb::PutAuditCopyRequest { records })),
+            )
+            .await?;
+            sent += n as u64;
+            next = to + 1;
+            if n < AUDIT_COPY_BATCH {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+}
+
 impl Remote {
     /// Indexes of `ids` (at most `MAX_FIND_IDS`) the peer deleted.
     async fn deleted(&self, t: &TenantId, ids: &[SnapshotId]) -> anyhow::Result<Vec<usize>> {
@@ -809,6 +852,15 @@ impl PeerTask {
                     first_error.get_or_insert(anyhow!(text));
                 }
             }
+        }
+        // A pushing node keeps a copy of its audit log at the peer.
+        if p.direction == Direction::Push
+            && p.copy_audit
+            && let Err(e) = remote.copy_audit(&self.local.store).await
+        {
+            let text = format!("audit log: {e:#}");
+            self.board.update(p, "", |r| r.last_error = text.clone());
+            first_error.get_or_insert(anyhow!(text));
         }
         match first_error {
             Some(e) => Err(e),
