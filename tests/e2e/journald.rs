@@ -4,13 +4,14 @@
 //! priority for its level and its fields (the audit records' `F_EVENT`,
 //! `F_OUTCOME`, `F_TENANT`: tracing-journald prefixes event fields with
 //! `F_`), under the identifier `refuged`, and nothing to stderr. Without
-//! a journald it says so and logs to stderr. One test, so that nothing
-//! else binds the socket meanwhile.
+//! a journald it says so and logs to stderr.
 //!
-//! On a machine without journald (this sandbox) the test binds the
-//! socket itself at `/run/systemd/journal/socket` and parses the native
-//! protocol; on one with journald it reads the journal with `journalctl
-//! _PID=… -o json`.
+//! The node runs in a mount namespace of its own (`unshare`, as root)
+//! whose `/run/systemd` is a fresh tmpfs: first with no journald there,
+//! then with the test's own socket bind-mounted as
+//! `/run/systemd/journal/socket`, whose datagrams the test parses (the
+//! native protocol). Nothing outside the namespace sees either, so other
+//! tests and a real journald are left alone.
 
 use std::collections::HashMap;
 use std::fs;
@@ -23,8 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use refuge_tests::{Cluster, bin};
-
-const SOCKET: &str = "/run/systemd/journal/socket";
 
 type Entry = HashMap<String, String>;
 
@@ -52,23 +51,19 @@ fn parse(mut d: &[u8]) -> Entry {
     e
 }
 
-/// Where the node's journal entries are read from.
-enum Journal {
-    /// Our own socket at the journald path, and what it received.
-    Fake(Arc<Mutex<Vec<Entry>>>, bool),
-    /// The machine's journald.
-    Real,
+/// A journald of the test's own: a datagram socket in a temporary
+/// directory, and what it received. The node sees it at the journald path
+/// through a bind mount in a mount namespace of its own (`unshare`), so
+/// nothing else on the machine sees it.
+struct Journal {
+    dir: tempfile::TempDir,
+    got: Arc<Mutex<Vec<Entry>>>,
 }
 
 impl Journal {
     fn open() -> Self {
-        if Path::new(SOCKET).exists() {
-            return Journal::Real;
-        }
-        let dir = Path::new(SOCKET).parent().unwrap();
-        let made = !dir.exists();
-        fs::create_dir_all(dir).unwrap();
-        let sock = UnixDatagram::bind(SOCKET).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = UnixDatagram::bind(dir.path().join("socket")).unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
         std::thread::spawn(move || {
@@ -77,61 +72,31 @@ impl Journal {
                 g.lock().unwrap().push(parse(&buf[..n]));
             }
         });
-        Journal::Fake(got, made)
+        Journal { dir, got }
     }
 
-    fn entries(&self, pid: u32) -> Vec<Entry> {
-        match self {
-            Journal::Fake(got, _) => got.lock().unwrap().clone(),
-            Journal::Real => {
-                let o = Command::new("journalctl")
-                    .args([&format!("_PID={pid}"), "-o", "json", "--no-pager"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .map(|v| {
-                        v.as_object()
-                            .unwrap()
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                            .collect()
-                    })
-                    .collect()
-            }
-        }
+    fn entries(&self) -> Vec<Entry> {
+        self.got.lock().unwrap().clone()
     }
 
-    fn wait_for(&self, pid: u32, what: &str, ok: impl Fn(&Entry) -> bool) -> Entry {
+    fn wait_for(&self, what: &str, ok: impl Fn(&Entry) -> bool) -> Entry {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(e) = self.entries(pid).into_iter().find(&ok) {
+            if let Some(e) = self.entries().into_iter().find(&ok) {
                 return e;
             }
             assert!(
                 Instant::now() < deadline,
                 "no journal entry {what}: {:#?}",
-                self.entries(pid)
+                self.entries()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-impl Drop for Journal {
-    fn drop(&mut self) {
-        if let Journal::Fake(_, made) = self {
-            let _ = fs::remove_file(SOCKET);
-            if *made {
-                let _ = fs::remove_dir(Path::new(SOCKET).parent().unwrap());
-            }
-        }
-    }
-}
-
 /// A node process, killed when dropped (a failed assertion must not
-/// leave it writing to the next run's socket).
+/// leave it running).
 struct Node(Child);
 
 impl Drop for Node {
@@ -141,17 +106,34 @@ impl Drop for Node {
     }
 }
 
-fn start(c: &Cluster, env: &[(&str, String)]) -> Node {
+/// Starts `refuged` as systemd does with `StandardError=journal`
+/// (`JOURNAL_STREAM` names its stderr), in a mount namespace whose
+/// `/run/systemd` is empty, with `journal` (if given) bind-mounted at
+/// `/run/systemd/journal`.
+fn start(c: &Cluster, journal: Option<&Path>, env: &[(&str, &str)]) -> Node {
     let log = fs::File::create(c.path().join("stderr.log")).unwrap();
     let m = log.metadata().unwrap();
-    let mut cmd = Command::new(bin("refuged"));
-    cmd.args(["--config", "node.toml"])
-        .current_dir(c.path())
-        .env("RUST_LOG", "info")
-        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let script = "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && \
+                  if [ -n \"$1\" ]; then mount --bind \"$1\" /run/systemd/journal; fi && \
+                  exec \"$2\" --config node.toml";
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(journal.map(|p| p.as_os_str()).unwrap_or_default())
+    .arg(bin("refuged"))
+    .current_dir(c.path())
+    .env("RUST_LOG", "info")
+    .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -161,31 +143,29 @@ fn start(c: &Cluster, env: &[(&str, String)]) -> Node {
 #[test]
 fn under_systemd_the_node_logs_to_journald_with_priorities_and_fields() {
     let c = Cluster::configured("");
-    if !Path::new(SOCKET).exists() {
-        // No journald here: asked for it, the node logs to stderr and says
-        // why.
-        let node = start(&c, &[("REFUGE_LOG_FORMAT", "journald".into())]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let log = c.path().join("stderr.log");
-        while !fs::read_to_string(&log)
-            .unwrap()
-            .contains("store open: serving")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{}",
-                fs::read_to_string(&log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let text = fs::read_to_string(&log).unwrap();
-        assert!(text.contains("journald cannot be reached"), "{text}");
-        drop(node);
+    // No journald: the node logs to stderr and says why.
+    let node = start(&c, None, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = c.path().join("stderr.log");
+    while !fs::read_to_string(&log)
+        .unwrap()
+        .contains("store open: serving")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("journald cannot be reached"), "{text}");
+    drop(node);
+
+    // With one: everything goes there, nothing to stderr.
     let journal = Journal::open();
-    let node = start(&c, &[]);
-    let pid = node.0.id();
-    let up = journal.wait_for(pid, "saying the store is open", |e| {
+    let node = start(&c, Some(journal.dir.path()), &[]);
+    let up = journal.wait_for("saying the store is open", |e| {
         e.get("MESSAGE")
             .is_some_and(|m| m.contains("store open: serving"))
     });
@@ -196,7 +176,7 @@ fn under_systemd_the_node_logs_to_journald_with_priorities_and_fields() {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port())).unwrap();
     let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
     drop(s);
-    let refused = journal.wait_for(pid, "for the refused connection", |e| {
+    let refused = journal.wait_for("for the refused connection", |e| {
         e.get("F_EVENT").is_some_and(|v| v == "auth_failed")
     });
     assert_eq!(refused["PRIORITY"], "4", "{refused:#?}");
@@ -206,7 +186,6 @@ fn under_systemd_the_node_logs_to_journald_with_priorities_and_fields() {
         refused["MESSAGE"].contains("connection refused"),
         "{refused:#?}"
     );
-    // Nothing went to stderr: it all went to the journal.
     drop(node);
     let stderr = fs::read_to_string(c.path().join("stderr.log")).unwrap();
     assert!(!stderr.contains("store open"), "{stderr}");
