@@ -217,10 +217,12 @@ impl Bucket {
         let text = format!("{what}: {e}");
         match e {
             object_store::Error::NotFound { .. } => ObjectError::NotFound(text),
+            // "507" alone also matched timings in the text ("in
+            // 3.695077ms"): only the status code itself counts.
             _ if [
                 "QuotaExceeded",
                 "InsufficientStorage",
-                "507",
+                "status code: 507",
                 "No space left",
             ]
             .iter()
@@ -344,6 +346,35 @@ mod tests {
         b.delete("packs/t/1").unwrap();
         b.delete("packs/t/1").unwrap();
         assert!(matches!(b.get("packs/t/1"), Err(ObjectError::NotFound(_))));
+    }
+
+    #[test]
+    fn only_a_full_bucket_is_full_whatever_the_timings_in_the_text_say() {
+        let generic = |m: &str| object_store::Error::Generic {
+            store: "S3",
+            source: m.to_string().into(),
+        };
+        // A refusal whose text holds "507" in a timing is not a full
+        // bucket (it was, once, and the node said "storage is full").
+        let refused = generic(
+            "Error performing PUT http://x/probe in 3.695077ms - Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>",
+        );
+        assert!(matches!(
+            Bucket::error("writing probe", refused),
+            ObjectError::Other(_)
+        ));
+        for full in [
+            "Server returned non-2xx status code: 507 Insufficient Storage",
+            "Server returned non-2xx status code: 403 Forbidden: <Code>QuotaExceeded</Code>",
+        ] {
+            assert!(
+                matches!(
+                    Bucket::error("writing", generic(full)),
+                    ObjectError::Full(_)
+                ),
+                "{full}"
+            );
+        }
     }
 
     #[test]
