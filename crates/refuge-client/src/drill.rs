@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::calls::{Purpose, Selection, SnapshotQuery, answer};
+use crate::clock::now_micros;
 use crate::connect::Node;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, RemoteStream};
@@ -210,14 +211,6 @@ impl SourceDrill {
             },
         }
     }
-}
-
-/// The client's clock, microseconds since the epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn secs(micros: i64) -> f64 {
@@ -805,16 +798,6 @@ pub(crate) fn splitmix(x: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// A random number (for drill ids and random points).
-pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::getrandom(&mut b).is_err() {
-        // Not security-relevant: only which snapshot is tested.
-        return now_micros() as u64;
-    }
-    u64::from_le_bytes(b)
 }
 
 /// Picks the snapshot of one source's history (oldest first) to drill.

@@ -13,6 +13,7 @@
 mod backup;
 mod backup_report;
 mod calls;
+mod clock;
 mod command;
 mod config;
 mod connect;
@@ -56,6 +57,7 @@ pub use calls::{
     PruneDecision, Pruned, Purpose, RecordedDatabase, RecordedDrill, ReplicationRow, Retention,
     Selection, SloBreach, SnapshotQuery, SourceStatus, TenantStatus, Verified,
 };
+pub use clock::{now_micros, random_u64};
 pub use command::{Failure, Outcome, command_config, finish, init_logging};
 pub use config::{
     AgentConfig, ChunkingConfig, ConnectionConfig, DrillClientConfig, EncryptionConfig, IoPriority,
@@ -68,8 +70,7 @@ pub use connect::{
 };
 pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,
-    Unavailable, drill_markdown, drill_snapshot, now_micros, random_u64, run_drill, run_shell,
-    secs_text,
+    Unavailable, drill_markdown, drill_snapshot, run_drill, run_shell, secs_text,
 };
 pub use drill_db::{AmcheckOutcome, DatabaseCheck, QueryOutcome, TableRows};
 pub use pg_restore::{WAL_DIR, WalPlan, WalReplay, add_wal, plan_wal};

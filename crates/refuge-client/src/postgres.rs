@@ -235,7 +235,7 @@ impl Session {
         s.check(data_dir)?;
         // The slot keeps every WAL segment from here until the session
         // ends, so the backup's range is still in pg_wal at its stop.
-        let slot = format!("refuge_{:016x}", crate::drill::random_u64());
+        let slot = format!("refuge_{:016x}", crate::clock::random_u64());
         s.query_one(
             "reserving the WAL (a temporary replication slot)",
             "SELECT pg_create_physical_replication_slot($1, true, true)::text",
