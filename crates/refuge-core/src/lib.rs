@@ -20,6 +20,7 @@ mod names;
 pub mod retention;
 mod sm;
 mod snapshot;
+mod source;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams, Cutter};
 pub use frame::{
@@ -32,7 +33,5 @@ pub use manifest::{
     ManifestWriter, validate_entry_path, walk_order,
 };
 pub use names::{HostName, NameError, SourceName, TenantId};
-pub use snapshot::{
-    SnapshotId, SnapshotRecord, SourceKind, WAL_SOURCE_SUFFIX, base_of_wal, format_time_micros,
-    parse_time_micros, wal_source_of,
-};
+pub use snapshot::{SnapshotId, SnapshotRecord, format_time_micros, parse_time_micros};
+pub use source::{SourceKind, WAL_SOURCE_SUFFIX, base_of_wal, wal_source_of};

@@ -23,7 +23,7 @@ use crate::format::{
     MAX_PATH_LEN, MAX_REFS_PER_RUN,
 };
 use crate::id::ChunkId;
-use crate::snapshot::SourceKind;
+use crate::source::SourceKind;
 
 use crate::format::{
     ENTRY_DIR, ENTRY_FILE, ENTRY_SYMLINK, MANIFEST_TAG_CHUNKS as TAG_CHUNKS,
