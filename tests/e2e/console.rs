@@ -44,7 +44,6 @@ struct Fleet {
     auditor: PathBuf,
     operator: PathBuf,
     admin: PathBuf,
-    agent: PathBuf,
 }
 
 /// A node with a console, two tenants backed up, finance drilled and
@@ -133,7 +132,6 @@ fn fleet() -> Fleet {
         auditor,
         operator,
         admin,
-        agent,
     }
 }
 
@@ -313,6 +311,16 @@ fn the_console_refuses_without_a_certificate_and_scopes_operators_to_their_tenan
     let admin = Browser::new(&ca, Some(&identity(&f.c, &f.admin)));
     admin.open(&format!("{}/source/health/web1/site", f.url));
     assert_eq!(class_of(&admin, "#start-drill"), "");
+    // A form whose token is not the certificate's (a post from another
+    // site) starts nothing.
+    admin.eval("document.querySelector('input[name=token]').value = '00ff'");
+    admin.click("#start-drill");
+    assert_eq!(admin.text_of("#message-title"), "Not allowed");
+    assert!(
+        admin.text_of("#message").contains("token"),
+        "{}",
+        admin.text()
+    );
     admin.open(&format!("{}/audit", f.url));
     assert_eq!(admin.text_of("#message-title"), "Not allowed");
     drop(admin);
@@ -386,6 +394,11 @@ fn the_console_refuses_without_a_certificate_and_scopes_operators_to_their_tenan
             .any(|e| e["event"] == "auth_failed" && e["detail"].as_str().unwrap().contains(needle))
     };
     assert!(refused("console /: no client certificate"), "{log:#?}");
+    // The form with a foreign token started no drill.
+    assert!(
+        !log.iter().any(|e| e["event"] == "drill_requested"),
+        "{log:#?}"
+    );
     assert!(refused("console connection refused"), "{log:#?}");
     assert!(log.iter().any(|e| {
         e["event"] == "permission_denied"
@@ -394,7 +407,6 @@ fn the_console_refuses_without_a_certificate_and_scopes_operators_to_their_tenan
                 .unwrap()
                 .contains("role operator may not call console ReadAudit")
     }));
-    let _ = &f.agent;
 }
 
 #[test]

@@ -570,3 +570,77 @@ fn a_pushing_node_keeps_a_copy_of_its_audit_log_at_the_replica_with_the_chain_in
     assert!(after.len() >= want);
     prov.stop_node();
 }
+
+#[test]
+fn a_replica_certificate_for_some_tenants_is_refused_the_audit_log_unless_copy_audit_is_off() {
+    let mut city = Cluster::configured("");
+    let mut prov = Cluster::configured("");
+    run(
+        "refuge",
+        prov.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--role", "replica", "--host", "city", "--tenant",
+            "finance",
+        ],
+    )
+    .ok();
+    let cert = format!("{}/certs/replica-city", prov.path().display());
+    append(&city, &push_to(&prov, "prov", &cert, &prov));
+    prov.start_node();
+    city.start_node();
+    let admin = city.client(&["--role", "admin", "--name", "root"]);
+    wait_until("the refusal in status", 30, || {
+        row(&status(&city, &admin), "prov", "").is_some_and(|r| {
+            r["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("needs a replica certificate for every tenant")
+        })
+    });
+    let prov_auditor = prov.client(&["--role", "auditor", "--name", "aud"]);
+    let copy = prov
+        .refuge(&prov_auditor, &["audit", "--site", "city", "--json"])
+        .ok()
+        .json();
+    assert!(copy.as_array().unwrap().is_empty(), "{copy:#}");
+    assert!(prov.audit(&prov_auditor).iter().any(|e| {
+        e["event"] == "permission_denied"
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("copying the audit log needs a replica certificate for every tenant")
+    }));
+    // With copy_audit = false the peer's passes succeed: a backup of the
+    // granted tenant reaches it and no error is left.
+    city.stop_node();
+    let p = city.path().join("node.toml");
+    let text = fs::read_to_string(&p).unwrap();
+    fs::write(&p, format!("{text}copy_audit = false\n")).unwrap();
+    city.start_node();
+    let src = city.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), b"granted").unwrap();
+    let agent = city.default_agent(&[("data", &src, "tree")]);
+    run(
+        "refuge-agent",
+        city.path(),
+        &["-c", agent.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
+    wait_until("the snapshot at the province", 30, || {
+        prov.snapshots(&ops).len() == 1
+    });
+    wait_until("passes without an error", 30, || {
+        let st = status(&city, &admin);
+        row(&st, "prov", "finance").is_some()
+            && st["replication"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["last_error"].as_str().unwrap().is_empty())
+    });
+    for c in [&mut city, &mut prov] {
+        c.stop_node();
+    }
+}

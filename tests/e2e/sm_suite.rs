@@ -145,13 +145,11 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
     c.assert_verify_clean(&admin);
 
     // Replicated without the key; the copy restores with it.
-    let prov_agent = prov.agent_config("fin-prov.toml", "certs/finance-db1", "certs/ca.pem", &[]);
     fs::copy(
         c.path().join("certs/finance.key"),
         prov.path().join("finance.key"),
     )
     .unwrap();
-    let prov_fin = prov.with_key(&prov_agent, "finance.key", "fin-prov-sm.toml");
     let ops = prov.client(&["--role", "operator", "--name", "ops", "--tenant", "finance"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while prov.snapshots(&ops).is_empty() {
@@ -166,7 +164,6 @@ fn an_sm_tenant_beside_a_standard_one_backs_up_restores_and_is_kept_without_its_
     let ops_key = prov.with_key(&ops, "finance.key", "ops-sm.toml");
     prov.restore_latest(&ops_key, &copy).ok();
     assert_same_tree(&src, &copy);
-    let _ = prov_fin;
 
     // No plaintext (content or file name) in either store.
     c.stop_node();
