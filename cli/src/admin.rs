@@ -5,14 +5,14 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use refuge_client::{Node, PruneDecision, Retention, command_config, connect};
+use refuge_client::{Node, PruneDecision, Retention, command_config};
 use refuge_core::format_time_micros;
 use serde::Serialize;
 
 use crate::{Failure, Outcome, human_bytes, print_json, table};
 
 async fn node(cfg: &Path) -> Result<Node, Failure> {
-    Ok(connect(&command_config(cfg)?.node).await?)
+    Ok(crate::session::open(&command_config(cfg)?.node).await?)
 }
 
 #[derive(Serialize)]

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail};
-use refuge_client::{command_config, connect};
+use refuge_client::command_config;
 use refuge_core::audit::{AuditRecord, verify_chain};
 use refuge_core::{format_time_micros, parse_time_micros};
 use serde::Serialize;
@@ -35,7 +35,7 @@ fn hex(h: &[u8; 32]) -> String {
 /// Every record of the node's log, or of its copy of peer `site`'s,
 /// decoded.
 async fn read_all(cfg_path: &Path, site: Option<&str>) -> Result<Vec<AuditRecord>, Failure> {
-    let node = connect(&command_config(cfg_path)?.node).await?;
+    let node = crate::session::open(&command_config(cfg_path)?.node).await?;
     Ok(node.read_audit_of(1, site).await?)
 }
 
@@ -44,7 +44,7 @@ async fn read_all(cfg_path: &Path, site: Option<&str>) -> Result<Vec<AuditRecord
 /// broken (the file is written all the same, and says so).
 pub async fn export(cfg_path: &Path, site: Option<&str>, file: &Path) -> Outcome {
     let cfg = command_config(cfg_path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let recs = node.read_audit_of(1, site).await?;
     let from = match site {
         Some(s) => format!("{} (its copy of {s}'s log)", cfg.node.address),

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use refuge_client::{
     ProgressMode, Purpose, RestoreOptions, Selection, SnapshotQuery, command_config as config,
-    connect,
 };
 use refuge_core::{SnapshotRecord, SourceKind, format_time_micros, parse_time_micros};
 use serde::Serialize;
@@ -58,7 +57,7 @@ impl From<&SnapshotRecord> for SnapshotJson {
 /// `refuge snapshots`.
 pub async fn snapshots(path: &Path, sel: Selection, json: bool) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let snaps = node.list_snapshots(&sel).await?;
     if json {
         let rows: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
@@ -136,7 +135,7 @@ pub async fn restore(path: &Path, a: RestoreArgs) -> Outcome {
         (Some(_), None) => 0,
     };
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let snap = node
         .resolve_snapshot(&SnapshotQuery {
             selector: a.snapshot.clone().unwrap_or_default(),
@@ -239,7 +238,7 @@ struct WhoAmIJson<'a> {
 /// `refuge whoami`.
 pub async fn whoami(path: &Path, json: bool) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     if json {
         let v = WhoAmIJson {
             role: &node.role,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use refuge_client::{
     DrillOptions, DrillReport, NodeDrillReport, Point, ProgressMode, Selection,
-    command_config as config, connect, random_u64, run_drill, secs_text,
+    command_config as config, random_u64, run_drill, secs_text,
 };
 use refuge_core::{format_time_micros, parse_time_micros};
 use serde::Serialize;
@@ -66,7 +66,7 @@ pub async fn drill(path: &Path, a: DrillArgs) -> Outcome {
     }
     let cfg = config(path)?;
     let key = cfg.tenant_key().map_err(Failure::Usage)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let opts = DrillOptions {
         scratch: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         check: a.check.clone(),
@@ -244,7 +244,7 @@ struct DrillRow {
 /// `refuge drills`: the node's drill history.
 pub async fn drills(path: &Path, sel: Selection, limit: u32, json: bool) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let rows: Vec<DrillRow> = node
         .list_drills(&sel, limit)
         .await?
@@ -322,7 +322,7 @@ pub async fn node_drill_start(
     json: bool,
 ) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let id = node.start_node_drill(&sel, random_point).await?;
     if !wait {
         if json {
@@ -344,7 +344,7 @@ pub async fn node_drill_start(
 /// `refuge node-drill report ID`.
 pub async fn node_drill_report(path: &Path, id: &str, json: bool, markdown: bool) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let r = node.node_drill_report(id).await?;
     show_node_report(id, r, json, markdown)
 }

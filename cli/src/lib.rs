@@ -6,6 +6,7 @@
 //! in `refuge-client`, and so are [`Failure`], [`finish`] and the exit
 //! codes this binary shares with `refuge-agent` (`refuge_client::Failure`).
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod audit_export;
@@ -14,6 +15,7 @@ pub mod commands;
 pub mod drill;
 pub mod health;
 pub mod keys;
+pub mod session;
 pub mod status;
 
 pub use refuge_client::{Failure, Outcome, finish, human_bytes, init_logging};

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use refuge_client::{ReplicationRow, SloBreach, TenantStatus, command_config as config, connect};
+use refuge_client::{ReplicationRow, SloBreach, TenantStatus, command_config as config};
 use refuge_core::format_time_micros;
 use serde::Serialize;
 
@@ -78,7 +78,7 @@ fn age(micros: i64) -> String {
 /// alert on it).
 pub async fn status(path: &Path, tenant: Option<String>, json: bool) -> Outcome {
     let cfg = config(path)?;
-    let node = connect(&cfg.node).await?;
+    let node = crate::session::open(&cfg.node).await?;
     let r = node.status(tenant.as_deref()).await?;
     let out = StatusJson {
         node: NodeJson {

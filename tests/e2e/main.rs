@@ -28,6 +28,7 @@ mod retention;
 mod s3;
 mod scrub;
 mod sealed;
+mod second_factor;
 mod security;
 mod service;
 mod sm_suite;

@@ -186,7 +186,7 @@ fn wrong_ca_expired_certificate_node_down_and_unknown_snapshot_are_clear_errors(
 
 /// Uploads `data` as a valid chunk and returns its id.
 async fn put_ok(
-    ingest: &mut refuge_proto::pb::ingest_client::IngestClient<tonic::transport::Channel>,
+    ingest: &mut refuge_proto::pb::ingest_client::IngestClient<refuge_client::NodeChannel>,
     data: &[u8],
 ) -> ChunkId {
     let id = ChunkId::of(data);

@@ -275,6 +275,110 @@ enum AdminCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Second factors (TOTP) of admins and operators, when the node
+    /// requires them ([second_factor] in node.toml). Commands of an
+    /// enrolled identity sign in with the code in REFUGE_TOTP or one typed
+    /// at the prompt; the session is kept for the next command.
+    #[command(subcommand, name = "second-factor")]
+    SecondFactor(SecondFactorCmd),
+    /// Purge a tenant or one source: every snapshot and chunk, and the
+    /// space they took. A request, then a confirmation by another admin
+    /// after the node's [purge] delay_secs.
+    #[command(subcommand)]
+    Purge(PurgeCmd),
+}
+
+#[derive(Subcommand)]
+enum SecondFactorCmd {
+    /// Enrol an identity (or enrol it again with a new secret) and print
+    /// its secret, once. The node's first enrolment must be an admin's.
+    Enroll {
+        /// admin or operator.
+        #[arg(long)]
+        role: String,
+        /// The certificate's CN.
+        #[arg(long)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an identity's enrolment (and end its sessions).
+    Remove {
+        /// admin or operator.
+        #[arg(long)]
+        role: String,
+        /// The certificate's CN.
+        #[arg(long)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a locked identity's failed codes.
+    Unlock {
+        /// admin or operator.
+        #[arg(long)]
+        role: String,
+        /// The certificate's CN.
+        #[arg(long)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the enrolments, failures and locks.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PurgeCmd {
+    /// Ask for a purge; prints its id and when it may be confirmed.
+    Request {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// With --source: purge one source of this host only.
+        #[arg(long, requires = "source")]
+        host: Option<String>,
+        /// With --host: the source.
+        #[arg(long, requires = "host")]
+        source: Option<String>,
+        /// Why (kept with the purge and in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm a purge (another admin than the requester, after the
+    /// delay): it runs now and reports what it removed and what is left
+    /// (exit 1 if anything is).
+    Confirm {
+        /// The purge's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending purge.
+    Cancel {
+        /// The purge's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List purges, pending and done.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -732,5 +836,45 @@ async fn admin(cfg: &std::path::Path, cmd: AdminCmd) -> refuge_cli::Outcome {
             sample,
             json,
         } => admin::verify(cfg, tenant.as_deref(), sample, json).await,
+        AdminCmd::SecondFactor(c) => {
+            use refuge_cli::access;
+            match c {
+                SecondFactorCmd::Enroll { role, name, json } => {
+                    access::enroll(cfg, &role, &name, json).await
+                }
+                SecondFactorCmd::Remove { role, name, json } => {
+                    access::change(cfg, &role, &name, true, json).await
+                }
+                SecondFactorCmd::Unlock { role, name, json } => {
+                    access::change(cfg, &role, &name, false, json).await
+                }
+                SecondFactorCmd::List { json } => access::list(cfg, json).await,
+            }
+        }
+        AdminCmd::Purge(c) => {
+            use refuge_cli::access;
+            match c {
+                PurgeCmd::Request {
+                    tenant,
+                    host,
+                    source,
+                    reason,
+                    json,
+                } => {
+                    access::purge_request(
+                        cfg,
+                        &tenant,
+                        host.as_deref().unwrap_or(""),
+                        source.as_deref().unwrap_or(""),
+                        &reason,
+                        json,
+                    )
+                    .await
+                }
+                PurgeCmd::Confirm { id, json } => access::purge_decide(cfg, &id, true, json).await,
+                PurgeCmd::Cancel { id, json } => access::purge_decide(cfg, &id, false, json).await,
+                PurgeCmd::List { json } => access::purge_list(cfg, json).await,
+            }
+        }
     }
 }

@@ -20,23 +20,64 @@ use refuge_proto::pb::supervision_client::SupervisionClient;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::ConnectionConfig;
+
+/// The session a second-factor sign-in opened, which every call on a
+/// [`Node`]'s clients carries as `x-refuge-session` metadata once set.
+#[derive(Clone, Default)]
+pub struct Session(Arc<std::sync::RwLock<Option<MetadataValue<Ascii>>>>);
+
+impl Session {
+    /// Sets (or, with `None`, clears) the token the calls carry.
+    pub fn set(&self, token: Option<&str>) -> anyhow::Result<()> {
+        let v = match token {
+            Some(t) => Some(
+                MetadataValue::try_from(t).map_err(|_| anyhow!("a session token must be ASCII"))?,
+            ),
+            None => None,
+        };
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+}
+
+impl tonic::service::Interceptor for Session {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            req.metadata_mut().insert(SESSION_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The metadata a signed-in call carries (the node's `SESSION_HEADER`).
+pub const SESSION_HEADER: &str = "x-refuge-session";
+
+/// The channel of a [`Node`]'s clients: each call carries the session.
+pub type NodeChannel = InterceptedService<Channel, Session>;
 
 /// A connected, authenticated node.
 #[derive(Clone)]
 pub struct Node {
     /// Ingest service client.
-    pub ingest: IngestClient<Channel>,
+    pub ingest: IngestClient<NodeChannel>,
     /// Restore service client.
-    pub restore: RestoreClient<Channel>,
+    pub restore: RestoreClient<NodeChannel>,
     /// Audit service client.
-    pub audit: AuditClient<Channel>,
+    pub audit: AuditClient<NodeChannel>,
     /// Admin service client.
-    pub admin: AdminClient<Channel>,
+    pub admin: AdminClient<NodeChannel>,
     /// Supervision service client (drills, status).
-    pub supervision: SupervisionClient<Channel>,
+    pub supervision: SupervisionClient<NodeChannel>,
+    /// The second-factor session the calls carry (see [`Node::sign_in`]).
+    pub session: Session,
+    /// What the node said of our second factor when we connected: ""
+    /// (none needed), `enrol`, `sign_in` or `signed_in`.
+    pub second_factor: String,
     /// Role the node read from our certificate (`agent`, `operator`,
     /// `admin`, `auditor`).
     pub role: String,
@@ -448,29 +489,34 @@ async fn node_on(
     call_timeout: Duration,
 ) -> anyhow::Result<Node> {
     let max = refuge_proto::MAX_MESSAGE_BYTES;
-    let mut restore = RestoreClient::new(channel.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let ingest = IngestClient::new(channel.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let audit = AuditClient::new(channel.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let admin = AdminClient::new(channel.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let supervision = SupervisionClient::new(channel)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let who = who_am_i(&mut restore, &address, "`cert` and `key` in [node]").await?;
+    let mut plain = RestoreClient::new(channel.clone());
+    let who = who_am_i(&mut plain, &address, "`cert` and `key` in [node]").await?;
     tracing::debug!(role = %who.role, name = %who.name, node_version = %who.node_version, "connected");
+    let session = Session::default();
+    let on = || InterceptedService::new(channel.clone(), session.clone());
+    let restore = RestoreClient::new(on())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let ingest = IngestClient::new(on())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let audit = AuditClient::new(on())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminClient::new(on())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let supervision = SupervisionClient::new(on())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     Ok(Node {
         ingest,
         restore,
         audit,
         admin,
         supervision,
+        session,
+        second_factor: who.second_factor,
         role: who.role,
         name: who.name,
         tenants: who.tenants,

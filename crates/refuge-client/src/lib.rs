@@ -10,6 +10,7 @@
 //! under a real name. Every chunk read back is decompressed under a cap and
 //! re-hashed before a byte of it is written.
 
+mod admin_calls;
 mod backup;
 mod backup_report;
 mod calls;
@@ -50,6 +51,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+pub use admin_calls::{Enrolled, PurgeInfo, SecondFactorEntry, SecondFactors, SignedIn};
 pub use backup::{BackupOptions, backup_source, new_commit_token};
 pub use backup_report::{BackupReport, PostgresReport};
 pub use calls::{
@@ -65,8 +67,8 @@ pub use config::{
     ServiceConfig, SnapshotMethod, SourceChunking, SourceConfig, load_config,
 };
 pub use connect::{
-    Node, Transient, channel, connect, connect_serving, explain_status, is_transient, rpc_error,
-    who_am_i,
+    Node, NodeChannel, SESSION_HEADER, Session, Transient, channel, connect, connect_serving,
+    explain_status, is_transient, rpc_error, who_am_i,
 };
 pub use drill::{
     CheckOutcome, DrillFailure, DrillOptions, DrillReport, DrillSelection, Point, SourceDrill,

@@ -64,6 +64,12 @@ pub struct NodeConfig {
     /// Recovery targets per tenant (`[slo]`): what counts as a breach.
     #[serde(default)]
     pub slo: SloConfig,
+    /// Second factors for administrators and operators.
+    #[serde(default)]
+    pub second_factor: SecondFactorConfig,
+    /// Purges of a tenant or source.
+    #[serde(default)]
+    pub purge: PurgeConfig,
     /// The file this was read from (watched for revocations), if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -315,6 +321,68 @@ pub struct ConsoleConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Second factors (TOTP, RFC 6238) for the roles in `roles`: with
+/// `enabled`, every RPC but `WhoAmI` and `SignIn` of such a caller needs a
+/// session opened by a code (docs/security.md "Second factor").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecondFactorConfig {
+    /// Whether second factors are required.
+    pub enabled: bool,
+    /// Roles that need one (`admin`, `operator`).
+    pub roles: Vec<String>,
+    /// 32 random bytes (hex) that seal the enrolled secrets; created (mode
+    /// 0600) when missing. Keep it outside `data_dir`, so that a copy of
+    /// the store does not hold what opens the secrets.
+    pub key_file: Option<PathBuf>,
+    /// Failed codes in a row that lock the identity.
+    pub max_failures: u32,
+    /// How long a locked identity stays locked.
+    pub lockout_secs: u64,
+    /// Wait after the first failed code; it doubles with each failure
+    /// (at most 60 s), and a code sent sooner is refused unchecked.
+    pub backoff_secs: u64,
+    /// A session ends after this long without a call (the console's too).
+    pub idle_secs: u64,
+    /// ...and this long after its sign-in at the latest.
+    pub session_secs: u64,
+    /// Certificate names (CN) that need no second factor: service
+    /// identities such as the node's own drill client or a timer's
+    /// verification. Their calls are audited as usual.
+    pub exempt: Vec<String>,
+}
+
+impl Default for SecondFactorConfig {
+    fn default() -> Self {
+        SecondFactorConfig {
+            enabled: false,
+            roles: vec!["admin".into(), "operator".into()],
+            key_file: None,
+            max_failures: 5,
+            lockout_secs: 900,
+            backoff_secs: 1,
+            idle_secs: 900,
+            session_secs: 8 * 3600,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// Purges (`refuge admin purge`): a request is confirmed by another admin
+/// after `delay_secs`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeConfig {
+    /// Least time between a purge's request and its confirmation.
+    pub delay_secs: u64,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig { delay_secs: 86_400 }
+    }
+}
+
 /// Recovery targets: a source breaches when its newest snapshot is older
 /// than `rpo_secs`, or its last drill is older than `drill_age_secs` (or it
 /// was never drilled), or its last drill failed. 0 switches a target off.
@@ -545,6 +613,7 @@ impl NodeConfig {
                 .flat_map(|s| std::iter::once(&mut s.credentials_file).chain(s.ca_file.as_mut())),
         )
         .chain(cfg.drill.scratch_dir.as_mut())
+        .chain(cfg.second_factor.key_file.as_mut())
         .chain(
             cfg.replication
                 .iter_mut()
@@ -617,6 +686,24 @@ impl NodeConfig {
                 s3.pack_mib
             ),
             _ => {}
+        }
+        let sf = &cfg.second_factor;
+        if sf.enabled {
+            if sf.key_file.is_none() {
+                bail!(
+                    "second_factor.enabled needs second_factor.key_file (where the key that seals the enrolled secrets is kept; created when missing)"
+                );
+            }
+            for r in &sf.roles {
+                if r != "admin" && r != "operator" {
+                    bail!(
+                        "second_factor.roles: {r:?} is not admin or operator (agents, replicas and auditors have no second factor)"
+                    );
+                }
+            }
+            if sf.max_failures == 0 || sf.idle_secs == 0 || sf.session_secs == 0 {
+                bail!("second_factor.max_failures, idle_secs and session_secs must be at least 1");
+            }
         }
         if cfg.site.is_empty() || cfg.site.len() > 64 {
             bail!("site must be 1 to 64 characters");

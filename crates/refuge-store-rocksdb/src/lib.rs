@@ -90,6 +90,12 @@ const CF_QUARANTINE: &str = "quarantine";
 const CF_COMMIT_TOKENS: &str = "commit_tokens";
 const CF_PACKS: &str = "packs";
 const CF_PACK_DEAD: &str = "pack_dead";
+/// Blob garbage collection of the `chunks` family (RocksDB's defaults):
+/// compactions relocate live blobs out of the oldest quarter of blob
+/// files. [`RocksStore::reclaim`] widens it to every file for one pass.
+const BLOB_GC_AGE_CUTOFF: &str = "0.25";
+const BLOB_GC_FORCE: &str = "1.0";
+
 const ALL_CFS: [&str; 12] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
@@ -279,6 +285,8 @@ impl RocksStore {
         chunks.set_blob_compression_type(DBCompressionType::None);
         chunks.set_compression_type(DBCompressionType::None);
         chunks.set_enable_blob_gc(true);
+        chunks.set_blob_gc_age_cutoff(BLOB_GC_AGE_CUTOFF.parse().unwrap_or(0.25));
+        chunks.set_blob_gc_force_threshold(BLOB_GC_FORCE.parse().unwrap_or(1.0));
         chunks.set_write_buffer_size(o.chunk_write_buffer_bytes);
 
         let mut small = Options::default();
@@ -597,6 +605,127 @@ impl RocksStore {
     }
 }
 
+impl RocksStore {
+    /// [`Store::collect_garbage`] over the unreferenced chunks whose keys
+    /// start with `prefix` (empty: every tenant).
+    fn collect_prefix(
+        &self,
+        prefix: &[u8],
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        let mut out = GcOutcome::default();
+        let mut from: Vec<u8> = prefix.to_vec();
+        loop {
+            // Candidates are read without the lock; each is re-checked
+            // under it.
+            let mut cands = Vec::with_capacity(GC_BATCH);
+            let it = self.db.iterator_cf(
+                self.cf(CF_UNREF),
+                IteratorMode::From(&from, Direction::Forward),
+            );
+            for item in it.take(GC_BATCH) {
+                let (k, _) = item.map_err(err)?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                cands.push(k.to_vec());
+            }
+            let Some(last) = cands.last() else { break };
+            from = last.clone();
+            from.push(0);
+            let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+            let since = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_UNREF), cands.iter(), false);
+            let counts = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_REFCOUNTS), cands.iter(), false);
+            let index = self
+                .db
+                .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), cands.iter(), false);
+            let mut batch = WriteBatch::default();
+            let mut doomed: Vec<Vec<u8>> = Vec::new();
+            for (((k, since), count), idx) in cands.iter().zip(since).zip(counts).zip(index) {
+                let Some(since) = since.map_err(err)? else {
+                    continue;
+                };
+                out.examined += 1;
+                if count_of(count.map_err(err)?.as_deref()) > 0 {
+                    batch.delete_cf(self.cf(CF_UNREF), k);
+                    out.referenced_again += 1;
+                } else if count_of(Some(&since)) < cutoff_micros {
+                    batch.delete_cf(self.cf(CF_UNREF), k);
+                    batch.delete_cf(self.cf(CF_REFCOUNTS), k);
+                    if let Some(idx) = idx.map_err(err)? {
+                        let stored = idx
+                            .get(4..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, u32::from_le_bytes);
+                        doomed.push(k.clone());
+                        out.deleted += 1;
+                        out.bytes += u64::from(stored);
+                    }
+                } else {
+                    out.kept_recent += 1;
+                }
+            }
+            // Where the doomed chunks lie, in one read (a packs store).
+            for (k, loc) in doomed.iter().zip(self.dead_locations(&doomed)?) {
+                self.record_dead(&mut batch, k, loc.as_deref())?;
+                batch.delete_cf(self.cf(CF_CHUNKS), k);
+                batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
+            }
+            fail_point!("store.gc.before_batch");
+            self.db.write(batch).map_err(err)?;
+            drop(_gc);
+            fail_point!("store.gc.after_batch");
+            progress(&out);
+        }
+        Ok(out)
+    }
+
+    /// Writes every memtable out and compacts every column family to its
+    /// last level, with blob garbage collection over every blob file, so
+    /// that deleted records leave no bytes on disk: SST files without
+    /// their tombstones' keys, blob files rewritten with only live blobs,
+    /// write-ahead logs of the deletes' time retired.
+    fn reclaim(&self) -> Result<()> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name)).map_err(err)?;
+        }
+        let chunks = self.cf(CF_CHUNKS);
+        self.db
+            .set_options_cf(
+                chunks,
+                &[
+                    ("blob_garbage_collection_age_cutoff", "1.0"),
+                    ("blob_garbage_collection_force_threshold", "0.0"),
+                ],
+            )
+            .map_err(err)?;
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        co.set_exclusive_manual_compaction(true);
+        // compact_range reports nothing; a background error shows in the
+        // store's health (`background_errors`).
+        for name in ALL_CFS {
+            self.db
+                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        let restore = self.db.set_options_cf(
+            chunks,
+            &[
+                ("blob_garbage_collection_age_cutoff", BLOB_GC_AGE_CUTOFF),
+                ("blob_garbage_collection_force_threshold", BLOB_GC_FORCE),
+            ],
+        );
+        restore.map_err(err)?;
+        self.db.flush_wal(true).map_err(err)?;
+        Ok(())
+    }
+}
+
 impl Store for RocksStore {
     fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
         Ok(self
@@ -888,73 +1017,22 @@ impl Store for RocksStore {
         cutoff_micros: i64,
         progress: &mut dyn FnMut(&GcOutcome),
     ) -> Result<GcOutcome> {
-        let mut out = GcOutcome::default();
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            // Candidates are read without the lock; each is re-checked
-            // under it.
-            let mut cands = Vec::with_capacity(GC_BATCH);
-            let it = self.db.iterator_cf(
-                self.cf(CF_UNREF),
-                IteratorMode::From(&from, Direction::Forward),
-            );
-            for item in it.take(GC_BATCH) {
-                let (k, _) = item.map_err(err)?;
-                cands.push(k.to_vec());
-            }
-            let Some(last) = cands.last() else { break };
-            from = last.clone();
-            from.push(0);
-            let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
-            let since = self
-                .db
-                .batched_multi_get_cf(self.cf(CF_UNREF), cands.iter(), false);
-            let counts = self
-                .db
-                .batched_multi_get_cf(self.cf(CF_REFCOUNTS), cands.iter(), false);
-            let index = self
-                .db
-                .batched_multi_get_cf(self.cf(CF_CHUNK_INDEX), cands.iter(), false);
-            let mut batch = WriteBatch::default();
-            let mut doomed: Vec<Vec<u8>> = Vec::new();
-            for (((k, since), count), idx) in cands.iter().zip(since).zip(counts).zip(index) {
-                let Some(since) = since.map_err(err)? else {
-                    continue;
-                };
-                out.examined += 1;
-                if count_of(count.map_err(err)?.as_deref()) > 0 {
-                    batch.delete_cf(self.cf(CF_UNREF), k);
-                    out.referenced_again += 1;
-                } else if count_of(Some(&since)) < cutoff_micros {
-                    batch.delete_cf(self.cf(CF_UNREF), k);
-                    batch.delete_cf(self.cf(CF_REFCOUNTS), k);
-                    if let Some(idx) = idx.map_err(err)? {
-                        let stored = idx
-                            .get(4..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(0, u32::from_le_bytes);
-                        doomed.push(k.clone());
-                        out.deleted += 1;
-                        out.bytes += u64::from(stored);
-                    }
-                } else {
-                    out.kept_recent += 1;
-                }
-            }
-            // Where the doomed chunks lie, in one read (a packs store).
-            for (k, loc) in doomed.iter().zip(self.dead_locations(&doomed)?) {
-                self.record_dead(&mut batch, k, loc.as_deref())?;
-                batch.delete_cf(self.cf(CF_CHUNKS), k);
-                batch.delete_cf(self.cf(CF_CHUNK_INDEX), k);
-            }
-            fail_point!("store.gc.before_batch");
-            self.db.write(batch).map_err(err)?;
-            drop(_gc);
-            fail_point!("store.gc.after_batch");
-            progress(&out);
-        }
+        let out = self.collect_prefix(&[], cutoff_micros, progress)?;
         self.forget_tokens(cutoff_micros.saturating_sub(COMMIT_TOKEN_KEEP_MICROS))?;
         Ok(out)
+    }
+
+    fn collect_tenant_garbage(
+        &self,
+        tenant: &TenantId,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        self.collect_prefix(&tenant_key(tenant), cutoff_micros, progress)
+    }
+
+    fn reclaim_space(&self) -> Result<()> {
+        self.reclaim()
     }
 
     fn chunk_usage(&self, tenant: &TenantId) -> Result<refuge_store::ChunkUsage> {

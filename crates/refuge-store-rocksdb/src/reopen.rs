@@ -153,6 +153,17 @@ impl Store for ReopeningStore {
     ) -> Result<GcOutcome> {
         self.with(|s| s.collect_garbage(cutoff_micros, progress))
     }
+    fn collect_tenant_garbage(
+        &self,
+        tenant: &TenantId,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        self.with(|s| s.collect_tenant_garbage(tenant, cutoff_micros, progress))
+    }
+    fn reclaim_space(&self) -> Result<()> {
+        self.with(|s| s.reclaim_space())
+    }
     fn list_chunk_ids(
         &self,
         tenant: &TenantId,

@@ -13,11 +13,23 @@ use crate::{PackStore, bucket_error, pack, pack_name, records_len};
 impl PackStore {
     /// Deletes or rewrites the packs garbage left (see the module docs).
     pub(crate) fn collect_packs(&self, out: &mut GcOutcome) -> Result<()> {
+        self.collect_packs_of(None, out)
+    }
+
+    /// Like [`Self::collect_packs`]; with `purged`, that tenant's packs
+    /// are rewritten when anything in them is dead, so that no deleted
+    /// chunk's bytes stay in the bucket.
+    pub(crate) fn collect_packs_of(
+        &self,
+        purged: Option<&refuge_core::TenantId>,
+        out: &mut GcOutcome,
+    ) -> Result<()> {
         for g in self.catalog.with_store(|s| s.pack_garbage())? {
+            let strict = purged.is_some_and(|t| *t == g.info.tenant) && g.dead_bytes > 0;
             if g.all_dead() {
                 self.delete_pack(&g)?;
                 out.packs_deleted += 1;
-            } else if g.dead_bytes.saturating_mul(2) >= g.info.bytes {
+            } else if strict || g.dead_bytes.saturating_mul(2) >= g.info.bytes {
                 self.rewrite_pack(&g)?;
                 out.packs_rewritten += 1;
             }

@@ -590,6 +590,26 @@ impl Store for PackStore {
         Ok(out)
     }
 
+    fn collect_tenant_garbage(
+        &self,
+        tenant: &TenantId,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        self.flush_packs(Some(tenant))?;
+        let mut out = self
+            .catalog
+            .collect_tenant_garbage(tenant, cutoff_micros, progress)?;
+        self.remove_orphans();
+        self.collect_packs_of(Some(tenant), &mut out)?;
+        progress(&out);
+        Ok(out)
+    }
+
+    fn reclaim_space(&self) -> Result<()> {
+        self.catalog.reclaim_space()
+    }
+
     fn list_chunk_ids(
         &self,
         tenant: &TenantId,

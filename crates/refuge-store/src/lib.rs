@@ -336,6 +336,24 @@ pub trait Store: Send + Sync + 'static {
         progress: &mut dyn FnMut(&GcOutcome),
     ) -> Result<GcOutcome>;
 
+    /// Like [`Store::collect_garbage`], for `tenant`'s chunks only (a
+    /// purge: other tenants' uploads in flight are not touched).
+    fn collect_tenant_garbage(
+        &self,
+        tenant: &TenantId,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome>;
+
+    /// Makes what was deleted leave the disk (and the bucket) too:
+    /// compaction of every record and body file, so that no byte of a
+    /// deleted chunk or snapshot stays where the store keeps its data.
+    /// Slow (it rewrites the store); a purge calls it. Provided: nothing
+    /// to do (a store that overwrites nothing in place).
+    fn reclaim_space(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Up to `limit` of `tenant`'s chunk ids after `after`, in id order.
     fn list_chunk_ids(
         &self,

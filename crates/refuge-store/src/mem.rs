@@ -51,6 +51,45 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    fn collect(
+        &self,
+        tenant: Option<&TenantId>,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        let mut g = self.lock();
+        let mut out = GcOutcome::default();
+        let entries: Vec<_> = g
+            .unref
+            .iter()
+            .filter(|((t, _), _)| tenant.is_none_or(|w| w == t))
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        for (k, since) in entries {
+            out.examined += 1;
+            if g.refs.get(&k).copied().unwrap_or(0) > 0 {
+                g.unref.remove(&k);
+                out.referenced_again += 1;
+            } else if since < cutoff_micros {
+                g.unref.remove(&k);
+                if let Some(c) = g.chunks.remove(&k) {
+                    out.deleted += 1;
+                    out.bytes += c.data.len() as u64;
+                }
+            } else {
+                out.kept_recent += 1;
+            }
+        }
+        if tenant.is_none() {
+            g.tokens
+                .retain(|_, (_, t)| *t >= cutoff_micros.saturating_sub(COMMIT_TOKEN_KEEP_MICROS));
+        }
+        progress(&out);
+        Ok(out)
+    }
+}
+
 impl Store for MemStore {
     fn chunk_lengths(&self, tenant: &TenantId, ids: &[ChunkId]) -> Result<Vec<Option<u32>>> {
         let g = self.lock();
@@ -242,28 +281,16 @@ impl Store for MemStore {
         cutoff_micros: i64,
         progress: &mut dyn FnMut(&GcOutcome),
     ) -> Result<GcOutcome> {
-        let mut g = self.lock();
-        let mut out = GcOutcome::default();
-        let entries: Vec<_> = g.unref.iter().map(|(k, t)| (k.clone(), *t)).collect();
-        for (k, since) in entries {
-            out.examined += 1;
-            if g.refs.get(&k).copied().unwrap_or(0) > 0 {
-                g.unref.remove(&k);
-                out.referenced_again += 1;
-            } else if since < cutoff_micros {
-                g.unref.remove(&k);
-                if let Some(c) = g.chunks.remove(&k) {
-                    out.deleted += 1;
-                    out.bytes += c.data.len() as u64;
-                }
-            } else {
-                out.kept_recent += 1;
-            }
-        }
-        g.tokens
-            .retain(|_, (_, t)| *t >= cutoff_micros.saturating_sub(COMMIT_TOKEN_KEEP_MICROS));
-        progress(&out);
-        Ok(out)
+        self.collect(None, cutoff_micros, progress)
+    }
+
+    fn collect_tenant_garbage(
+        &self,
+        tenant: &TenantId,
+        cutoff_micros: i64,
+        progress: &mut dyn FnMut(&GcOutcome),
+    ) -> Result<GcOutcome> {
+        self.collect(Some(tenant), cutoff_micros, progress)
     }
 
     fn chunk_usage(&self, tenant: &TenantId) -> Result<crate::ChunkUsage> {

@@ -13,12 +13,14 @@
 //!   metrics scrape and the console.
 //! - `slo`: which sources breach their recovery targets (`[slo]`).
 //! - `audit_copy`: the copies of peers' audit logs (`audit_copy/...`).
+//! - `purges`: purge requests and what they removed (`purge/ID`).
 //!
 //! Imports from the rest of the crate: `config` and `floor` only.
 
 pub(crate) mod audit_copy;
 pub(crate) mod drills;
 pub(crate) mod failures;
+pub(crate) mod purges;
 pub(crate) mod retention;
 pub(crate) mod slo;
 pub(crate) mod snapshots;

@@ -20,12 +20,34 @@ use refuge_tls::{ClientIdentity, Role, TenantScope, identity_from_cert};
 use tonic::{Request, Status};
 
 use super::audit::{AuditLog, Outcome};
+use super::second_factor::{SESSION_HEADER, SecondFactor};
 use crate::floor::store::store_status;
 
 /// Identity checks and the audit log, shared by every service.
 pub(crate) struct Access {
     revoked: RwLock<Arc<HashSet<String>>>,
     pub(crate) audit: AuditLog,
+    /// `[second_factor]`, when enabled.
+    pub(crate) second: Option<Arc<SecondFactor>>,
+    /// Tenants being purged: their agents are refused (UNAVAILABLE, so
+    /// they retry later) until the purge ends.
+    purging: std::sync::Mutex<HashSet<TenantId>>,
+}
+
+/// Refuses `tenant`'s agents while it lives (see [`Access::purging`]).
+pub(crate) struct Purging<'a> {
+    access: &'a Access,
+    tenant: TenantId,
+}
+
+impl Drop for Purging<'_> {
+    fn drop(&mut self) {
+        self.access
+            .purging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tenant);
+    }
 }
 
 /// What a caller may see of tenants.
@@ -37,11 +59,43 @@ pub(crate) enum Scope {
 }
 
 impl Access {
-    pub(crate) fn new(audit: AuditLog, revoked: HashSet<String>) -> Self {
+    pub(crate) fn new(
+        audit: AuditLog,
+        revoked: HashSet<String>,
+        second: Option<Arc<SecondFactor>>,
+    ) -> Self {
         Access {
             revoked: RwLock::new(Arc::new(revoked)),
             audit,
+            second,
+            purging: Default::default(),
         }
+    }
+
+    /// Refuses `tenant`'s agents until the guard is dropped (a purge).
+    pub(crate) fn purging(&self, tenant: &TenantId) -> Purging<'_> {
+        self.purging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
+        Purging {
+            access: self,
+            tenant: tenant.clone(),
+        }
+    }
+
+    fn is_purging(&self, tenant: &TenantId) -> bool {
+        self.purging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant)
+    }
+
+    /// The session token a call carries, if any.
+    pub(crate) fn session_of<T>(req: &Request<T>) -> Option<&str> {
+        req.metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// Replaces the revoked serials (normalised hex).
@@ -62,7 +116,8 @@ impl Access {
     }
 
     /// The caller of `rpc`, if its certificate names a refuge identity, is
-    /// not revoked, and has one of `roles`.
+    /// not revoked, has one of `roles`, and (with `[second_factor]`) a
+    /// live session if its role needs one.
     pub(crate) fn admit<T>(
         &self,
         req: &Request<T>,
@@ -75,10 +130,15 @@ impl Access {
             .unwrap_or_else(|| "unknown peer".into());
         let leaf = req.peer_certs();
         let leaf = leaf.as_ref().map(|c| c.first().map(|c| c.as_ref()));
-        self.admit_cert(&peer, leaf, rpc, roles)
+        let who = self.admit_cert(&peer, leaf, rpc, roles)?;
+        if let Some(sf) = &self.second {
+            sf.check(&who, Self::session_of(req), rpc)?;
+        }
+        Ok(who)
     }
 
-    /// Like [`Access::admit`], for the certificate chain's leaf of a
+    /// Like [`Access::admit`] without the second factor (the console
+    /// checks its own sessions), for the certificate chain's leaf of a
     /// connection from `peer` that is not a gRPC call (the console):
     /// `None` when the connection has no certificates, `Some(None)` for an
     /// empty chain. UNAUTHENTICATED and PERMISSION_DENIED as there.
@@ -209,6 +269,11 @@ impl Agent {
         let (tenant, host) = who
             .agent_of()
             .ok_or_else(|| Status::internal("agent identity without a tenant and host"))?;
+        if access.is_purging(&tenant) {
+            return Err(Status::unavailable(format!(
+                "{rpc}: tenant {tenant} is being purged; try again when the purge has ended"
+            )));
+        }
         Ok(Agent {
             tenant,
             host,

@@ -8,3 +8,4 @@
 pub(crate) mod access;
 pub(crate) mod audit;
 pub(crate) mod quota;
+pub(crate) mod second_factor;

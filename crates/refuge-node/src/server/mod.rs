@@ -40,8 +40,9 @@ use tracing::{info, warn};
 
 use self::gate::Gate;
 use crate::config::{
-    DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, NodeConfig, QuotaConfig,
-    ReplicationPeer, RetentionConfig, SloConfig, VerifyConfig, parse_window,
+    DrillConfig, EncryptionPolicy, GcConfig, HealthConfig, LimitsConfig, NodeConfig, PurgeConfig,
+    QuotaConfig, ReplicationPeer, RetentionConfig, SecondFactorConfig, SloConfig, VerifyConfig,
+    parse_window,
 };
 use crate::console::Console;
 use crate::floor::changes::Changes;
@@ -51,6 +52,7 @@ use crate::floor::metrics::Metrics;
 use crate::policy::access::Access;
 use crate::policy::audit::{AuditLog, Outcome};
 use crate::policy::quota::Quotas;
+use crate::policy::second_factor::SecondFactor;
 use crate::services::admin::AdminService;
 use crate::services::audit::AuditService;
 use crate::services::ingest::IngestService;
@@ -101,6 +103,10 @@ pub struct ServeOptions {
     /// configuration (client certificates optional: a page says why one
     /// is needed).
     pub console: Option<(SocketAddr, rustls_config::ServerConfig)>,
+    /// Second factors for admins and operators.
+    pub second_factor: SecondFactorConfig,
+    /// Purges of a tenant or source.
+    pub purge: PurgeConfig,
 }
 
 /// Re-export of the rustls type used in [`ServeOptions`].
@@ -196,6 +202,8 @@ pub async fn run(
             replication: cfg.replication,
             slo: cfg.slo,
             console,
+            second_factor: cfg.second_factor,
+            purge: cfg.purge,
         },
         shutdown,
     )
@@ -342,7 +350,16 @@ pub async fn serve(
     let metrics = Metrics::new();
     let audit = AuditLog::start(store.clone(), metrics.clone());
     let _ = audit_slot.set(audit.clone());
-    let access = Arc::new(Access::new(audit.clone(), opts.revoked));
+    let second = {
+        let (cfg, site, store, audit) = (
+            opts.second_factor.clone(),
+            opts.facts.site.clone(),
+            store.clone(),
+            audit.clone(),
+        );
+        tokio::task::spawn_blocking(move || SecondFactor::open(&cfg, &site, store, audit)).await??
+    };
+    let access = Arc::new(Access::new(audit.clone(), opts.revoked, second));
     audit.record(
         "node",
         "",
@@ -448,7 +465,7 @@ pub async fn serve(
             .max_encoding_message_size(max),
     );
     admin_gate.open(
-        AdminServer::new(AdminService::new(maintenance))
+        AdminServer::new(AdminService::new(maintenance, opts.purge.delay_secs))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );

@@ -1,5 +1,7 @@
 //! The `Admin` service's handlers (admins only): retention policies,
-//! pins, prune, verify and garbage collection. The work is
+//! pins, prune, verify and garbage collection; second factors and purges
+//! are handled in `second_factors.rs` and `purges.rs`, which the trait
+//! impl here calls. The work is
 //! `work::maintenance`; one maintenance job runs at a time, whether
 //! asked for here or scheduled.
 
@@ -11,6 +13,7 @@ use refuge_proto::pb::{self, admin_server::Admin};
 use refuge_tls::Role;
 use tonic::{Request, Response, Status};
 
+use super::{purges, second_factors};
 use crate::catalog::retention::{set_pin, set_policy};
 use crate::catalog::snapshots::{Pick, resolve};
 use crate::floor::store::{blocking, store_status};
@@ -46,11 +49,16 @@ fn tenant(s: &str) -> Result<TenantId, Status> {
 /// The admin service.
 pub struct AdminService {
     m: Arc<Maintenance>,
+    /// `[purge] delay_secs`.
+    purge_delay_secs: u64,
 }
 
 impl AdminService {
-    pub(crate) fn new(m: Arc<Maintenance>) -> Self {
-        AdminService { m }
+    pub(crate) fn new(m: Arc<Maintenance>, purge_delay_secs: u64) -> Self {
+        AdminService {
+            m,
+            purge_delay_secs,
+        }
     }
 }
 
@@ -229,5 +237,61 @@ impl Admin for AdminService {
             packs_deleted: o.packs_deleted,
             packs_rewritten: o.packs_rewritten,
         }))
+    }
+
+    async fn enroll_second_factor(
+        &self,
+        req: Request<pb::SecondFactorRequest>,
+    ) -> Result<Response<pb::EnrollSecondFactorResponse>, Status> {
+        second_factors::enroll(&self.m.access, req).await
+    }
+
+    async fn remove_second_factor(
+        &self,
+        req: Request<pb::SecondFactorRequest>,
+    ) -> Result<Response<pb::SecondFactorEntry>, Status> {
+        second_factors::remove(&self.m.access, req).await
+    }
+
+    async fn unlock_second_factor(
+        &self,
+        req: Request<pb::SecondFactorRequest>,
+    ) -> Result<Response<pb::SecondFactorEntry>, Status> {
+        second_factors::unlock(&self.m.access, req).await
+    }
+
+    async fn list_second_factors(
+        &self,
+        req: Request<pb::ListSecondFactorsRequest>,
+    ) -> Result<Response<pb::ListSecondFactorsResponse>, Status> {
+        second_factors::list(&self.m.access, req).await
+    }
+
+    async fn request_purge(
+        &self,
+        req: Request<pb::RequestPurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        purges::request(&self.m, self.purge_delay_secs, req).await
+    }
+
+    async fn confirm_purge(
+        &self,
+        req: Request<pb::PurgeIdRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        purges::confirm(&self.m, req).await
+    }
+
+    async fn cancel_purge(
+        &self,
+        req: Request<pb::PurgeIdRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        purges::cancel(&self.m, req).await
+    }
+
+    async fn list_purges(
+        &self,
+        req: Request<pb::ListPurgesRequest>,
+    ) -> Result<Response<pb::ListPurgesResponse>, Status> {
+        purges::list(&self.m, req).await
     }
 }

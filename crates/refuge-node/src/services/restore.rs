@@ -229,7 +229,14 @@ impl Restore for RestoreService {
             refuge_tls::TenantScope::All => vec!["*".to_string()],
             refuge_tls::TenantScope::Only(t) => t.iter().map(|t| t.to_string()).collect(),
         };
+        let second_factor = self
+            .access
+            .second
+            .as_ref()
+            .map_or("", |sf| sf.state_of(&who, Access::session_of(&req)))
+            .to_string();
         Ok(Response::new(pb::WhoAmIResponse {
+            second_factor,
             tenant,
             host,
             node_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -238,6 +245,25 @@ impl Restore for RestoreService {
             tenants,
             serial: who.serial.clone(),
             site: self.site.clone(),
+        }))
+    }
+
+    async fn sign_in(
+        &self,
+        req: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let who = self.access.admit(&req, "SignIn", &Role::ALL)?;
+        let Some(sf) = self.access.second.clone() else {
+            return Err(Status::failed_precondition(
+                "this node requires no second factor ([second_factor] enabled = false)",
+            ));
+        };
+        let code = req.into_inner().code;
+        let opened = blocking(move || sf.sign_in(&who, &code)).await?;
+        Ok(Response::new(pb::SignInResponse {
+            session: opened.token,
+            idle_secs: opened.idle_secs,
+            expires_unix_micros: opened.expires_micros,
         }))
     }
 }

@@ -13,6 +13,7 @@
 pub(crate) mod drills;
 pub(crate) mod ingest;
 pub(crate) mod maintenance;
+pub(crate) mod purge;
 pub(crate) mod replica;
 pub(crate) mod replicate;
 pub(crate) mod self_drill;
