@@ -22,6 +22,7 @@ mod mariadb;
 mod network;
 mod postgres;
 mod power_loss;
+mod purge;
 mod rejections;
 mod replication;
 mod retention;

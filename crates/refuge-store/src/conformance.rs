@@ -314,6 +314,40 @@ pub fn gc_deletes_only_old_unreferenced_chunks(s: &dyn Store) {
     assert_eq!(s.put_chunks(&a, &[(id, c)], 9_000).unwrap().stored, 1);
 }
 
+/// A tenant's collection (a purge's) deletes that tenant's unreferenced
+/// chunks only, and never a referenced one; reclaiming space afterwards
+/// keeps every live chunk readable.
+pub fn tenant_gc_touches_only_its_tenant(s: &dyn Store) {
+    let (a, a2, b) = (tenant("alpha"), tenant("alpha2"), tenant("beta"));
+    let (kept, ck) = chunk(b"referenced by alpha");
+    let (orphan, co) = chunk(b"unreferenced everywhere");
+    for t in [&a, &a2, &b] {
+        s.put_chunks(t, &[(orphan, co.clone())], 100).unwrap();
+    }
+    s.put_chunks(&a, &[(kept, ck)], 100).unwrap();
+    let mut n = new_snapshot("alpha", "etc", kept);
+    n.refs = [kept].into();
+    s.commit_snapshot(n, 200).unwrap();
+    let o = s
+        .collect_tenant_garbage(&a, 1_000_000, &mut |_| {})
+        .unwrap();
+    assert_eq!(o.deleted, 1, "{o:?}");
+    s.reclaim_space().unwrap();
+    assert!(s.get_chunk(&a, &orphan).unwrap().is_none());
+    assert!(s.get_chunk(&a, &kept).unwrap().is_some());
+    for t in [&a2, &b] {
+        assert!(
+            s.get_chunk(t, &orphan).unwrap().is_some(),
+            "{t}'s chunk went"
+        );
+    }
+    // The node-wide collection still finds the others.
+    assert_eq!(
+        s.collect_garbage(1_000_000, &mut |_| {}).unwrap().deleted,
+        2
+    );
+}
+
 /// A commit or an import takes the chunks it references out of the
 /// unreferenced set, and a deletion that frees one puts it back: garbage
 /// collection looks only at chunks nothing references.
@@ -600,6 +634,11 @@ macro_rules! conformance_tests {
         fn conformance_gc_deletes_only_old_unreferenced_chunks() {
             let s = $make;
             $crate::conformance::gc_deletes_only_old_unreferenced_chunks(&*s);
+        }
+        #[test]
+        fn conformance_tenant_gc_touches_only_its_tenant() {
+            let s = $make;
+            $crate::conformance::tenant_gc_touches_only_its_tenant(&*s);
         }
         #[test]
         fn conformance_references_leave_the_unreferenced_set() {
