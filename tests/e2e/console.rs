@@ -482,3 +482,116 @@ fn the_fleet_shows_quarantined_chunks_and_replication_to_the_other_site() {
         c.stop_node();
     }
 }
+
+/// With `[second_factor]`, an operator's browser sees the sign-in page
+/// until it posts a valid code (a wrong one is refused and counted), then
+/// the fleet; after `idle_secs` without a request the session has ended
+/// and the sign-in page says so. An auditor (no second factor) signs in
+/// with the certificate alone.
+#[test]
+fn a_second_factor_guards_the_console_and_idle_sessions_end() {
+    use refuge_tests::{early_in_totp_step, run_env, totp_code};
+    let mut c = Cluster::configured("");
+    let admin = c.client(&["--role", "admin", "--name", "root1"]);
+    let operator = c.client(&[
+        "--role", "operator", "--tenant", "finance", "--name", "fin-ops",
+    ]);
+    let auditor = c.client(&["--role", "auditor", "--name", "supervision"]);
+    let port = free_local_port();
+    let mut toml = fs::read_to_string(c.path().join("node.toml")).unwrap();
+    toml.push_str(&format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\n\
+         [second_factor]\nenabled = true\nkey_file = \"sf.key\"\nidle_secs = 3\n"
+    ));
+    fs::write(c.path().join("node.toml"), toml).unwrap();
+    c.start_node();
+    let data = c.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("a.bin"), noise(100 << 10, 7)).unwrap();
+    c.backed_up_agent(&[("data", &data, "tree")]);
+    let refuge = |cfg: &Path, code: Option<&str>, args: &[&str]| {
+        let mut all = vec!["-c", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut env = vec![("REFUGE_SESSION_DIR", "off")];
+        if let Some(code) = code {
+            env.push(("REFUGE_TOTP", code));
+        }
+        run_env("refuge", c.path(), &all, &env).ok()
+    };
+    let enroll = |code: Option<&str>, role: &str, name: &str| {
+        refuge(
+            &admin,
+            code,
+            &[
+                "admin",
+                "second-factor",
+                "enroll",
+                "--role",
+                role,
+                "--name",
+                name,
+                "--json",
+            ],
+        )
+        .json()["secret_base32"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let root = enroll(None, "admin", "root1");
+    early_in_totp_step();
+    let ops = enroll(Some(&totp_code(&root, 0)), "operator", "fin-ops");
+
+    let ca = c.path().join("certs/ca.pem");
+    let url = format!("https://127.0.0.1:{port}/");
+    let b = Browser::new(&ca, Some(&identity(&c, &operator)));
+    b.open(&url);
+    assert_eq!(
+        b.text_of("#login-title"),
+        "Sign in with your second factor",
+        "{}",
+        b.text()
+    );
+    assert!(!b.text().contains("finance"), "{}", b.text());
+    b.screenshot(&shots().join("sign-in.png"));
+    let wrong = if totp_code(&ops, 0) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    b.fill("#code", wrong);
+    b.click("#sign-in");
+    // (A posted form's page may still be loading when the click returns.)
+    b.wait_for_text("wrong code (1 in a row)", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1100));
+    early_in_totp_step();
+    b.fill("#code", &totp_code(&ops, 0));
+    b.click("#sign-in");
+    let fleet = b.wait_for_text("finance", Duration::from_secs(10));
+    assert!(b.text_of("#who").contains("fin-ops"), "{fleet}");
+    // Requests keep the session alive...
+    std::thread::sleep(Duration::from_secs(2));
+    b.open(&url);
+    assert!(b.text().contains("finance"), "{}", b.text());
+    // ...and it ends after 3 s without one.
+    std::thread::sleep(Duration::from_secs(4));
+    b.open(&format!("{url}node"));
+    b.wait_for_text("without a call", Duration::from_secs(10));
+    assert_eq!(
+        b.eval("document.querySelector('input[name=next]').value"),
+        "/node"
+    );
+    drop(b);
+
+    let a = Browser::new(&ca, Some(&identity(&c, &auditor)));
+    a.open(&url);
+    assert!(a.text().contains("finance"), "{}", a.text());
+    drop(a);
+    let log = c.audit(&auditor);
+    assert!(
+        log.iter().any(|r| r["event"] == "second_factor_ok"
+            && r["subject"].as_str().unwrap_or("").contains("fin-ops")),
+        "no sign-in of fin-ops in the audit log"
+    );
+    c.stop_node();
+}

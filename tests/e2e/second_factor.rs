@@ -10,40 +10,18 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use refuge_tests::{Cluster, Run, noise, run, run_env};
-use totp_rs::{Algorithm, Builder, Secret};
+use refuge_tests::{Cluster, Run, early_in_totp_step, noise, run, run_env, totp_code};
 
 const NODE: &str = "[second_factor]\nenabled = true\nkey_file = \"sf.key\"\nmax_failures = 3\nlockout_secs = 600\nbackoff_secs = 1\nidle_secs = 4\nexempt = [\"timer\"]\n";
 
-/// The code of `secret` (base32) `steps` steps from now.
 fn code(secret: &str, steps: i64) -> String {
-    let t = Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
-        .with_secret(Secret::try_from_base32(secret).unwrap())
-        .build()
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    t.generate((now + steps * 30) as u64).to_string()
+    totp_code(secret, steps)
 }
 
-/// Waits, if needed, until at least 8 s remain in the current step, so
-/// that codes computed now are still in the node's window when checked.
 fn early_in_step() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    if now % 30 > 22 {
-        std::thread::sleep(Duration::from_secs(31 - now % 30));
-    }
+    early_in_totp_step()
 }
 
 /// `refuge -c CFG ARGS` with `REFUGE_SESSION_DIR` = `sessions` (or

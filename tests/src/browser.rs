@@ -177,6 +177,20 @@ impl Browser {
         self.tab.wait_until_navigated().expect("page loads");
     }
 
+    /// Types `text` into the input matching `selector` (emptied first).
+    pub fn fill(&self, selector: &str, text: &str) {
+        self.eval(&format!(
+            "(e => {{ e.value = ''; return 'ok'; }})(document.querySelector({}))",
+            serde_json::to_string(selector).unwrap()
+        ));
+        self.tab
+            .wait_for_element(selector)
+            .expect("element")
+            .click()
+            .expect("click");
+        self.tab.type_str(text).expect("type");
+    }
+
     /// Waits until the page's text contains `needle` (the page may refresh
     /// itself meanwhile).
     pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> String {

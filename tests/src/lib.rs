@@ -1012,3 +1012,34 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The TOTP code (RFC 6238: SHA-1, 6 digits, 30 s) of the base32
+/// `secret` `steps` steps from now, as an authenticator app shows it.
+pub fn totp_code(secret: &str, steps: i64) -> String {
+    use totp_rs::{Algorithm, Builder, Secret};
+    let t = Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(30)
+        .with_secret(Secret::try_from_base32(secret).unwrap())
+        .build()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    t.generate((now + steps * 30) as u64).to_string()
+}
+
+/// Waits, if needed, until at least 8 s remain in the current TOTP step,
+/// so that codes computed now are still in the node's window when checked.
+pub fn early_in_totp_step() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now % 30 > 22 {
+        std::thread::sleep(Duration::from_secs(31 - now % 30));
+    }
+}

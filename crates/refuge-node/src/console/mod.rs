@@ -13,7 +13,9 @@
 //! tenants; refusals audited). The handshake asks for a certificate but
 //! does not require one (`refuge_tls::console_server_config`), so that a
 //! browser without one gets a page that says what is needed; a
-//! certificate that is not the CA's fails the handshake. Operators see
+//! certificate that is not the CA's fails the handshake. With
+//! `[second_factor]`, admins and operators also sign in with a TOTP code
+//! (`session`); their session ends when idle. Operators see
 //! their granted tenants only (another tenant looks like one with no
 //! data); auditors and admins see every tenant; only auditors read the
 //! audit log, as with `ReadAudit`. Pages need no JavaScript: charts are
@@ -26,10 +28,13 @@
 //! - `pages`: the handlers: who may see what, then the catalog reads.
 //! - `views`: the templates' data (askama, `templates/console/`) and the
 //!   formatting of times, sizes and durations.
+//! - `session`: the sign-in page and session cookie, where the node
+//!   requires a second factor (`[second_factor]`).
 //! - `chart`: SVG line charts.
 
 mod chart;
 mod pages;
+mod session;
 mod views;
 
 use std::net::SocketAddr;

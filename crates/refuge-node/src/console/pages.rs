@@ -32,7 +32,7 @@ use super::views::{
     SnapshotRow, SourcePage, SourceRow, TenantBlock, UsageRow, age, bytes, duration, markdown,
     short_id, time,
 };
-use super::{Console, Peer};
+use super::{Console, Peer, session};
 use crate::catalog::drills::{get_drill, list_drills, report};
 use crate::catalog::slo::secs;
 use crate::catalog::status::{sources_of, usage_of};
@@ -43,7 +43,7 @@ use crate::policy::audit::Outcome;
 use crate::work::self_drill::Ask;
 
 /// Who may sign in at all.
-const SIGN_IN: [Role; 3] = [Role::Operator, Role::Admin, Role::Auditor];
+pub(super) const SIGN_IN: [Role; 3] = [Role::Operator, Role::Admin, Role::Auditor];
 /// Who sees every tenant, and may start drills.
 const NODE_WIDE: [Role; 2] = [Role::Admin, Role::Auditor];
 /// Points drawn per chart, newest.
@@ -67,7 +67,12 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/drills/{id}", get(node_drill))
         .route("/audit", get(audit))
         .route("/node", get(node))
+        .route("/login", get(session::login_form).post(session::login))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            session::require,
+        ))
         .layer(axum::middleware::map_response(headers))
         .with_state(console)
 }
@@ -102,7 +107,7 @@ async fn css() -> Response {
 /// A page, or the page that says why not.
 type Page = Result<Response, Response>;
 
-fn html(status: StatusCode, t: &impl Template) -> Response {
+pub(super) fn html(status: StatusCode, t: &impl Template) -> Response {
     match t.render() {
         Ok(body) => (
             status,
@@ -129,7 +134,7 @@ fn anonymous(c: &Console) -> Nav {
     }
 }
 
-fn nav(c: &Console, who: &ClientIdentity, here: &'static str) -> Nav {
+pub(super) fn nav(c: &Console, who: &ClientIdentity, here: &'static str) -> Nav {
     Nav {
         who: who.name.clone(),
         role: who.role.to_string(),
@@ -185,7 +190,12 @@ fn refusal(c: &Console, nav: Option<Nav>, s: &Status) -> Response {
 }
 
 /// The caller of `page`, if it may see it.
-fn admit(c: &Console, peer: &Peer, page: &str, roles: &[Role]) -> Result<ClientIdentity, Response> {
+pub(super) fn admit(
+    c: &Console,
+    peer: &Peer,
+    page: &str,
+    roles: &[Role],
+) -> Result<ClientIdentity, Response> {
     let leaf = peer.leaf.as_ref().map(|l| Some(l.as_slice()));
     c.node
         .access
@@ -286,7 +296,7 @@ async fn fleet(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Pee
 
 /// The form token of a certificate: a keyed hash of its serial, so that
 /// another site cannot post a form in the signed-in browser's name.
-fn form_token(c: &Console, who: &ClientIdentity) -> String {
+pub(super) fn form_token(c: &Console, who: &ClientIdentity) -> String {
     let h = blake3::keyed_hash(&c.form_key, who.serial.as_bytes());
     hex::encode(&h.as_bytes()[..16])
 }

@@ -123,6 +123,19 @@ pub(crate) struct TenantBlock {
 }
 
 /// `/`: every tenant, host and source in the caller's scope.
+/// The second factor's sign-in page.
+#[derive(Template)]
+#[template(path = "console/login.html")]
+pub(crate) struct LoginPage {
+    pub(crate) nav: Nav,
+    /// Why the last attempt (or the session) failed.
+    pub(crate) error: String,
+    pub(crate) token: String,
+    /// Where to go once signed in.
+    pub(crate) next: String,
+    pub(crate) idle: String,
+}
+
 #[derive(Template)]
 #[template(path = "console/fleet.html")]
 pub(crate) struct Fleet {
