@@ -782,6 +782,25 @@ mod tests {
         assert!(cfg.replication.is_empty());
         assert_eq!(cfg.console, ConsoleConfig::default());
         assert_eq!(cfg.slo, SloConfig::default());
+        assert_eq!(cfg.second_factor, SecondFactorConfig::default());
+        assert_eq!(cfg.purge, PurgeConfig::default());
+    }
+
+    #[test]
+    fn a_second_factor_needs_a_key_file_and_known_roles() {
+        let base = "listen = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[second_factor]\nenabled = true\n";
+        let e = NodeConfig::parse(base).unwrap_err().to_string();
+        assert!(e.contains("needs second_factor.key_file"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}key_file = \"k\"\nroles = [\"auditor\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"auditor\" is not admin or operator"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}key_file = \"k\"\nidle_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let ok = NodeConfig::parse(&format!("{base}key_file = \"k\"\n")).unwrap();
+        assert_eq!(ok.second_factor.roles, ["admin", "operator"]);
     }
 
     #[test]
