@@ -152,10 +152,10 @@ pub struct ReplicationPeer {
     /// decides; no peer can ask it to delete.
     #[serde(default)]
     pub follow_deletions: bool,
-    /// Push only: keep a copy of this node's audit log at the peer, sent
-    /// after each pass (on by default). The peer's replica certificate
-    /// must grant every tenant; turn it off for a peer that holds only
-    /// some tenants.
+    /// Push: keep a copy of this node's audit log at the peer, sent after
+    /// each pass; pull: keep a copy of the peer's log here, fetched after
+    /// each pass (on by default). The replica certificate must grant
+    /// every tenant; turn it off for a peer that holds only some tenants.
     #[serde(default = "yes")]
     pub copy_audit: bool,
 }

@@ -32,6 +32,7 @@ use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::catalog::audit_copy;
 use crate::config::{Direction, EncryptionPolicy, ReplicationPeer};
 use crate::floor::changes::Changes;
 use crate::floor::clock::now_micros;
@@ -533,6 +534,45 @@ impl Remote {
 }
 
 impl Remote {
+    /// Fetches the peer's audit records this node's copy of its log
+    /// (origin `origin`) lacks, in order, and appends them along the
+    /// chain; returns how many were added.
+    async fn fetch_audit(&self, store: &Arc<dyn Store>, origin: &str) -> anyhow::Result<u64> {
+        let mut added = 0;
+        loop {
+            let (s, o) = (store.clone(), origin.to_string());
+            let (seq, _) = blocking(move || audit_copy::head(&*s, &o))
+                .await
+                .map_err(status_error)?;
+            let r = self
+                .call(
+                    "reading the peer's audit log",
+                    self.client
+                        .clone()
+                        .read_audit_log(self.req(pb::ReadAuditLogRequest { from_seq: seq + 1 })),
+                )
+                .await?;
+            let n = r.records.len();
+            if n == 0 {
+                break;
+            }
+            let (s, o) = (store.clone(), origin.to_string());
+            blocking(move || audit_copy::append(&*s, &o, &r.records))
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "the peer's audit records do not continue our copy: {}",
+                        e.message()
+                    )
+                })?;
+            added += n as u64;
+            if n < AUDIT_COPY_BATCH {
+                break;
+            }
+        }
+        Ok(added)
+    }
+
     /// Indexes of `ids` (at most `MAX_FIND_IDS`) the peer deleted.
     async fn deleted(&self, t: &TenantId, ids: &[SnapshotId]) -> anyhow::Result<Vec<usize>> {
         let mut c = self.client.clone();
@@ -853,14 +893,18 @@ impl PeerTask {
                 }
             }
         }
-        // A pushing node keeps a copy of its audit log at the peer.
-        if p.direction == Direction::Push
-            && p.copy_audit
-            && let Err(e) = remote.copy_audit(&self.local.store).await
-        {
-            let text = format!("audit log: {e:#}");
-            self.board.update(p, "", |r| r.last_error = text.clone());
-            first_error.get_or_insert(anyhow!(text));
+        // A pushing node keeps a copy of its audit log at the peer; a
+        // pulling node keeps a copy of the peer's, under the peer's name.
+        if p.copy_audit {
+            let copied = match p.direction {
+                Direction::Push => remote.copy_audit(&self.local.store).await,
+                Direction::Pull => remote.fetch_audit(&self.local.store, &p.name).await,
+            };
+            if let Err(e) = copied {
+                let text = format!("audit log: {e:#}");
+                self.board.update(p, "", |r| r.last_error = text.clone());
+                first_error.get_or_insert(anyhow!(text));
+            }
         }
         match first_error {
             Some(e) => Err(e),
