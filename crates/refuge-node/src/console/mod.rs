@@ -25,6 +25,7 @@
 //!
 //! - `mod.rs`: the listener (TLS handshakes off the accept loop), the
 //!   router and the shared state.
+//! - `routes`: the router and the headers of every answer.
 //! - `pages`: the handlers: who may see what, then the catalog reads.
 //! - `views`: the templates' data (askama, `templates/console/`) and the
 //!   formatting of times, sizes and durations.
@@ -34,6 +35,7 @@
 
 mod chart;
 mod pages;
+mod routes;
 mod session;
 mod views;
 
@@ -185,7 +187,7 @@ pub(crate) async fn serve(
         stop.clone(),
     ));
     info!(%local, "web console on https://{local}/ (client certificates of the CA)");
-    let app = pages::router(console);
+    let app = routes::router(console);
     let mut stop = stop;
     axum::serve(
         TlsListener { conns: rx, local },

@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use askama::Template;
-use axum::Router;
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 use refuge_core::audit::{ChainBreak, verify_chain};
 use refuge_core::{HostName, SnapshotRecord, SourceName, TenantId};
 use refuge_proto::pb;
@@ -32,7 +30,7 @@ use super::views::{
     SnapshotRow, SourcePage, SourceRow, TenantBlock, UsageRow, age, bytes, duration, markdown,
     short_id, time,
 };
-use super::{Console, Peer, session};
+use super::{Console, Peer};
 use crate::catalog::drills::{get_drill, list_drills, report};
 use crate::catalog::slo::secs;
 use crate::catalog::status::{sources_of, usage_of};
@@ -56,47 +54,7 @@ const MAX_AUDIT_ROWS: usize = 5000;
 /// Audit records read (and their chain checked) per store call.
 const AUDIT_BATCH: usize = 1024;
 
-/// Every route of the console.
-pub(crate) fn router(console: Arc<Console>) -> Router {
-    Router::new()
-        .route("/", get(fleet))
-        .route("/console.css", get(css))
-        .route("/source/{tenant}/{host}/{source}", get(source))
-        .route("/drill/{tenant}/{seq}", get(drill))
-        .route("/drills", axum::routing::post(start_drill))
-        .route("/drills/{id}", get(node_drill))
-        .route("/audit", get(audit))
-        .route("/node", get(node))
-        .route("/login", get(session::login_form).post(session::login))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            console.clone(),
-            session::require,
-        ))
-        .layer(axum::middleware::map_response(headers))
-        .with_state(console)
-}
-
-/// What every page says to the browser: nothing from elsewhere, no
-/// framing, no caching of tenant data.
-async fn headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    for (k, v) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
-    ] {
-        h.insert(k, HeaderValue::from_static(v));
-    }
-    r
-}
-
-async fn css() -> Response {
+pub(super) async fn css() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("../../templates/console/console.css"),
@@ -243,7 +201,10 @@ fn replication_lines(rows: &[pb::ReplicationStatus], tenant: Option<&str>) -> Ve
         .collect()
 }
 
-async fn fleet(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Page {
+pub(super) async fn fleet(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Page {
     let who = admit(&c, &peer, "/", &SIGN_IN)?;
     let now = now_micros();
     let (store, slo, w) = (c.node.store.clone(), c.node.slo.clone(), who.clone());
@@ -305,7 +266,7 @@ fn chart_time(t: i64) -> String {
     time(t).chars().take(16).collect()
 }
 
-async fn source(
+pub(super) async fn source(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path((tenant, host, source)): Path<(String, String, String)>,
@@ -467,7 +428,7 @@ async fn source(
     ))
 }
 
-async fn drill(
+pub(super) async fn drill(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path((tenant, seq)): Path<(String, String)>,
@@ -545,7 +506,7 @@ async fn drill(
 }
 
 #[derive(Deserialize)]
-struct DrillForm {
+pub(super) struct DrillForm {
     tenant: String,
     host: String,
     source: String,
@@ -554,7 +515,7 @@ struct DrillForm {
     random_point: Option<String>,
 }
 
-async fn start_drill(
+pub(super) async fn start_drill(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Form(f): Form<DrillForm>,
@@ -596,7 +557,7 @@ async fn start_drill(
     }
 }
 
-async fn node_drill(
+pub(super) async fn node_drill(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
@@ -629,7 +590,7 @@ async fn node_drill(
 }
 
 #[derive(Deserialize, Default)]
-struct AuditFilter {
+pub(super) struct AuditFilter {
     #[serde(default)]
     tenant: String,
     #[serde(default)]
@@ -701,7 +662,7 @@ fn scan_audit(store: &dyn Store, f: &AuditFilter, limit: usize) -> Result<AuditS
     Ok(scan)
 }
 
-async fn audit(
+pub(super) async fn audit(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(f): Query<AuditFilter>,
@@ -753,7 +714,10 @@ async fn audit(
     ))
 }
 
-async fn node(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Page {
+pub(super) async fn node(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Page {
     let who = admit(&c, &peer, "/node", &SIGN_IN)?;
     let nav = nav(&c, &who, "node");
     let (store, w) = (c.node.store.clone(), who.clone());
@@ -855,7 +819,10 @@ async fn node(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Peer
     ))
 }
 
-async fn not_found(State(c): State<Arc<Console>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Page {
+pub(super) async fn not_found(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Page {
     let who = admit(&c, &peer, "/", &SIGN_IN)?;
     Err(refusal(
         &c,

@@ -19,7 +19,7 @@ use refuge_store::Store;
 use refuge_tls::{ClientIdentity, Role, TenantScope, identity_from_cert};
 use tonic::{Request, Status};
 
-use super::audit::{AuditLog, Outcome};
+use super::audit::{AuditLog, Outcome, tenant_text};
 use super::second_factor::{SESSION_HEADER, SecondFactor};
 use crate::floor::store::store_status;
 
@@ -287,14 +287,6 @@ impl Agent {
     pub(crate) fn record(&self, event: &str, outcome: Outcome, detail: &str) {
         self.audit
             .record(&self.subject, self.tenant.as_str(), event, outcome, detail);
-    }
-}
-
-/// The tenants of an identity as the audit log names them.
-pub(crate) fn tenant_text(who: &ClientIdentity) -> String {
-    match &who.tenants {
-        TenantScope::All => "*".into(),
-        TenantScope::Only(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use refuge_core::audit::AuditEvent;
 use refuge_store::Store;
+use refuge_tls::{ClientIdentity, TenantScope};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -153,5 +154,13 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, dropped: Arc
         for w in waiters {
             let _ = w.send(());
         }
+    }
+}
+
+/// The tenants of an identity as the audit log names them.
+pub(crate) fn tenant_text(who: &ClientIdentity) -> String {
+    match &who.tenants {
+        TenantScope::All => "*".into(),
+        TenantScope::Only(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
     }
 }

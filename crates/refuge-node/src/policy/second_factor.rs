@@ -26,7 +26,7 @@ use tonic::Status;
 use totp_rs::{Algorithm, Builder, Totp};
 use zeroize::Zeroizing;
 
-use super::audit::{AuditLog, Outcome};
+use super::audit::{AuditLog, Outcome, tenant_text};
 use crate::config::SecondFactorConfig;
 use crate::floor::clock::now_micros;
 use crate::floor::store::store_status;
@@ -211,7 +211,7 @@ impl SecondFactor {
 
     /// Whether `who` needs a second factor at all.
     pub(crate) fn needed(&self, who: &ClientIdentity) -> bool {
-        self.roles.contains(&who.role) && !self.cfg.exempt.iter().any(|n| *n == who.name)
+        self.roles.contains(&who.role) && !self.cfg.exempt.contains(&who.name)
     }
 
     fn seal(&self, id: &str, secret: &[u8]) -> String {
@@ -375,7 +375,7 @@ impl SecondFactor {
     fn refuse(&self, who: &ClientIdentity, rpc: &str, state: &'static str, why: String) -> Status {
         self.audit.record(
             &who.subject(),
-            &super::access::tenant_text(who),
+            &tenant_text(who),
             "auth_failed",
             Outcome::Refused,
             &why,
@@ -398,7 +398,7 @@ impl SecondFactor {
     /// after `max_failures`; a code is accepted once.
     pub(crate) fn sign_in(&self, who: &ClientIdentity, code: &str) -> Result<Opened, Status> {
         let subject = who.subject();
-        let tenants = super::access::tenant_text(who);
+        let tenants = tenant_text(who);
         let audit = |event: &str, outcome: Outcome, detail: &str| {
             self.audit
                 .record(&subject, &tenants, event, outcome, detail)
@@ -632,5 +632,151 @@ fn view(id: &str, e: &Enrolment) -> EntryView {
         failures: e.failures,
         locked_until_micros: e.locked_until_micros,
         last_sign_in_micros: e.last_sign_in_micros,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refuge_store::MemStore;
+    use refuge_tls::TenantScope;
+
+    fn who(role: Role, name: &str, serial: &str) -> ClientIdentity {
+        ClientIdentity {
+            role,
+            name: name.into(),
+            tenants: TenantScope::All,
+            serial: serial.into(),
+        }
+    }
+
+    fn code(secret: &str, steps: i64) -> String {
+        let t = Builder::new()
+            .with_algorithm(Algorithm::SHA1)
+            .with_digits(6)
+            .with_skew(1)
+            .with_step_duration(30)
+            .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
+            .build()
+            .unwrap();
+        let now = now_micros() / 1_000_000 + steps * 30;
+        t.generate(now as u64).to_string()
+    }
+
+    struct Setup {
+        _rt: tokio::runtime::Runtime,
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        audit: AuditLog,
+    }
+
+    fn setup() -> Setup {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let audit = {
+            let _g = rt.enter();
+            AuditLog::start(store.clone(), crate::floor::metrics::Metrics::new())
+        };
+        Setup {
+            _rt: rt,
+            dir: tempfile::tempdir().unwrap(),
+            store,
+            audit,
+        }
+    }
+
+    fn open(
+        s: &Setup,
+        key: &str,
+        edit: impl FnOnce(&mut SecondFactorConfig),
+    ) -> anyhow::Result<Arc<SecondFactor>> {
+        let mut cfg = SecondFactorConfig {
+            enabled: true,
+            key_file: Some(s.dir.path().join(key)),
+            ..SecondFactorConfig::default()
+        };
+        edit(&mut cfg);
+        SecondFactor::open(&cfg, "prov", s.store.clone(), s.audit.clone()).map(|o| o.unwrap())
+    }
+
+    #[test]
+    fn the_first_enrolment_is_an_admins_and_then_the_door_shuts() {
+        let s = setup();
+        let sf = open(&s, "k", |_| {}).unwrap();
+        let (a, b) = (who(Role::Admin, "a", "1"), who(Role::Admin, "b", "2"));
+        sf.check(&a, None, "EnrollSecondFactor").unwrap();
+        let e = sf.check(&a, None, "Prune").unwrap_err();
+        assert!(e.message().contains("has none enrolled"), "{}", e.message());
+        sf.enroll(Role::Admin, "a", "admin:a").unwrap();
+        let e = sf.check(&b, None, "EnrollSecondFactor").unwrap_err();
+        assert!(
+            e.message().contains("b has none enrolled"),
+            "{}",
+            e.message()
+        );
+        // WhoAmI and SignIn need no session; agents, auditors and exempt
+        // names need none at all.
+        sf.check(&a, None, "WhoAmI").unwrap();
+        sf.check(&who(Role::Agent, "h", "3"), None, "PutChunks")
+            .unwrap();
+        sf.check(&who(Role::Auditor, "x", "4"), None, "ReadAudit")
+            .unwrap();
+        let sf = open(&s, "k", |c| c.exempt = vec!["b".into()]).unwrap();
+        sf.check(&b, None, "Prune").unwrap();
+        assert!(sf.enroll(Role::Auditor, "x", "admin:a").is_err());
+    }
+
+    #[test]
+    fn sessions_end_at_their_absolute_limit_and_belong_to_one_certificate() {
+        let s = setup();
+        let sf = open(&s, "k", |c| c.session_secs = 1).unwrap();
+        let a = who(Role::Operator, "ops", "10");
+        let (secret, uri, _) = sf.enroll(Role::Operator, "ops", "admin:root").unwrap();
+        assert!(uri.contains("issuer=refuge%20prov"), "{uri}");
+        let opened = sf.sign_in(&a, &code(&secret, 0)).unwrap();
+        sf.check(&a, Some(&opened.token), "ListSnapshots").unwrap();
+        assert_eq!(sf.state_of(&a, Some(&opened.token)), "signed_in");
+        // The same name with another serial (a new certificate) is another
+        // certificate.
+        let other = who(Role::Operator, "ops", "11");
+        let e = sf.session(&other, &opened.token, true).unwrap_err();
+        assert!(e.contains("another certificate"), "{e}");
+        std::thread::sleep(Duration::from_millis(1100));
+        let e = sf.session(&a, &opened.token, true).unwrap_err();
+        assert!(e.contains("after its sign-in"), "{e}");
+        assert_eq!(sf.state_of(&a, Some(&opened.token)), "sign_in");
+    }
+
+    #[test]
+    fn back_off_doubles_and_the_enrolments_open_only_with_their_key() {
+        let s = setup();
+        let sf = open(&s, "k", |c| c.backoff_secs = 1).unwrap();
+        let a = who(Role::Admin, "root", "1");
+        let (secret, _, _) = sf.enroll(Role::Admin, "root", "admin:root").unwrap();
+        let wrong = if code(&secret, 0) == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        let e = sf.sign_in(&a, wrong).err().unwrap();
+        assert!(e.message().contains("checked after 1 s"), "{}", e.message());
+        std::thread::sleep(Duration::from_millis(1100));
+        let e = sf.sign_in(&a, wrong).err().unwrap();
+        assert!(e.message().contains("checked after 2 s"), "{}", e.message());
+        // Reopened with the same key file: the enrolment and its failures
+        // are still there.
+        let again = open(&s, "k", |_| {}).unwrap();
+        assert_eq!(again.list().0[0].failures, 2);
+        // Another key does not open it: the node does not start.
+        std::fs::write(s.dir.path().join("other"), "22".repeat(32)).unwrap();
+        let e = open(&s, "other", |_| {}).err().unwrap().to_string();
+        assert!(
+            e.contains("does not open the enrolment of admin/root"),
+            "{e}"
+        );
+        // A damaged key file is named too.
+        std::fs::write(s.dir.path().join("bad"), "not hex").unwrap();
+        let e = open(&s, "bad", |_| {}).err().unwrap().to_string();
+        assert!(e.contains("does not hold 64 hex digits"), "{e}");
     }
 }

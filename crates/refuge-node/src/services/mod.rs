@@ -6,14 +6,13 @@
 //!
 //! Imports from the rest of the crate: every layer below (`config`,
 //! `floor`, `catalog`, `policy`, `work`); services never import each
-//! other, except that the `Admin` trait impl (`admin.rs`) calls the
-//! handlers of `second_factors.rs` and `purges.rs`.
+//! other (the `Admin` service's handlers are split over `admin/`: the
+//! trait impl in `mod.rs` calls those of `second_factors.rs` and
+//! `purges.rs`).
 
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod ingest;
-pub(crate) mod purges;
 pub(crate) mod replication;
 pub(crate) mod restore;
-pub(crate) mod second_factors;
 pub(crate) mod supervision;

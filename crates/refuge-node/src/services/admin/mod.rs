@@ -1,9 +1,12 @@
 //! The `Admin` service's handlers (admins only): retention policies,
 //! pins, prune, verify and garbage collection; second factors and purges
-//! are handled in `second_factors.rs` and `purges.rs`, which the trait
-//! impl here calls. The work is
+//! are handled in the submodules `second_factors` and `purges`, which
+//! the trait impl here calls. The work is
 //! `work::maintenance`; one maintenance job runs at a time, whether
 //! asked for here or scheduled.
+
+mod purges;
+mod second_factors;
 
 use std::sync::Arc;
 
@@ -13,7 +16,6 @@ use refuge_proto::pb::{self, admin_server::Admin};
 use refuge_tls::Role;
 use tonic::{Request, Response, Status};
 
-use super::{purges, second_factors};
 use crate::catalog::retention::{set_pin, set_policy};
 use crate::catalog::snapshots::{Pick, resolve};
 use crate::floor::store::{blocking, store_status};

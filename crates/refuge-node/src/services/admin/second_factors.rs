@@ -1,5 +1,5 @@
 //! The `Admin` service's second-factor handlers (admins only; the trait
-//! impl in `admin.rs` calls these): enrol, remove, unlock and list the
+//! impl in `mod.rs` calls these): enrol, remove, unlock and list the
 //! TOTP enrolments of `policy::second_factor`. Each change is audited.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The `Admin` service's purge handlers (admins only; the trait impl in
-//! `admin.rs` calls these): request, confirm, cancel and list purges of
+//! `mod.rs` calls these): request, confirm, cancel and list purges of
 //! `work::purge`.
 
 use std::sync::Arc;
