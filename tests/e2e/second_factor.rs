@@ -36,6 +36,27 @@ fn as_(c: &Cluster, cfg: &Path, sessions: &str, totp: Option<&str>, args: &[&str
     run_env("refuge", c.path(), &all, &env)
 }
 
+/// `refuge admin second-factor VERB --role ROLE --name NAME --json` as
+/// `cfg`, with its kept session in `sessions` (no code given).
+fn factor(c: &Cluster, cfg: &Path, sessions: &str, verb: &str, role: &str, name: &str) -> Run {
+    as_(
+        c,
+        cfg,
+        sessions,
+        None,
+        &[
+            "admin",
+            "second-factor",
+            verb,
+            "--role",
+            role,
+            "--name",
+            name,
+            "--json",
+        ],
+    )
+}
+
 fn secret_of(r: &Run) -> String {
     r.json()["secret_base32"].as_str().unwrap().to_string()
 }
@@ -69,23 +90,7 @@ fn admins_and_operators_need_a_code_that_backs_off_locks_and_times_out() {
     as_(&c, &root1, "off", None, &["admin", "prune", "--dry-run"])
         .fails(1, "has none enrolled: an enrolled admin runs `refuge admin second-factor enroll --role admin --name root1`");
     // The node's first enrolment: an admin enrols itself; then the door shuts.
-    let e1 = as_(
-        &c,
-        &root1,
-        "off",
-        None,
-        &[
-            "admin",
-            "second-factor",
-            "enroll",
-            "--role",
-            "admin",
-            "--name",
-            "root1",
-            "--json",
-        ],
-    )
-    .ok();
+    let e1 = factor(&c, &root1, "off", "enroll", "admin", "root1").ok();
     let s1 = secret_of(&e1);
     assert!(
         e1.json()["uri"]
@@ -93,22 +98,7 @@ fn admins_and_operators_need_a_code_that_backs_off_locks_and_times_out() {
             .unwrap()
             .starts_with("otpauth://totp/")
     );
-    as_(
-        &c,
-        &root2,
-        "off",
-        None,
-        &[
-            "admin",
-            "second-factor",
-            "enroll",
-            "--role",
-            "admin",
-            "--name",
-            "root2",
-        ],
-    )
-    .fails(1, "root2 has none enrolled");
+    factor(&c, &root2, "off", "enroll", "admin", "root2").fails(1, "root2 has none enrolled");
 
     // No code and no terminal: a clear error, not a wait.
     as_(&c, &root1, d1, None, &["admin", "prune", "--dry-run"])
@@ -139,59 +129,11 @@ fn admins_and_operators_need_a_code_that_backs_off_locks_and_times_out() {
     .fails(1, "this code was already used");
 
     // An enrolled admin enrols the others.
-    let sops = secret_of(
-        &as_(
-            &c,
-            &root1,
-            d1,
-            None,
-            &[
-                "admin",
-                "second-factor",
-                "enroll",
-                "--role",
-                "operator",
-                "--name",
-                "ops1",
-                "--json",
-            ],
-        )
-        .ok(),
-    );
-    as_(
-        &c,
-        &root1,
-        d1,
-        None,
-        &[
-            "admin",
-            "second-factor",
-            "enroll",
-            "--role",
-            "admin",
-            "--name",
-            "root2",
-            "--json",
-        ],
-    )
-    .ok();
+    let sops = secret_of(&factor(&c, &root1, d1, "enroll", "operator", "ops1").ok());
+    factor(&c, &root1, d1, "enroll", "admin", "root2").ok();
     // Agents and auditors are not enrolled.
-    as_(
-        &c,
-        &root1,
-        d1,
-        None,
-        &[
-            "admin",
-            "second-factor",
-            "enroll",
-            "--role",
-            "auditor",
-            "--name",
-            "assessor",
-        ],
-    )
-    .fails(1, "the auditor role needs no second factor");
+    factor(&c, &root1, d1, "enroll", "auditor", "assessor")
+        .fails(1, "the auditor role needs no second factor");
 
     // Wrong codes back off, then lock the identity.
     let wrong = if code(&sops, 0) == "000000" {
@@ -223,22 +165,7 @@ fn admins_and_operators_need_a_code_that_backs_off_locks_and_times_out() {
         assert!(events.iter().any(|x| x == e), "{e} not in {events:?}");
     }
     // An admin unlocks it; the operator reads its tenant again.
-    as_(
-        &c,
-        &root1,
-        d1,
-        None,
-        &[
-            "admin",
-            "second-factor",
-            "unlock",
-            "--role",
-            "operator",
-            "--name",
-            "ops1",
-        ],
-    )
-    .ok();
+    factor(&c, &root1, d1, "unlock", "operator", "ops1").ok();
     early_in_step();
     let snaps = as_(
         &c,

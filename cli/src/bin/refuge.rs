@@ -288,45 +288,29 @@ enum AdminCmd {
     Purge(PurgeCmd),
 }
 
+/// The identity a second-factor command is about.
+#[derive(clap::Args)]
+struct FactorOf {
+    /// admin or operator.
+    #[arg(long)]
+    role: String,
+    /// The certificate's CN.
+    #[arg(long)]
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum SecondFactorCmd {
     /// Enrol an identity (or enrol it again with a new secret) and print
     /// its secret, once. The node's first enrolment must be an admin's.
-    Enroll {
-        /// admin or operator.
-        #[arg(long)]
-        role: String,
-        /// The certificate's CN.
-        #[arg(long)]
-        name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Enroll(FactorOf),
     /// Remove an identity's enrolment (and end its sessions).
-    Remove {
-        /// admin or operator.
-        #[arg(long)]
-        role: String,
-        /// The certificate's CN.
-        #[arg(long)]
-        name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Remove(FactorOf),
     /// Clear a locked identity's failed codes.
-    Unlock {
-        /// admin or operator.
-        #[arg(long)]
-        role: String,
-        /// The certificate's CN.
-        #[arg(long)]
-        name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Unlock(FactorOf),
     /// List the enrolments, failures and locks.
     List {
         /// Print JSON.
@@ -839,14 +823,12 @@ async fn admin(cfg: &std::path::Path, cmd: AdminCmd) -> refuge_cli::Outcome {
         AdminCmd::SecondFactor(c) => {
             use refuge_cli::access;
             match c {
-                SecondFactorCmd::Enroll { role, name, json } => {
-                    access::enroll(cfg, &role, &name, json).await
+                SecondFactorCmd::Enroll(f) => access::enroll(cfg, &f.role, &f.name, f.json).await,
+                SecondFactorCmd::Remove(f) => {
+                    access::change(cfg, &f.role, &f.name, true, f.json).await
                 }
-                SecondFactorCmd::Remove { role, name, json } => {
-                    access::change(cfg, &role, &name, true, json).await
-                }
-                SecondFactorCmd::Unlock { role, name, json } => {
-                    access::change(cfg, &role, &name, false, json).await
+                SecondFactorCmd::Unlock(f) => {
+                    access::change(cfg, &f.role, &f.name, false, f.json).await
                 }
                 SecondFactorCmd::List { json } => access::list(cfg, json).await,
             }
