@@ -486,8 +486,8 @@ fn the_fleet_shows_quarantined_chunks_and_replication_to_the_other_site() {
 /// With `[second_factor]`, an operator's browser sees the sign-in page
 /// until it posts a valid code (a wrong one is refused and counted), then
 /// the fleet; after `idle_secs` without a request the session has ended
-/// and the sign-in page says so. An auditor (no second factor) signs in
-/// with the certificate alone.
+/// and the sign-in page says so. An auditor (no second factor) opens its
+/// session with the certificate alone, and it ends when idle too.
 #[test]
 fn a_second_factor_guards_the_console_and_idle_sessions_end() {
     use refuge_tests::{early_in_totp_step, run_env, totp_code};
@@ -583,15 +583,28 @@ fn a_second_factor_guards_the_console_and_idle_sessions_end() {
     );
     drop(b);
 
+    // An auditor has no second factor: its session opens with a click,
+    // and ends when idle too.
     let a = Browser::new(&ca, Some(&identity(&c, &auditor)));
     a.open(&url);
-    assert!(a.text().contains("finance"), "{}", a.text());
+    assert_eq!(a.text_of("#login-title"), "Sign in", "{}", a.text());
+    assert_eq!(a.eval("String(document.querySelector('#code'))"), "null");
+    a.click("#sign-in");
+    a.wait_for_text("finance", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(4));
+    a.open(&url);
+    a.wait_for_text("without a call", Duration::from_secs(10));
     drop(a);
     let log = c.audit(&auditor);
     assert!(
         log.iter().any(|r| r["event"] == "second_factor_ok"
             && r["subject"].as_str().unwrap_or("").contains("fin-ops")),
         "no sign-in of fin-ops in the audit log"
+    );
+    assert!(
+        log.iter().any(|r| r["event"] == "session_opened"
+            && r["subject"].as_str().unwrap_or("").contains("supervision")),
+        "no console session of the auditor in the audit log"
     );
     c.stop_node();
 }

@@ -1,10 +1,12 @@
 //! The console's sessions, where the node requires a second factor
-//! (`[second_factor]`): a caller whose role needs one sees the sign-in
-//! page until it posts a valid code; the session it opens (the same as a
-//! gRPC sign-in's, `policy::second_factor`) is a cookie (`Secure`,
-//! `HttpOnly`, `SameSite=Strict`) and ends after `idle_secs` without a
-//! request, or `session_secs` after the sign-in. Callers who need no
-//! second factor pass straight to the pages, whose own checks decide.
+//! (`[second_factor]`): every caller who may sign in sees the sign-in
+//! page until it has a session, which an admin or operator opens with a
+//! TOTP code (the gRPC `SignIn`'s check) and an auditor with a click (its
+//! certificate is its only factor). The session (`policy::second_factor`)
+//! is a cookie (`Secure`, `HttpOnly`, `SameSite=Strict`) and ends after
+//! `idle_secs` without a request, or `session_secs` after the sign-in.
+//! Other callers (agents, replicas, no certificate) pass to the pages,
+//! whose own checks refuse them.
 
 use std::sync::Arc;
 
@@ -51,7 +53,9 @@ fn login_page(
     next: &str,
     error: String,
 ) -> Response {
-    let idle = c.node.access.second.as_ref().map_or(0, |sf| sf.idle_secs());
+    let sf = c.node.access.second.as_ref();
+    let idle = sf.map_or(0, |sf| sf.idle_secs());
+    let code = sf.is_some_and(|sf| sf.needed(who));
     html(
         StatusCode::UNAUTHORIZED,
         &LoginPage {
@@ -60,12 +64,14 @@ fn login_page(
             token: form_token(c, who),
             next: local(next),
             idle: secs(idle),
+            code,
         },
     )
 }
 
-/// Lets a request through if its caller needs no second factor or
-/// carries a live session; otherwise answers the sign-in page.
+/// Lets a request through if its caller may not sign in at all (the
+/// page refuses it) or carries a live session; otherwise answers the
+/// sign-in page.
 pub(crate) async fn require(
     State(c): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -80,7 +86,7 @@ pub(crate) async fn require(
         return next.run(req).await;
     }
     let who = match peer.leaf.as_deref().map(|l| identity_from_cert(l)) {
-        Some(Ok(who)) if sf.needed(&who) && SIGN_IN.contains(&who.role) => who,
+        Some(Ok(who)) if SIGN_IN.contains(&who.role) => who,
         // The pages refuse (and audit) what is not a signed-in identity.
         _ => return next.run(req).await,
     };
@@ -100,6 +106,7 @@ pub(crate) async fn require(
 
 #[derive(Deserialize)]
 pub(crate) struct LoginForm {
+    #[serde(default)]
     code: String,
     token: String,
     #[serde(default)]
@@ -128,7 +135,15 @@ pub(crate) async fn login(
         );
     }
     let w = who.clone();
-    match blocking(move || sf.sign_in(&w, &f.code)).await {
+    let code = f.code.clone();
+    let opened = blocking(move || {
+        if sf.needed(&w) {
+            sf.sign_in(&w, &code)
+        } else {
+            sf.open_session(&w)
+        }
+    });
+    match opened.await {
         Ok(opened) => {
             let mut r = Redirect::to(&local(&f.next)).into_response();
             let v = format!(

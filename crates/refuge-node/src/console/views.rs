@@ -134,6 +134,8 @@ pub(crate) struct LoginPage {
     /// Where to go once signed in.
     pub(crate) next: String,
     pub(crate) idle: String,
+    /// A TOTP code is asked for (admins, operators); else a button.
+    pub(crate) code: bool,
 }
 
 #[derive(Template)]

@@ -460,37 +460,14 @@ impl SecondFactor {
                 e.last_sign_in_micros = now;
                 self.persist(&id, Some(&e))?;
                 st.enrolled.insert(id.clone(), e);
-                let mut raw = Zeroizing::new([0u8; 32]);
-                getrandom::getrandom(&mut *raw)
-                    .map_err(|_| Status::internal("no randomness for a session token"))?;
-                let token = hex::encode(*raw);
-                let (idle, max) = (
-                    Duration::from_secs(self.cfg.idle_secs),
-                    Duration::from_secs(self.cfg.session_secs),
-                );
-                st.sessions
-                    .retain(|_, s| s.last.elapsed() <= idle && s.created.elapsed() <= max);
-                let t = Instant::now();
-                st.sessions.insert(
-                    *blake3::hash(token.as_bytes()).as_bytes(),
-                    Session {
-                        identity: id,
-                        serial: who.serial.clone(),
-                        created: t,
-                        last: t,
-                    },
-                );
+                let opened = self.new_session(&mut st, id, &who.serial, now)?;
                 drop(st);
                 audit(
                     "second_factor_ok",
                     Outcome::Ok,
                     &format!("session opened (idle {} s)", self.cfg.idle_secs),
                 );
-                Ok(Opened {
-                    token,
-                    idle_secs: self.cfg.idle_secs,
-                    expires_micros: now + self.cfg.session_secs as i64 * 1_000_000,
-                })
+                Ok(opened)
             }
             Some(_) => {
                 drop(st);
@@ -534,6 +511,73 @@ impl SecondFactor {
                 )))
             }
         }
+    }
+
+    /// A new session of identity `id` for the certificate `serial`
+    /// (sessions past their time are dropped first).
+    fn new_session(
+        &self,
+        st: &mut State,
+        id: String,
+        serial: &str,
+        now: i64,
+    ) -> Result<Opened, Status> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut *raw)
+            .map_err(|_| Status::internal("no randomness for a session token"))?;
+        let token = hex::encode(*raw);
+        let (idle, max) = (
+            Duration::from_secs(self.cfg.idle_secs),
+            Duration::from_secs(self.cfg.session_secs),
+        );
+        st.sessions
+            .retain(|_, s| s.last.elapsed() <= idle && s.created.elapsed() <= max);
+        let t = Instant::now();
+        st.sessions.insert(
+            *blake3::hash(token.as_bytes()).as_bytes(),
+            Session {
+                identity: id,
+                serial: serial.to_string(),
+                created: t,
+                last: t,
+            },
+        );
+        Ok(Opened {
+            token,
+            idle_secs: self.cfg.idle_secs,
+            expires_micros: now + self.cfg.session_secs as i64 * 1_000_000,
+        })
+    }
+
+    /// A console session for `who`, whose role needs no second factor
+    /// (auditors): the certificate alone opens it, and it ends when idle
+    /// like any other (audited `session_opened`).
+    pub(crate) fn open_session(&self, who: &ClientIdentity) -> Result<Opened, Status> {
+        if self.needed(who) {
+            return Err(Status::unauthenticated(
+                "this identity signs in with a TOTP code",
+            ));
+        }
+        let opened = {
+            let mut st = self.lock();
+            self.new_session(
+                &mut st,
+                identity(who.role, &who.name),
+                &who.serial,
+                now_micros(),
+            )?
+        };
+        self.audit.record(
+            &who.subject(),
+            &tenant_text(who),
+            "session_opened",
+            Outcome::Ok,
+            &format!(
+                "console session with the certificate only (idle {} s)",
+                self.cfg.idle_secs
+            ),
+        );
+        Ok(opened)
     }
 
     /// Enrols (or enrols again) `role`/`name` with a new secret: its
