@@ -403,3 +403,99 @@ fn wrong_credentials_keep_ingest_not_serving_and_name_the_gateways_refusal() {
     // Nothing reached the bucket.
     assert!(packs(&right, &prefix).is_empty());
 }
+
+/// A purge on the S3 backend (issue 21): the purged tenant's packs are
+/// deleted from the bucket, and the packs that held a purged source's
+/// chunks are deleted or rewritten without them, so that no object holds
+/// a byte of what was purged; the other source restores.
+#[test]
+fn a_purge_leaves_no_byte_of_the_tenant_or_source_in_the_bucket() {
+    let ceph = Ceph::shared();
+    let (c, prefix) = Cluster::on_ceph(&ceph, 8, "[purge]\ndelay_secs = 1\n");
+    let (fin, rec, scans) = (
+        c.path().join("fin"),
+        c.path().join("rec"),
+        c.path().join("scans"),
+    );
+    let (f, r, s) = (noise(1 << 20, 41), noise(1 << 20, 43), noise(1 << 20, 45));
+    for (d, n, b) in [
+        (&fin, "f.bin", &f),
+        (&rec, "r.bin", &r),
+        (&scans, "s.bin", &s),
+    ] {
+        fs::create_dir_all(d).unwrap();
+        fs::write(d.join(n), b).unwrap();
+    }
+    c.backed_up_agent(&[("ledger", &fin, "tree")]);
+    c.client(&["--tenant", "health", "--host", "h1"]);
+    let health = c.agent_config(
+        "health.toml",
+        "certs/health-h1",
+        "certs/ca.pem",
+        &[("records", &rec, "tree"), ("scans", &scans, "tree")],
+    );
+    run(
+        "refuge-agent",
+        c.path(),
+        &["-c", health.to_str().unwrap(), "backup"],
+    )
+    .ok();
+    let in_bucket = |data: &[u8]| {
+        let needle = &data[data.len() / 2..data.len() / 2 + 64];
+        packs(&ceph, &prefix)
+            .iter()
+            .any(|k| ceph.get(k).windows(64).any(|w| w == needle))
+    };
+    for d in [&f, &r, &s] {
+        assert!(in_bucket(d), "a marker is not in the bucket");
+    }
+    let root1 = c.client(&["--role", "admin", "--name", "root1"]);
+    let root2 = c.client(&["--role", "admin", "--name", "root2"]);
+    let purge = |args: &[&str]| {
+        let mut all = vec!["admin", "purge", "request"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--reason", "test", "--json"]);
+        let id = c.refuge(&root1, &all).ok().json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let done = c
+            .refuge(&root2, &["admin", "purge", "confirm", &id, "--json"])
+            .ok()
+            .json();
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(
+            (
+                done["snapshots_left"].as_u64(),
+                done["chunks_left"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+    };
+    purge(&["--tenant", "finance"]);
+    assert!(
+        packs(&ceph, &prefix)
+            .iter()
+            .all(|k| !k.contains("/packs/finance/"))
+    );
+    assert!(!in_bucket(&f), "finance's bytes are still in the bucket");
+    purge(&["--tenant", "health", "--host", "h1", "--source", "scans"]);
+    assert!(!in_bucket(&s), "the source's bytes are still in the bucket");
+    assert!(in_bucket(&r));
+    let out = c.path().join("restored");
+    c.refuge(
+        &health,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "records",
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&rec, &out);
+    c.assert_verify_clean(&root1);
+}
