@@ -501,6 +501,38 @@ fn deletions_follow_only_a_pulling_node_that_asks_and_never_a_snapshot_pinned_th
     .fails(2, "follow_deletions needs direction = \"pull\"");
 }
 
+/// `site`'s audit log as `c`'s copy holds it (`refuge audit --site`),
+/// read with the auditor config `auditor`.
+fn audit_copy(c: &Cluster, auditor: &Path, site: &str) -> Vec<Value> {
+    c.refuge(auditor, &["audit", "--site", site, "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// `copy` holds `own`'s records, each with the same number and hash, and
+/// `c`'s check of the copy's chain passes.
+fn assert_copy_of(c: &Cluster, auditor: &Path, site: &str, own: &[Value]) {
+    let copy = audit_copy(c, auditor, site);
+    assert!(
+        copy.len() >= own.len(),
+        "{} of {} records",
+        copy.len(),
+        own.len()
+    );
+    for (a, b) in own.iter().zip(&copy) {
+        assert_eq!(a["seq"], b["seq"]);
+        assert_eq!(a["hash"], b["hash"], "record {} differs", a["seq"]);
+    }
+    let v = c
+        .refuge(auditor, &["audit", "verify", "--site", site, "--json"])
+        .ok()
+        .json();
+    assert_eq!(v["intact"], true, "{v:#}");
+}
+
 #[test]
 fn a_pushing_node_keeps_a_copy_of_its_audit_log_at_the_replica_with_the_chain_intact() {
     let mut city = Cluster::configured("");
@@ -524,30 +556,10 @@ fn a_pushing_node_keeps_a_copy_of_its_audit_log_at_the_replica_with_the_chain_in
     let own = city.audit(&city_auditor);
     let want = own.len();
     // The copy catches up with what the city had logged by then.
-    let copy = |p: &Cluster| {
-        p.refuge(&prov_auditor, &["audit", "--site", "city", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .clone()
-    };
     wait_until("the audit copy at the province", 30, || {
-        copy(&prov).len() >= want
+        audit_copy(&prov, &prov_auditor, "city").len() >= want
     });
-    let copied = copy(&prov);
-    for (a, b) in own.iter().zip(&copied) {
-        assert_eq!(a["seq"], b["seq"]);
-        assert_eq!(a["hash"], b["hash"], "record {} differs", a["seq"]);
-    }
-    let v = prov
-        .refuge(
-            &prov_auditor,
-            &["audit", "verify", "--site", "city", "--json"],
-        )
-        .ok()
-        .json();
-    assert_eq!(v["intact"], true, "{v:#}");
+    assert_copy_of(&prov, &prov_auditor, "city", &own);
     // The province's own log is another chain, and does not hold them.
     let prov_own = prov.audit(&prov_auditor);
     assert!(!prov_own.iter().any(|e| e["event"] == "snapshot_committed"));
@@ -566,7 +578,7 @@ fn a_pushing_node_keeps_a_copy_of_its_audit_log_at_the_replica_with_the_chain_in
     .ok();
     // Losing the city loses none of its audit trail up to the last pass.
     city.stop_node();
-    let after = copy(&prov);
+    let after = audit_copy(&prov, &prov_auditor, "city");
     assert!(after.len() >= want);
     prov.stop_node();
 }
@@ -603,27 +615,9 @@ fn a_pulling_node_keeps_a_copy_of_its_sources_audit_log_with_the_chain_intact() 
     let city_auditor = city.client(&["--role", "auditor", "--name", "aud"]);
     let dr_auditor = dr.client(&["--role", "auditor", "--name", "aud"]);
     let own = city.audit(&city_auditor);
-    let copy = || {
-        dr.refuge(&dr_auditor, &["audit", "--site", "city", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .clone()
-    };
+    let copy = || audit_copy(&dr, &dr_auditor, "city");
     wait_until("the pulled audit copy", 30, || copy().len() >= own.len());
-    for (a, b) in own.iter().zip(&copy()) {
-        assert_eq!(a["seq"], b["seq"]);
-        assert_eq!(a["hash"], b["hash"], "record {} differs", a["seq"]);
-    }
-    let v = dr
-        .refuge(
-            &dr_auditor,
-            &["audit", "verify", "--site", "city", "--json"],
-        )
-        .ok()
-        .json();
-    assert_eq!(v["intact"], true, "{v:#}");
+    assert_copy_of(&dr, &dr_auditor, "city", &own);
     // It keeps up: later records of the city arrive too.
     let before = city.audit(&city_auditor).len();
     fs::write(src.join("b.txt"), b"more").unwrap();
@@ -638,6 +632,45 @@ fn a_pulling_node_keeps_a_copy_of_its_sources_audit_log_with_the_chain_intact() 
     let settled = city.audit(&city_auditor).len();
     std::thread::sleep(Duration::from_secs(3));
     assert!(city.audit(&city_auditor).len() <= settled + 1);
+
+    // Pulling with a certificate for some tenants: the source refuses its
+    // log (audited), and the pass says why.
+    run(
+        "refuge",
+        city.path(),
+        &[
+            "certs", "issue", "--dir", "certs", "--role", "replica", "--host", "dr-part",
+            "--tenant", "finance",
+        ],
+    )
+    .ok();
+    let part = format!("{}/certs/replica-dr-part", city.path().display());
+    dr.stop_node();
+    append(
+        &dr,
+        &entry(
+            "city-part",
+            "pull",
+            city.port(),
+            &part,
+            &city,
+            "call_timeout_secs = 20\n",
+        ),
+    );
+    dr.start_node();
+    let dr_admin = dr.client(&["--role", "admin", "--name", "root"]);
+    wait_until("the refusal in status", 30, || {
+        row(&status(&dr, &dr_admin), "city-part", "").is_some_and(|r| {
+            r["last_error"].as_str().unwrap().contains(
+                "ReadAuditLog: copying the audit log needs a replica certificate for every tenant",
+            )
+        })
+    });
+    assert!(city.audit(&city_auditor).iter().any(|e| {
+        e["event"] == "permission_denied"
+            && e["detail"].as_str().unwrap().starts_with("ReadAuditLog:")
+    }));
+    assert!(audit_copy(&dr, &dr_auditor, "city-part").is_empty());
     for c in [&mut city, &mut dr] {
         c.stop_node();
     }

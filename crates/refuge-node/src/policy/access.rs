@@ -32,6 +32,9 @@ pub(crate) struct Access {
     /// Tenants being purged: their agents are refused (UNAVAILABLE, so
     /// they retry later) until the purge ends.
     purging: std::sync::Mutex<HashSet<TenantId>>,
+    /// How many purges run: every agent call reads it, and takes the
+    /// lock above only while one does.
+    purges: std::sync::atomic::AtomicUsize,
 }
 
 /// Refuses `tenant`'s agents while it lives (see [`Access::purging`]).
@@ -47,6 +50,9 @@ impl Drop for Purging<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.tenant);
+        self.access
+            .purges
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -69,6 +75,7 @@ impl Access {
             audit,
             second,
             purging: Default::default(),
+            purges: Default::default(),
         }
     }
 
@@ -78,6 +85,8 @@ impl Access {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tenant.clone());
+        self.purges
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Purging {
             access: self,
             tenant: tenant.clone(),
@@ -85,10 +94,12 @@ impl Access {
     }
 
     fn is_purging(&self, tenant: &TenantId) -> bool {
-        self.purging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(tenant)
+        self.purges.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && self
+                .purging
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(tenant)
     }
 
     /// The session token a call carries, if any.

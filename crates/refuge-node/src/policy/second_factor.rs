@@ -347,7 +347,6 @@ impl SecondFactor {
             }
             return Err(self.refuse(
                 who,
-                rpc,
                 "enrol",
                 format!(
                     "{rpc}: this node requires a second factor for the {} role and {} has none enrolled: an enrolled admin runs `refuge admin second-factor enroll --role {} --name {}`",
@@ -366,13 +365,12 @@ impl SecondFactor {
         };
         Err(self.refuse(
             who,
-            rpc,
             "sign_in",
             format!("{rpc}: second factor needed: {why}"),
         ))
     }
 
-    fn refuse(&self, who: &ClientIdentity, rpc: &str, state: &'static str, why: String) -> Status {
+    fn refuse(&self, who: &ClientIdentity, state: &'static str, why: String) -> Status {
         self.audit.record(
             &who.subject(),
             &tenant_text(who),
@@ -380,7 +378,6 @@ impl SecondFactor {
             Outcome::Refused,
             &why,
         );
-        let _ = rpc;
         let mut s = Status::unauthenticated(why);
         s.metadata_mut().insert(
             STATE_HEADER,
