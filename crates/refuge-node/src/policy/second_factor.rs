@@ -99,6 +99,10 @@ pub(crate) struct SecondFactor {
     store: Arc<dyn Store>,
     audit: AuditLog,
     state: Mutex<State>,
+    /// One change of an enrolment at a time (a sign-in's check and
+    /// write, an enrolment): the store write happens under it, not under
+    /// `state`, which every call's check takes.
+    changes: Mutex<()>,
 }
 
 /// `ROLE/NAME`: how enrolments are keyed.
@@ -179,6 +183,7 @@ impl SecondFactor {
                 enrolled: HashMap::new(),
                 sessions: HashMap::new(),
             }),
+            changes: Mutex::new(()),
         };
         let mut enrolled = HashMap::new();
         for (k, v) in store
@@ -412,10 +417,9 @@ impl SecondFactor {
             )));
         }
         let id = identity(who.role, &who.name);
+        let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_micros();
-        let mut st = self.lock();
-        let Some(mut e) = st.enrolled.get(&id).cloned() else {
-            drop(st);
+        let Some(mut e) = self.lock().enrolled.get(&id).cloned() else {
             let why = format!(
                 "{} has no second factor enrolled: an enrolled admin runs `refuge admin second-factor enroll --role {} --name {}`",
                 who.name, who.role, who.name
@@ -424,7 +428,6 @@ impl SecondFactor {
             return Err(Status::unauthenticated(why));
         };
         if e.locked_until_micros > now {
-            drop(st);
             let why = format!(
                 "{id} is locked after {} failed codes until {} ({} s more), or until an admin runs `refuge admin second-factor unlock`",
                 e.failures,
@@ -435,7 +438,6 @@ impl SecondFactor {
             return Err(Status::unauthenticated(why));
         }
         if e.not_before_micros > now {
-            drop(st);
             let why = format!(
                 "too soon after a wrong code: try again in {} s (the code was not checked)",
                 (e.not_before_micros - now) / 1_000_000 + 1
@@ -456,9 +458,11 @@ impl SecondFactor {
                 e.locked_until_micros = 0;
                 e.last_sign_in_micros = now;
                 self.persist(&id, Some(&e))?;
-                st.enrolled.insert(id.clone(), e);
-                let opened = self.new_session(&mut st, id, &who.serial, now)?;
-                drop(st);
+                let opened = {
+                    let mut st = self.lock();
+                    st.enrolled.insert(id.clone(), e);
+                    self.new_session(&mut st, id, &who.serial, now)?
+                };
                 audit(
                     "second_factor_ok",
                     Outcome::Ok,
@@ -467,7 +471,6 @@ impl SecondFactor {
                 Ok(opened)
             }
             Some(_) => {
-                drop(st);
                 let why =
                     "this code was already used (a code is accepted once): wait for the next one";
                 audit("second_factor_failed", Outcome::Refused, why);
@@ -487,10 +490,12 @@ impl SecondFactor {
                 }
                 self.persist(&id, Some(&e))?;
                 let failures = e.failures;
-                st.enrolled.insert(id.clone(), e);
-                // A locked identity's sessions end too.
-                st.sessions.retain(|_, s| !(locked && s.identity == id));
-                drop(st);
+                {
+                    let mut st = self.lock();
+                    st.enrolled.insert(id.clone(), e);
+                    // A locked identity's sessions end too.
+                    st.sessions.retain(|_, s| !(locked && s.identity == id));
+                }
                 let why = format!("wrong code ({failures} in a row)");
                 audit("second_factor_failed", Outcome::Refused, &why);
                 if locked {
@@ -597,6 +602,7 @@ impl SecondFactor {
             ));
         }
         let id = identity(role, name);
+        let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
         getrandom::getrandom(&mut *secret)
             .map_err(|_| Status::internal("no randomness for a secret"))?;
@@ -626,6 +632,7 @@ impl SecondFactor {
     /// Removes `role`/`name`'s enrolment and ends its sessions.
     pub(crate) fn remove(&self, role: Role, name: &str) -> Result<EntryView, Status> {
         let id = identity(role, name);
+        let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let e = self.get(&id)?;
         self.persist(&id, None)?;
         let mut st = self.lock();
@@ -637,6 +644,7 @@ impl SecondFactor {
     /// Clears `role`/`name`'s failures and lock.
     pub(crate) fn unlock(&self, role: Role, name: &str) -> Result<EntryView, Status> {
         let id = identity(role, name);
+        let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let mut e = self.get(&id)?;
         e.failures = 0;
         e.not_before_micros = 0;
