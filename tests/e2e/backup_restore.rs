@@ -739,21 +739,7 @@ fn a_tiny_node_ingest_buffer_slows_concurrent_uploads_but_loses_nothing() {
     }
     for (s, dir) in [("a", &a), ("b", &b)] {
         let out = c.path().join(format!("out-{s}"));
-        run(
-            "refuge",
-            c.path(),
-            &[
-                "-c",
-                cfg,
-                "restore",
-                "latest",
-                "--source",
-                s,
-                "--target",
-                out.to_str().unwrap(),
-            ],
-        )
-        .ok();
+        c.restore_source(Path::new(cfg), s, &out).ok();
         assert_same_tree(dir, &out);
     }
 }

@@ -194,18 +194,7 @@ fn a_confirmed_purge_leaves_nothing_of_a_tenant_or_source_on_disk() {
         .collect();
     assert_eq!(left, ["records", "records"]);
     let target = c.path().join("restored");
-    c.refuge(
-        &health,
-        &[
-            "restore",
-            "latest",
-            "--source",
-            "records",
-            "--target",
-            target.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_source(&health, "records", &target).ok();
     assert_same_tree(&rec, &target);
     c.assert_verify_clean(&root1);
 

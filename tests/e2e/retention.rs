@@ -3,16 +3,9 @@
 //! running beside two backups and a restore lose nothing.
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use refuge_tests::{Cluster, assert_same_tree, copy_tree, noise, run};
-
-fn refuge(c: &Cluster, cfg: &Path, args: &[&str]) -> refuge_tests::Run {
-    let mut all = vec!["-c", cfg.to_str().unwrap()];
-    all.extend_from_slice(args);
-    run("refuge", c.path(), &all)
-}
 
 #[test]
 fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
@@ -43,7 +36,8 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
         copy_tree(&old, &copy);
         generations.push(copy);
     }
-    let snaps = refuge(&c, &agent, &["snapshots", "--source", "old", "--json"])
+    let snaps = c
+        .refuge(&agent, &["snapshots", "--source", "old", "--json"])
         .ok()
         .json();
     let ids: Vec<String> = snaps
@@ -55,46 +49,45 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
     assert_eq!(ids.len(), 4);
 
     // Keep the newest only, but pin the first.
-    refuge(
-        &c,
+    c.refuge(
         &admin,
         &["admin", "pin", &ids[0][..10], "--tenant", "finance"],
     )
     .ok();
-    let p = refuge(
-        &c,
-        &admin,
-        &[
-            "admin",
-            "retention",
-            "set",
-            "--tenant",
-            "finance",
-            "--keep-last",
-            "1",
-            "--json",
-        ],
-    )
-    .ok()
-    .json();
+    let p = c
+        .refuge(
+            &admin,
+            &[
+                "admin",
+                "retention",
+                "set",
+                "--tenant",
+                "finance",
+                "--keep-last",
+                "1",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
     assert_eq!(p["keep_last"], 1);
     assert_eq!(p["is_default"], false);
 
     // A dry run names what would go and changes nothing.
-    let dry = refuge(
-        &c,
-        &admin,
-        &[
-            "admin",
-            "prune",
-            "--tenant",
-            "finance",
-            "--dry-run",
-            "--json",
-        ],
-    )
-    .ok()
-    .json();
+    let dry = c
+        .refuge(
+            &admin,
+            &[
+                "admin",
+                "prune",
+                "--tenant",
+                "finance",
+                "--dry-run",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
     assert_eq!(dry["would_remove"], 2, "{dry:#}");
     assert_eq!(dry["removed"], 0);
     let going: Vec<&str> = dry["decisions"]
@@ -113,7 +106,7 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
         .unwrap();
     assert_eq!(first["reasons"], serde_json::json!(["pinned"]));
     assert_eq!(
-        refuge(&c, &agent, &["snapshots", "--json"])
+        c.refuge(&agent, &["snapshots", "--json"])
             .ok()
             .json()
             .as_array()
@@ -121,8 +114,10 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
             .len(),
         4
     );
-    refuge(&c, &admin, &["admin", "prune", "--tenant", "finance"]).ok();
-    let left = refuge(&c, &agent, &["snapshots", "--source", "old", "--json"])
+    c.refuge(&admin, &["admin", "prune", "--tenant", "finance"])
+        .ok();
+    let left = c
+        .refuge(&agent, &["snapshots", "--source", "old", "--json"])
         .ok()
         .json();
     let left: Vec<&str> = left
@@ -153,8 +148,7 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
             })
             .collect();
         let restore = s.spawn(|| {
-            refuge(
-                c,
+            c.refuge(
                 agent,
                 &[
                     "restore",
@@ -166,8 +160,8 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
         });
         let mut deleted = 0u64;
         for _ in 0..4 {
-            refuge(c, admin, &["admin", "prune"]).ok();
-            let g = refuge(c, admin, &["admin", "gc", "--json"]).ok().json();
+            c.refuge(admin, &["admin", "prune"]).ok();
+            let g = c.refuge(admin, &["admin", "gc", "--json"]).ok().json();
             deleted += g["deleted"].as_u64().unwrap();
         }
         for b in backups {
@@ -185,37 +179,20 @@ fn prune_keeps_pins_and_with_gc_beside_backups_and_a_restore_loses_nothing() {
 
     // Every snapshot still listed restores byte for byte, the pinned one
     // included.
-    refuge(c, admin, &["admin", "gc"]).ok();
+    c.refuge(admin, &["admin", "gc"]).ok();
     for (id, want) in [(&ids[0], &generations[0]), (&ids[3], &generations[3])] {
         let out = c.path().join(format!("check-{}", &id[..8]));
-        refuge(
-            c,
-            agent,
-            &["restore", id, "--target", out.to_str().unwrap()],
-        )
-        .ok();
+        c.refuge(agent, &["restore", id, "--target", out.to_str().unwrap()])
+            .ok();
         assert_same_tree(want, &out);
     }
     for (src, want) in [("a", &a), ("b", &b)] {
         let out = c.path().join(format!("check-{src}"));
-        refuge(
-            c,
-            agent,
-            &[
-                "restore",
-                "latest",
-                "--source",
-                src,
-                "--target",
-                out.to_str().unwrap(),
-            ],
-        )
-        .ok();
+        c.restore_source(agent, src, &out).ok();
         assert_same_tree(want, &out);
     }
     // A pruned snapshot is gone for good.
-    refuge(
-        c,
+    c.refuge(
         agent,
         &[
             "restore",
@@ -263,7 +240,7 @@ fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
         &["-c", agent.to_str().unwrap(), "backup"],
     )
     .ok();
-    let first = refuge(&c, &agent, &["snapshots", "--json"]).ok().json()[0]["id"]
+    let first = c.refuge(&agent, &["snapshots", "--json"]).ok().json()[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -278,12 +255,11 @@ fn a_flood_of_forged_snapshots_hits_the_quota_and_harms_nothing_else() {
         refused += 1;
     }
     assert_eq!((ok, refused), (19, 981));
-    let listed = refuge(&c, &agent, &["snapshots", "--json"]).ok().json();
+    let listed = c.refuge(&agent, &["snapshots", "--json"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), 20);
     // The first snapshot still restores; another tenant still backs up.
     let out = c.path().join("out");
-    refuge(
-        &c,
+    c.refuge(
         &agent,
         &["restore", &first, "--target", out.to_str().unwrap()],
     )
@@ -352,7 +328,7 @@ fn the_node_prunes_collects_and_verifies_on_its_schedule() {
             log.iter()
                 .any(|r| r["event"] == event && r["subject"] == "node (schedule)")
         };
-        let listed = refuge(&c, &agent, &["snapshots", "--json"]).ok().json();
+        let listed = c.refuge(&agent, &["snapshots", "--json"]).ok().json();
         if listed.as_array().unwrap().len() == 1
             && by_schedule("snapshots_pruned")
             && by_schedule("garbage_collected")
@@ -367,8 +343,7 @@ fn the_node_prunes_collects_and_verifies_on_its_schedule() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let out = c.path().join("out");
-    refuge(
-        &c,
+    c.refuge(
         &agent,
         &["restore", "latest", "--target", out.to_str().unwrap()],
     )
@@ -407,8 +382,7 @@ fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
         .count();
     assert_eq!(accepted, 40, "the quota stops the flood");
     // The tenant's policy keeps 3 snapshots and one a day for a week.
-    refuge(
-        &c,
+    c.refuge(
         &admin,
         &[
             "admin",
@@ -423,11 +397,10 @@ fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
         ],
     )
     .ok();
-    let pruned = refuge(&c, &admin, &["admin", "prune", "--json"])
-        .ok()
-        .json();
+    let pruned = c.refuge(&admin, &["admin", "prune", "--json"]).ok().json();
     assert_eq!(pruned["removed"], 40 - 3, "{pruned:#}");
-    let left: Vec<String> = refuge(&c, &agent, &["snapshots", "--json"])
+    let left: Vec<String> = c
+        .refuge(&agent, &["snapshots", "--json"])
         .ok()
         .json()
         .as_array()
@@ -444,8 +417,7 @@ fn a_flood_on_one_day_cannot_push_out_the_snapshots_of_earlier_days() {
     }
     // And they restore.
     let out = c.path().join("day0");
-    refuge(
-        &c,
+    c.refuge(
         &agent,
         &["restore", &daily[0], "--target", out.to_str().unwrap()],
     )

@@ -484,18 +484,7 @@ fn a_purge_leaves_no_byte_of_the_tenant_or_source_in_the_bucket() {
     assert!(!in_bucket(&s), "the source's bytes are still in the bucket");
     assert!(in_bucket(&r));
     let out = c.path().join("restored");
-    c.refuge(
-        &health,
-        &[
-            "restore",
-            "latest",
-            "--source",
-            "records",
-            "--target",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    c.restore_source(&health, "records", &out).ok();
     assert_same_tree(&rec, &out);
     c.assert_verify_clean(&root1);
 }

@@ -524,6 +524,22 @@ impl Cluster {
         )
     }
 
+    /// `refuge -c CFG restore latest --source SOURCE --target TARGET`: the
+    /// latest snapshot of one of the client's sources, as a [`Run`].
+    pub fn restore_source(&self, cfg: &Path, source: &str, target: &Path) -> Run {
+        self.refuge(
+            cfg,
+            &[
+                "restore",
+                "latest",
+                "--source",
+                source,
+                "--target",
+                target.to_str().unwrap(),
+            ],
+        )
+    }
+
     /// Creates tenant finance's key at `certs/finance.key` (`refuge key
     /// create`) and writes `sealed.toml`: the default client with these
     /// sources and `[encryption] key_file` set to it.
