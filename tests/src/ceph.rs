@@ -46,7 +46,11 @@ impl Ceph {
     pub fn shared() -> Ceph {
         let dir = dir();
         let lock = dir.with_extension("lock");
+        // `-o`: the daemons the script starts must not inherit the lock's
+        // descriptor, or they hold the lock as long as they run and every
+        // later start waits on it forever.
         let out = Command::new("flock")
+            .arg("-o")
             .arg(&lock)
             .arg(repo().join("scripts/ceph.sh"))
             .arg("start")
