@@ -253,6 +253,10 @@ enum Cmd {
         /// The store's block cache, MiB (the node's default: 64).
         #[arg(long, default_value_t = 64)]
         block_cache_mib: usize,
+        /// Flushes and compactions with O_DIRECT (the node's `[rocksdb]
+        /// direct_io = true`; by default buffered, like the node's).
+        #[arg(long)]
+        direct_io: bool,
         /// `packs` (the s3 backend's catalog) or `inline` (the rocksdb
         /// backend, bodies of --body-bytes in RocksDB).
         #[arg(long, default_value = "packs", value_parser = ["packs", "inline"])]
@@ -524,6 +528,7 @@ fn main() -> ExitCode {
             gc_every,
             threads,
             block_cache_mib,
+            direct_io,
             bodies,
             body_bytes,
             every,
@@ -544,6 +549,7 @@ fn main() -> ExitCode {
                 gc_every,
                 threads,
                 block_cache_mib,
+                direct_io,
                 inline: bodies == "inline",
                 body_bytes,
                 every,

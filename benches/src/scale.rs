@@ -62,6 +62,8 @@ pub struct Options {
     pub threads: usize,
     /// Block cache of the store (the node's `[rocksdb] block_cache_mib`).
     pub block_cache_mib: usize,
+    /// O_DIRECT for the store's files (the node's `[rocksdb] direct_io`).
+    pub direct_io: bool,
     /// `packs` (the s3 backend's catalog) or `inline` (the rocksdb
     /// backend, with bodies of `body_bytes`).
     pub inline: bool,
@@ -452,10 +454,12 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
             Bodies::Packs
         },
         block_cache_bytes: o.block_cache_mib << 20,
+        direct_io: o.direct_io,
         ..RocksOptions::default()
     };
     let base_rss = status_kib("VmRSS:");
     let store = RocksStore::open(&dir, &opts).context("opening the store")?;
+    let direct_io = store.uses_direct_io();
     let frac = o.new_pct / 100.0;
     let k = ((o.chunks as f64 / f64::from(o.agents)) / (1.0 + frac * f64::from(o.generations)))
         .ceil()
@@ -750,6 +754,7 @@ pub fn run(o: &Options) -> anyhow::Result<String> {
             all_find,
             all_place,
             ops,
+            direct_io,
         },
         &rows,
     ))
@@ -772,6 +777,8 @@ struct Report {
     all_find: (f64, f64),
     all_place: (f64, f64),
     ops: Vec<Op>,
+    /// The store used O_DIRECT.
+    direct_io: bool,
 }
 
 fn report(o: &Options, m: &Machine, r: Report, rows: &[Checkpoint]) -> String {
@@ -787,13 +794,14 @@ fn report(o: &Options, m: &Machine, r: Report, rows: &[Checkpoint]) -> String {
         )
     };
     let mut s = format!(
-        "### Catalog, {backend}: {} agents, {} chunks\n\n`{}`; commit `{}`; {}. Block cache {} MiB. {} agents ({} tenants x {} hosts, one source each), {} chunks of {} KiB per snapshot, {} ({}%) new per generation; {} generations, {} snapshots, {} threads backing up agents at once. No network and no bucket: the calls the node makes for a backup (FindMissing: `missing_chunks` + `touch_chunks`; {}; `commit`). The machine was shared with other work: rates are lower bounds.\n\n",
+        "### Catalog, {backend}: {} agents, {} chunks\n\n`{}`; commit `{}`; {}. Block cache {} MiB, {} I/O. {} agents ({} tenants x {} hosts, one source each), {} chunks of {} KiB per snapshot, {} ({}%) new per generation; {} generations, {} snapshots, {} threads backing up agents at once. No network and no bucket: the calls the node makes for a backup (FindMissing: `missing_chunks` + `touch_chunks`; {}; `commit`). The machine was shared with other work: rates are lower bounds.\n\n",
         o.agents,
         r.total,
         o.command,
         m.commit,
         m.line(),
         o.block_cache_mib,
+        if r.direct_io { "direct" } else { "buffered" },
         o.agents,
         o.tenants,
         o.agents / o.tenants,

@@ -41,15 +41,16 @@ impl Drop for Tmpfs {
 }
 
 /// Puts the node's store (not yet started) on a tmpfs of `size` with a
-/// reserve of `reserve_mib`, free space checked every second, and small
-/// RocksDB buffers (memtables of 8 MiB).
-fn store_on_tmpfs(c: &Cluster, size: &str, reserve_mib: u64) -> Tmpfs {
+/// reserve of `reserve_mib`, free space checked every second, small
+/// RocksDB buffers (memtables of 8 MiB), and flushes through `O_DIRECT`
+/// or not.
+fn store_on_tmpfs(c: &Cluster, size: &str, reserve_mib: u64, direct_io: bool) -> Tmpfs {
     let disk = Tmpfs::mount(c.path().join("disk"), size);
     let toml = fs::read_to_string(c.path().join("node.toml"))
         .unwrap()
         .replace("data_dir = \"store\"", "data_dir = \"disk/store\"")
         + &format!(
-            "[health]\nmin_free_mib = {reserve_mib}\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\n"
+            "[health]\nmin_free_mib = {reserve_mib}\ncheck_interval_secs = 1\n[rocksdb]\nchunk_write_buffer_mib = 8\nblock_cache_mib = 8\ndirect_io = {direct_io}\n"
         );
     fs::write(c.path().join("node.toml"), toml).unwrap();
     disk
@@ -57,12 +58,23 @@ fn store_on_tmpfs(c: &Cluster, size: &str, reserve_mib: u64) -> Tmpfs {
 
 #[test]
 fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers() {
+    filled_mid_backup(false);
+}
+
+/// The same with the store's flushes written through `O_DIRECT`.
+#[test]
+fn a_disk_filled_mid_backup_with_direct_io_refuses_clearly_and_recovers() {
+    filled_mid_backup(true);
+}
+
+fn filled_mid_backup(direct_io: bool) {
     let mut c = Cluster::configured("");
     // The store on the small file system; a reserve of 40 MiB, more than
     // what RocksDB writes between two batches (the WAL, then blob files
     // when a memtable of 8 MiB is flushed, and the batches in flight).
-    let disk = store_on_tmpfs(&c, "200m", 40);
+    let disk = store_on_tmpfs(&c, "200m", 40, direct_io);
     c.start_node();
+    assert_io_mode(&c, direct_io);
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("first.txt"), b"backed up before the disk filled").unwrap();
@@ -123,6 +135,24 @@ fn a_disk_filled_mid_backup_refuses_ingest_clearly_keeps_restores_and_recovers()
     drop(disk);
 }
 
+/// The node's "store open" line names the I/O mode it opened with.
+fn assert_io_mode(c: &Cluster, direct_io: bool) {
+    let want = if direct_io {
+        "rocksdb, direct I/O"
+    } else {
+        "rocksdb, buffered I/O"
+    };
+    let t = Instant::now();
+    while !c.node_log().contains(want) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the node log does not say {want:?}:\n{}",
+            c.node_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn free_mib(dir: &std::path::Path) -> u64 {
     let o = Command::new("df")
         .args(["-m", "--output=avail"])
@@ -152,6 +182,16 @@ fn shim() -> PathBuf {
 
 #[test]
 fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_restart() {
+    fills_inside_the_store(false);
+}
+
+/// The same with the failing flush written through `O_DIRECT`.
+#[test]
+fn a_disk_that_fills_inside_a_direct_io_flush_refuses_clearly_and_recovers() {
+    fills_inside_the_store(true);
+}
+
+fn fills_inside_the_store(direct_io: bool) {
     let mut c = Cluster::configured("");
     // The store on a small file system with a reserve of 8 MiB. While the
     // flag exists, the shim fails every write to a table or blob file
@@ -159,13 +199,14 @@ fn a_disk_that_fills_inside_the_store_refuses_clearly_and_recovers_without_a_res
     // which then stops all writes until it is reopened. (On a real disk
     // that race is won by the batch check most of the time, so the test
     // would not be repeatable.)
-    let disk = store_on_tmpfs(&c, "300m", 8);
+    let disk = store_on_tmpfs(&c, "300m", 8, direct_io);
     let flag = c.path().join("enospc");
     let lib = shim();
     c.start_node_env(&[
         ("LD_PRELOAD", lib.to_str().unwrap()),
         ("REFUGE_ENOSPC_FLAG", flag.to_str().unwrap()),
     ]);
+    assert_io_mode(&c, direct_io);
     let src = c.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("first.txt"), b"backed up before the disk filled").unwrap();

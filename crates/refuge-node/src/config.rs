@@ -577,6 +577,9 @@ pub struct RocksConfig {
     pub block_cache_mib: usize,
     /// Memtable of the chunk column family, MiB.
     pub chunk_write_buffer_mib: usize,
+    /// Flushes and compactions (blob and table files) written with
+    /// `O_DIRECT` where the file system takes it, past the page cache.
+    pub direct_io: bool,
 }
 
 impl Default for RocksConfig {
@@ -584,6 +587,7 @@ impl Default for RocksConfig {
         RocksConfig {
             block_cache_mib: 64,
             chunk_write_buffer_mib: 64,
+            direct_io: false,
         }
     }
 }

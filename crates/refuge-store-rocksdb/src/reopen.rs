@@ -59,6 +59,12 @@ impl ReopeningStore {
         })
     }
 
+    /// Whether the open store uses direct I/O
+    /// ([`RocksStore::uses_direct_io`]); false while it is closed.
+    pub fn uses_direct_io(&self) -> bool {
+        self.with(|s| Ok(s.uses_direct_io())).unwrap_or(false)
+    }
+
     /// Flushes every column family (at shutdown).
     pub fn flush(&self) -> Result<()> {
         self.with(|s| s.flush())

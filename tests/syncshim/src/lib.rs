@@ -18,7 +18,8 @@
 //! only pass through.
 //!
 //! For the full-disk test (`tests/e2e/full_disk.rs`) it also wraps
-//! `write`: while the file named by `REFUGE_ENOSPC_FLAG` exists, a write
+//! `write` and `pwrite`/`pwrite64` (the positioned writes of RocksDB's
+//! direct I/O): while the file named by `REFUGE_ENOSPC_FLAG` exists, a write
 //! to a RocksDB table or blob file (`.sst`, `.blob`) fails with `ENOSPC`,
 //! as on a disk that filled: memtable flushes fail exactly, whatever the
 //! timing, where a real full disk would make them fail only sometimes.
@@ -169,6 +170,16 @@ fn refuse_for_space(fd: c_int) -> bool {
     )
 }
 
+/// Whether a write to `fd` fails for space: then errno is `ENOSPC`.
+fn fail_for_space(fd: c_int) -> bool {
+    let refuse = refuse_for_space(fd);
+    if refuse {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::ENOSPC };
+    }
+    refuse
+}
+
 /// `write(2)`; `ENOSPC` for table and blob files while the flag exists.
 ///
 /// # Safety
@@ -180,11 +191,45 @@ pub unsafe extern "C" fn write(
     buf: *const libc::c_void,
     count: libc::size_t,
 ) -> libc::ssize_t {
-    if refuse_for_space(fd) {
-        // SAFETY: errno is this thread's.
-        unsafe { *libc::__errno_location() = libc::ENOSPC };
+    if fail_for_space(fd) {
         return -1;
     }
     // SAFETY: the raw system call, with the caller's arguments.
     unsafe { libc::syscall(libc::SYS_write, fd, buf, count) as libc::ssize_t }
+}
+
+/// `pwrite(2)` (`pwrite64` is the same call on 64-bit Linux); `ENOSPC`
+/// for table and blob files while the flag exists.
+///
+/// # Safety
+///
+/// As for pwrite(2): `buf` holds `count` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pwrite(
+    fd: c_int,
+    buf: *const libc::c_void,
+    count: libc::size_t,
+    offset: libc::off_t,
+) -> libc::ssize_t {
+    if fail_for_space(fd) {
+        return -1;
+    }
+    // SAFETY: the raw system call, with the caller's arguments.
+    unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf, count, offset) as libc::ssize_t }
+}
+
+/// `pwrite64(2)`: [`pwrite`].
+///
+/// # Safety
+///
+/// As for pwrite(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const libc::c_void,
+    count: libc::size_t,
+    offset: libc::off_t,
+) -> libc::ssize_t {
+    // SAFETY: the caller's contract is pwrite's.
+    unsafe { pwrite(fd, buf, count, offset) }
 }

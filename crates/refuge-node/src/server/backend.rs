@@ -49,7 +49,8 @@ impl Opened {
     /// Where chunk bodies are, for the log.
     pub(crate) fn describe(&self) -> String {
         match self {
-            Opened::Rocks(_) => "rocksdb".into(),
+            Opened::Rocks(s) if s.uses_direct_io() => "rocksdb, direct I/O".into(),
+            Opened::Rocks(_) => "rocksdb, buffered I/O".into(),
             Opened::Packs(s) => format!("packs in {}", s.describe()),
         }
     }

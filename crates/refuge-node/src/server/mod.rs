@@ -157,6 +157,7 @@ pub async fn run(
     let opts = RocksOptions {
         block_cache_bytes: cfg.rocksdb.block_cache_mib << 20,
         chunk_write_buffer_bytes: cfg.rocksdb.chunk_write_buffer_mib << 20,
+        direct_io: cfg.rocksdb.direct_io,
         ..RocksOptions::default()
     };
     let dir = cfg.data_dir.clone();
