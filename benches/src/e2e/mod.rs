@@ -362,27 +362,57 @@ pub fn run(o: &Options) -> anyhow::Result<Outcome> {
     })
 }
 
-fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
-    let r0 = Instant::now();
-    let load_before = measure::loadavg();
+/// A run's first generation of the seeded data set.
+struct Generated {
+    data: Dataset,
+    sources: Vec<dataset::Source>,
+    /// Digest of each source, in the order of `sources`.
+    gen1: Vec<dataset::Digest>,
+    secs: f64,
+}
+
+/// Generates the data set of `size` (`size_text` for the log) and `seed`
+/// in `dir/data`, syncs it and digests each source, logging both steps.
+fn generate(
+    dir: &Path,
+    size: u64,
+    size_text: &str,
+    seed: u64,
+    t0: Instant,
+) -> anyhow::Result<Generated> {
     log(
         t0,
-        format!(
-            "generating {} of seeded data (seed {})",
-            o.size_text, o.seed
-        ),
+        format!("generating {size_text} of seeded data (seed {seed})"),
     );
-    let gen_start = Instant::now();
-    let mut data = Dataset::generate(&dir.join("data"), o.size, o.seed)?;
+    let start = Instant::now();
+    let data = Dataset::generate(&dir.join("data"), size, seed)?;
     sync();
-    let gen_secs = gen_start.elapsed().as_secs_f64();
+    let secs = start.elapsed().as_secs_f64();
     let sources = data.sources();
     let gen1: Vec<dataset::Digest> = sources
         .iter()
         .map(|s| dataset::digest(&s.path))
         .collect::<Result<_, _>>()?;
+    let bytes: u64 = gen1.iter().map(|d| d.bytes).sum();
+    log(t0, format!("generated {} in {secs:.1} s", mb(bytes)));
+    Ok(Generated {
+        data,
+        sources,
+        gen1,
+        secs,
+    })
+}
+
+fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
+    let r0 = Instant::now();
+    let load_before = measure::loadavg();
+    let Generated {
+        mut data,
+        sources,
+        gen1,
+        secs: gen_secs,
+    } = generate(dir, o.size, &o.size_text, o.seed, t0)?;
     let logical1: u64 = gen1.iter().map(|d| d.bytes).sum();
-    log(t0, format!("generated {} in {gen_secs:.1} s", mb(logical1)));
 
     cluster::make_certs(dir)?;
     let port = cluster::free_port()?;

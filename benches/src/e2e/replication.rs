@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use refuge_bench::dataset::{self, Dataset, Source};
+use refuge_bench::dataset::{self, Source};
 
 use super::cluster::{self, Node};
 use super::machine::Machine;
@@ -282,29 +282,12 @@ pub fn run(o: &Options) -> anyhow::Result<Outcome> {
 fn run_once(o: &Options, dir: &Path, t0: Instant) -> anyhow::Result<RunData> {
     let r0 = Instant::now();
     let load_before = measure::loadavg();
-    log(
-        t0,
-        format!(
-            "generating {} of seeded data (seed {})",
-            o.size_text, o.seed
-        ),
-    );
-    let gen_start = Instant::now();
-    let mut data = Dataset::generate(&dir.join("data"), o.size, o.seed)?;
-    sync();
-    let gen_secs = gen_start.elapsed().as_secs_f64();
-    let sources = data.sources();
-    let gen1: Vec<dataset::Digest> = sources
-        .iter()
-        .map(|s| dataset::digest(&s.path))
-        .collect::<Result<_, _>>()?;
-    log(
-        t0,
-        format!(
-            "generated {} in {gen_secs:.1} s",
-            mb(gen1.iter().map(|d| d.bytes).sum())
-        ),
-    );
+    let super::Generated {
+        mut data,
+        sources,
+        gen1,
+        secs: gen_secs,
+    } = super::generate(dir, o.size, &o.size_text, o.seed, t0)?;
 
     log(
         t0,
