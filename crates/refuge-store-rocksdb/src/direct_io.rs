@@ -9,9 +9,10 @@
 //! cache. Lookups and restores still read through the page cache, which
 //! keeps a large catalog's index and data blocks beyond the block cache;
 //! the write-ahead log stays buffered (RocksDB syncs it). It is off by
-//! default because a restore right after a backup then reads the bodies
-//! from the disk instead of the cache (BENCHMARKS.md, "Issue 16: flushes
-//! and compactions with direct I/O").
+//! default: a restore right after a backup then reads the bodies from the
+//! disk instead of the cache, and a large catalog's compactions are slower
+//! (BENCHMARKS.md, "Issue 16: fresh page-cache pages, and flushes and
+//! compactions with direct I/O").
 //!
 //! Some file systems refuse `O_DIRECT` (`EINVAL`); RocksDB would then
 //! refuse to open, or fail its first flush. The store asks first and opens
