@@ -25,9 +25,26 @@ pub const POLICY: &str = "/etc/chromium/policies/managed/refuge-tests.json";
 
 /// One Chromium with a home (and NSS database) of its own.
 pub struct Browser {
-    chrome: Chrome,
+    /// `None` only while dropping: Chromium goes before its home.
+    chrome: Option<Chrome>,
     pub tab: Arc<Tab>,
-    _home: tempfile::TempDir,
+    /// Chromium's home and profile, removed on drop.
+    home: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        drop(self.chrome.take());
+        // Chromium's helpers can still write into the profile for a moment
+        // after the browser is gone (a removal then meets a directory that
+        // is not empty): try again for up to two seconds.
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.home).is_ok() || !self.home.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn tool(cmd: &mut Command, what: &str) {
@@ -116,9 +133,9 @@ impl Browser {
         .expect("Chromium starts");
         let tab = chrome.new_tab().expect("a tab");
         Browser {
-            chrome,
+            chrome: Some(chrome),
             tab,
-            _home: home,
+            home: home.keep(),
         }
     }
 
@@ -224,7 +241,8 @@ impl Browser {
     /// The browser's version, for messages.
     pub fn version(&self) -> String {
         self.chrome
-            .get_version()
+            .as_ref()
+            .and_then(|c| c.get_version().ok())
             .map(|v| v.product)
             .unwrap_or_default()
     }
