@@ -27,9 +27,11 @@ use std::path::Path;
 const PROBE: &str = "direct-io-probe";
 
 /// Whether files in `dir` can be opened with `O_DIRECT`. A writable open
-/// creates (and removes) a probe file; a read-only one opens the store's
-/// `CURRENT` for reading. Any error other than "not supported" answers
-/// yes: RocksDB's own open then reports it.
+/// creates `dir` when missing (as RocksDB would: a new store is asked
+/// about the file system it will be on) and a probe file, removed again;
+/// a read-only one opens the store's `CURRENT` for reading. Any error
+/// other than "not supported" answers yes: RocksDB's own open then
+/// reports it.
 pub(crate) fn supported(dir: &Path, read_only: bool) -> bool {
     let r = if read_only {
         OpenOptions::new()
@@ -38,6 +40,7 @@ pub(crate) fn supported(dir: &Path, read_only: bool) -> bool {
             .open(dir.join("CURRENT"))
             .map(drop)
     } else {
+        let _ = std::fs::create_dir_all(dir);
         let probe = dir.join(PROBE);
         let r = OpenOptions::new()
             .write(true)
@@ -69,6 +72,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         assert!(supported(t.path(), false));
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_new_store_directory_is_created_and_probed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("not/yet");
+        assert!(supported(&dir, false));
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_read_only_open_probes_current_and_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("CURRENT"), b"MANIFEST-000001\n").unwrap();
+        assert!(supported(t.path(), true));
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 
     #[test]
