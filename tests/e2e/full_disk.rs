@@ -2,10 +2,13 @@
 //! own, filled in the middle of a backup. Ingest refuses with a clear
 //! RESOURCE_EXHAUSTED before the file system is full, health says ingest
 //! NOT_SERVING, restores keep working, verification finds nothing
-//! damaged, and ingest comes back by itself when space is freed.
+//! damaged, and ingest comes back by itself when space is freed. And a
+//! restore target that fills: on an ext4 of its own (a loop device, a
+//! journal, real `O_DIRECT`), the restore fails naming the file and leaves
+//! the target as it was.
 //!
-//! Needs root (mount -t tmpfs), which the test machines and CI have; the
-//! test fails, saying so, without it.
+//! Needs root (mount -t tmpfs, mount -o loop), which the test machines and
+//! CI have; the test fails, saying so, without it.
 
 use std::fs;
 use std::path::PathBuf;
@@ -38,6 +41,121 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// An ext4 of `mib` MiB in an image file, mounted through a loop device
+/// for the test, unmounted when dropped.
+struct Ext4(PathBuf);
+
+impl Ext4 {
+    fn mount(at: PathBuf, mib: u64) -> Self {
+        let image = at.with_extension("img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4 {} failed", image.display());
+        fs::create_dir_all(&at).unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "cannot mount {} on a loop device (this test needs root)",
+            image.display()
+        );
+        Ext4(at)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        // Not lazy: the loop device is released only once unmounted.
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Bytes of `path` in the page cache (`fincore`).
+fn resident_bytes(path: &std::path::Path) -> u64 {
+    let o = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "fincore: {:?}", o);
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_restore_onto_a_full_disk_fails_naming_the_file_and_leaves_the_target_as_it_was() {
+    let c = Cluster::start();
+    let src = c.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), b"small").unwrap();
+    // Large (written by several workers, past the page cache), of a size
+    // that is no multiple of a block, with a hole in the middle.
+    let (head, tail) = (noise(20 << 20, 91), noise((10 << 20) + 777, 92));
+    let big = [&head[..], &vec![0u8; 8 << 20], &tail].concat();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(src.join("big.bin")).unwrap();
+        f.write_all_at(&head, 0).unwrap();
+        f.write_all_at(&tail, 28 << 20).unwrap();
+    }
+    let agent = c.backed_up_agent(&[("data", &src, "tree")]);
+
+    // 24 MiB of file system cannot take 30 MiB of data.
+    let small = Ext4::mount(c.path().join("small"), 24);
+    let out = small.0.join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("big.bin"), b"the file that was there").unwrap();
+    let free_before = free_mib(&small.0);
+    let r = c
+        .restore_latest(&agent, &out)
+        .fails(1, "No space left on device");
+    assert!(r.stderr.contains("big.bin"), "{}", r.stderr);
+    assert_eq!(
+        refuge_tests::restore_temporaries(&out),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        fs::read(out.join("big.bin")).unwrap(),
+        b"the file that was there"
+    );
+    assert!(
+        free_mib(&small.0) + 1 >= free_before,
+        "the failed restore left space taken"
+    );
+    drop(small);
+
+    // Where it fits: the same bytes, the hole sparse, and the large file's
+    // blocks not in the page cache (they were written with O_DIRECT).
+    let roomy = Ext4::mount(c.path().join("roomy"), 96);
+    let out = roomy.0.join("out");
+    c.restore_latest(&agent, &out).ok();
+    let restored = out.join("big.bin");
+    let cached = resident_bytes(&restored);
+    assert!(
+        cached < 1 << 20,
+        "{cached} bytes of the restored file are in the page cache"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let allocated = fs::metadata(&restored).unwrap().blocks() * 512;
+    assert!(
+        allocated < (big.len() as u64) - (6 << 20),
+        "the hole was written: {allocated} bytes allocated"
+    );
+    assert_eq!(fs::read(&restored).unwrap(), big);
+    refuge_tests::assert_same_tree(&src, &out);
+    drop(roomy);
 }
 
 /// Puts the node's store (not yet started) on a tmpfs of `size` with a

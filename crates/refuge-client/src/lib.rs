@@ -31,6 +31,7 @@ mod postgres;
 mod progress;
 mod remote;
 mod restore;
+mod restore_direct;
 mod restore_target;
 mod schedule;
 mod upload;

@@ -23,7 +23,8 @@
 //! every worker. A larger file is created by the main thread and its chunk
 //! runs may be written by several workers at their offsets; it is
 //! finished (size, mode, owner, mtime, rename) once all its groups are
-//! written. Directories get their metadata last.
+//! written, and its whole blocks are written past the page cache
+//! (`restore_direct.rs`). Directories get their metadata last.
 //!
 //! Resume (`--resume`): a file's temporary file from an interrupted run, or
 //! an existing file at its real name, is kept and each chunk range in it is
@@ -51,6 +52,7 @@ use tokio::runtime::Handle;
 use crate::connect::Node;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Fetcher, Piece, RemoteStream};
+use crate::restore_direct::{Out, RUN_BYTES, Runs};
 use crate::restore_target::{
     Creator, Dirs, Plan, create_temp, finish_dir, finish_file, open_work_file, restore_symlink,
 };
@@ -137,7 +139,8 @@ struct FileJob {
     /// Temporary path (or the device itself).
     tmp: PathBuf,
     dest: PathBuf,
-    file: File,
+    /// Large files not being resumed also get a direct descriptor.
+    out: Out,
     device: bool,
     /// Existing content may be reused (resume) and holes must be checked.
     verify_local: bool,
@@ -266,9 +269,11 @@ fn run_group(
     sh: &Shared,
     bar: &Progress,
     buf: &mut Vec<u8>,
+    runs: &mut Runs,
 ) -> anyhow::Result<()> {
     let mut made: Vec<Option<(PathBuf, File)>> = Vec::new();
-    let r = fill_group(g, fetcher, sh, bar, buf, &mut made);
+    let r = fill_group(g, fetcher, sh, bar, buf, runs, &mut made);
+    runs.clear();
     for (tmp, _) in made.into_iter().flatten() {
         let _ = fs::remove_file(tmp);
     }
@@ -281,6 +286,7 @@ fn fill_group(
     sh: &Shared,
     bar: &Progress,
     buf: &mut Vec<u8>,
+    runs: &mut Runs,
     made: &mut Vec<Option<(PathBuf, File)>>,
 ) -> anyhow::Result<()> {
     let context = |it: &Item| format!("restoring {}", lossy(&it.job.entry.path));
@@ -291,11 +297,11 @@ fn fill_group(
         let (job, r) = (&it.job, &it.r);
         if r.is_hole() {
             if job.verify_local || job.device {
-                ensure_zero(&job.file, it.off, r.len, buf).with_context(|| context(it))?;
+                ensure_zero(&job.out.file, it.off, r.len, buf).with_context(|| context(it))?;
             }
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
-        } else if job.verify_local && local_matches(&job.file, it.off, r, buf, fetcher) {
+        } else if job.verify_local && local_matches(&job.out.file, it.off, r, buf, fetcher) {
             job.covered.fetch_add(u64::from(r.len), Ordering::Relaxed);
             sh.kept.fetch_add(u64::from(r.len), Ordering::Relaxed);
             bar.inc(u64::from(r.len));
@@ -335,16 +341,34 @@ fn fill_group(
         }
     }
     if !refs.is_empty() {
-        // Items delivered so far: on an error, `to[done]` is the one it is about.
+        // Items delivered so far: on an error, `to[done]` is the one it is
+        // about, unless writing the run of an earlier file failed.
         let mut done = 0;
+        // The file whose chunks `runs` holds (a direct one).
+        let mut run_of: Option<&Arc<FileJob>> = None;
+        let mut run_failed: Option<&Arc<FileJob>> = None;
         let r = fetcher.fetch(&refs, |piece| {
             let d = match piece {
                 Piece::Data(d) => d,
                 Piece::Hole(_) => bail!("unexpected hole for chunk {}", refs[done].id),
             };
             match to[done] {
+                To::Item(it) if it.job.out.is_direct() => {
+                    if let Some(j) = run_of
+                        && (!Arc::ptr_eq(j, &it.job) || !runs.follows(it.off))
+                    {
+                        run_of = None;
+                        if let Err(e) = runs.flush(&j.out) {
+                            run_failed = Some(j);
+                            return Err(e.into());
+                        }
+                    }
+                    runs.push(&it.job.out, it.off, d)?;
+                    run_of = Some(&it.job);
+                    it.job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
                 To::Item(it) => {
-                    it.job.file.write_all_at(d, it.off)?;
+                    it.job.out.file.write_all_at(d, it.off)?;
                     it.job.covered.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 To::Whole {
@@ -372,10 +396,18 @@ fn fill_group(
             done += 1;
             Ok(())
         });
+        let r = r.and_then(|()| match run_of {
+            Some(j) => runs.flush(&j.out).map_err(|e| {
+                run_failed = Some(j);
+                e.into()
+            }),
+            None => Ok(()),
+        });
         if let Err(e) = r {
-            let what = match &to[done.min(to.len() - 1)] {
-                To::Item(it) => context(it),
-                To::Whole { i, .. } => whole_context(&g.wholes[*i]),
+            let what = match (run_failed, &to[done.min(to.len() - 1)]) {
+                (Some(j), _) => format!("restoring {}", lossy(&j.entry.path)),
+                (None, To::Item(it)) => context(it),
+                (None, To::Whole { i, .. }) => whole_context(&g.wholes[*i]),
             };
             return Err(e.context(what));
         }
@@ -385,6 +417,7 @@ fn fill_group(
 
 fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &Progress) {
     let mut buf = Vec::new();
+    let mut runs = Runs::new(RUN_BYTES);
     loop {
         let g = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(g) => g,
@@ -394,7 +427,7 @@ fn worker(rx: &Mutex<Receiver<Group>>, mut fetcher: Fetcher, sh: &Shared, bar: &
             // A panic fails the restore (and is counted off below) rather
             // than leaving its files pending forever.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_group(&g, &mut fetcher, sh, bar, &mut buf)
+                run_group(&g, &mut fetcher, sh, bar, &mut buf, &mut runs)
             }));
             match r {
                 Ok(Ok(())) => {}
@@ -487,11 +520,16 @@ impl Writer {
         device: bool,
         verify_local: bool,
     ) -> anyhow::Result<Arc<FileJob>> {
+        let out = if device || verify_local {
+            Out::buffered(file)
+        } else {
+            Out::with_direct(file, &tmp)
+        };
         let job = FileJob {
             entry,
             tmp,
             dest,
-            file,
+            out,
             device,
             verify_local,
             pending: AtomicUsize::new(0),
@@ -686,10 +724,10 @@ fn finish_job(job: &FileJob) -> anyhow::Result<()> {
         bail!("restored {covered} bytes of {}", job.entry.size);
     }
     if job.device {
-        job.file.sync_all()?;
+        job.out.file.sync_all()?;
         return Ok(());
     }
-    finish_file(&job.file, &job.entry, &job.tmp, &job.dest, Plan::FULL)
+    finish_file(&job.out.file, &job.entry, &job.tmp, &job.dest, Plan::FULL)
 }
 
 /// Why a restore of an encrypted snapshot without its key stops.
