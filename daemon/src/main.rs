@@ -30,6 +30,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: the memory the configuration sums up
+    // assumes few arenas (refuge-malloc).
+    refuge_malloc::limit_arenas();
     let args = Args::parse();
     // journald with priorities under systemd, else stderr (refuge-log).
     refuge_log::init("refuged", "info", true);

@@ -67,7 +67,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // Before any thread exists: the memory budget assumes few arenas.
-    refuge_agent::limits::limit_malloc_arenas();
+    refuge_malloc::limit_arenas();
     let args = Args::parse();
     // The service logs each backup (info); one-off commands only problems.
     refuge_agent::init_logging(if matches!(args.command, Command::Run) {
