@@ -289,8 +289,9 @@ fn fill_group(
     runs: &mut Runs,
     made: &mut Vec<Option<(PathBuf, File)>>,
 ) -> anyhow::Result<()> {
-    let context = |it: &Item| format!("restoring {}", lossy(&it.job.entry.path));
-    let whole_context = |w: &Whole| format!("restoring {}", lossy(&w.entry.path));
+    let entry_context = |e: &Entry| format!("restoring {}", lossy(&e.path));
+    let context = |it: &Item| entry_context(&it.job.entry);
+    let whole_context = |w: &Whole| entry_context(&w.entry);
     let mut refs: Vec<ChunkRef> = Vec::with_capacity(g.chunks);
     let mut to: Vec<To<'_>> = Vec::with_capacity(g.chunks);
     for it in &g.items {
@@ -405,7 +406,7 @@ fn fill_group(
         });
         if let Err(e) = r {
             let what = match (run_failed, &to[done.min(to.len() - 1)]) {
-                (Some(j), _) => format!("restoring {}", lossy(&j.entry.path)),
+                (Some(j), _) => entry_context(&j.entry),
                 (None, To::Item(it)) => context(it),
                 (None, To::Whole { i, .. }) => whole_context(&g.wholes[*i]),
             };
