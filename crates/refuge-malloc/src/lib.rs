@@ -4,10 +4,12 @@
 //! Both programs allocate buffers on one thread and free them on another
 //! (the agent's chunk and batch buffers between the walker and the upload
 //! workers; the node's uploaded chunks between tonic's tasks, the ingest
-//! buffer and RocksDB's threads). glibc keeps freed space in the arena of
-//! the thread that freed it and creates up to eight arenas per CPU, so
-//! what a process holds beyond its live buffers grows with its threads
-//! and depends on which thread happened to free what. Measured
+//! buffer and RocksDB's threads). glibc creates up to eight arenas per
+//! CPU, one for each thread as it first allocates; a freed buffer goes
+//! back to the arena it came from, where only the threads bound to that
+//! arena can reuse it, so what a process holds beyond its live buffers
+//! grows with its threads and depends on which thread happened to
+//! allocate what. Measured
 //! (BENCHMARKS.md, issue 16): the agent's peak RSS in eight 2 GiB initial
 //! backups 106-126 MiB (156 once) by default, 94-103 MiB with two arenas;
 //! the node's peak in a 20 GiB run 453-626 MiB by default, 334-413 MiB
